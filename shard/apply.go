@@ -1,0 +1,388 @@
+package shard
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"slices"
+	"time"
+
+	"github.com/aviarydb/aviary/ids"
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Op is the kind of a mutation.
+type Op uint8
+
+// Mutation kinds.
+const (
+	OpPut    Op = 1 // content: set (table, key) to value
+	OpDelete Op = 2 // content: tombstone (table, key)
+	OpAppend Op = 3 // index: set (table, owner, id) to payload
+	OpRemove Op = 4 // index: tombstone (table, owner, id)
+)
+
+func (o Op) String() string {
+	switch o {
+	case OpPut:
+		return "put"
+	case OpDelete:
+		return "delete"
+	case OpAppend:
+		return "append"
+	case OpRemove:
+		return "remove"
+	}
+	return fmt.Sprintf("op(%d)", uint8(o))
+}
+
+// Mutation is one change to one shard. Every mutation carries its version;
+// applying it keeps the newer of it and what the shard holds.
+type Mutation struct {
+	Op      Op
+	Shard   string
+	Table   string
+	Key     []byte // OpPut, OpDelete
+	Value   []byte // OpPut
+	Owner   uint64 // OpAppend, OpRemove
+	ID      uint64 // OpAppend, OpRemove: a time-ordered ids.ID
+	Payload []byte // OpAppend
+	Version Version
+}
+
+func (m *Mutation) size() int { return len(m.Key) + len(m.Value) + len(m.Payload) }
+
+// Outcome says what applying a mutation did.
+type Outcome uint8
+
+// Outcomes.
+const (
+	// Applied: the mutation's version is now the key's version.
+	Applied Outcome = 1
+	// Superseded: the shard already held this or a newer version; nothing
+	// changed. Replays end here.
+	Superseded Outcome = 2
+	// BelowRetention: the entry's month was dropped by retention; nothing
+	// changed.
+	BelowRetention Outcome = 3
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Applied:
+		return "applied"
+	case Superseded:
+		return "superseded"
+	case BelowRetention:
+		return "below-retention"
+	}
+	return fmt.Sprintf("outcome(%d)", uint8(o))
+}
+
+// resolved is a validated mutation with its shard number.
+type resolved struct {
+	*Mutation
+	num   uint32
+	month uint32
+}
+
+// Apply applies a batch of mutations atomically and durably: when it returns
+// nil every mutation is applied (or superseded) and fsynced; when it returns
+// an error none is. Concurrent calls share fsyncs (Pebble's group commit).
+// Mutations of one batch are applied in order, so a later mutation of the same
+// key in the batch sees the earlier one.
+func (s *Store) Apply(ctx context.Context, muts []Mutation) ([]Outcome, error) {
+	return s.apply(ctx, muts, pebble.Sync)
+}
+
+func (s *Store) apply(ctx context.Context, muts []Mutation, wo *pebble.WriteOptions) ([]Outcome, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(muts) == 0 {
+		return nil, nil
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mu.closed {
+		return nil, ErrClosed
+	}
+	rs, err := s.resolveLocked(muts)
+	if err != nil {
+		return nil, err
+	}
+	unlock := s.lockStripes(rs)
+	defer unlock()
+
+	b := s.db.NewIndexedBatch()
+	defer b.Close()
+	floors := map[string]uint32{}
+	out := make([]Outcome, len(rs))
+	for i := range rs {
+		if out[i], err = s.applyOne(b, &rs[i], floors); err != nil {
+			return nil, err
+		}
+	}
+	if b.Empty() {
+		return out, nil
+	}
+	if err := b.Commit(wo); err != nil {
+		return nil, fmt.Errorf("shard: commit: %w", err)
+	}
+	return out, nil
+}
+
+// resolveLocked validates every mutation and resolves its shard. s.mu must
+// be held.
+func (s *Store) resolveLocked(muts []Mutation) ([]resolved, error) {
+	lim := &s.opts.Limits
+	if len(muts) > lim.MaxBatchMutations {
+		return nil, fmt.Errorf("%w: %d mutations, limit is %d", ErrTooLarge, len(muts), lim.MaxBatchMutations)
+	}
+	total := 0
+	for i := range muts {
+		total += muts[i].size()
+	}
+	if total > lim.MaxBatchBytes {
+		return nil, fmt.Errorf("%w: %d bytes of keys, values and payloads, limit is %d", ErrTooLarge, total, lim.MaxBatchBytes)
+	}
+	now := s.opts.Clock.Now()
+	rs := make([]resolved, len(muts))
+	for i := range muts {
+		r, err := s.resolveOneLocked(&muts[i], now)
+		if err != nil {
+			if len(muts) > 1 {
+				return nil, fmt.Errorf("mutations[%d]: %w", i, err)
+			}
+			return nil, err
+		}
+		rs[i] = r
+	}
+	return rs, nil
+}
+
+func (s *Store) resolveOneLocked(m *Mutation, now time.Time) (resolved, error) {
+	r := resolved{Mutation: m}
+	lim := &s.opts.Limits
+	var want TableKind
+	switch m.Op {
+	case OpPut, OpDelete:
+		want = KindContent
+	case OpAppend, OpRemove:
+		want = KindIndex
+	default:
+		return r, fmt.Errorf("%w: unknown mutation op %d", ErrInvalid, m.Op)
+	}
+	t, err := s.tableLocked(m.Table)
+	if err != nil {
+		return r, err
+	}
+	if t.Kind != want {
+		return r, fmt.Errorf("%w: %s on table %q, which is a %s table", ErrWrongKind, m.Op, m.Table, t.Kind)
+	}
+	sh, err := s.shardLocked(m.Shard)
+	if err != nil {
+		return r, err
+	}
+	r.num = sh.Num
+	if m.Version.IsZero() {
+		return r, fmt.Errorf("%w: version is unset", ErrInvalid)
+	}
+	if ahead := m.Version.HLC.WallTime().Sub(now); ahead > s.opts.MaxClockAhead {
+		return r, fmt.Errorf("%w: version timestamp %s is %s ahead of the local clock, bound is %s", ErrInvalid, m.Version.HLC, ahead.Round(time.Millisecond), s.opts.MaxClockAhead)
+	}
+	switch m.Op {
+	case OpPut, OpDelete:
+		if err := checkBytes("key", m.Key, 1, lim.MaxKeyBytes); err != nil {
+			return r, err
+		}
+		if m.Op == OpPut {
+			if err := checkBytes("value", m.Value, 1, lim.MaxValueBytes); err != nil {
+				return r, err
+			}
+		} else if len(m.Value) > 0 {
+			return r, fmt.Errorf("%w: value: a delete carries no value", ErrInvalid)
+		}
+	case OpAppend, OpRemove:
+		if m.Owner == 0 {
+			return r, fmt.Errorf("%w: owner is zero (unset)", ErrInvalid)
+		}
+		if err := ids.ID(m.ID).Validate(now, s.opts.MaxClockAhead); err != nil {
+			return r, fmt.Errorf("%w: id: %w", ErrInvalid, err)
+		}
+		if m.Op == OpAppend {
+			if err := checkBytes("payload", m.Payload, 0, lim.MaxPayloadBytes); err != nil {
+				return r, err
+			}
+		} else if len(m.Payload) > 0 {
+			return r, fmt.Errorf("%w: payload: a remove carries no payload", ErrInvalid)
+		}
+		r.month = ids.ID(m.ID).Month()
+	}
+	return r, nil
+}
+
+func checkBytes(field string, b []byte, min, max int) error {
+	if len(b) < min {
+		return fmt.Errorf("%w: %s is empty", ErrInvalid, field)
+	}
+	if len(b) > max {
+		return fmt.Errorf("%w: %s is %d bytes, limit is %d", ErrInvalid, field, len(b), max)
+	}
+	return nil
+}
+
+var stripeSeed = maphash.MakeSeed()
+
+// stripeOf returns the lock stripe of a mutation: content locks its key,
+// index mutations lock their owner (they share the owner's month counts).
+func stripeOf(r *resolved) int {
+	var h maphash.Hash
+	h.SetSeed(stripeSeed)
+	var buf [13]byte
+	binary.BigEndian.PutUint32(buf[:], r.num)
+	switch r.Op {
+	case OpPut, OpDelete:
+		buf[4] = spaceContent
+		h.Write(buf[:5])
+		h.WriteString(r.Table)
+		h.WriteByte(0)
+		h.Write(r.Key)
+	default:
+		buf[4] = spaceIndex
+		binary.BigEndian.PutUint64(buf[5:], r.Owner)
+		h.Write(buf[:])
+		h.WriteString(r.Table)
+	}
+	return int(h.Sum64() % numStripes)
+}
+
+// lockStripes locks the stripes of rs in ascending order (so batches never
+// deadlock) and returns the unlock function.
+func (s *Store) lockStripes(rs []resolved) func() {
+	idx := make([]int, len(rs))
+	for i := range rs {
+		idx[i] = stripeOf(&rs[i])
+	}
+	return s.lockStripeSet(idx)
+}
+
+func (s *Store) lockStripeSet(idx []int) func() {
+	slices.Sort(idx)
+	idx = slices.Compact(idx)
+	for _, i := range idx {
+		s.stripes[i].Lock()
+	}
+	return func() {
+		for _, i := range idx {
+			s.stripes[i].Unlock()
+		}
+	}
+}
+
+// getRecord reads a record through the batch. found is false if absent.
+func getRecord(r pebble.Reader, key []byte) (rec record, enc []byte, found bool, err error) {
+	v, closer, err := r.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return record{}, nil, false, nil
+	}
+	if err != nil {
+		return record{}, nil, false, err
+	}
+	enc = append([]byte(nil), v...)
+	_ = closer.Close()
+	rec, err = decodeRecord(enc)
+	if err != nil {
+		return record{}, nil, false, fmt.Errorf("%w (key %x)", err, key)
+	}
+	return rec, enc, true, nil
+}
+
+func getUint(r pebble.Reader, key []byte, size int) (uint64, bool, error) {
+	v, closer, err := r.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	defer closer.Close()
+	switch {
+	case size == 8 && len(v) == 8:
+		return binary.BigEndian.Uint64(v), true, nil
+	case size == 4 && len(v) == 4:
+		return uint64(binary.BigEndian.Uint32(v)), true, nil
+	}
+	return 0, false, fmt.Errorf("shard: corrupt %d-byte integer at key %x", len(v), key)
+}
+
+func (s *Store) applyOne(b *pebble.Batch, r *resolved, floors map[string]uint32) (Outcome, error) {
+	switch r.Op {
+	case OpPut, OpDelete:
+		key := contentKey(r.num, r.Table, r.Key)
+		enc := encodeRecord(r.Version, r.Op == OpDelete, r.Value)
+		cur, curEnc, found, err := getRecord(b, key)
+		if err != nil {
+			return 0, err
+		}
+		if found && !wins(r.Version, enc, cur, curEnc) {
+			return Superseded, nil
+		}
+		return Applied, b.Set(key, enc, nil)
+	}
+
+	// Index entry.
+	fk := string(binary.BigEndian.AppendUint32(nil, r.num)) + r.Table
+	floor, ok := floors[fk]
+	if !ok {
+		f, _, err := getUint(b, retentionKey(r.num, r.Table), 4)
+		if err != nil {
+			return 0, err
+		}
+		floor = uint32(f)
+		floors[fk] = floor
+	}
+	if r.month < floor {
+		return BelowRetention, nil
+	}
+	key := indexKey(r.num, r.Table, r.month, r.Owner, r.ID)
+	enc := encodeRecord(r.Version, r.Op == OpRemove, r.Payload)
+	cur, curEnc, found, err := getRecord(b, key)
+	if err != nil {
+		return 0, err
+	}
+	if found && !wins(r.Version, enc, cur, curEnc) {
+		return Superseded, nil
+	}
+	if err := b.Set(key, enc, nil); err != nil {
+		return 0, err
+	}
+	if !found {
+		if err := b.Set(monthKey(r.num, r.Table, r.month), nil, nil); err != nil {
+			return 0, err
+		}
+	}
+	wasLive, isLive := found && !cur.tombstone, r.Op == OpAppend
+	if wasLive == isLive {
+		return Applied, nil
+	}
+	ck := countKey(r.num, r.Table, r.month, r.Owner)
+	n, _, err := getUint(b, ck, 8)
+	if err != nil {
+		return 0, err
+	}
+	if isLive {
+		n++
+	} else {
+		if n == 0 {
+			return 0, fmt.Errorf("shard: count of owner %d month %s would go negative (corrupt count)", r.Owner, ids.MonthString(r.month))
+		}
+		n--
+	}
+	if n == 0 {
+		return Applied, b.Delete(ck, nil)
+	}
+	return Applied, b.Set(ck, binary.BigEndian.AppendUint64(nil, n), nil)
+}

@@ -1,0 +1,400 @@
+package shard
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// TableKind says whether a table holds content or an index.
+type TableKind uint8
+
+// Table kinds.
+const (
+	KindContent TableKind = 1
+	KindIndex   TableKind = 2
+)
+
+func (k TableKind) String() string {
+	switch k {
+	case KindContent:
+		return "content"
+	case KindIndex:
+		return "index"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// TableInfo describes a table.
+type TableInfo struct {
+	Name string
+	Kind TableKind
+}
+
+// ShardInfo describes a physical shard.
+type ShardInfo struct {
+	Name    string
+	Num     uint32 // local to this store; never reused
+	Created time.Time
+}
+
+// numStripes is the number of key-lock stripes. A mutation reads the current
+// record and writes the winner under its stripe's lock, held until the batch
+// is durable, so two writers of one key never interleave.
+const numStripes = 4096
+
+// Store is one Pebble database holding a node's physical shards. It is safe
+// for concurrent use.
+type Store struct {
+	opts Options
+	db   *pebble.DB
+
+	stripes [numStripes]sync.Mutex
+
+	// scans counts long reads (digests, tombstone collection) that hold a
+	// Pebble iterator without holding mu. Close waits for them.
+	scans sync.WaitGroup
+
+	// mu guards the schema. Every mutation holds it for reading until it is
+	// durable, so creating or dropping a shard, and a retention drop, never
+	// interleave with an apply.
+	mu struct {
+		sync.RWMutex
+		closed    bool
+		shards    map[string]ShardInfo
+		tables    map[string]TableInfo
+		nextShard uint32
+	}
+}
+
+var nextShardKey = metaKey('N', "")
+
+// Open opens (creating if needed) the store in dir.
+func Open(dir string, opts Options) (*Store, error) {
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	cache := pebble.NewCache(opts.CacheBytes)
+	defer cache.Unref()
+	popts := &pebble.Options{
+		FS:                 opts.FS,
+		Cache:              cache,
+		MemTableSize:       opts.MemTableBytes,
+		FormatMajorVersion: pebble.FormatNewest,
+		Logger:             pebbleLogger{opts.Logger},
+	}
+	popts.EnsureDefaults()
+	db, err := pebble.Open(dir, popts)
+	if err != nil {
+		return nil, fmt.Errorf("shard: open %s: %w", dir, err)
+	}
+	s := &Store{opts: opts, db: db}
+	if err := s.loadMeta(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) loadMeta() error {
+	s.mu.shards = map[string]ShardInfo{}
+	s.mu.tables = map[string]TableInfo{}
+	s.mu.nextShard = 1
+	start, end := shardSpan(0)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		k, v := it.Key(), it.Value()
+		if len(k) < shardPrefixLen+1 {
+			return fmt.Errorf("shard: corrupt metadata key %q", k)
+		}
+		name := string(k[shardPrefixLen+1:])
+		switch k[shardPrefixLen] {
+		case metaShard:
+			if len(v) != 12 {
+				return fmt.Errorf("shard: corrupt shard record %q", name)
+			}
+			s.mu.shards[name] = ShardInfo{
+				Name:    name,
+				Num:     binary.BigEndian.Uint32(v),
+				Created: time.UnixMilli(int64(binary.BigEndian.Uint64(v[4:]))).UTC(),
+			}
+		case metaTable:
+			if len(v) != 1 || (TableKind(v[0]) != KindContent && TableKind(v[0]) != KindIndex) {
+				return fmt.Errorf("shard: corrupt table record %q", name)
+			}
+			s.mu.tables[name] = TableInfo{Name: name, Kind: TableKind(v[0])}
+		case 'N':
+			if len(v) != 4 {
+				return fmt.Errorf("shard: corrupt shard counter")
+			}
+			s.mu.nextShard = binary.BigEndian.Uint32(v)
+		}
+	}
+	return it.Error()
+}
+
+// Close closes the store. It waits for in-flight mutations, reads and scans.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.mu.closed = true
+	s.mu.Unlock()
+	s.scans.Wait()
+	return s.db.Close()
+}
+
+// beginScan registers a long read that iterates without holding mu: it
+// returns the shard's number and an iterator over a consistent view of its
+// span, or an error. The caller calls done when finished.
+func (s *Store) beginScan(shard string) (num uint32, it *pebble.Iterator, done func(), err error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mu.closed {
+		return 0, nil, nil, ErrClosed
+	}
+	num = 0
+	if shard != "" {
+		sh, err := s.shardLocked(shard)
+		if err != nil {
+			return 0, nil, nil, err
+		}
+		num = sh.Num
+	}
+	lo, hi := shardSpan(num)
+	if shard == "" { // every shard, no metadata
+		lo, hi = shardSpan(1)
+		hi = nil
+	}
+	it, err = s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	s.scans.Add(1)
+	return num, it, func() { _ = it.Close(); s.scans.Done() }, nil
+}
+
+// Limits returns the limits the store enforces.
+func (s *Store) Limits() Limits { return s.opts.Limits }
+
+// validName checks a shard or table name: 1 to 64 bytes of [A-Za-z0-9_.-].
+func validName(what, name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: %s name is empty", ErrInvalid, what)
+	}
+	if len(name) > MaxTableNameBytes {
+		return fmt.Errorf("%w: %s name is %d bytes, limit is %d", ErrInvalid, what, len(name), MaxTableNameBytes)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return fmt.Errorf("%w: %s name %q: byte %d is not one of [A-Za-z0-9_.-]", ErrInvalid, what, name, i)
+		}
+	}
+	return nil
+}
+
+// CreateTable registers a table. Creating an existing table with the same
+// kind is a no-op; with another kind it is ErrExists.
+func (s *Store) CreateTable(ctx context.Context, name string, kind TableKind) error {
+	if err := validName("table", name); err != nil {
+		return err
+	}
+	if kind != KindContent && kind != KindIndex {
+		return fmt.Errorf("%w: table kind %d", ErrInvalid, kind)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return ErrClosed
+	}
+	if t, ok := s.mu.tables[name]; ok {
+		if t.Kind == kind {
+			return nil
+		}
+		return fmt.Errorf("%w: table %q is a %s table", ErrExists, name, t.Kind)
+	}
+	if err := s.db.Set(metaKey(metaTable, name), []byte{byte(kind)}, pebble.Sync); err != nil {
+		return fmt.Errorf("shard: create table %q: %w", name, err)
+	}
+	s.mu.tables[name] = TableInfo{Name: name, Kind: kind}
+	return nil
+}
+
+// Tables lists the tables, sorted by name.
+func (s *Store) Tables() []TableInfo {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]TableInfo, 0, len(s.mu.tables))
+	for _, t := range s.mu.tables {
+		out = append(out, t)
+	}
+	slices.SortFunc(out, func(a, b TableInfo) int { return cmpString(a.Name, b.Name) })
+	return out
+}
+
+// Table returns the named table.
+func (s *Store) Table(name string) (TableInfo, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.tableLocked(name)
+}
+
+func (s *Store) tableLocked(name string) (TableInfo, error) {
+	t, ok := s.mu.tables[name]
+	if !ok {
+		if name == "" {
+			return t, fmt.Errorf("%w: table name is empty", ErrInvalid)
+		}
+		return t, fmt.Errorf("%w: %q", ErrTableNotFound, name)
+	}
+	return t, nil
+}
+
+func (s *Store) shardLocked(name string) (ShardInfo, error) {
+	sh, ok := s.mu.shards[name]
+	if !ok {
+		if name == "" {
+			return sh, fmt.Errorf("%w: shard name is empty", ErrInvalid)
+		}
+		return sh, fmt.Errorf("%w: %q", ErrShardNotFound, name)
+	}
+	return sh, nil
+}
+
+// CreateShard creates an empty physical shard. It fails with ErrExists if
+// the name is taken.
+func (s *Store) CreateShard(ctx context.Context, name string) (ShardInfo, error) {
+	if err := validName("shard", name); err != nil {
+		return ShardInfo{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return ShardInfo{}, ErrClosed
+	}
+	if sh, ok := s.mu.shards[name]; ok {
+		return sh, fmt.Errorf("%w: shard %q", ErrExists, name)
+	}
+	info := ShardInfo{Name: name, Num: s.mu.nextShard, Created: s.opts.Clock.Now().UTC().Truncate(time.Millisecond)}
+	rec := binary.BigEndian.AppendUint32(nil, info.Num)
+	rec = binary.BigEndian.AppendUint64(rec, uint64(info.Created.UnixMilli()))
+	b := s.db.NewBatch()
+	defer b.Close()
+	_ = b.Set(metaKey(metaShard, name), rec, nil)
+	_ = b.Set(nextShardKey, binary.BigEndian.AppendUint32(nil, info.Num+1), nil)
+	if err := b.Commit(pebble.Sync); err != nil {
+		return ShardInfo{}, fmt.Errorf("shard: create shard %q: %w", name, err)
+	}
+	s.mu.shards[name] = info
+	s.mu.nextShard = info.Num + 1
+	return info, nil
+}
+
+// DropShard deletes a shard and all its data.
+func (s *Store) DropShard(ctx context.Context, name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return ErrClosed
+	}
+	sh, err := s.shardLocked(name)
+	if err != nil {
+		return err
+	}
+	start, end := shardSpan(sh.Num)
+	b := s.db.NewBatch()
+	defer b.Close()
+	_ = b.Delete(metaKey(metaShard, name), nil)
+	_ = b.DeleteRange(start, end, nil)
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("shard: drop shard %q: %w", name, err)
+	}
+	delete(s.mu.shards, name)
+	return nil
+}
+
+// Shards lists the shards, sorted by name.
+func (s *Store) Shards() []ShardInfo {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]ShardInfo, 0, len(s.mu.shards))
+	for _, sh := range s.mu.shards {
+		out = append(out, sh)
+	}
+	slices.SortFunc(out, func(a, b ShardInfo) int { return cmpString(a.Name, b.Name) })
+	return out
+}
+
+// ShardSize estimates the bytes a shard occupies on disk.
+func (s *Store) ShardSize(name string) (uint64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mu.closed {
+		return 0, ErrClosed
+	}
+	sh, err := s.shardLocked(name)
+	if err != nil {
+		return 0, err
+	}
+	start, end := shardSpan(sh.Num)
+	return s.db.EstimateDiskUsage(start, end)
+}
+
+// Stats are store-wide figures for metrics.
+type Stats struct {
+	// WALSyncs counts the fsyncs of the write-ahead log since Open. With
+	// group commit it grows more slowly than the number of durable batches.
+	WALSyncs uint64
+	// DiskBytes is the size of the live sstables and WAL.
+	DiskBytes uint64
+	// MemTableBytes is the size of the memtables.
+	MemTableBytes uint64
+	// Compactions counts completed compactions.
+	Compactions int64
+}
+
+// Stats returns current store-wide figures.
+func (s *Store) Stats() Stats {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mu.closed {
+		return Stats{}
+	}
+	m := s.db.Metrics()
+	st := Stats{
+		DiskBytes:     m.DiskSpaceUsage(),
+		MemTableBytes: m.MemTable.Size,
+		Compactions:   m.Compact.Count,
+	}
+	if h := m.LogWriter.FsyncLatency; h != nil {
+		var d dto.Metric
+		if h.Write(&d) == nil && d.Histogram != nil {
+			st.WALSyncs = d.Histogram.GetSampleCount()
+		}
+	}
+	return st
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
