@@ -1,0 +1,179 @@
+// Command node runs an Aviary storage node. With no flags it is a complete
+// one-node site: data in ./aviary-data, gRPC on 127.0.0.1:7390, metrics and
+// health on 127.0.0.1:7391, the default tables ready to use.
+//
+// Every flag can also be set by an environment variable: --data-dir is
+// AVIARY_DATA_DIR, and so on. A flag given on the command line wins.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/aviarydb/aviary/node"
+	"github.com/aviarydb/aviary/shard"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+func main() {
+	if err := newCommand().Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cobra.Command {
+	var (
+		cfg       node.Config
+		tables    string
+		logFormat string
+		logLevel  string
+	)
+	cfg.EnsureDefaults()
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Run an Aviary storage node",
+		Long: `Run an Aviary storage node: physical shards on Pebble behind a gRPC API
+(aviary.v1.Data, aviary.v1.ShardAdmin, grpc.health.v1, server reflection),
+Prometheus /metrics and /healthz over HTTP.
+
+With no flags it is a complete one-node site on 127.0.0.1, with its data in
+./aviary-data and the default tables created. Writes are acknowledged only
+after they are fsynced. SIGINT or SIGTERM shut it down gracefully.
+
+Every flag can be set by an environment variable named AVIARY_ and the flag
+name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
+		Example: `  go run ./cmd/node
+  AVIARY_DATA_DIR=/var/lib/aviary go run ./cmd/node --grpc-addr 127.0.0.1:7490`,
+		SilenceUsage: true,
+		Args:         cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			return applyEnv(cmd.Flags())
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logger, err := newLogger(logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			if cfg.Tables, err = parseTables(tables); err != nil {
+				return err
+			}
+			cfg.Logger = logger
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			n, err := node.New(ctx, cfg)
+			if err != nil {
+				logger.Error("node failed to start", "err", err)
+				return err
+			}
+			if err := n.Run(ctx); err != nil {
+				logger.Error("node stopped with an error", "err", err)
+				return err
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.SortFlags = false
+	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory of the node's Pebble store (created if missing)")
+	f.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "gRPC listen address (port 0 picks a free one)")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "HTTP listen address for /metrics and /healthz")
+	f.Uint32Var(&cfg.SiteID, "site-id", cfg.SiteID, "this site's number in ids and versions (0-31)")
+	f.StringVar(&cfg.SiteName, "site-name", cfg.SiteName, "this site's name, for logs")
+	f.Uint32Var(&cfg.WorkerID, "worker-id", cfg.WorkerID, "this node's number within its site, in ids (0-31)")
+	f.IntVar(&cfg.DefaultShards, "shards", cfg.DefaultShards, "default shards a new node creates; requests that name no shard are hashed onto them")
+	f.StringVar(&tables, "tables", formatTables(node.DefaultTables), "tables a new node creates, as name:content or name:index, comma separated")
+	f.IntVar(&cfg.Limits.MaxKeyBytes, "max-key-bytes", cfg.Limits.MaxKeyBytes, "largest content key")
+	f.IntVar(&cfg.Limits.MaxValueBytes, "max-value-bytes", cfg.Limits.MaxValueBytes, "largest content value")
+	f.IntVar(&cfg.Limits.MaxPayloadBytes, "max-payload-bytes", cfg.Limits.MaxPayloadBytes, "largest index payload (at most 255)")
+	f.IntVar(&cfg.Limits.MaxBatchMutations, "max-batch-mutations", cfg.Limits.MaxBatchMutations, "most mutations in one Write")
+	f.IntVar(&cfg.Limits.MaxBatchBytes, "max-batch-bytes", cfg.Limits.MaxBatchBytes, "most key, value and payload bytes in one Write")
+	f.IntVar(&cfg.Limits.MaxRangeLimit, "max-range-limit", cfg.Limits.MaxRangeLimit, "largest Range limit and MultiGet key count")
+	f.IntVar(&cfg.Limits.MaxOffset, "max-offset", cfg.Limits.MaxOffset, "largest Range offset (page N)")
+	f.DurationVar(&cfg.MaxClockSkew, "max-clock-skew", cfg.MaxClockSkew, "how far ahead of the local clock a version or entry id may be")
+	f.DurationVar(&cfg.TombstoneGrace, "tombstone-grace", cfg.TombstoneGrace, "how long deletes are kept as tombstones; must exceed the longest replication outage retained")
+	f.DurationVar(&cfg.GCInterval, "gc-interval", cfg.GCInterval, "how often expired tombstones are collected")
+	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for in-flight requests")
+	f.Int64Var(&cfg.CacheBytes, "cache-bytes", 256<<20, "Pebble block cache size in bytes")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.VisitAll(func(fl *pflag.Flag) {
+		fl.Usage += fmt.Sprintf(" [%s]", envName(fl.Name))
+	})
+	return cmd
+}
+
+// envName is the environment variable of a flag.
+func envName(flag string) string {
+	return "AVIARY_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// applyEnv sets every flag not given on the command line from its
+// environment variable, if set.
+func applyEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(fl *pflag.Flag) {
+		if err != nil || fl.Changed {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(fl.Name)); ok {
+			if e := fl.Value.Set(v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", envName(fl.Name), v, e)
+			}
+		}
+	})
+	return err
+}
+
+func newLogger(format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+func formatTables(ts []shard.TableInfo) string {
+	parts := make([]string, len(ts))
+	for i, t := range ts {
+		parts[i] = t.Name + ":" + t.Kind.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func parseTables(s string) ([]shard.TableInfo, error) {
+	var out []shard.TableInfo
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, kind, ok := strings.Cut(part, ":")
+		t := shard.TableInfo{Name: name}
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("--tables: %q: want name:content or name:index", part)
+		case kind == "content":
+			t.Kind = shard.KindContent
+		case kind == "index":
+			t.Kind = shard.KindIndex
+		default:
+			return nil, fmt.Errorf("--tables: %q: kind %q is not content or index", part, kind)
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+

@@ -1,0 +1,121 @@
+package node
+
+import (
+	"context"
+	"encoding/hex"
+	"slices"
+
+	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/ids"
+	"github.com/aviarydb/aviary/shard"
+)
+
+// adminServer implements the ShardAdmin service on a Node.
+type adminServer struct {
+	pb.UnimplementedShardAdminServer
+	n *Node
+}
+
+func (a *adminServer) shardInfo(sh shard.ShardInfo) *pb.ShardInfo {
+	size, _ := a.n.store.ShardSize(sh.Name)
+	return &pb.ShardInfo{
+		Name:             sh.Name,
+		CreatedUnixMs:    sh.Created.UnixMilli(),
+		SizeBytes:        size,
+		DefaultPlacement: slices.Contains(a.n.place.shards, sh.Name),
+	}
+}
+
+func (a *adminServer) CreateShard(ctx context.Context, r *pb.CreateShardRequest) (*pb.ShardInfo, error) {
+	sh, err := a.n.store.CreateShard(ctx, r.Name)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	a.n.log.Info("shard created", "shard", sh.Name)
+	return a.shardInfo(sh), nil
+}
+
+func (a *adminServer) DropShard(ctx context.Context, r *pb.DropShardRequest) (*pb.DropShardResponse, error) {
+	if slices.Contains(a.n.place.shards, r.Name) {
+		return nil, invalidf("shard %q is a default-placement shard: dropping it would lose the writes placed on it", r.Name)
+	}
+	if err := a.n.store.DropShard(ctx, r.Name); err != nil {
+		return nil, toStatus(err)
+	}
+	a.n.log.Info("shard dropped", "shard", r.Name)
+	return &pb.DropShardResponse{}, nil
+}
+
+func (a *adminServer) ListShards(ctx context.Context, _ *pb.ListShardsRequest) (*pb.ListShardsResponse, error) {
+	var resp pb.ListShardsResponse
+	for _, sh := range a.n.store.Shards() {
+		resp.Shards = append(resp.Shards, a.shardInfo(sh))
+	}
+	return &resp, nil
+}
+
+func (a *adminServer) DigestShard(ctx context.Context, r *pb.DigestShardRequest) (*pb.DigestShardResponse, error) {
+	var end []byte
+	if len(r.End) > 0 {
+		end = r.End
+	}
+	d, err := a.n.store.Digest(ctx, r.Name, r.Start, end)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.DigestShardResponse{Sum: d.Sum[:], SumHex: hex.EncodeToString(d.Sum[:]), Records: d.Records, Bytes: d.Bytes}, nil
+}
+
+func (a *adminServer) CreateTable(ctx context.Context, r *pb.CreateTableRequest) (*pb.TableInfo, error) {
+	var kind shard.TableKind
+	switch r.Kind {
+	case pb.TableKind_TABLE_KIND_CONTENT:
+		kind = shard.KindContent
+	case pb.TableKind_TABLE_KIND_INDEX:
+		kind = shard.KindIndex
+	default:
+		return nil, invalidf("kind is unset: TABLE_KIND_CONTENT or TABLE_KIND_INDEX is required")
+	}
+	if err := a.n.store.CreateTable(ctx, r.Name, kind); err != nil {
+		return nil, toStatus(err)
+	}
+	a.n.log.Info("table created", "table", r.Name, "kind", kind)
+	return &pb.TableInfo{Name: r.Name, Kind: r.Kind}, nil
+}
+
+func (a *adminServer) ListTables(ctx context.Context, _ *pb.ListTablesRequest) (*pb.ListTablesResponse, error) {
+	var resp pb.ListTablesResponse
+	for _, t := range a.n.store.Tables() {
+		resp.Tables = append(resp.Tables, &pb.TableInfo{Name: t.Name, Kind: pb.TableKind(t.Kind)})
+	}
+	return &resp, nil
+}
+
+func (a *adminServer) DropMonths(ctx context.Context, r *pb.DropMonthsRequest) (*pb.DropMonthsResponse, error) {
+	month, err := ids.ParseMonth(r.Before)
+	if err != nil {
+		return nil, invalidf("before: %v (want YYYY-MM)", err)
+	}
+	shards := []string{r.Shard}
+	if r.Shard == "" {
+		shards = shards[:0]
+		for _, sh := range a.n.store.Shards() {
+			shards = append(shards, sh.Name)
+		}
+	}
+	for _, sh := range shards {
+		if err := a.n.store.DropMonthsBefore(ctx, sh, r.Table, month); err != nil {
+			return nil, toStatus(err)
+		}
+	}
+	a.n.log.Info("months dropped", "table", r.Table, "before", r.Before, "shards", len(shards))
+	return &pb.DropMonthsResponse{}, nil
+}
+
+func (a *adminServer) CollectTombstones(ctx context.Context, _ *pb.CollectTombstonesRequest) (*pb.CollectTombstonesResponse, error) {
+	n, err := a.n.collectTombstones(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.CollectTombstonesResponse{Collected: uint64(n)}, nil
+}

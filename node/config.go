@@ -1,0 +1,147 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/aviarydb/aviary/ids"
+	"github.com/aviarydb/aviary/shard"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Default listen addresses: loopback, on ports no well-known service uses
+// (NATS is 4222, its monitoring 8222).
+const (
+	DefaultGRPCAddr = "127.0.0.1:7390"
+	DefaultHTTPAddr = "127.0.0.1:7391"
+)
+
+// DefaultTables is the table set a new node creates: content tables for
+// statuses and users, index tables for per-user timelines and the follow
+// graph.
+var DefaultTables = []shard.TableInfo{
+	{Name: "statuses", Kind: shard.KindContent},
+	{Name: "users", Kind: shard.KindContent},
+	{Name: "user_timeline", Kind: shard.KindIndex},
+	{Name: "following", Kind: shard.KindIndex},
+	{Name: "followers", Kind: shard.KindIndex},
+}
+
+// Config configures a Node. Zero fields take the defaults of EnsureDefaults.
+type Config struct {
+	// DataDir holds the node's Pebble store. Default "aviary-data".
+	DataDir string
+	// GRPCAddr is the gRPC listen address. Default DefaultGRPCAddr.
+	GRPCAddr string
+	// HTTPAddr serves /metrics and /healthz. Default DefaultHTTPAddr.
+	HTTPAddr string
+	// SiteID is this site's number in ids and versions, 0 to ids.MaxSite.
+	SiteID uint32
+	// SiteName names the site in logs. Default "local".
+	SiteName string
+	// WorkerID is this node's number within its site, 0 to ids.MaxWorker.
+	WorkerID uint32
+	// DefaultShards is the number of shards a new node creates and places
+	// requests without a shard on. Default 8. An existing node keeps the
+	// number it was created with.
+	DefaultShards int
+	// Tables is the table set a new node creates. Default DefaultTables.
+	Tables []shard.TableInfo
+	// Limits bound requests; zero fields take shard's defaults.
+	Limits shard.Limits
+	// MaxClockSkew is how far ahead of the local clock a version or entry id
+	// may be. Default 10s.
+	MaxClockSkew time.Duration
+	// TombstoneGrace is how long deletes are kept as tombstones. It must
+	// exceed the longest replication outage you retain. Default 168h.
+	TombstoneGrace time.Duration
+	// GCInterval is how often tombstones older than the grace are collected.
+	// Default 1h.
+	GCInterval time.Duration
+	// ShutdownTimeout bounds the wait for in-flight requests on shutdown.
+	// Default 15s.
+	ShutdownTimeout time.Duration
+	// CacheBytes is Pebble's block cache size. Default 256 MiB.
+	CacheBytes int64
+
+	// Logger receives the node's logs. Default: discards.
+	Logger *slog.Logger
+	// Clock gives wall time. Default ids.SystemClock.
+	Clock ids.Clock
+	// Registry receives the node's metrics. Default: a new registry with
+	// the Go and process collectors.
+	Registry *prometheus.Registry
+}
+
+// EnsureDefaults fills zero fields with their defaults.
+func (c *Config) EnsureDefaults() {
+	if c.DataDir == "" {
+		c.DataDir = "aviary-data"
+	}
+	if c.GRPCAddr == "" {
+		c.GRPCAddr = DefaultGRPCAddr
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = DefaultHTTPAddr
+	}
+	if c.SiteName == "" {
+		c.SiteName = "local"
+	}
+	if c.DefaultShards == 0 {
+		c.DefaultShards = 8
+	}
+	if c.Tables == nil {
+		c.Tables = DefaultTables
+	}
+	c.Limits.EnsureDefaults()
+	if c.MaxClockSkew == 0 {
+		c.MaxClockSkew = 10 * time.Second
+	}
+	if c.TombstoneGrace == 0 {
+		c.TombstoneGrace = 168 * time.Hour
+	}
+	if c.GCInterval == 0 {
+		c.GCInterval = time.Hour
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 15 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Clock == nil {
+		c.Clock = ids.SystemClock{}
+	}
+}
+
+// Validate reports a setting outside its allowed range.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.SiteID > ids.MaxSite {
+		errs = append(errs, fmt.Errorf("site id %d: must be in [0, %d]", c.SiteID, ids.MaxSite))
+	}
+	if c.WorkerID > ids.MaxWorker {
+		errs = append(errs, fmt.Errorf("worker id %d: must be in [0, %d]", c.WorkerID, ids.MaxWorker))
+	}
+	if c.DefaultShards < 1 || c.DefaultShards > 1024 {
+		errs = append(errs, fmt.Errorf("default shards %d: must be in [1, 1024]", c.DefaultShards))
+	}
+	if c.MaxClockSkew < 0 {
+		errs = append(errs, fmt.Errorf("max clock skew %s: must not be negative", c.MaxClockSkew))
+	}
+	if c.TombstoneGrace < time.Minute {
+		errs = append(errs, fmt.Errorf("tombstone grace %s: must be at least 1m", c.TombstoneGrace))
+	}
+	if c.GCInterval < time.Second {
+		errs = append(errs, fmt.Errorf("gc interval %s: must be at least 1s", c.GCInterval))
+	}
+	if err := c.Limits.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("node: invalid config: %w", err)
+	}
+	return nil
+}
