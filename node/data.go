@@ -199,7 +199,7 @@ func (d *dataServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 	}
 	limit := int(r.Limit)
 	if limit == 0 {
-		limit = shard.DefaultRangeLimit
+		limit = min(shard.DefaultRangeLimit, d.n.cfg.Limits.MaxRangeLimit)
 	}
 	es, err := d.n.store.Range(ctx, sh, r.Table, r.Owner, shard.RangeOptions{
 		MaxID: r.MaxId, SinceID: r.SinceId, Limit: limit, Offset: int(r.Offset),

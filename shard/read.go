@@ -10,7 +10,8 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 )
 
-// DefaultRangeLimit is the limit of a Range that gives none.
+// DefaultRangeLimit is the limit of a Range that gives none (or
+// Limits.MaxRangeLimit if that is smaller).
 const DefaultRangeLimit = 20
 
 // Value is a live content value and its version.
@@ -124,7 +125,7 @@ func (s *Store) MultiGet(ctx context.Context, shard, table string, keys [][]byte
 func (s *Store) checkRangeOptions(o *RangeOptions) error {
 	lim := &s.opts.Limits
 	if o.Limit == 0 {
-		o.Limit = DefaultRangeLimit
+		o.Limit = min(DefaultRangeLimit, lim.MaxRangeLimit)
 	}
 	if o.Limit < 0 || o.Limit > lim.MaxRangeLimit {
 		return fmt.Errorf("%w: limit %d, must be in [1, %d]", ErrOutOfRange, o.Limit, lim.MaxRangeLimit)
