@@ -71,7 +71,7 @@ func TestDigestSubRanges(t *testing.T) {
 func TestDigestDetectsDifferences(t *testing.T) {
 	base := digestFixture()
 	variants := map[string]func([]Mutation){
-		"content version hlc": func(m []Mutation) { m[1].Version = ver(999, 0, 1) },
+		"content version hlc":  func(m []Mutation) { m[1].Version = ver(999, 0, 1) },
 		"content version site": func(m []Mutation) { m[1].Version.Site = 2 },
 		"content value":        func(m []Mutation) { m[1].Value = []byte("2'") },
 		"delete vs put":        func(m []Mutation) { m[4] = putM(shA, "e", "5", m[4].Version) },

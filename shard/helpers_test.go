@@ -22,8 +22,8 @@ var testNow = time.Date(2026, 5, 15, 12, 0, 0, 0, time.UTC)
 
 // Names of the schema newTestStore creates.
 const (
-	shA     = "s1"
-	shB     = "s2"
+	shA      = "s1"
+	shB      = "s2"
 	tContent = "content"
 	tIndex   = "idx"
 )

@@ -1,3 +1,630 @@
+// Command bench is a load generator for an Aviary storage node. It drives a
+// node over real gRPC (every client connection made by netx.Dial) with
+// --concurrency clients spread round-robin over --conns connections, and
+// prints for every workload the throughput and the p50, p99, p999 and
+// maximum latency of the operations, and the errors. Each workload is warmed
+// up for --warmup (not measured), then measured for --duration.
+//
+// It measures these workloads:
+//
+//   - put: one Put RPC of a new random key per operation, acknowledged
+//     after fsync.
+//   - batch100: one Write RPC of 100 Puts per operation (ops/s are batches/s;
+//     mut/s are mutations/s).
+//   - get: --keys keys are preloaded with Write batches of 1000, then Gets of
+//     uniformly random keys (the p99 target is under 1 ms).
+//   - range20: --owners owners' --entries-per-owner index entries are
+//     preloaded with Write batches of Appends with explicit ids spread over
+//     the last two months (so a Range sometimes crosses a month partition),
+//     then Ranges of limit 20 for uniformly random owners.
+//
+// Unless --raw=false, put, batch100 and get are also run against bare Pebble
+// in a fresh directory next to the node's data (so on the same disk), with
+// the same concurrency and sync setting: synced db.Set, synced 100-Set
+// batches, and db.Get after an unsynced bulk load and a flush. The ratio
+// node/raw of their throughputs is what the node (gRPC, versioning,
+// read-before-write, key locks) costs. range20 has no raw baseline.
+//
+// Without --addr, the node runs in this process on 127.0.0.1 in a temporary
+// directory under --dir and is shut down at the end; clients and node then
+// share the CPUs. Results are printed as a table as each workload finishes,
+// after a header describing the machine and the exact command; --json adds
+// them as JSON lines at the end. SIGINT stops the run early and prints what
+// was measured.
+//
+// The figures in docs/benchmarks.md were measured with:
+//
+//	go run ./cmd/bench --duration 5s
 package main
 
-func main() {}
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/node"
+	"github.com/aviarydb/aviary/shard"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+)
+
+func main() {
+	if err := newCommand().Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+// config holds the command's flags.
+type config struct {
+	Addr            string
+	Dir             string
+	Duration        time.Duration
+	Warmup          time.Duration
+	Concurrency     int
+	Conns           int
+	Workloads       []string
+	Keys            int
+	ValueBytes      int
+	Owners          int
+	EntriesPerOwner int
+	JSON            bool
+	Raw             bool
+}
+
+func (c *config) validate() error {
+	switch {
+	case c.Duration <= 0:
+		return fmt.Errorf("--duration %s: must be positive", c.Duration)
+	case c.Warmup < 0:
+		return fmt.Errorf("--warmup %s: must not be negative", c.Warmup)
+	case c.Concurrency < 1:
+		return fmt.Errorf("--concurrency %d: must be at least 1", c.Concurrency)
+	case c.Conns < 1:
+		return fmt.Errorf("--conns %d: must be at least 1", c.Conns)
+	case c.Keys < 1:
+		return fmt.Errorf("--keys %d: must be at least 1", c.Keys)
+	case c.ValueBytes < 1:
+		return fmt.Errorf("--value-bytes %d: must be at least 1", c.ValueBytes)
+	case c.Owners < 1:
+		return fmt.Errorf("--owners %d: must be at least 1", c.Owners)
+	case c.EntriesPerOwner < 1:
+		return fmt.Errorf("--entries-per-owner %d: must be at least 1", c.EntriesPerOwner)
+	}
+	for _, w := range c.Workloads {
+		if _, ok := workloadByName(w); !ok {
+			return fmt.Errorf("--workloads: unknown workload %q: want some of %s", w, strings.Join(workloadNames, ","))
+		}
+	}
+	if len(c.Workloads) == 0 {
+		return fmt.Errorf("--workloads: none given: want some of %s", strings.Join(workloadNames, ","))
+	}
+	return nil
+}
+
+func newCommand() *cobra.Command {
+	cfg := config{Raw: true}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure an Aviary node's throughput and latency over gRPC",
+		Long: `Measure an Aviary storage node over real gRPC: --concurrency clients over
+--conns connections run each workload (put, batch100, get, range20) for a
+warmup and then --duration, and the throughput, latency quantiles and errors
+are printed as a table. put, batch100 and get are also run against bare
+Pebble on the same disk with the same sync setting, and the ratio node/raw of
+the throughputs is printed.
+
+Without --addr the node runs in this process, in a temporary directory under
+--dir, and is removed at the end. SIGINT stops early and prints what was
+measured.
+
+Every flag can be set by an environment variable named AVIARY_BENCH_ and the
+flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
+		Example: `  go run ./cmd/bench --duration 5s
+  go run ./cmd/bench --workloads get --keys 100000 --json
+  go run ./cmd/bench --addr 127.0.0.1:7390 --dir /var/lib/aviary-bench`,
+		SilenceUsage: true,
+		Args:         cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			return applyEnv(cmd.Flags())
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cfg.validate(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			go func() {
+				<-ctx.Done()
+				stop() // a second signal kills at once
+			}()
+			cmdline := append([]string{filepath.Base(os.Args[0])}, quoteArgs(cmd.Flags())...)
+			return run(ctx, cfg, cmd.OutOrStdout(), strings.Join(cmdline, " "), settings(cmd.Flags()))
+		},
+	}
+	f := cmd.Flags()
+	f.SortFlags = false
+	f.StringVar(&cfg.Addr, "addr", "", "gRPC address of the node to measure; empty: start one in this process on 127.0.0.1")
+	f.StringVar(&cfg.Dir, "dir", os.TempDir(), "parent of the temporary data directories (the in-process node's and raw Pebble's, so on one disk)")
+	f.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measured time per workload and target")
+	f.DurationVar(&cfg.Warmup, "warmup", time.Second, "unmeasured warmup before each measurement")
+	f.IntVar(&cfg.Concurrency, "concurrency", 64, "concurrent clients, each looping until the deadline")
+	f.IntVar(&cfg.Conns, "conns", 4, "gRPC connections; clients are spread over them round-robin")
+	f.StringSliceVar(&cfg.Workloads, "workloads", workloadNames, "workloads to run, comma separated: put, batch100, get, range20")
+	f.IntVar(&cfg.Keys, "keys", 1000000, "keys preloaded for get")
+	f.IntVar(&cfg.ValueBytes, "value-bytes", 128, "bytes of every value written (random, so incompressible)")
+	f.IntVar(&cfg.Owners, "owners", 10000, "owners preloaded for range20")
+	f.IntVar(&cfg.EntriesPerOwner, "entries-per-owner", 40, "index entries preloaded per owner for range20, spread over two months")
+	f.BoolVar(&cfg.JSON, "json", false, "also print the results as JSON lines at the end")
+	f.BoolVar(&cfg.Raw, "raw", true, "also run the raw Pebble baselines and print the ratios node/raw")
+	f.VisitAll(func(fl *pflag.Flag) {
+		fl.Usage += fmt.Sprintf(" [%s]", envName(fl.Name))
+	})
+	return cmd
+}
+
+// envName is the environment variable of a flag.
+func envName(flag string) string {
+	return "AVIARY_BENCH_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// applyEnv sets every flag not given on the command line from its
+// environment variable, if set.
+func applyEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(fl *pflag.Flag) {
+		if err != nil || fl.Changed {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(fl.Name)); ok {
+			if sv, isSlice := fl.Value.(pflag.SliceValue); isSlice {
+				// Set on a slice flag appends; an env var replaces.
+				if e := sv.Replace(strings.Split(v, ",")); e != nil {
+					err = fmt.Errorf("%s=%q: %w", envName(fl.Name), v, e)
+				}
+				return
+			}
+			if e := fl.Value.Set(v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", envName(fl.Name), v, e)
+			}
+		}
+	})
+	return err
+}
+
+// quoteArgs returns the flags given on the command line, as given.
+func quoteArgs(fs *pflag.FlagSet) []string {
+	var out []string
+	fs.Visit(func(fl *pflag.Flag) {
+		out = append(out, "--"+fl.Name+"="+shellQuote(flagString(fl)))
+	})
+	return out
+}
+
+// settings returns every flag's effective value, whether from the command
+// line, the environment or its default.
+func settings(fs *pflag.FlagSet) string {
+	var out []string
+	fs.VisitAll(func(fl *pflag.Flag) {
+		out = append(out, "--"+fl.Name+"="+shellQuote(flagString(fl)))
+	})
+	return strings.Join(out, " ")
+}
+
+func flagString(fl *pflag.Flag) string {
+	if sv, ok := fl.Value.(pflag.SliceValue); ok {
+		return strings.Join(sv.GetSlice(), ",")
+	}
+	return fl.Value.String()
+}
+
+// shellQuote quotes s for a POSIX shell if it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:,=@%+", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// workload is one benchmark: how to prepare and run it against the node and,
+// if it has a baseline, against raw Pebble.
+type workload struct {
+	name      string
+	mutsPerOp int // mutations per operation; 0 for reads
+	node      func(b *bench, ctx context.Context) (func(int) opFunc, error)
+	raw       func(b *bench, ctx context.Context, r *rawDB) (func(int) opFunc, error) // nil: none
+}
+
+var workloads = []workload{
+	{"put", 1, (*bench).nodePut, (*bench).rawPut},
+	{"batch100", batchMutations, (*bench).nodeBatch100, (*bench).rawBatch100},
+	{"get", 0, (*bench).nodeGet, (*bench).rawGet},
+	{"range20", 0, (*bench).nodeRange20, nil},
+}
+
+func workloadByName(name string) (workload, bool) {
+	for _, w := range workloads {
+		if w.name == name {
+			return w, true
+		}
+	}
+	return workload{}, false
+}
+
+// bench is one run of the command.
+type bench struct {
+	cfg     config
+	out     io.Writer
+	mu      sync.Mutex // serialises writes to out
+	root    string     // temporary directory of this run
+	conns   []*grpc.ClientConn
+	clients []pb.DataClient
+	records []any // for --json
+	errors  uint64
+}
+
+// client returns the Data client of client goroutine w.
+func (b *bench) client(w int) pb.DataClient { return b.clients[w%len(b.clients)] }
+
+func (b *bench) printf(format string, args ...any) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	fmt.Fprintf(b.out, format, args...)
+}
+
+// run runs the configured workloads and prints the results to out. It
+// returns an error if the setup failed or any operation failed.
+func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings string) (err error) {
+	b := &bench{cfg: cfg, out: out}
+	if b.root, err = os.MkdirTemp(cfg.Dir, "aviary-bench-"); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	defer func() {
+		if e := os.RemoveAll(b.root); e != nil {
+			b.printf("# removing %s: %v\n", b.root, e)
+		}
+	}()
+
+	addr, nodeDesc := cfg.Addr, "external, at "+cfg.Addr
+	if addr == "" {
+		ncfg := node.Config{DataDir: filepath.Join(b.root, "node"), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}
+		ncfg.EnsureDefaults()
+		n, err := node.New(ctx, ncfg)
+		if err != nil {
+			return fmt.Errorf("bench: start node: %w", err)
+		}
+		nodeCtx, stopNode := context.WithCancel(context.Background())
+		stopped := make(chan error, 1)
+		go func() { stopped <- n.Run(nodeCtx) }()
+		defer func() {
+			stopNode()
+			if e := <-stopped; e != nil {
+				b.printf("# node stopped with an error: %v\n", e)
+				err = errors.Join(err, e)
+			}
+		}()
+		addr = n.GRPCAddr()
+		nodeDesc = fmt.Sprintf("in-process at %s, data in %s, %d default shards, %d MiB cache (shares the CPUs with the clients)",
+			addr, ncfg.DataDir, ncfg.DefaultShards, cacheBytes()>>20)
+	}
+	for range cfg.Conns {
+		cc, err := netx.Dial(addr)
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		b.conns = append(b.conns, cc)
+		b.clients = append(b.clients, pb.NewDataClient(cc))
+	}
+	defer func() {
+		for _, cc := range b.conns {
+			_ = cc.Close()
+		}
+	}()
+
+	b.header(cmdline, settings, nodeDesc)
+	b.printf(rowFormat, "workload", "target", "conc", "ops/s", "mut/s", "p50", "p99", "p999", "max", "errors")
+	for _, name := range cfg.Workloads {
+		if ctx.Err() != nil {
+			break
+		}
+		w, _ := workloadByName(name)
+		b.runWorkload(ctx, w)
+	}
+	if ctx.Err() != nil {
+		b.printf("# interrupted (%v): the results above are all that was measured\n", context.Cause(ctx))
+	}
+	if cfg.JSON {
+		b.printf("\n")
+		for _, r := range b.records {
+			line, err := json.Marshal(r)
+			if err != nil {
+				return fmt.Errorf("bench: %w", err)
+			}
+			b.printf("%s\n", line)
+		}
+	}
+	if b.errors > 0 {
+		return fmt.Errorf("bench: %d operations failed (see the errors above)", b.errors)
+	}
+	return nil
+}
+
+// runWorkload prepares and measures one workload on the node, then on raw
+// Pebble, and prints the rows and the ratio.
+func (b *bench) runWorkload(ctx context.Context, w workload) {
+	c := &b.cfg
+	newOp, err := w.node(b, ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			b.report(failed(w, "node", c.Concurrency, err))
+		}
+		return
+	}
+	nr := runLoop(ctx, w.name, "node", c.Concurrency, w.mutsPerOp, c.Warmup, c.Duration, newOp)
+	if nr != nil {
+		b.report(nr)
+	}
+	if !c.Raw || ctx.Err() != nil {
+		return
+	}
+	if w.raw == nil {
+		b.ratio(w.name, nr, nil)
+		return
+	}
+	r, err := openRaw(filepath.Join(b.root, "raw-"+w.name))
+	if err != nil {
+		b.report(failed(w, "raw", c.Concurrency, err))
+		return
+	}
+	defer func() {
+		if err := r.close(); err != nil {
+			b.printf("# %s (raw): close: %v\n", w.name, err)
+		}
+	}()
+	if newOp, err = w.raw(b, ctx, r); err != nil {
+		if ctx.Err() == nil {
+			b.report(failed(w, "raw", c.Concurrency, err))
+		}
+		return
+	}
+	rr := runLoop(ctx, w.name, "raw", c.Concurrency, w.mutsPerOp, c.Warmup, c.Duration, newOp)
+	if rr != nil {
+		b.report(rr)
+		b.ratio(w.name, nr, rr)
+	}
+}
+
+// failed is the result of a workload whose preparation failed.
+func failed(w workload, target string, conc int, err error) *result {
+	return &result{Workload: w.name, Target: target, Concurrency: conc, MutsPerOp: w.mutsPerOp,
+		Errors: 1, Hist: NewHistogram(), ErrSamples: map[string]uint64{"setup: " + err.Error(): 1}}
+}
+
+const rowFormat = "%-10s %-7s %5v %10s %10s %9s %9s %9s %9s %7v\n"
+
+// report prints a result's row, its errors and whether it was cut short,
+// and keeps it for --json.
+func (b *bench) report(r *result) {
+	h := r.Hist
+	q := func(v int64) string {
+		if h.Count() == 0 {
+			return "-"
+		}
+		return fmtDur(v)
+	}
+	mut := "-"
+	if r.MutsPerOp > 0 {
+		mut = fmt.Sprintf("%.0f", r.OpsPerSec()*float64(r.MutsPerOp))
+	}
+	b.printf(rowFormat, r.Workload, r.Target, r.Concurrency, fmt.Sprintf("%.0f", r.OpsPerSec()), mut,
+		q(h.Quantile(0.5)), q(h.Quantile(0.99)), q(h.Quantile(0.999)), q(h.Max()), r.Errors)
+	if r.Interrupted {
+		b.printf("#   %s (%s): interrupted after %s of measurement\n", r.Workload, r.Target, r.Elapsed.Round(time.Millisecond))
+	}
+	msgs := make([]string, 0, len(r.ErrSamples))
+	for m := range r.ErrSamples {
+		msgs = append(msgs, m)
+	}
+	sort.Slice(msgs, func(i, j int) bool { return r.ErrSamples[msgs[i]] > r.ErrSamples[msgs[j]] })
+	for _, m := range msgs {
+		b.printf("#   %s (%s) error, %d times: %s\n", r.Workload, r.Target, r.ErrSamples[m], m)
+	}
+	if shown := sum(r.ErrSamples); shown < r.Errors {
+		b.printf("#   %s (%s): %d more errors with other messages\n", r.Workload, r.Target, r.Errors-shown)
+	}
+	b.errors += r.Errors
+	b.records = append(b.records, jsonResult{
+		Type: "result", Workload: r.Workload, Target: r.Target, Concurrency: r.Concurrency,
+		Ops: r.Ops, OpsPerSec: r.OpsPerSec(), MutationsPerSec: r.OpsPerSec() * float64(r.MutsPerOp),
+		P50Ns: h.Quantile(0.5), P99Ns: h.Quantile(0.99), P999Ns: h.Quantile(0.999), MaxNs: h.Max(), MeanNs: h.Mean(),
+		Errors: r.Errors, ErrorSamples: r.ErrSamples, ElapsedSec: r.Elapsed.Seconds(), Interrupted: r.Interrupted,
+	})
+}
+
+// ratio prints the throughput ratio node/raw, or "-" without a baseline.
+func (b *bench) ratio(name string, node, raw *result) {
+	rec := jsonRatio{Type: "ratio", Workload: name}
+	text := "-"
+	if node != nil && raw != nil && raw.OpsPerSec() > 0 {
+		v := node.OpsPerSec() / raw.OpsPerSec()
+		rec.Ratio = &v
+		text = fmt.Sprintf("%.2f", v)
+	}
+	b.printf("%-10s %-7s node/raw = %s\n", name, "ratio", text)
+	b.records = append(b.records, rec)
+}
+
+func sum(m map[string]uint64) uint64 {
+	var n uint64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// jsonResult is a result as a JSON line.
+type jsonResult struct {
+	Type            string            `json:"type"`
+	Workload        string            `json:"workload"`
+	Target          string            `json:"target"`
+	Concurrency     int               `json:"concurrency"`
+	Ops             uint64            `json:"ops"`
+	OpsPerSec       float64           `json:"ops_per_sec"`
+	MutationsPerSec float64           `json:"mutations_per_sec,omitempty"`
+	P50Ns           int64             `json:"p50_ns"`
+	P99Ns           int64             `json:"p99_ns"`
+	P999Ns          int64             `json:"p999_ns"`
+	MaxNs           int64             `json:"max_ns"`
+	MeanNs          float64           `json:"mean_ns"`
+	Errors          uint64            `json:"errors"`
+	ErrorSamples    map[string]uint64 `json:"error_samples,omitempty"`
+	ElapsedSec      float64           `json:"elapsed_sec"`
+	Interrupted     bool              `json:"interrupted,omitempty"`
+}
+
+// jsonRatio is a throughput ratio node/raw as a JSON line; Ratio is null
+// without a baseline.
+type jsonRatio struct {
+	Type     string   `json:"type"`
+	Workload string   `json:"workload"`
+	Ratio    *float64 `json:"ratio"`
+}
+
+// jsonEnv is the environment header as a JSON line.
+type jsonEnv struct {
+	Type       string `json:"type"`
+	Command    string `json:"command"`
+	Settings   string `json:"settings"`
+	Go         string `json:"go"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	CPUs       int    `json:"cpus"`
+	CPUModel   string `json:"cpu_model,omitempty"`
+	Dir        string `json:"dir"`
+	Filesystem string `json:"filesystem"`
+	Node       string `json:"node"`
+	Pebble     string `json:"pebble"`
+}
+
+// header prints the environment: the command, Go, the CPUs, the data
+// directory and its file system, and what is measured.
+func (b *bench) header(cmdline, settings, nodeDesc string) {
+	env := jsonEnv{
+		Type: "env", Command: cmdline, Settings: settings,
+		Go:         fmt.Sprintf("%s %s/%s", runtime.Version(), runtime.GOOS, runtime.GOARCH),
+		GOMAXPROCS: runtime.GOMAXPROCS(0), CPUs: runtime.NumCPU(), CPUModel: cpuModel(),
+		Dir: b.root, Filesystem: filesystem(b.root), Node: nodeDesc, Pebble: moduleVersion("github.com/cockroachdb/pebble/v2"),
+	}
+	cpus := fmt.Sprintf("GOMAXPROCS %d, %d CPUs", env.GOMAXPROCS, env.CPUs)
+	if env.CPUModel != "" {
+		cpus += " (" + env.CPUModel + ")"
+	}
+	b.printf("# aviary bench, %s\n", time.Now().UTC().Format(time.RFC3339))
+	b.printf("# command:    %s\n", env.Command)
+	b.printf("# settings:   %s\n", env.Settings)
+	b.printf("# go:         %s, %s\n", env.Go, cpus)
+	b.printf("# data dir:   %s\n", env.Dir)
+	b.printf("# filesystem: %s\n", env.Filesystem)
+	b.printf("# node:       %s\n", env.Node)
+	if b.cfg.Raw {
+		b.printf("# raw:        pebble %s in %s, FormatNewest, %d MiB cache, %d MiB memtable, writes with pebble.Sync\n",
+			env.Pebble, filepath.Join(b.root, "raw-<workload>"), cacheBytes()>>20, memTableBytes()>>20)
+	}
+	b.printf("# clients:    %d over %d gRPC connections; %s warmup, then %s per workload and target; %d-byte random values\n",
+		b.cfg.Concurrency, b.cfg.Conns, b.cfg.Warmup, b.cfg.Duration, b.cfg.ValueBytes)
+	b.printf("# latency is per operation (batch100: per 100-Put Write); ops/s counts successful operations\n")
+	b.records = append(b.records, env)
+}
+
+// cacheBytes and memTableBytes are the store's defaults, which the in-process
+// node and raw Pebble both use.
+func cacheBytes() int64 {
+	var o shard.Options
+	o.EnsureDefaults()
+	return o.CacheBytes
+}
+
+func memTableBytes() uint64 {
+	var o shard.Options
+	o.EnsureDefaults()
+	return o.MemTableBytes
+}
+
+// filesystem describes the file system holding dir, from df: device, type,
+// size, free space and mount point; "unknown" if df fails.
+func filesystem(dir string) string {
+	for _, args := range [][]string{{"-PhT", dir}, {"-Ph", dir}} {
+		outb, err := exec.Command("df", args...).Output()
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(outb)), "\n")
+		if len(lines) < 2 {
+			continue
+		}
+		f := strings.Fields(lines[len(lines)-1])
+		switch len(f) {
+		case 7: // Filesystem Type Size Used Avail Use% Mounted
+			return fmt.Sprintf("%s, %s, %s total, %s available, mounted on %s", f[0], f[1], f[2], f[4], f[6])
+		case 6: // Filesystem Size Used Avail Use% Mounted
+			return fmt.Sprintf("%s, %s total, %s available, mounted on %s", f[0], f[1], f[3], f[5])
+		}
+		return lines[len(lines)-1]
+	}
+	return "unknown (df failed)"
+}
+
+// cpuModel is the CPU model from /proc/cpuinfo, or "".
+func cpuModel() string {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// moduleVersion is the version of a module built into this binary.
+func moduleVersion(path string) string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, m := range bi.Deps {
+			if m.Path == path {
+				return m.Version
+			}
+		}
+	}
+	return "(unknown version)"
+}
+
+// fmtDur formats nanoseconds with three significant digits or so.
+func fmtDur(ns int64) string {
+	switch {
+	case ns < 1e3:
+		return fmt.Sprintf("%dns", ns)
+	case ns < 1e6:
+		return fmt.Sprintf("%.1fµs", float64(ns)/1e3)
+	case ns < 1e9:
+		return fmt.Sprintf("%.2fms", float64(ns)/1e6)
+	}
+	return fmt.Sprintf("%.2fs", float64(ns)/1e9)
+}

@@ -176,4 +176,3 @@ func parseTables(s string) ([]shard.TableInfo, error) {
 	}
 	return out, nil
 }
-
