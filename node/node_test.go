@@ -456,3 +456,32 @@ func TestBadInput(t *testing.T) {
 func limitsForTest() shard.Limits {
 	return shard.Limits{MaxKeyBytes: 64, MaxValueBytes: 1024, MaxBatchMutations: 10, MaxBatchBytes: 2048, MaxRangeLimit: 10, MaxOffset: 100}
 }
+
+func TestTombstonesCollectedAfterGrace(t *testing.T) {
+	clock := ids.NewManualClock(time.Now())
+	tn := startNode(t, Config{Clock: clock, TombstoneGrace: time.Hour})
+	ctx := t.Context()
+	for _, k := range []string{"a", "b"} {
+		if _, err := tn.data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte(k), Value: []byte("v")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tn.data.Delete(ctx, &pb.DeleteRequest{Table: "statuses", Key: []byte("a")}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := tn.admin.CollectTombstones(ctx, &pb.CollectTombstonesRequest{})
+	if err != nil || r.Collected != 0 {
+		t.Fatalf("within the grace: collected %d, %v; want 0", r.GetCollected(), err)
+	}
+	clock.Advance(time.Hour + time.Minute)
+	r, err = tn.admin.CollectTombstones(ctx, &pb.CollectTombstonesRequest{})
+	if err != nil || r.Collected != 1 {
+		t.Fatalf("after the grace: collected %d, %v; want 1", r.GetCollected(), err)
+	}
+	if _, err := tn.data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte("b")}); err != nil {
+		t.Fatalf("live key after collection: %v", err)
+	}
+	if _, err := tn.data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte("a")}); status.Code(err) != codes.NotFound {
+		t.Fatalf("deleted key after collection: %v", err)
+	}
+}

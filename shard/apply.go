@@ -360,8 +360,19 @@ func (s *Store) applyOne(b *pebble.Batch, r *resolved, floors map[string]uint32)
 		return 0, err
 	}
 	if !found {
-		if err := b.Set(monthKey(r.num, r.Table, r.month), nil, nil); err != nil {
+		// Mark the month once: rewriting the marker for every entry would
+		// leave a version per entry for month scans to step over.
+		mk := monthKey(r.num, r.Table, r.month)
+		_, closer, err := b.Get(mk)
+		switch {
+		case errors.Is(err, pebble.ErrNotFound):
+			if err := b.Set(mk, nil, nil); err != nil {
+				return 0, err
+			}
+		case err != nil:
 			return 0, err
+		default:
+			_ = closer.Close()
 		}
 	}
 	wasLive, isLive := found && !cur.tombstone, r.Op == OpAppend
