@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/aviarydb/aviary/ids"
+	"github.com/cockroachdb/pebble/v2"
 )
 
 func TestApplyLWWOrderIndependent(t *testing.T) {
@@ -181,6 +184,7 @@ func TestApplyInvalidBatchAppliesNothing(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			s := newTestStore(t, func(o *Options) {
 				o.Limits.MaxValueBytes = 64
+		o.Limits.MaxKeyBytes = 16
 				o.Limits.MaxKeyBytes = 32
 			})
 			empty := mustDigest(t, s, shA, nil, nil)
@@ -233,6 +237,7 @@ func TestApplyBatchLimits(t *testing.T) {
 	s := newTestStore(t, func(o *Options) {
 		o.Limits.MaxBatchMutations = 10
 		o.Limits.MaxValueBytes = 64
+		o.Limits.MaxKeyBytes = 16
 		o.Limits.MaxBatchBytes = 100
 	})
 	v := ver(1000, 0, 1)
@@ -246,13 +251,13 @@ func TestApplyBatchLimits(t *testing.T) {
 		t.Fatalf("batch of exactly MaxBatchMutations: %v", err)
 	}
 
-	// 2 keys of 1 byte + 2 values of 50 bytes = 102 > 100.
+	// 2 keys of 1 byte + values of 50 and 49 bytes = 101 > 100.
 	big := []Mutation{
 		putM(shA, "x", strings.Repeat("v", 50), v),
-		putM(shA, "y", strings.Repeat("w", 50), v),
+		putM(shA, "y", strings.Repeat("w", 49), v),
 	}
 	_, err = s.Apply(ctx, big)
-	wantErr(t, err, ErrTooLarge, "102 bytes", "limit is 100")
+	wantErr(t, err, ErrTooLarge, "101 bytes", "limit is 100")
 	for _, k := range []string{"x", "y"} {
 		if _, ok := getValue(t, s, shA, k); ok {
 			t.Errorf("key %q applied from an oversized batch", k)
@@ -374,4 +379,110 @@ func TestMultiGet(t *testing.T) {
 	wantErr(t, err, ErrInvalid, "keys[1]", "key is empty")
 	_, err = s.MultiGet(ctx, shA, tIndex, [][]byte{[]byte("a")})
 	wantErr(t, err, ErrWrongKind)
+}
+
+// A batch that fails while applying (here on a corrupt stored record) applies
+// nothing, and reads of corrupt records fail rather than panic.
+func TestApplyCorruptRecordAppliesNothing(t *testing.T) {
+	s := newTestStore(t, nil)
+	ctx := context.Background()
+	num := shardNum(t, s, shA)
+	id := idIn(time.March, 1, 0, 0)
+	mustApply(t, s, appM(shA, 1, id, "p", ver(100, 0, 1)))
+	for _, c := range []struct {
+		name string
+		key  []byte
+		val  []byte
+	}{
+		{"short record", contentKey(num, tContent, []byte("bad")), []byte{1, 2, 3}},
+		{"unknown flags", contentKey(num, tContent, []byte("bad")), append(make([]byte, 12), 0x80)},
+	} {
+		if err := s.db.Set(c.key, c.val, pebble.Sync); err != nil {
+			t.Fatal(err)
+		}
+		before := mustDigest(t, s, shA, nil, nil)
+		_, err := s.Apply(ctx, []Mutation{
+			putM(shA, "ok", "v", ver(10, 0, 1)),
+			appM(shA, 1, id+1, "q", ver(10, 0, 1)),
+			putM(shA, "bad", "v", ver(10, 0, 1)),
+		})
+		if err == nil {
+			t.Fatalf("%s: Apply over a corrupt record succeeded", c.name)
+		}
+		if _, ok := getValue(t, s, shA, "ok"); ok {
+			t.Fatalf("%s: failed batch applied its first mutation", c.name)
+		}
+		if n, _ := mustCount(t, s, shA, 1); n != 1 {
+			t.Fatalf("%s: failed batch changed a count to %d", c.name, n)
+		}
+		if d := mustDigest(t, s, shA, nil, nil); d != before {
+			t.Fatalf("%s: failed batch changed the digest", c.name)
+		}
+		if _, err := s.Get(ctx, shA, tContent, []byte("bad")); err == nil || errors.Is(err, ErrNotFound) {
+			t.Fatalf("%s: Get of a corrupt record: %v", c.name, err)
+		}
+	}
+
+	// A live entry whose count went missing: removing it must fail, not
+	// wrap the count around.
+	if err := s.db.Delete(countKey(num, tIndex, ids.ID(id).Month(), 1), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Apply(ctx, []Mutation{putM(shA, "ok", "v", ver(10, 0, 1)), remM(shA, 1, id, ver(10, 0, 1))})
+	if err == nil || !strings.Contains(err.Error(), "negative") {
+		t.Fatalf("remove with a missing count: %v", err)
+	}
+	if _, ok := getValue(t, s, shA, "ok"); ok {
+		t.Fatal("failed batch applied its first mutation")
+	}
+}
+
+// Concurrent batches touching the same owner's counts and the same content
+// key serialise: no count increment or newest write is lost.
+func TestApplyConcurrentSameOwner(t *testing.T) {
+	s := newTestStore(t, nil)
+	ctx := context.Background()
+	const writers, per = 8, 30
+	var entries []uint64
+	for i := range writers * per {
+		entries = append(entries, idIn(time.Month(1+i%4), 1+i%28, i/28, uint32(i)))
+	}
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range per {
+				// Each entry is appended by two writers (a replay), and every
+				// writer also overwrites one hot content key.
+				mine := entries[w*per+i]
+				theirs := entries[((w+1)%writers)*per+i]
+				v := ver(int64(10000-w*per-i), 0, uint32(w+1))
+				batch := []Mutation{
+					appM(shA, 1, mine, "p", ver(20000, 0, 1)),
+					putM(shA, "hot", fmt.Sprintf("w%d-%d", w, i), v),
+				}
+				if i%2 == 0 {
+					batch = append(batch, appM(shA, 1, theirs, "p", ver(20000, 0, 1)))
+				}
+				if _, err := s.Apply(ctx, batch); err != nil {
+					t.Errorf("Apply: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n, months := mustCount(t, s, shA, 1); n != uint64(len(entries)) {
+		t.Fatalf("count %d %v after %d distinct concurrent appends", n, months, len(entries))
+	}
+	if got := len(rangeAll(t, s, shA, 1, 100)); got != len(entries) {
+		t.Fatalf("Range walks %d entries, want %d", got, len(entries))
+	}
+	// The newest version of "hot" (the smallest "ago", largest w*per+i) is
+	// the last write of the last writer.
+	want := fmt.Sprintf("w%d-%d", writers-1, per-1)
+	if v, _ := getValue(t, s, shA, "hot"); string(v.Value) != want {
+		t.Fatalf("hot = %q, want the newest write %q", v.Value, want)
+	}
 }

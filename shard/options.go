@@ -33,7 +33,8 @@ type Limits struct {
 	// MaxRangeLimit bounds the limit of a Range or the keys of a MultiGet.
 	// Default 1000.
 	MaxRangeLimit int
-	// MaxOffset bounds the page offset of a Range. Default 100000.
+	// MaxOffset bounds the page offset of a Range. Default 100000 (a zero
+	// means the default, so offsets cannot be switched off).
 	MaxOffset int
 }
 
@@ -73,8 +74,8 @@ func (l *Limits) Validate() error {
 		return fmt.Errorf("max payload bytes %d: must be in [0, %d]", l.MaxPayloadBytes, MaxPayloadBytes)
 	case l.MaxBatchMutations < 1:
 		return fmt.Errorf("max batch mutations %d: must be at least 1", l.MaxBatchMutations)
-	case l.MaxBatchBytes < l.MaxValueBytes:
-		return fmt.Errorf("max batch bytes %d: must be at least max value bytes %d", l.MaxBatchBytes, l.MaxValueBytes)
+	case l.MaxBatchBytes < l.MaxKeyBytes+l.MaxValueBytes:
+		return fmt.Errorf("max batch bytes %d: must hold one put of the largest key and value (%d)", l.MaxBatchBytes, l.MaxKeyBytes+l.MaxValueBytes)
 	case l.MaxRangeLimit < 1:
 		return fmt.Errorf("max range limit %d: must be at least 1", l.MaxRangeLimit)
 	case l.MaxOffset < 0:

@@ -56,8 +56,10 @@ func (sp propSpace) randMutations(rng *rand.Rand, n int) []Mutation {
 			out = append(out, out[rng.IntN(len(out))])
 			continue
 		}
+		// Versions from a small space, so that equal versions of different
+		// writes (decided by the tie rule of wins) are common.
 		v := Version{
-			HLC:  ids.MakeTimestamp(nowMs-1-int64(rng.IntN(1500)), uint16(rng.IntN(3))),
+			HLC:  ids.MakeTimestamp(nowMs-1-int64(rng.IntN(8)), uint16(rng.IntN(2))),
 			Site: uint32(1 + rng.IntN(3)),
 		}
 		sh := sp.shards[rng.IntN(len(sp.shards))]
