@@ -65,6 +65,8 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// CacheBytes is Pebble's block cache size. Default 256 MiB.
 	CacheBytes int64
+	// Pprof serves Go's profiler under /debug/pprof/ on the HTTP address.
+	Pprof bool
 
 	// Logger receives the node's logs. Default: discards.
 	Logger *slog.Logger

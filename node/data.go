@@ -74,14 +74,22 @@ func (n *Node) write(ctx context.Context, ms []*pb.Mutation) ([]*pb.WriteResult,
 		return nil, toStatus(err)
 	}
 	res := make([]*pb.WriteResult, len(muts))
+	var counts [5][4]int // op, outcome
 	for i := range muts {
 		m := &muts[i]
-		n.metrics.mutations.WithLabelValues(m.Op.String(), outcomes[i].String()).Inc()
+		counts[m.Op][outcomes[i]]++
 		res[i] = &pb.WriteResult{
 			Version: &pb.Version{Hlc: uint64(m.Version.HLC), Site: m.Version.Site},
 			Outcome: pb.Outcome(outcomes[i]),
 			Shard:   m.Shard,
 			Id:      m.ID,
+		}
+	}
+	for op := range counts {
+		for oc, c := range counts[op] {
+			if c > 0 {
+				n.metrics.mutations.WithLabelValues(shard.Op(op).String(), shard.Outcome(oc).String()).Add(float64(c))
+			}
 		}
 	}
 	return res, nil

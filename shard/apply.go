@@ -114,22 +114,61 @@ func (s *Store) apply(ctx context.Context, muts []Mutation, wo *pebble.WriteOpti
 		return nil, err
 	}
 	unlock := s.lockStripes(rs)
-	defer unlock()
+	locked := true
+	defer func() {
+		if locked {
+			unlock()
+		}
+	}()
 
-	b := s.db.NewIndexedBatch()
+	// Mutations read the records they replace. Within a batch of several,
+	// a later mutation must see an earlier one: read through an indexed
+	// batch. A single mutation reads the database directly (cheaper).
+	var (
+		b *pebble.Batch
+		r pebble.Reader = s.db
+	)
+	if len(rs) > 1 {
+		b = s.db.NewIndexedBatch()
+		r = b
+	} else {
+		b = s.db.NewBatch()
+	}
 	defer b.Close()
 	floors := map[string]uint32{}
 	out := make([]Outcome, len(rs))
 	for i := range rs {
-		if out[i], err = s.applyOne(b, &rs[i], floors); err != nil {
+		if out[i], err = s.applyOne(r, b, &rs[i], floors); err != nil {
 			return nil, err
 		}
 	}
-	if b.Empty() {
+	if !wo.GetSync() {
+		if b.Empty() {
+			return out, nil
+		}
+		if err := b.Commit(wo); err != nil {
+			return nil, fmt.Errorf("shard: commit: %w", err)
+		}
 		return out, nil
 	}
-	if err := b.Commit(wo); err != nil {
+	// Pebble makes a batch visible before its WAL fsync. So what this batch
+	// read may not be durable yet: a mutation superseded by a newer version
+	// in flight must not be acknowledged before that version is. A batch
+	// that changes nothing therefore still commits a log record and waits
+	// for its sync, which covers everything before it in the log.
+	if b.Empty() {
+		_ = b.LogData(nil, nil)
+	}
+	// The stripes only need to be held until the batch is visible: a later
+	// writer of the same key then reads it, and its own sync covers ours.
+	// Releasing them before the fsync lets overlapping batches share it.
+	if err := s.db.ApplyNoSyncWait(b, wo); err != nil {
 		return nil, fmt.Errorf("shard: commit: %w", err)
+	}
+	unlock()
+	locked = false
+	if err := b.SyncWait(); err != nil {
+		return nil, fmt.Errorf("shard: sync: %w", err)
 	}
 	return out, nil
 }
@@ -318,12 +357,13 @@ func getUint(r pebble.Reader, key []byte, size int) (uint64, bool, error) {
 	return 0, false, fmt.Errorf("shard: corrupt %d-byte integer at key %x", len(v), key)
 }
 
-func (s *Store) applyOne(b *pebble.Batch, r *resolved, floors map[string]uint32) (Outcome, error) {
+// applyOne adds r to b if it wins over what rd holds.
+func (s *Store) applyOne(rd pebble.Reader, b *pebble.Batch, r *resolved, floors map[string]uint32) (Outcome, error) {
 	switch r.Op {
 	case OpPut, OpDelete:
 		key := contentKey(r.num, r.Table, r.Key)
 		enc := encodeRecord(r.Version, r.Op == OpDelete, r.Value)
-		cur, curEnc, found, err := getRecord(b, key)
+		cur, curEnc, found, err := getRecord(rd, key)
 		if err != nil {
 			return 0, err
 		}
@@ -337,7 +377,7 @@ func (s *Store) applyOne(b *pebble.Batch, r *resolved, floors map[string]uint32)
 	fk := string(binary.BigEndian.AppendUint32(nil, r.num)) + r.Table
 	floor, ok := floors[fk]
 	if !ok {
-		f, _, err := getUint(b, retentionKey(r.num, r.Table), 4)
+		f, _, err := getUint(rd, retentionKey(r.num, r.Table), 4)
 		if err != nil {
 			return 0, err
 		}
@@ -349,7 +389,7 @@ func (s *Store) applyOne(b *pebble.Batch, r *resolved, floors map[string]uint32)
 	}
 	key := indexKey(r.num, r.Table, r.month, r.Owner, r.ID)
 	enc := encodeRecord(r.Version, r.Op == OpRemove, r.Payload)
-	cur, curEnc, found, err := getRecord(b, key)
+	cur, curEnc, found, err := getRecord(rd, key)
 	if err != nil {
 		return 0, err
 	}
@@ -363,7 +403,7 @@ func (s *Store) applyOne(b *pebble.Batch, r *resolved, floors map[string]uint32)
 		// Mark the month once: rewriting the marker for every entry would
 		// leave a version per entry for month scans to step over.
 		mk := monthKey(r.num, r.Table, r.month)
-		_, closer, err := b.Get(mk)
+		_, closer, err := rd.Get(mk)
 		switch {
 		case errors.Is(err, pebble.ErrNotFound):
 			if err := b.Set(mk, nil, nil); err != nil {
@@ -380,7 +420,7 @@ func (s *Store) applyOne(b *pebble.Batch, r *resolved, floors map[string]uint32)
 		return Applied, nil
 	}
 	ck := countKey(r.num, r.Table, r.month, r.Owner)
-	n, _, err := getUint(b, ck, 8)
+	n, _, err := getUint(rd, ck, 8)
 	if err != nil {
 		return 0, err
 	}

@@ -47,7 +47,7 @@ type ShardInfo struct {
 // numStripes is the number of key-lock stripes. A mutation reads the current
 // record and writes the winner under its stripe's lock, held until the batch
 // is durable, so two writers of one key never interleave.
-const numStripes = 4096
+const numStripes = 1 << 16
 
 // Store is one Pebble database holding a node's physical shards. It is safe
 // for concurrent use.

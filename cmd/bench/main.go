@@ -221,7 +221,9 @@ func quoteArgs(fs *pflag.FlagSet) []string {
 func settings(fs *pflag.FlagSet) string {
 	var out []string
 	fs.VisitAll(func(fl *pflag.Flag) {
-		out = append(out, "--"+fl.Name+"="+shellQuote(flagString(fl)))
+		if fl.Name != "help" {
+			out = append(out, "--"+fl.Name+"="+shellQuote(flagString(fl)))
+		}
 	})
 	return strings.Join(out, " ")
 }

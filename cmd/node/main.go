@@ -100,6 +100,7 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.DurationVar(&cfg.GCInterval, "gc-interval", cfg.GCInterval, "how often expired tombstones are collected")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for in-flight requests")
 	f.Int64Var(&cfg.CacheBytes, "cache-bytes", 256<<20, "Pebble block cache size in bytes")
+	f.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on the HTTP address")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.VisitAll(func(fl *pflag.Flag) {

@@ -14,6 +14,10 @@ import (
 	"google.golang.org/grpc/keepalive"
 )
 
+// StreamWorkers is the number of goroutines a server keeps to run RPCs;
+// beyond them, an RPC gets a goroutine of its own.
+const StreamWorkers = 256
+
 // Message size bounds, both ways. A batch at its default limit (8 MiB of
 // keys, values and payloads) fits with room for framing.
 const (
@@ -37,6 +41,9 @@ func ServerOptions(extra ...grpc.ServerOption) []grpc.ServerOption {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRecvMsgBytes),
 		grpc.MaxSendMsgSize(MaxSendMsgBytes),
+		// Reuse goroutines across streams: a fresh goroutine per RPC pays
+		// for growing its stack every time.
+		grpc.NumStreamWorkers(StreamWorkers),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             10 * time.Second,
 			PermitWithoutStream: true,
