@@ -184,7 +184,7 @@ func TestApplyInvalidBatchAppliesNothing(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			s := newTestStore(t, func(o *Options) {
 				o.Limits.MaxValueBytes = 64
-		o.Limits.MaxKeyBytes = 16
+				o.Limits.MaxKeyBytes = 16
 				o.Limits.MaxKeyBytes = 32
 			})
 			empty := mustDigest(t, s, shA, nil, nil)
