@@ -94,10 +94,11 @@ type resolved struct {
 // Mutations of one batch are applied in order, so a later mutation of the same
 // key in the batch sees the earlier one.
 func (s *Store) Apply(ctx context.Context, muts []Mutation) ([]Outcome, error) {
-	return s.apply(ctx, muts, pebble.Sync)
+	return s.apply(ctx, muts, true)
 }
 
-func (s *Store) apply(ctx context.Context, muts []Mutation, wo *pebble.WriteOptions) ([]Outcome, error) {
+// apply applies muts atomically; with sync it returns once they are durable.
+func (s *Store) apply(ctx context.Context, muts []Mutation, sync bool) ([]Outcome, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -142,11 +143,11 @@ func (s *Store) apply(ctx context.Context, muts []Mutation, wo *pebble.WriteOpti
 			return nil, err
 		}
 	}
-	if !wo.GetSync() {
+	if !sync {
 		if b.Empty() {
 			return out, nil
 		}
-		if err := b.Commit(wo); err != nil {
+		if err := b.Commit(pebble.NoSync); err != nil {
 			return nil, fmt.Errorf("shard: commit: %w", err)
 		}
 		return out, nil
@@ -162,7 +163,7 @@ func (s *Store) apply(ctx context.Context, muts []Mutation, wo *pebble.WriteOpti
 	// The stripes only need to be held until the batch is visible: a later
 	// writer of the same key then reads it, and its own sync covers ours.
 	// Releasing them before the fsync lets overlapping batches share it.
-	if err := s.db.ApplyNoSyncWait(b, wo); err != nil {
+	if err := s.db.ApplyNoSyncWait(b, pebble.Sync); err != nil {
 		return nil, fmt.Errorf("shard: commit: %w", err)
 	}
 	unlock()
