@@ -166,18 +166,16 @@ func (s *Store) beginScan(shard string) (num uint32, it *pebble.Iterator, done f
 	if s.mu.closed {
 		return 0, nil, nil, ErrClosed
 	}
-	num = 0
+	// Without a shard: every shard, after the metadata (shard 0).
+	lo, _ := shardSpan(1)
+	var hi []byte
 	if shard != "" {
 		sh, err := s.shardLocked(shard)
 		if err != nil {
 			return 0, nil, nil, err
 		}
 		num = sh.Num
-	}
-	lo, hi := shardSpan(num)
-	if shard == "" { // every shard, no metadata
-		lo, hi = shardSpan(1)
-		hi = nil
+		lo, hi = shardSpan(num)
 	}
 	it, err = s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
