@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -57,6 +58,11 @@ type Store struct {
 
 	stripes [numStripes]sync.Mutex
 
+	journal struct {
+		seq atomic.Uint64 // last journal sequence number
+		mu  sync.Mutex
+	}
+
 	// scans counts long reads (digests, tombstone collection) that hold a
 	// Pebble iterator without holding mu. Close waits for them.
 	scans sync.WaitGroup
@@ -97,6 +103,10 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s := &Store{opts: opts, db: db}
 	if err := s.loadMeta(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if err := s.loadJournalSeq(); err != nil {
 		_ = db.Close()
 		return nil, err
 	}

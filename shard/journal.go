@@ -1,0 +1,256 @@
+package shard
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// The journal is a router's durable record of the writes it accepted and of
+// the replicas each must still reach. It lives in the store's metadata
+// (shard 0), beside the shards, so one Pebble WAL carries both:
+//
+//	0 'J' seq              the entry (opaque bytes: the router's encoding)
+//	0 'j' seq target       a job: target must still apply entry seq
+//	0 'E' seq target       a job moved to the error queue
+//
+// An entry is deleted with its last job. Targets are opaque strings (the
+// router uses "node/shard").
+const (
+	metaJournal  byte = 'J'
+	metaJob      byte = 'j'
+	metaErrorJob byte = 'E'
+)
+
+// Job is a pending delivery of a journal entry to one target.
+type Job struct {
+	Seq    uint64 `json:"-"`
+	Target string `json:"-"`
+	// Attempts counts failed deliveries.
+	Attempts int `json:"attempts,omitempty"`
+	// LastError is the last failure's message.
+	LastError string `json:"last_error,omitempty"`
+	// Failed is when the last attempt failed (zero if none did).
+	Failed time.Time `json:"failed,omitzero"`
+}
+
+func journalKey(seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(metaKey(metaJournal, ""), seq)
+}
+
+func jobKey(kind byte, seq uint64, target string) []byte {
+	return append(binary.BigEndian.AppendUint64(metaKey(kind, ""), seq), target...)
+}
+
+func (s *Store) loadJournalSeq() error {
+	p := metaKey(metaJournal, "")
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	if it.Last() {
+		s.journal.seq.Store(binary.BigEndian.Uint64(it.Key()[len(p):]))
+	}
+	// Error-queue entries keep their journal entry; their seqs are below
+	// the last entry's, so the counter above is already past them.
+	return it.Error()
+}
+
+// JournalAppend durably records an entry and one job per target, and returns
+// the entry's sequence number. Like Apply it returns once fsynced, sharing
+// syncs with concurrent writers.
+func (s *Store) JournalAppend(ctx context.Context, data []byte, targets []string) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if len(targets) == 0 {
+		return 0, fmt.Errorf("%w: journal entry without targets", ErrInvalid)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mu.closed {
+		return 0, ErrClosed
+	}
+	seq := s.journal.seq.Add(1)
+	b := s.db.NewBatch()
+	defer b.Close()
+	_ = b.Set(journalKey(seq), data, nil)
+	for _, t := range targets {
+		_ = b.Set(jobKey(metaJob, seq, t), []byte("{}"), nil)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return 0, fmt.Errorf("shard: journal append: %w", err)
+	}
+	return seq, nil
+}
+
+// JournalEntry returns an entry's bytes.
+func (s *Store) JournalEntry(seq uint64) ([]byte, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mu.closed {
+		return nil, ErrClosed
+	}
+	v, closer, err := s.db.Get(journalKey(seq))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, fmt.Errorf("%w: journal entry %d", ErrNotFound, seq)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	return append([]byte(nil), v...), nil
+}
+
+// JobDone removes a delivered job, and its entry once no job of it remains.
+// It does not sync: a job lost in a crash is delivered again, harmlessly,
+// since applying is idempotent.
+func (s *Store) JobDone(seq uint64, target string) error {
+	return s.removeJob(metaJob, seq, target)
+}
+
+func (s *Store) removeJob(kind byte, seq uint64, target string) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mu.closed {
+		return ErrClosed
+	}
+	s.journal.mu.Lock() // serialises the "last job of the entry" check
+	defer s.journal.mu.Unlock()
+	b := s.db.NewBatch()
+	defer b.Close()
+	_ = b.Delete(jobKey(kind, seq, target), nil)
+	last, err := s.lastJobLocked(seq, kind, target)
+	if err != nil {
+		return err
+	}
+	if last {
+		_ = b.Delete(journalKey(seq), nil)
+	}
+	return b.Commit(pebble.NoSync)
+}
+
+// lastJobLocked reports whether (kind, seq, target) is the only job of seq,
+// pending or in the error queue. s.journal.mu must be held.
+func (s *Store) lastJobLocked(seq uint64, kind byte, target string) (bool, error) {
+	for _, k := range []byte{metaJob, metaErrorJob} {
+		p := jobKey(k, seq, "")
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+		if err != nil {
+			return false, err
+		}
+		for it.First(); it.Valid(); it.Next() {
+			if k == kind && string(it.Key()[len(p):]) == target {
+				continue
+			}
+			_ = it.Close()
+			return false, nil
+		}
+		if err := it.Close(); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// JobFailed records a failed delivery. With toErrorQueue the job moves to
+// the error queue (it is no longer retried until RetryErrorJob).
+func (s *Store) JobFailed(j Job, toErrorQueue bool) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mu.closed {
+		return ErrClosed
+	}
+	rec, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	s.journal.mu.Lock()
+	defer s.journal.mu.Unlock()
+	b := s.db.NewBatch()
+	defer b.Close()
+	if toErrorQueue {
+		_ = b.Delete(jobKey(metaJob, j.Seq, j.Target), nil)
+		_ = b.Set(jobKey(metaErrorJob, j.Seq, j.Target), rec, nil)
+	} else {
+		_ = b.Set(jobKey(metaJob, j.Seq, j.Target), rec, nil)
+	}
+	return b.Commit(pebble.Sync)
+}
+
+// Jobs lists up to limit pending jobs (or error-queue jobs), oldest first,
+// starting after (seq, target) = (afterSeq, afterTarget).
+func (s *Store) Jobs(errorQueue bool, afterSeq uint64, afterTarget string, limit int) ([]Job, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mu.closed {
+		return nil, ErrClosed
+	}
+	kind := metaJob
+	if errorQueue {
+		kind = metaErrorJob
+	}
+	p := metaKey(kind, "")
+	lo := p
+	if afterSeq > 0 || afterTarget != "" {
+		lo = append(jobKey(kind, afterSeq, afterTarget), 0)
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []Job
+	for it.First(); it.Valid() && len(out) < limit; it.Next() {
+		k := it.Key()[len(p):]
+		if len(k) < 8 {
+			return nil, fmt.Errorf("shard: corrupt job key %x", it.Key())
+		}
+		var j Job
+		if err := json.Unmarshal(it.Value(), &j); err != nil {
+			return nil, fmt.Errorf("shard: corrupt job %x: %w", it.Key(), err)
+		}
+		j.Seq, j.Target = binary.BigEndian.Uint64(k), string(bytes.Clone(k[8:]))
+		out = append(out, j)
+	}
+	return out, it.Error()
+}
+
+// RetryErrorJob moves a job from the error queue back to the pending jobs,
+// with its attempts reset.
+func (s *Store) RetryErrorJob(seq uint64, target string) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mu.closed {
+		return ErrClosed
+	}
+	s.journal.mu.Lock()
+	defer s.journal.mu.Unlock()
+	ek := jobKey(metaErrorJob, seq, target)
+	if _, closer, err := s.db.Get(ek); err != nil {
+		if errors.Is(err, pebble.ErrNotFound) {
+			return fmt.Errorf("%w: error job %d for %s", ErrNotFound, seq, target)
+		}
+		return err
+	} else {
+		_ = closer.Close()
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	_ = b.Delete(ek, nil)
+	_ = b.Set(jobKey(metaJob, seq, target), []byte("{}"), nil)
+	return b.Commit(pebble.Sync)
+}
+
+// DropErrorJob deletes a job from the error queue: that target will never
+// get the entry from this journal.
+func (s *Store) DropErrorJob(seq uint64, target string) error {
+	return s.removeJob(metaErrorJob, seq, target)
+}

@@ -1,0 +1,88 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"testing"
+)
+
+func TestJournal(t *testing.T) {
+	ctx := context.Background()
+	opts := testOptions()
+	s := openStore(t, "db", opts)
+	seq1, err := s.JournalAppend(ctx, []byte("one"), []string{"a/s1", "b/s1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq2, err := s.JournalAppend(ctx, []byte("two"), []string{"a/s2"})
+	if err != nil || seq2 != seq1+1 {
+		t.Fatalf("seq2 %d (seq1 %d): %v", seq2, seq1, err)
+	}
+	jobs, err := s.Jobs(false, 0, "", 10)
+	if err != nil || len(jobs) != 3 || jobs[0].Seq != seq1 || jobs[0].Target != "a/s1" || jobs[2].Target != "a/s2" {
+		t.Fatalf("jobs %+v %v", jobs, err)
+	}
+	// Paging after a job.
+	if jobs, _ := s.Jobs(false, seq1, "a/s1", 10); len(jobs) != 2 || jobs[0].Target != "b/s1" {
+		t.Fatalf("jobs after a/s1: %+v", jobs)
+	}
+
+	if err := s.JobDone(seq1, "a/s1"); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.JournalEntry(seq1); err != nil || string(d) != "one" {
+		t.Fatalf("entry with a job left: %q %v", d, err)
+	}
+	// A failed job keeps its attempts; moved to the error queue it is no
+	// longer pending but still holds the entry.
+	if err := s.JobFailed(Job{Seq: seq1, Target: "b/s1", Attempts: 3, LastError: "boom"}, true); err != nil {
+		t.Fatal(err)
+	}
+	if jobs, _ := s.Jobs(false, 0, "", 10); len(jobs) != 1 || jobs[0].Seq != seq2 {
+		t.Fatalf("pending after error: %+v", jobs)
+	}
+	ej, err := s.Jobs(true, 0, "", 10)
+	if err != nil || len(ej) != 1 || ej[0].Attempts != 3 || ej[0].LastError != "boom" {
+		t.Fatalf("error queue %+v %v", ej, err)
+	}
+	if _, err := s.JournalEntry(seq1); err != nil {
+		t.Fatalf("entry of an error job: %v", err)
+	}
+	if err := s.RetryErrorJob(seq1, "b/s1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RetryErrorJob(seq1, "b/s1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("retry twice: %v", err)
+	}
+	if jobs, _ := s.Jobs(false, 0, "", 10); len(jobs) != 2 || jobs[0].Attempts != 0 {
+		t.Fatalf("pending after retry: %+v", jobs)
+	}
+	if err := s.JobDone(seq1, "b/s1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.JournalEntry(seq1); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("entry after its last job: %v", err)
+	}
+
+	// The sequence continues after a reopen.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, "db", opts)
+	seq3, err := s.JournalAppend(ctx, []byte("three"), []string{"a/s1"})
+	if err != nil || seq3 != seq2+1 {
+		t.Fatalf("seq after reopen %d, want %d: %v", seq3, seq2+1, err)
+	}
+	if err := s.JobFailed(Job{Seq: seq3, Target: "a/s1", Attempts: 9}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DropErrorJob(seq3, "a/s1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.JournalEntry(seq3); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("entry after dropping its last job: %v", err)
+	}
+	if _, err := s.JournalAppend(ctx, []byte("x"), nil); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("entry without targets: %v", err)
+	}
+}
