@@ -8,6 +8,8 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/shard"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // adminServer implements the ShardAdmin service on a Node.
@@ -22,7 +24,7 @@ func (a *adminServer) shardInfo(sh shard.ShardInfo) *pb.ShardInfo {
 		Name:             sh.Name,
 		CreatedUnixMs:    sh.Created.UnixMilli(),
 		SizeBytes:        size,
-		DefaultPlacement: slices.Contains(a.n.place.shards, sh.Name),
+		DefaultPlacement: slices.Contains(a.n.ns.Map().LeavesOnNode(a.n.cfg.NodeID), sh.Name),
 	}
 }
 
@@ -36,8 +38,8 @@ func (a *adminServer) CreateShard(ctx context.Context, r *pb.CreateShardRequest)
 }
 
 func (a *adminServer) DropShard(ctx context.Context, r *pb.DropShardRequest) (*pb.DropShardResponse, error) {
-	if slices.Contains(a.n.place.shards, r.Name) {
-		return nil, invalidf("shard %q is a default-placement shard: dropping it would lose the writes placed on it", r.Name)
+	if slices.Contains(a.n.ns.Map().LeavesOnNode(a.n.cfg.NodeID), r.Name) {
+		return nil, status.Errorf(codes.FailedPrecondition, "shard %q is in the site's shard map on this node: remove it from the map first", r.Name)
 	}
 	if err := a.n.store.DropShard(ctx, r.Name); err != nil {
 		return nil, toStatus(err)

@@ -16,6 +16,7 @@ import (
 const (
 	DefaultGRPCAddr = "127.0.0.1:7390"
 	DefaultHTTPAddr = "127.0.0.1:7391"
+	DefaultRaftAddr = "127.0.0.1:7392"
 )
 
 // DefaultTables is the table set a new node creates: content tables for
@@ -37,17 +38,27 @@ type Config struct {
 	GRPCAddr string
 	// HTTPAddr serves /metrics and /healthz. Default DefaultHTTPAddr.
 	HTTPAddr string
+	// RaftAddr is the nameserver's raft address. Default DefaultRaftAddr.
+	RaftAddr string
+	// NodeID names the node in the site's map. Default "node-<worker id>".
+	NodeID string
+	// Join is the gRPC address of any node of an existing site to join.
+	// Empty: found a new one-node site.
+	Join string
+	// ReplicaTimeout bounds one write to one replica. Default 5s.
+	ReplicaTimeout time.Duration
 	// SiteID is this site's number in ids and versions, 0 to ids.MaxSite.
 	SiteID uint32
 	// SiteName names the site in logs. Default "local".
 	SiteName string
 	// WorkerID is this node's number within its site, 0 to ids.MaxWorker.
 	WorkerID uint32
-	// DefaultShards is the number of shards a new node creates and places
-	// requests without a shard on. Default 8. An existing node keeps the
-	// number it was created with.
+	// DefaultShards is the number of shard trees a new site's map is seeded
+	// with (each a Replicating root over one physical shard on the founding
+	// node, every table forwarded evenly over them). Default 8.
 	DefaultShards int
-	// Tables is the table set a new node creates. Default DefaultTables.
+	// Tables is the table set a new site's map is seeded with. Default
+	// DefaultTables.
 	Tables []shard.TableInfo
 	// Limits bound requests; zero fields take shard's defaults.
 	Limits shard.Limits
@@ -87,6 +98,15 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.HTTPAddr == "" {
 		c.HTTPAddr = DefaultHTTPAddr
+	}
+	if c.RaftAddr == "" {
+		c.RaftAddr = DefaultRaftAddr
+	}
+	if c.NodeID == "" {
+		c.NodeID = fmt.Sprintf("node-%d", c.WorkerID)
+	}
+	if c.ReplicaTimeout == 0 {
+		c.ReplicaTimeout = 5 * time.Second
 	}
 	if c.SiteName == "" {
 		c.SiteName = "local"

@@ -2,12 +2,17 @@ package node
 
 import (
 	"context"
+	"fmt"
+	"strings"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/gizzard"
+	"github.com/aviarydb/aviary/gizzard/router"
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/shard"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // dataServer implements the Data service on a Node.
@@ -17,27 +22,27 @@ type dataServer struct {
 }
 
 func (d *dataServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.WriteResult, error) {
-	return d.one(ctx, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
+	return d.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
 		Op: &pb.Mutation_Put_{Put: &pb.Mutation_Put{Key: r.Key, Value: r.Value}}})
 }
 
 func (d *dataServer) Delete(ctx context.Context, r *pb.DeleteRequest) (*pb.WriteResult, error) {
-	return d.one(ctx, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
+	return d.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
 		Op: &pb.Mutation_Delete_{Delete: &pb.Mutation_Delete{Key: r.Key}}})
 }
 
 func (d *dataServer) Append(ctx context.Context, r *pb.AppendRequest) (*pb.WriteResult, error) {
-	return d.one(ctx, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
+	return d.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
 		Op: &pb.Mutation_Append_{Append: &pb.Mutation_Append{Owner: r.Owner, Id: r.Id, Payload: r.Payload}}})
 }
 
 func (d *dataServer) Remove(ctx context.Context, r *pb.RemoveRequest) (*pb.WriteResult, error) {
-	return d.one(ctx, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
+	return d.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
 		Op: &pb.Mutation_Remove_{Remove: &pb.Mutation_Remove{Owner: r.Owner, Id: r.Id}}})
 }
 
-func (d *dataServer) one(ctx context.Context, m *pb.Mutation) (*pb.WriteResult, error) {
-	res, err := d.n.write(ctx, []*pb.Mutation{m})
+func (d *dataServer) one(ctx context.Context, c pb.Consistency, m *pb.Mutation) (*pb.WriteResult, error) {
+	res, err := d.n.write(ctx, []*pb.Mutation{m}, c)
 	if err != nil {
 		return nil, err
 	}
@@ -48,19 +53,22 @@ func (d *dataServer) Write(ctx context.Context, r *pb.WriteRequest) (*pb.WriteRe
 	if len(r.Mutations) == 0 {
 		return nil, invalidf("mutations is empty")
 	}
-	res, err := d.n.write(ctx, r.Mutations)
+	res, err := d.n.write(ctx, r.Mutations, r.Consistency)
 	if err != nil {
 		return nil, err
 	}
 	return &pb.WriteResponse{Results: res}, nil
 }
 
-// write converts, routes, stamps and applies mutations as one atomic batch.
-func (n *Node) write(ctx context.Context, ms []*pb.Mutation) ([]*pb.WriteResult, error) {
+// write converts and stamps mutations, then applies them as one atomic
+// batch: to the named shards of this node directly, or, when they name no
+// shard, through the router.
+func (n *Node) write(ctx context.Context, ms []*pb.Mutation, c pb.Consistency) ([]*pb.WriteResult, error) {
 	if max := n.cfg.Limits.MaxBatchMutations; len(ms) > max {
 		return nil, status.Errorf(codes.ResourceExhausted, "mutations: %d in one batch, limit is %d", len(ms), max)
 	}
 	muts := make([]shard.Mutation, len(ms))
+	named := 0
 	for i, m := range ms {
 		if err := n.convert(m, &muts[i]); err != nil {
 			if len(ms) > 1 {
@@ -68,22 +76,47 @@ func (n *Node) write(ctx context.Context, ms []*pb.Mutation) ([]*pb.WriteResult,
 			}
 			return nil, err
 		}
+		if muts[i].Shard != "" {
+			named++
+		}
 	}
-	outcomes, err := n.store.Apply(ctx, muts)
-	if err != nil {
-		return nil, toStatus(err)
+	if named > 0 && named < len(muts) {
+		return nil, invalidf("mutations: %d of %d name a shard: a batch names shards for all its mutations or for none", named, len(muts))
 	}
 	res := make([]*pb.WriteResult, len(muts))
+	if named > 0 {
+		outcomes, err := n.store.Apply(ctx, muts)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		for i := range muts {
+			res[i] = &pb.WriteResult{Outcome: pb.Outcome(outcomes[i]), Shard: muts[i].Shard, Replicas: 1, Acked: 1}
+		}
+	} else {
+		if !n.ready.Load() {
+			return nil, status.Error(codes.Unavailable, "node is not ready: it is not part of its site's shard map yet")
+		}
+		if err := n.store.Check(muts); err != nil {
+			return nil, toStatus(err)
+		}
+		cons := router.DefaultConsistency
+		if c == pb.Consistency_CONSISTENCY_ALL {
+			cons = router.All
+		}
+		rr, err := n.router.Write(ctx, muts, cons)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		for i := range muts {
+			res[i] = &pb.WriteResult{Outcome: pb.Outcome(rr[i].Outcome), Shard: rr[i].Root, Replicas: uint32(rr[i].Replicas), Acked: uint32(rr[i].Acked)}
+		}
+	}
 	var counts [5][4]int // op, outcome
 	for i := range muts {
 		m := &muts[i]
-		counts[m.Op][outcomes[i]]++
-		res[i] = &pb.WriteResult{
-			Version: &pb.Version{Hlc: uint64(m.Version.HLC), Site: m.Version.Site},
-			Outcome: pb.Outcome(outcomes[i]),
-			Shard:   m.Shard,
-			Id:      m.ID,
-		}
+		counts[m.Op][res[i].Outcome]++
+		res[i].Version = pbVersion(m.Version)
+		res[i].Id = m.ID
 	}
 	for op := range counts {
 		for oc, c := range counts[op] {
@@ -95,31 +128,14 @@ func (n *Node) write(ctx context.Context, ms []*pb.Mutation) ([]*pb.WriteResult,
 	return res, nil
 }
 
-// convert fills m from p: it picks the shard, assigns an entry id where one
-// was asked for, and stamps or checks the version.
+// convert fills m from p: it assigns an entry id where one was asked for,
+// and stamps or checks the version.
 func (n *Node) convert(p *pb.Mutation, m *shard.Mutation) error {
-	m.Table, m.Shard = p.Table, p.Shard
-	switch op := p.Op.(type) {
-	case *pb.Mutation_Put_:
-		m.Op, m.Key, m.Value = shard.OpPut, op.Put.GetKey(), op.Put.GetValue()
-	case *pb.Mutation_Delete_:
-		m.Op, m.Key = shard.OpDelete, op.Delete.GetKey()
-	case *pb.Mutation_Append_:
-		m.Op, m.Owner, m.ID, m.Payload = shard.OpAppend, op.Append.GetOwner(), op.Append.GetId(), op.Append.GetPayload()
-		if m.ID == 0 {
-			m.ID = uint64(n.ids.Next())
-		}
-	case *pb.Mutation_Remove_:
-		m.Op, m.Owner, m.ID = shard.OpRemove, op.Remove.GetOwner(), op.Remove.GetId()
-	default:
-		return invalidf("op is unset: one of put, delete, append, remove is required")
+	if err := router.FromProto(p, m); err != nil {
+		return toStatus(err)
 	}
-	if m.Shard == "" {
-		if m.Op == shard.OpPut || m.Op == shard.OpDelete {
-			m.Shard = n.place.contentShard(m.Key)
-		} else {
-			m.Shard = n.place.ownerShard(m.Owner)
-		}
+	if m.Op == shard.OpAppend && m.ID == 0 {
+		m.ID = uint64(n.ids.Next())
 	}
 	if v := p.Version; v != nil {
 		if v.Hlc == 0 {
@@ -131,7 +147,6 @@ func (n *Node) convert(p *pb.Mutation, m *shard.Mutation) error {
 		if _, err := n.hlc.Update(ids.Timestamp(v.Hlc)); err != nil {
 			return invalidf("version.hlc: %v", err)
 		}
-		m.Version = shard.Version{HLC: ids.Timestamp(v.Hlc), Site: v.Site}
 	} else {
 		m.Version = shard.Version{HLC: n.hlc.Now(), Site: n.cfg.SiteID}
 	}
@@ -142,16 +157,72 @@ func pbVersion(v shard.Version) *pb.Version {
 	return &pb.Version{Hlc: uint64(v.HLC), Site: v.Site}
 }
 
-func (d *dataServer) Get(ctx context.Context, r *pb.GetRequest) (*pb.GetResponse, error) {
-	sh := r.Shard
-	if sh == "" {
-		sh = d.n.place.contentShard(r.Key)
+// readFrom runs read against the replicas of the tree that hash h of table
+// goes to, in the router's order, until one answers. A replica that is
+// down, slow or does not hold the shard yet is skipped; any other answer
+// (including "key not found") is final.
+func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(leaf gizzard.Leaf, remote pb.DataClient) error) error {
+	if !n.ready.Load() {
+		return status.Error(codes.Unavailable, "node is not ready: it is not part of its site's shard map yet")
 	}
-	v, err := d.n.store.Get(ctx, sh, r.Table, r.Key)
+	m, leaves, err := n.router.ReadCandidates(table, h)
 	if err != nil {
-		return nil, toStatus(err)
+		return toStatus(err)
 	}
-	return &pb.GetResponse{Value: v.Value, Version: pbVersion(v.Version)}, nil
+	var errs []string
+	for _, leaf := range leaves {
+		var remote pb.DataClient
+		if leaf.Node != n.cfg.NodeID {
+			node, ok := m.Nodes[leaf.Node]
+			if !ok {
+				errs = append(errs, fmt.Sprintf("%s: node %q not in the map", leaf.Shard, leaf.Node))
+				continue
+			}
+			if remote, err = n.remotes.data(node.GRPCAddr); err != nil {
+				errs = append(errs, fmt.Sprintf("%s: %v", router.Target(leaf), err))
+				continue
+			}
+		}
+		err := toStatus(read(leaf, remote))
+		if err == nil || !failOver(err) {
+			return err
+		}
+		errs = append(errs, fmt.Sprintf("%s: %v", router.Target(leaf), status.Convert(err).Message()))
+	}
+	return status.Errorf(codes.Unavailable, "no replica answered (%d tried): %s", len(leaves), strings.Join(errs, "; "))
+}
+
+// failOver reports whether a read error means "try the next replica".
+func failOver(err error) bool {
+	if router.Unavailable(err) {
+		return true
+	}
+	st := status.Convert(err)
+	return st.Code() == codes.NotFound && strings.Contains(st.Message(), shard.ErrShardNotFound.Error())
+}
+
+func (d *dataServer) Get(ctx context.Context, r *pb.GetRequest) (*pb.GetResponse, error) {
+	if r.Shard != "" {
+		v, err := d.n.store.Get(ctx, r.Shard, r.Table, r.Key)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		return &pb.GetResponse{Value: v.Value, Version: pbVersion(v.Version)}, nil
+	}
+	var resp *pb.GetResponse
+	err := d.n.readFrom(ctx, r.Table, gizzard.Hash(r.Key), func(leaf gizzard.Leaf, remote pb.DataClient) error {
+		if remote != nil {
+			var err error
+			resp, err = remote.Get(ctx, &pb.GetRequest{Table: r.Table, Key: r.Key, Shard: leaf.Shard})
+			return err
+		}
+		v, err := d.n.store.Get(ctx, leaf.Shard, r.Table, r.Key)
+		if err == nil {
+			resp = &pb.GetResponse{Value: v.Value, Version: pbVersion(v.Version)}
+		}
+		return err
+	})
+	return resp, err
 }
 
 func (d *dataServer) MultiGet(ctx context.Context, r *pb.MultiGetRequest) (*pb.MultiGetResponse, error) {
@@ -161,82 +232,154 @@ func (d *dataServer) MultiGet(ctx context.Context, r *pb.MultiGetRequest) (*pb.M
 	if max := d.n.cfg.Limits.MaxRangeLimit; len(r.Keys) > max {
 		return nil, status.Errorf(codes.OutOfRange, "keys: %d in one request, limit is %d", len(r.Keys), max)
 	}
-	// Group the keys by shard, keeping each key's position.
+	items := make([]*pb.MultiGetResponse_Item, len(r.Keys))
+	fill := func(pos []int, keys [][]byte, vs []*shard.Value) {
+		for j, v := range vs {
+			it := &pb.MultiGetResponse_Item{Key: keys[j]}
+			if v != nil {
+				it.Found, it.Value, it.Version = true, v.Value, pbVersion(v.Version)
+			}
+			items[pos[j]] = it
+		}
+	}
+	if r.Shard != "" {
+		vs, err := d.n.store.MultiGet(ctx, r.Shard, r.Table, r.Keys)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		fill(seq(len(r.Keys)), r.Keys, vs)
+		return &pb.MultiGetResponse{Items: items}, nil
+	}
+	// Keys routed to the same shard tree are read together.
 	type group struct {
+		hash uint64
 		keys [][]byte
 		pos  []int
 	}
+	m := d.n.ns.Map()
 	groups := map[string]*group{}
 	var order []string
 	for i, k := range r.Keys {
-		sh := r.Shard
-		if sh == "" {
-			sh = d.n.place.contentShard(k)
+		h := gizzard.Hash(k)
+		root := ""
+		if fw, err := m.Lookup(r.Table, h); err == nil {
+			root = fw.Root
 		}
-		g := groups[sh]
+		g := groups[root]
 		if g == nil {
-			g = &group{}
-			groups[sh] = g
-			order = append(order, sh)
+			g = &group{hash: h}
+			groups[root] = g
+			order = append(order, root)
 		}
 		g.keys = append(g.keys, k)
 		g.pos = append(g.pos, i)
 	}
-	items := make([]*pb.MultiGetResponse_Item, len(r.Keys))
-	for _, sh := range order {
-		g := groups[sh]
-		vs, err := d.n.store.MultiGet(ctx, sh, r.Table, g.keys)
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		for j, v := range vs {
-			it := &pb.MultiGetResponse_Item{Key: g.keys[j]}
-			if v != nil {
-				it.Found, it.Value, it.Version = true, v.Value, pbVersion(v.Version)
+	for _, root := range order {
+		g := groups[root]
+		err := d.n.readFrom(ctx, r.Table, g.hash, func(leaf gizzard.Leaf, remote pb.DataClient) error {
+			if remote != nil {
+				resp, err := remote.MultiGet(ctx, &pb.MultiGetRequest{Table: r.Table, Keys: g.keys, Shard: leaf.Shard})
+				if err != nil {
+					return err
+				}
+				for j, it := range resp.Items {
+					items[g.pos[j]] = it
+				}
+				return nil
 			}
-			items[g.pos[j]] = it
+			vs, err := d.n.store.MultiGet(ctx, leaf.Shard, r.Table, g.keys)
+			if err == nil {
+				fill(g.pos, g.keys, vs)
+			}
+			return err
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
 	return &pb.MultiGetResponse{Items: items}, nil
 }
 
-func (d *dataServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	sh := r.Shard
-	if sh == "" {
-		sh = d.n.place.ownerShard(r.Owner)
+func seq(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i
 	}
+	return s
+}
+
+func (d *dataServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	limit := int(r.Limit)
 	if limit == 0 {
 		limit = min(shard.DefaultRangeLimit, d.n.cfg.Limits.MaxRangeLimit)
 	}
-	es, err := d.n.store.Range(ctx, sh, r.Table, r.Owner, shard.RangeOptions{
-		MaxID: r.MaxId, SinceID: r.SinceId, Limit: limit, Offset: int(r.Offset),
+	local := func(sh string) (*pb.RangeResponse, error) {
+		es, err := d.n.store.Range(ctx, sh, r.Table, r.Owner, shard.RangeOptions{
+			MaxID: r.MaxId, SinceID: r.SinceId, Limit: limit, Offset: int(r.Offset),
+		})
+		if err != nil {
+			return nil, err
+		}
+		resp := &pb.RangeResponse{Entries: make([]*pb.Entry, len(es))}
+		for i, e := range es {
+			resp.Entries[i] = &pb.Entry{Id: e.ID, Payload: e.Payload, Version: pbVersion(e.Version)}
+		}
+		if len(es) == limit && es[len(es)-1].ID > 1 {
+			resp.NextMaxId = es[len(es)-1].ID - 1
+		}
+		return resp, nil
+	}
+	if r.Shard != "" {
+		resp, err := local(r.Shard)
+		return resp, toStatus(err)
+	}
+	if r.Owner == 0 {
+		return nil, invalidf("owner is zero (unset)")
+	}
+	var resp *pb.RangeResponse
+	err := d.n.readFrom(ctx, r.Table, gizzard.OwnerHash(r.Owner), func(leaf gizzard.Leaf, remote pb.DataClient) error {
+		var err error
+		if remote != nil {
+			q := proto.Clone(r).(*pb.RangeRequest)
+			q.Shard = leaf.Shard
+			resp, err = remote.Range(ctx, q)
+			return err
+		}
+		resp, err = local(leaf.Shard)
+		return err
 	})
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	resp := &pb.RangeResponse{Entries: make([]*pb.Entry, len(es))}
-	for i, e := range es {
-		resp.Entries[i] = &pb.Entry{Id: e.ID, Payload: e.Payload, Version: pbVersion(e.Version)}
-	}
-	if len(es) == limit && es[len(es)-1].ID > 1 {
-		resp.NextMaxId = es[len(es)-1].ID - 1
-	}
-	return resp, nil
+	return resp, err
 }
 
 func (d *dataServer) Count(ctx context.Context, r *pb.CountRequest) (*pb.CountResponse, error) {
-	sh := r.Shard
-	if sh == "" {
-		sh = d.n.place.ownerShard(r.Owner)
+	local := func(sh string) (*pb.CountResponse, error) {
+		total, months, err := d.n.store.Count(ctx, sh, r.Table, r.Owner)
+		if err != nil {
+			return nil, err
+		}
+		resp := &pb.CountResponse{Total: total, Months: make([]*pb.CountResponse_Month, len(months))}
+		for i, m := range months {
+			resp.Months[i] = &pb.CountResponse_Month{Month: ids.MonthString(m.Month), Count: m.Count}
+		}
+		return resp, nil
 	}
-	total, months, err := d.n.store.Count(ctx, sh, r.Table, r.Owner)
-	if err != nil {
-		return nil, toStatus(err)
+	if r.Shard != "" {
+		resp, err := local(r.Shard)
+		return resp, toStatus(err)
 	}
-	resp := &pb.CountResponse{Total: total, Months: make([]*pb.CountResponse_Month, len(months))}
-	for i, m := range months {
-		resp.Months[i] = &pb.CountResponse_Month{Month: ids.MonthString(m.Month), Count: m.Count}
+	if r.Owner == 0 {
+		return nil, invalidf("owner is zero (unset)")
 	}
-	return resp, nil
+	var resp *pb.CountResponse
+	err := d.n.readFrom(ctx, r.Table, gizzard.OwnerHash(r.Owner), func(leaf gizzard.Leaf, remote pb.DataClient) error {
+		var err error
+		if remote != nil {
+			resp, err = remote.Count(ctx, &pb.CountRequest{Table: r.Table, Owner: r.Owner, Shard: leaf.Shard})
+			return err
+		}
+		resp, err = local(leaf.Shard)
+		return err
+	})
+	return resp, err
 }
+

@@ -1,7 +1,15 @@
-// Package node runs an Aviary storage node: a shard.Store behind the gRPC
-// Data and ShardAdmin services, the standard gRPC health and reflection
-// services, Prometheus metrics and a health endpoint over HTTP, and the
-// background collection of expired tombstones.
+// Package node runs an Aviary storage node: a shard.Store holding physical
+// shards, a voter of the site's nameserver (the raft-replicated shard map),
+// and a router that sends every write to the shard trees the map names,
+// journaled first. It serves the gRPC Data, ShardAdmin, Nameserver and
+// Replica services, the standard health and reflection services, Prometheus
+// metrics and a health endpoint over HTTP, and collects expired tombstones.
+//
+// A node started without Config.Join founds a new site: it bootstraps a
+// one-voter nameserver and seeds the map with itself, the default tables and
+// DefaultShards shard trees. A node started with Join asks that node's site
+// to add it (as a raft voter and a node of the map); it then holds whatever
+// physical shards the map assigns to it.
 //
 // A Node is built by New, which opens the store and the listeners (so the
 // bound addresses are known before serving), and served by Run until its
@@ -18,12 +26,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"strings"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/gizzard/nameserver"
+	"github.com/aviarydb/aviary/gizzard/router"
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/shard"
@@ -41,8 +51,15 @@ type Node struct {
 	store   *shard.Store
 	hlc     *ids.HLC
 	ids     *ids.Generator
-	place   placement
 	metrics *metrics
+	ns      *nameserver.Server
+	router  *router.Router
+	remotes remotes
+
+	// routedVersion is the map version the router routes with; ready is
+	// set once the map lists this node and its shards exist.
+	routedVersion atomic.Uint64
+	ready         atomic.Bool
 
 	grpcLis, httpLis net.Listener
 	grpcSrv          *grpc.Server
@@ -82,9 +99,6 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	closers = append(closers, func() { _ = n.store.Close() })
-	if err := n.initSchema(ctx); err != nil {
-		return nil, err
-	}
 
 	reg := cfg.Registry
 	if reg == nil {
@@ -101,9 +115,34 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	closers = append(closers, func() { _ = n.httpLis.Close() })
 
+	n.ns, err = nameserver.Open(ctx, nameserver.Config{
+		NodeID:    cfg.NodeID,
+		RaftAddr:  cfg.RaftAddr,
+		Dir:       filepath.Join(cfg.DataDir, "raft"),
+		Bootstrap: cfg.Join == "",
+		Logger:    cfg.Logger,
+		Clock:     cfg.Clock,
+		Fast:      true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, func() { _ = n.ns.Close() })
+	n.router = router.New(router.Config{
+		NodeID:         cfg.NodeID,
+		Store:          n.store,
+		Map:            n.ns.Map,
+		Remote:         &n.remotes,
+		Logger:         cfg.Logger,
+		Clock:          cfg.Clock,
+		ReplicaTimeout: cfg.ReplicaTimeout,
+	})
+
 	n.grpcSrv = grpc.NewServer(netx.ServerOptions(grpc.ChainUnaryInterceptor(n.metrics.unary))...)
 	pb.RegisterDataServer(n.grpcSrv, &dataServer{n: n})
 	pb.RegisterShardAdminServer(n.grpcSrv, &adminServer{n: n})
+	pb.RegisterNameserverServer(n.grpcSrv, &nameserverServer{n: n})
+	pb.RegisterReplicaServer(n.grpcSrv, &replicaServer{n: n})
 	n.health = health.NewServer()
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(n.grpcSrv, n.health)
@@ -121,37 +160,6 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	return n, nil
 }
 
-// initSchema creates the default tables and shards of a new node and loads
-// the default placement of an existing one.
-func (n *Node) initSchema(ctx context.Context) error {
-	for _, t := range n.cfg.Tables {
-		if _, err := n.store.Table(t.Name); err == nil {
-			continue
-		}
-		if err := n.store.CreateTable(ctx, t.Name, t.Kind); err != nil {
-			return fmt.Errorf("node: create table %q: %w", t.Name, err)
-		}
-	}
-	for _, sh := range n.store.Shards() {
-		if strings.HasPrefix(sh.Name, "default-") {
-			n.place.shards = append(n.place.shards, sh.Name)
-		}
-	}
-	if len(n.place.shards) == 0 {
-		for i := range n.cfg.DefaultShards {
-			sh, err := n.store.CreateShard(ctx, defaultShardName(i))
-			if err != nil {
-				return fmt.Errorf("node: create default shard: %w", err)
-			}
-			n.place.shards = append(n.place.shards, sh.Name)
-		}
-		n.log.Info("new node initialised", "dir", n.cfg.DataDir, "shards", len(n.place.shards), "tables", len(n.cfg.Tables))
-	} else if len(n.place.shards) != n.cfg.DefaultShards {
-		n.log.Warn("node keeps the default shard count it was created with", "shards", len(n.place.shards), "configured", n.cfg.DefaultShards)
-	}
-	return nil
-}
-
 // GRPCAddr is the bound gRPC address.
 func (n *Node) GRPCAddr() string { return n.grpcLis.Addr().String() }
 
@@ -162,7 +170,7 @@ func (n *Node) HTTPAddr() string { return n.httpLis.Addr().String() }
 func (n *Node) Store() *shard.Store { return n.store }
 
 func (n *Node) healthz(w http.ResponseWriter, _ *http.Request) {
-	if !n.serving.Load() {
+	if !n.serving.Load() || !n.ready.Load() {
 		http.Error(w, "not serving", http.StatusServiceUnavailable)
 		return
 	}
@@ -187,17 +195,28 @@ func (n *Node) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("node: http serve: %w", err)
 		}
 	}()
-	gcCtx, stopGC := context.WithCancel(context.Background())
-	wg.Add(1)
+	bg, stopBG := context.WithCancel(context.Background())
+	for _, f := range []func(context.Context){n.gcLoop, n.reconcile, func(ctx context.Context) {
+		if err := n.membership(ctx); err != nil && ctx.Err() == nil {
+			n.log.Error("cannot join the site", "err", err)
+		}
+	}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(bg)
+		}()
+	}
+	routerCtx, stopRouter := context.WithCancel(context.Background())
+	routerDone := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		n.gcLoop(gcCtx)
+		defer close(routerDone)
+		n.router.Run(routerCtx)
 	}()
 
 	n.serving.Store(true)
-	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	n.log.Info("node serving", "grpc", n.GRPCAddr(), "http", n.HTTPAddr(), "site", n.cfg.SiteName,
-		"site_id", n.cfg.SiteID, "worker_id", n.cfg.WorkerID, "dir", n.cfg.DataDir)
+	n.log.Info("node serving", "node", n.cfg.NodeID, "grpc", n.GRPCAddr(), "http", n.HTTPAddr(), "raft", n.ns.Addr(),
+		"site", n.cfg.SiteName, "site_id", n.cfg.SiteID, "worker_id", n.cfg.WorkerID, "dir", n.cfg.DataDir, "join", n.cfg.Join)
 
 	var runErr error
 	select {
@@ -208,7 +227,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.serving.Store(false)
 	n.health.Shutdown()
-	stopGC()
+	stopBG()
 
 	stopped := make(chan struct{})
 	go func() {
@@ -229,7 +248,14 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.httpSrv.Shutdown(shutCtx); err != nil {
 		n.log.Warn("http shutdown", "err", err)
 	}
+	// No request can start a write now: let deliveries in flight finish.
+	stopRouter()
+	<-routerDone
 	wg.Wait()
+	if err := n.ns.Close(); err != nil {
+		runErr = errors.Join(runErr, err)
+	}
+	n.remotes.close()
 	if err := n.store.Close(); err != nil {
 		runErr = errors.Join(runErr, fmt.Errorf("node: close store: %w", err))
 	}
@@ -261,3 +287,5 @@ func (n *Node) collectTombstones(ctx context.Context) (int, error) {
 	n.log.Info("tombstones collected", "count", c, "grace", n.cfg.TombstoneGrace, "took", time.Since(start).Round(time.Millisecond))
 	return c, err
 }
+
+const healthServing = healthpb.HealthCheckResponse_SERVING

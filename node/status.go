@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 
+	"github.com/aviarydb/aviary/gizzard"
+	"github.com/aviarydb/aviary/gizzard/router"
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/shard"
 	"google.golang.org/grpc/codes"
@@ -28,6 +30,10 @@ var statusCodes = []struct {
 	{shard.ErrTooLarge, codes.ResourceExhausted},
 	{shard.ErrOutOfRange, codes.OutOfRange},
 	{shard.ErrClosed, codes.Unavailable},
+	{gizzard.ErrNoTable, codes.NotFound},
+	{router.ErrNoRoute, codes.FailedPrecondition},
+	{router.ErrRefused, codes.FailedPrecondition},
+	{router.ErrNotEnoughReplicas, codes.Unavailable},
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 }

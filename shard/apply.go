@@ -177,16 +177,8 @@ func (s *Store) apply(ctx context.Context, muts []Mutation, sync bool) ([]Outcom
 // resolveLocked validates every mutation and resolves its shard. s.mu must
 // be held.
 func (s *Store) resolveLocked(muts []Mutation) ([]resolved, error) {
-	lim := &s.opts.Limits
-	if len(muts) > lim.MaxBatchMutations {
-		return nil, fmt.Errorf("%w: %d mutations, limit is %d", ErrTooLarge, len(muts), lim.MaxBatchMutations)
-	}
-	total := 0
-	for i := range muts {
-		total += muts[i].size()
-	}
-	if total > lim.MaxBatchBytes {
-		return nil, fmt.Errorf("%w: %d bytes of keys, values and payloads, limit is %d", ErrTooLarge, total, lim.MaxBatchBytes)
+	if err := s.checkBatchLocked(muts); err != nil {
+		return nil, err
 	}
 	now := s.opts.Clock.Now()
 	rs := make([]resolved, len(muts))
@@ -203,9 +195,70 @@ func (s *Store) resolveLocked(muts []Mutation) ([]resolved, error) {
 	return rs, nil
 }
 
+// checkBatchLocked checks a batch's size against the limits.
+func (s *Store) checkBatchLocked(muts []Mutation) error {
+	lim := &s.opts.Limits
+	if len(muts) > lim.MaxBatchMutations {
+		return fmt.Errorf("%w: %d mutations, limit is %d", ErrTooLarge, len(muts), lim.MaxBatchMutations)
+	}
+	total := 0
+	for i := range muts {
+		total += muts[i].size()
+	}
+	if total > lim.MaxBatchBytes {
+		return fmt.Errorf("%w: %d bytes of keys, values and payloads, limit is %d", ErrTooLarge, total, lim.MaxBatchBytes)
+	}
+	return nil
+}
+
 func (s *Store) resolveOneLocked(m *Mutation, now time.Time) (resolved, error) {
 	r := resolved{Mutation: m}
-	lim := &s.opts.Limits
+	if err := s.checkKindLocked(m); err != nil {
+		return r, err
+	}
+	sh, err := s.shardLocked(m.Shard)
+	if err != nil {
+		return r, err
+	}
+	r.num = sh.Num
+	if m.Op == OpAppend || m.Op == OpRemove {
+		r.month = ids.ID(m.ID).Month()
+	}
+	return r, s.checkMutation(m, now)
+}
+
+// Check validates mutations as Apply would, except for their shards, which
+// need not be on this store: a router checks a batch before journaling it
+// for other nodes.
+func (s *Store) Check(muts []Mutation) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mu.closed {
+		return ErrClosed
+	}
+	if err := s.checkBatchLocked(muts); err != nil {
+		return err
+	}
+	now := s.opts.Clock.Now()
+	for i := range muts {
+		m := &muts[i]
+		err := s.checkKindLocked(m)
+		if err == nil {
+			err = s.checkMutation(m, now)
+		}
+		if err != nil {
+			if len(muts) > 1 {
+				return fmt.Errorf("mutations[%d]: %w", i, err)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// checkKindLocked checks that m's table exists and has the kind m's op
+// needs. s.mu must be held.
+func (s *Store) checkKindLocked(m *Mutation) error {
 	var want TableKind
 	switch m.Op {
 	case OpPut, OpDelete:
@@ -213,55 +266,55 @@ func (s *Store) resolveOneLocked(m *Mutation, now time.Time) (resolved, error) {
 	case OpAppend, OpRemove:
 		want = KindIndex
 	default:
-		return r, fmt.Errorf("%w: unknown mutation op %d", ErrInvalid, m.Op)
+		return fmt.Errorf("%w: unknown mutation op %d", ErrInvalid, m.Op)
 	}
 	t, err := s.tableLocked(m.Table)
 	if err != nil {
-		return r, err
+		return err
 	}
 	if t.Kind != want {
-		return r, fmt.Errorf("%w: %s on table %q, which is a %s table", ErrWrongKind, m.Op, m.Table, t.Kind)
+		return fmt.Errorf("%w: %s on table %q, which is a %s table", ErrWrongKind, m.Op, m.Table, t.Kind)
 	}
-	sh, err := s.shardLocked(m.Shard)
-	if err != nil {
-		return r, err
-	}
-	r.num = sh.Num
+	return nil
+}
+
+// checkMutation checks a mutation's version and fields against the limits.
+func (s *Store) checkMutation(m *Mutation, now time.Time) error {
+	lim := &s.opts.Limits
 	if m.Version.IsZero() {
-		return r, fmt.Errorf("%w: version is unset", ErrInvalid)
+		return fmt.Errorf("%w: version is unset", ErrInvalid)
 	}
 	if ahead := m.Version.HLC.WallTime().Sub(now); ahead > s.opts.MaxClockAhead {
-		return r, fmt.Errorf("%w: version timestamp %s is %s ahead of the local clock, bound is %s", ErrInvalid, m.Version.HLC, ahead.Round(time.Millisecond), s.opts.MaxClockAhead)
+		return fmt.Errorf("%w: version timestamp %s is %s ahead of the local clock, bound is %s", ErrInvalid, m.Version.HLC, ahead.Round(time.Millisecond), s.opts.MaxClockAhead)
 	}
 	switch m.Op {
 	case OpPut, OpDelete:
 		if err := checkBytes("key", m.Key, 1, lim.MaxKeyBytes); err != nil {
-			return r, err
+			return err
 		}
 		if m.Op == OpPut {
 			if err := checkBytes("value", m.Value, 1, lim.MaxValueBytes); err != nil {
-				return r, err
+				return err
 			}
 		} else if len(m.Value) > 0 {
-			return r, fmt.Errorf("%w: value: a delete carries no value", ErrInvalid)
+			return fmt.Errorf("%w: value: a delete carries no value", ErrInvalid)
 		}
 	case OpAppend, OpRemove:
 		if m.Owner == 0 {
-			return r, fmt.Errorf("%w: owner is zero (unset)", ErrInvalid)
+			return fmt.Errorf("%w: owner is zero (unset)", ErrInvalid)
 		}
 		if err := ids.ID(m.ID).Validate(now, s.opts.MaxClockAhead); err != nil {
-			return r, fmt.Errorf("%w: id: %w", ErrInvalid, err)
+			return fmt.Errorf("%w: id: %w", ErrInvalid, err)
 		}
 		if m.Op == OpAppend {
 			if err := checkBytes("payload", m.Payload, 0, lim.MaxPayloadBytes); err != nil {
-				return r, err
+				return err
 			}
 		} else if len(m.Payload) > 0 {
-			return r, fmt.Errorf("%w: payload: a remove carries no payload", ErrInvalid)
+			return fmt.Errorf("%w: payload: a remove carries no payload", ErrInvalid)
 		}
-		r.month = ids.ID(m.ID).Month()
 	}
-	return r, nil
+	return nil
 }
 
 func checkBytes(field string, b []byte, min, max int) error {

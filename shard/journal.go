@@ -38,6 +38,8 @@ type Job struct {
 	LastError string `json:"last_error,omitempty"`
 	// Failed is when the last attempt failed (zero if none did).
 	Failed time.Time `json:"failed,omitzero"`
+	// Next is when the job is due again (zero: now).
+	Next time.Time `json:"next,omitzero"`
 }
 
 func journalKey(seq uint64) []byte {

@@ -43,8 +43,10 @@ func newCommand() *cobra.Command {
 Prometheus /metrics and /healthz over HTTP.
 
 With no flags it is a complete one-node site on 127.0.0.1, with its data in
-./aviary-data and the default tables created. Writes are acknowledged only
-after they are fsynced. SIGINT or SIGTERM shut it down gracefully.
+./aviary-data: a one-voter nameserver (raft) holding the site's shard map,
+seeded with the default tables and shard trees. With --join it joins an
+existing site instead. Writes are journaled and acknowledged only after they
+are fsynced. SIGINT or SIGTERM shut it down gracefully.
 
 Every flag can be set by an environment variable named AVIARY_ and the flag
 name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
@@ -83,11 +85,15 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory of the node's Pebble store (created if missing)")
 	f.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "gRPC listen address (port 0 picks a free one)")
 	f.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "HTTP listen address for /metrics and /healthz")
+	f.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "raft listen address of the site's nameserver (port 0 picks a free one)")
+	f.StringVar(&cfg.NodeID, "node-id", "", "this node's id in the site's shard map (default node-<worker-id>)")
+	f.StringVar(&cfg.Join, "join", "", "gRPC address of any node of an existing site to join; empty founds a new one-node site")
+	f.DurationVar(&cfg.ReplicaTimeout, "replica-timeout", cfg.ReplicaTimeout, "bound on one write to one replica; a replica that misses it is retried from the journal")
 	f.Uint32Var(&cfg.SiteID, "site-id", cfg.SiteID, "this site's number in ids and versions (0-31)")
 	f.StringVar(&cfg.SiteName, "site-name", cfg.SiteName, "this site's name, for logs")
 	f.Uint32Var(&cfg.WorkerID, "worker-id", cfg.WorkerID, "this node's number within its site, in ids (0-31)")
-	f.IntVar(&cfg.DefaultShards, "shards", cfg.DefaultShards, "default shards a new node creates; requests that name no shard are hashed onto them")
-	f.StringVar(&tables, "tables", formatTables(node.DefaultTables), "tables a new node creates, as name:content or name:index, comma separated")
+	f.IntVar(&cfg.DefaultShards, "shards", cfg.DefaultShards, "shard trees a new site's map is seeded with; every table is forwarded evenly over them by key hash")
+	f.StringVar(&tables, "tables", formatTables(node.DefaultTables), "tables a new site's map is seeded with, as name:content or name:index, comma separated")
 	f.IntVar(&cfg.Limits.MaxKeyBytes, "max-key-bytes", cfg.Limits.MaxKeyBytes, "largest content key")
 	f.IntVar(&cfg.Limits.MaxValueBytes, "max-value-bytes", cfg.Limits.MaxValueBytes, "largest content value")
 	f.IntVar(&cfg.Limits.MaxPayloadBytes, "max-payload-bytes", cfg.Limits.MaxPayloadBytes, "largest index payload (at most 255)")

@@ -71,6 +71,7 @@ func TestReadmeQuickStart(t *testing.T) {
 		"AVIARY_DATA_DIR="+t.TempDir(),
 		"AVIARY_GRPC_ADDR=127.0.0.1:0",
 		"AVIARY_HTTP_ADDR=127.0.0.1:0",
+		"AVIARY_RAFT_ADDR=127.0.0.1:0",
 		"AVIARY_LOG_FORMAT=json",
 	)
 	p := startProc(t, cmd)

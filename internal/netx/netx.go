@@ -77,3 +77,13 @@ func Dial(addr string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	}
 	return cc, nil
 }
+
+// DialTCP opens a plain TCP connection (used by raft's transport).
+func DialTCP(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("netx: dial %s: %w", addr, err)
+	}
+	return c, nil
+}

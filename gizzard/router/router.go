@@ -1,0 +1,527 @@
+// Package router sends each write to the physical shards its shard tree
+// names, after journaling it durably, and keeps retrying the replicas that
+// did not take it.
+//
+// The write path: resolve every mutation (table → forwarding by key hash →
+// shard tree → physical leaves), journal the batch with one job per leaf
+// (fsync, group commit), apply it to the leaves in parallel (the local store
+// directly, other nodes through their Replica service), and acknowledge per
+// the requested consistency. A leaf that fails or times out keeps its job:
+// the retry loop delivers it again with exponential backoff and jitter, for
+// ever while the leaf is unavailable, and after MaxAttempts failures of any
+// other kind moves it to the error queue, which operators list, retry or
+// drop. Applying is idempotent and last-writer-wins, so a retry can never
+// revert a newer version.
+//
+// Consistency: One (the default) acknowledges once the journal holds the
+// write and at least one replica of every mutation applied it; the others
+// get it from their jobs. All acknowledges once every replica applied it.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/gizzard"
+	"github.com/aviarydb/aviary/ids"
+	"github.com/aviarydb/aviary/shard"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// Consistency says how many replicas must apply a write before it is
+// acknowledged.
+type Consistency int
+
+// Consistency levels.
+const (
+	// One: the journal holds the write durably and at least one replica of
+	// each mutation applied it (durably).
+	One Consistency = 1
+	// All: every replica applied it.
+	All Consistency = 2
+	// DefaultConsistency is One: a replica that is down does not stop
+	// writes; its job delivers them when it returns.
+	DefaultConsistency = One
+)
+
+// Errors.
+var (
+	// ErrNoRoute: the map has no forwarding for the table.
+	ErrNoRoute = errors.New("router: no route")
+	// ErrRefused: the shard tree refuses writes (blocked or read-only).
+	ErrRefused = errors.New("router: write refused by the shard tree")
+	// ErrNotEnoughReplicas: fewer replicas applied the write than the
+	// consistency asked for. The write is journaled and will be retried.
+	ErrNotEnoughReplicas = errors.New("router: not enough replicas applied the write")
+)
+
+// Remote applies versioned mutations on another node.
+type Remote interface {
+	Apply(ctx context.Context, addr string, muts []shard.Mutation, mapVersion uint64) ([]shard.Outcome, error)
+}
+
+// Config configures a Router.
+type Config struct {
+	// NodeID is this node's id in the map; leaves on it are applied to
+	// Store directly.
+	NodeID string
+	Store  *shard.Store
+	// Map returns the current shard map.
+	Map func() *gizzard.Map
+	// Remote reaches other nodes.
+	Remote Remote
+	Logger *slog.Logger
+	Clock  ids.Clock
+	// ReplicaTimeout bounds one delivery to one replica. Default 5s.
+	ReplicaTimeout time.Duration
+	// RetryMin and RetryMax bound the backoff between deliveries of a job.
+	// Defaults 100ms and 30s.
+	RetryMin, RetryMax time.Duration
+	// MaxAttempts is how many failures other than unavailability a job
+	// survives before it moves to the error queue. Default 10.
+	MaxAttempts int
+	// Deliveries bounds concurrent retries. Default 16.
+	Deliveries int
+}
+
+// Router routes writes and retries failed deliveries. It is safe for
+// concurrent use.
+type Router struct {
+	cfg  Config
+	log  *slog.Logger
+	wake chan struct{}
+	wg   sync.WaitGroup
+	stop chan struct{}
+
+	mu struct {
+		sync.Mutex
+		inflight map[jobID]struct{}
+		rng      *rand.Rand
+	}
+}
+
+type jobID struct {
+	seq    uint64
+	target string
+}
+
+// New returns a router. Call Run to start its retry loop.
+func New(cfg Config) *Router {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = ids.SystemClock{}
+	}
+	if cfg.ReplicaTimeout == 0 {
+		cfg.ReplicaTimeout = 5 * time.Second
+	}
+	if cfg.RetryMin == 0 {
+		cfg.RetryMin = 100 * time.Millisecond
+	}
+	if cfg.RetryMax == 0 {
+		cfg.RetryMax = 30 * time.Second
+	}
+	if cfg.MaxAttempts == 0 {
+		cfg.MaxAttempts = 10
+	}
+	if cfg.Deliveries == 0 {
+		cfg.Deliveries = 16
+	}
+	r := &Router{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), stop: make(chan struct{})}
+	r.mu.inflight = map[jobID]struct{}{}
+	r.mu.rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
+	return r
+}
+
+// Target names a leaf in job and journal records: "node/shard".
+func Target(l gizzard.Leaf) string { return l.Node + "/" + l.Shard }
+
+func parseTarget(s string) gizzard.Leaf {
+	node, sh, _ := strings.Cut(s, "/")
+	return gizzard.Leaf{Node: node, Shard: sh}
+}
+
+// RouteHash is the hash a mutation is routed by: its content key, or its
+// index owner.
+func RouteHash(m *shard.Mutation) uint64 {
+	if m.Op == shard.OpPut || m.Op == shard.OpDelete {
+		return gizzard.Hash(m.Key)
+	}
+	return gizzard.OwnerHash(m.Owner)
+}
+
+// Result is what a write did to one mutation.
+type Result struct {
+	// Outcome is the first replica's outcome (replicas agree but for
+	// concurrent writes of the same key).
+	Outcome shard.Outcome
+	// Root is the shard tree the mutation was routed to.
+	Root string
+	// Replicas is the number of physical shards it goes to; Acked how many
+	// had applied it when the write was acknowledged.
+	Replicas, Acked int
+	// Dropped: the tree is a black hole for writes; nothing was stored.
+	Dropped bool
+}
+
+type delivery struct {
+	target int
+	outs   []shard.Outcome
+	err    error
+}
+
+// Write routes, journals and applies versioned mutations (their Shard
+// fields are ignored) and acknowledges per c.
+func (r *Router) Write(ctx context.Context, muts []shard.Mutation, c Consistency) ([]Result, error) {
+	m := r.cfg.Map()
+	res := make([]Result, len(muts))
+	type tgt struct {
+		leaf gizzard.Leaf
+		idx  []int
+	}
+	var targets []*tgt
+	byLeaf := map[gizzard.Leaf]*tgt{}
+	for i := range muts {
+		mu := &muts[i]
+		if _, ok := m.Tables[mu.Table]; !ok {
+			if mu.Table == "" {
+				return nil, fmt.Errorf("%w: table name is empty", shard.ErrInvalid)
+			}
+			return nil, fmt.Errorf("%w: %q is not in the shard map", shard.ErrTableNotFound, mu.Table)
+		}
+		fw, err := m.Lookup(mu.Table, RouteHash(mu))
+		if err != nil {
+			return nil, fmt.Errorf("%w: table %q: %w", ErrNoRoute, mu.Table, err)
+		}
+		plan, err := m.PlanWrite(fw.Root)
+		if err != nil {
+			return nil, fmt.Errorf("%w: tree %q: %w", ErrNoRoute, fw.Root, err)
+		}
+		if len(plan.Rejected) > 0 {
+			rj := plan.Rejected[0]
+			return nil, fmt.Errorf("%w: shard %q is %s (%s)", ErrRefused, rj.Shard, rj.Kind, rj.Reason)
+		}
+		res[i] = Result{Root: fw.Root, Replicas: len(plan.Targets), Dropped: plan.Dropped && len(plan.Targets) == 0}
+		for _, l := range plan.Targets {
+			t := byLeaf[l]
+			if t == nil {
+				t = &tgt{leaf: l}
+				byLeaf[l] = t
+				targets = append(targets, t)
+			}
+			t.idx = append(t.idx, i)
+		}
+	}
+	if len(targets) == 0 {
+		return res, nil
+	}
+
+	entry := &pb.JournalEntry{MapVersion: m.Version}
+	for i := range muts {
+		p := ToProto(&muts[i])
+		p.Shard = ""
+		entry.Mutations = append(entry.Mutations, p)
+	}
+	keys := make([]string, len(targets))
+	for ti, t := range targets {
+		et := &pb.JournalEntry_Target{Node: t.leaf.Node, Shard: t.leaf.Shard}
+		for _, i := range t.idx {
+			et.Mutations = append(et.Mutations, uint32(i))
+		}
+		entry.Targets = append(entry.Targets, et)
+		keys[ti] = Target(t.leaf)
+	}
+	data, err := proto.Marshal(entry)
+	if err != nil {
+		return nil, fmt.Errorf("router: encode journal entry: %w", err)
+	}
+	seq, err := r.cfg.Store.JournalAppend(ctx, data, keys)
+	if err != nil {
+		return nil, err
+	}
+
+	// Deliver to every leaf in parallel. Deliveries outlive the request:
+	// they finish (or fail and leave their job) even if the client is gone.
+	r.mu.Lock()
+	for _, k := range keys {
+		r.mu.inflight[jobID{seq, k}] = struct{}{}
+	}
+	r.mu.Unlock()
+	done := make(chan delivery, len(targets))
+	for ti, t := range targets {
+		sub := make([]shard.Mutation, len(t.idx))
+		for j, i := range t.idx {
+			sub[j] = muts[i]
+			sub[j].Shard = t.leaf.Shard
+		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			outs, err := r.deliver(m, t.leaf, sub, m.Version)
+			r.settle(shard.Job{Seq: seq, Target: keys[ti]}, err)
+			done <- delivery{target: ti, outs: outs, err: err}
+		}()
+	}
+
+	pending := len(targets)
+	var errs []error
+	for pending > 0 {
+		var d delivery
+		select {
+		case d = <-done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("router: %w (the write is journaled and will be delivered)", ctx.Err())
+		}
+		pending--
+		t := targets[d.target]
+		if d.err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", Target(t.leaf), d.err))
+			if c == All {
+				break
+			}
+			continue
+		}
+		for j, i := range t.idx {
+			if res[i].Acked == 0 {
+				res[i].Outcome = d.outs[j]
+			}
+			res[i].Acked++
+		}
+		if satisfied(res, c) {
+			return res, nil
+		}
+	}
+	return nil, fmt.Errorf("%w (consistency %s; the write is journaled and will be retried): %w", ErrNotEnoughReplicas, c, errors.Join(errs...))
+}
+
+func satisfied(res []Result, c Consistency) bool {
+	for _, r := range res {
+		if r.Replicas == 0 {
+			continue
+		}
+		if r.Acked == 0 || (c == All && r.Acked < r.Replicas) {
+			return false
+		}
+	}
+	return true
+}
+
+func (c Consistency) String() string {
+	switch c {
+	case One:
+		return "ONE"
+	case All:
+		return "ALL"
+	}
+	return fmt.Sprintf("consistency(%d)", int(c))
+}
+
+// deliver applies muts (whose Shard is set) to one leaf.
+func (r *Router) deliver(m *gizzard.Map, leaf gizzard.Leaf, muts []shard.Mutation, mapVersion uint64) ([]shard.Outcome, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ReplicaTimeout)
+	defer cancel()
+	if leaf.Node == r.cfg.NodeID {
+		return r.cfg.Store.Apply(ctx, muts)
+	}
+	n, ok := m.Nodes[leaf.Node]
+	if !ok {
+		return nil, fmt.Errorf("router: node %q of shard %q is not in the map", leaf.Node, leaf.Shard)
+	}
+	return r.cfg.Remote.Apply(ctx, n.GRPCAddr, muts, mapVersion)
+}
+
+// settle records a delivery's end: the job is done, or failed and due
+// again after a backoff, or moved to the error queue.
+func (r *Router) settle(j shard.Job, err error) {
+	defer func() {
+		r.mu.Lock()
+		delete(r.mu.inflight, jobID{j.Seq, j.Target})
+		r.mu.Unlock()
+	}()
+	if err == nil {
+		if e := r.cfg.Store.JobDone(j.Seq, j.Target); e != nil && !errors.Is(e, shard.ErrClosed) {
+			r.log.Error("journal: cannot mark a job done", "seq", j.Seq, "target", j.Target, "err", e)
+		}
+		return
+	}
+	now := r.cfg.Clock.Now()
+	j.Attempts++
+	j.LastError = err.Error()
+	j.Failed = now
+	j.Next = now.Add(r.backoff(j.Attempts))
+	toErrors := !Unavailable(err) && j.Attempts >= r.cfg.MaxAttempts
+	if e := r.cfg.Store.JobFailed(j, toErrors); e != nil && !errors.Is(e, shard.ErrClosed) {
+		r.log.Error("journal: cannot record a failed job", "seq", j.Seq, "target", j.Target, "err", e)
+	}
+	if toErrors {
+		r.log.Warn("replica job moved to the error queue", "seq", j.Seq, "target", j.Target, "attempts", j.Attempts, "err", err)
+	}
+	r.poke()
+}
+
+// backoff is exponential in attempts, capped, with full jitter over its
+// upper half.
+func (r *Router) backoff(attempts int) time.Duration {
+	d := r.cfg.RetryMin << min(attempts-1, 20)
+	if d > r.cfg.RetryMax || d <= 0 {
+		d = r.cfg.RetryMax
+	}
+	r.mu.Lock()
+	f := 0.5 + r.mu.rng.Float64()/2
+	r.mu.Unlock()
+	return time.Duration(float64(d) * f)
+}
+
+// Unavailable reports whether err means the replica is down or slow (to be
+// retried for ever) rather than that it refused the write.
+func Unavailable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, shard.ErrClosed) {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted:
+		return true
+	}
+	return false
+}
+
+func (r *Router) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run delivers pending jobs until ctx ends, then waits for deliveries in
+// flight. Jobs left by a previous process are due at once.
+func (r *Router) Run(ctx context.Context) {
+	t := time.NewTicker(r.cfg.RetryMin)
+	defer t.Stop()
+	sem := make(chan struct{}, r.cfg.Deliveries)
+	for {
+		r.scan(ctx, sem)
+		select {
+		case <-ctx.Done():
+			r.wg.Wait()
+			return
+		case <-t.C:
+		case <-r.wake:
+		}
+	}
+}
+
+// scan starts a delivery for every due job not already in flight.
+func (r *Router) scan(ctx context.Context, sem chan struct{}) {
+	var afterSeq uint64
+	var afterTarget string
+	for ctx.Err() == nil {
+		jobs, err := r.cfg.Store.Jobs(false, afterSeq, afterTarget, 256)
+		if err != nil {
+			if !errors.Is(err, shard.ErrClosed) {
+				r.log.Error("journal: cannot list jobs", "err", err)
+			}
+			return
+		}
+		now := r.cfg.Clock.Now()
+		for _, j := range jobs {
+			afterSeq, afterTarget = j.Seq, j.Target
+			if j.Next.After(now) {
+				continue
+			}
+			id := jobID{j.Seq, j.Target}
+			r.mu.Lock()
+			_, busy := r.mu.inflight[id]
+			if !busy {
+				r.mu.inflight[id] = struct{}{}
+			}
+			r.mu.Unlock()
+			if busy {
+				continue
+			}
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				r.mu.Lock()
+				delete(r.mu.inflight, id)
+				r.mu.Unlock()
+				return
+			}
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				defer func() { <-sem }()
+				r.settle(j, r.redeliver(j))
+			}()
+		}
+		if len(jobs) < 256 {
+			return
+		}
+	}
+}
+
+// redeliver applies a job's share of its journal entry to its target.
+func (r *Router) redeliver(j shard.Job) error {
+	data, err := r.cfg.Store.JournalEntry(j.Seq)
+	if err != nil {
+		return err
+	}
+	var e pb.JournalEntry
+	if err := proto.Unmarshal(data, &e); err != nil {
+		return fmt.Errorf("router: corrupt journal entry %d: %w", j.Seq, err)
+	}
+	leaf := parseTarget(j.Target)
+	i := slices.IndexFunc(e.Targets, func(t *pb.JournalEntry_Target) bool { return t.Node == leaf.Node && t.Shard == leaf.Shard })
+	if i < 0 {
+		return fmt.Errorf("router: journal entry %d has no target %s", j.Seq, j.Target)
+	}
+	muts := make([]shard.Mutation, len(e.Targets[i].Mutations))
+	for k, mi := range e.Targets[i].Mutations {
+		if int(mi) >= len(e.Mutations) {
+			return fmt.Errorf("router: journal entry %d: mutation index %d out of range", j.Seq, mi)
+		}
+		if err := FromProto(e.Mutations[mi], &muts[k]); err != nil {
+			return err
+		}
+		muts[k].Shard = leaf.Shard
+	}
+	_, err = r.deliver(r.cfg.Map(), leaf, muts, e.MapVersion)
+	if err == nil {
+		r.log.Debug("replica job delivered", "seq", j.Seq, "target", j.Target, "attempts", j.Attempts)
+	}
+	return err
+}
+
+// ReadCandidates returns the leaves to try, in order, for a read routed by
+// hash h in table.
+func (r *Router) ReadCandidates(table string, h uint64) (*gizzard.Map, []gizzard.Leaf, error) {
+	m := r.cfg.Map()
+	if _, ok := m.Tables[table]; !ok {
+		if table == "" {
+			return nil, nil, fmt.Errorf("%w: table name is empty", shard.ErrInvalid)
+		}
+		return nil, nil, fmt.Errorf("%w: %q is not in the shard map", shard.ErrTableNotFound, table)
+	}
+	fw, err := m.Lookup(table, h)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: table %q: %w", ErrNoRoute, table, err)
+	}
+	r.mu.Lock()
+	pick := r.mu.rng.Uint64()
+	r.mu.Unlock()
+	leaves, err := m.PlanRead(fw.Root, pick)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: tree %q: %w", ErrNoRoute, fw.Root, err)
+	}
+	return m, leaves, nil
+}

@@ -1,0 +1,304 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/gizzard"
+	"github.com/aviarydb/aviary/gizzard/nameserver"
+	"github.com/aviarydb/aviary/shard"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// defaultShardName names the i-th shard of a new site's layout.
+func defaultShardName(i int) string { return fmt.Sprintf("default-%03d", i) }
+
+// seedChange is the layout of a new one-node site: this node, the default
+// tables, and n shard trees (a Replicating root over one physical shard
+// here), each table forwarded evenly over them by hash.
+func (n *Node) seedChange() gizzard.Change {
+	c := gizzard.Change{Who: "node " + n.cfg.NodeID, From: n.GRPCAddr(), Steps: []gizzard.Step{{
+		Op: gizzard.OpAddNode, Node: &gizzard.Node{ID: n.cfg.NodeID, GRPCAddr: n.GRPCAddr(), RaftAddr: n.ns.Addr()},
+	}}}
+	for _, t := range n.cfg.Tables {
+		c.Steps = append(c.Steps, gizzard.Step{Op: gizzard.OpCreateTable, Table: &gizzard.Table{Name: t.Name, Kind: gizzard.TableKind(t.Kind.String())}})
+	}
+	step := math.MaxUint64/uint64(n.cfg.DefaultShards) + 1
+	for i := range n.cfg.DefaultShards {
+		leaf, root := defaultShardName(i), fmt.Sprintf("rep-%03d", i)
+		c.Steps = append(c.Steps,
+			gizzard.Step{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: leaf, Kind: gizzard.KindPhysical, Node: n.cfg.NodeID}},
+			gizzard.Step{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: root, Kind: gizzard.KindReplicating, Children: []gizzard.Link{{Child: leaf, Weight: 1}}}},
+		)
+		for _, t := range n.cfg.Tables {
+			c.Steps = append(c.Steps, gizzard.Step{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: t.Name, Base: uint64(i) * step, Root: root}})
+		}
+	}
+	return c
+}
+
+// membership makes this node part of its site: a new site seeds its map;
+// a joining node asks the site (through cfg.Join) to add it. It retries
+// until it succeeds or ctx ends.
+func (n *Node) membership(ctx context.Context) error {
+	backoff := 50 * time.Millisecond
+	for {
+		err := n.tryMembership(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		n.log.Info("not yet part of the site; retrying", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+func (n *Node) tryMembership(ctx context.Context) error {
+	if _, ok := n.ns.Map().Nodes[n.cfg.NodeID]; ok {
+		return nil
+	}
+	if n.cfg.Join == "" {
+		if err := n.ns.WaitLeader(ctx); err != nil {
+			return err
+		}
+		if !n.ns.IsLeader() {
+			return errors.New("waiting to lead the new site")
+		}
+		if n.ns.Map().Version > 0 {
+			return fmt.Errorf("the site's map (version %d) does not list node %q: start it with --join", n.ns.Map().Version, n.cfg.NodeID)
+		}
+		v, err := n.ns.Propose(ctx, n.seedChange())
+		if err != nil {
+			return err
+		}
+		n.log.Info("new site seeded", "map_version", v, "shards", n.cfg.DefaultShards, "tables", len(n.cfg.Tables))
+		return nil
+	}
+	cli, err := n.remotes.conn(n.cfg.Join)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = pb.NewNameserverClient(cli).Join(cctx, &pb.JoinRequest{NodeId: n.cfg.NodeID, RaftAddr: n.ns.Addr(), GrpcAddr: n.GRPCAddr()})
+	if err != nil {
+		return fmt.Errorf("join via %s: %w", n.cfg.Join, err)
+	}
+	n.log.Info("joined the site", "via", n.cfg.Join)
+	return nil
+}
+
+// reconcile follows the map: it creates the tables and the physical
+// shards the map assigns to this node, and records the version it routes
+// with. It marks the node ready once the map lists it.
+func (n *Node) reconcile(ctx context.Context) {
+	var after uint64
+	for {
+		m, err := n.ns.Wait(ctx, after)
+		if err != nil {
+			return
+		}
+		after = m.Version
+		if err := n.applyMap(ctx, m); err != nil {
+			n.log.Error("cannot apply the shard map", "map_version", m.Version, "err", err)
+			continue
+		}
+		n.routedVersion.Store(m.Version)
+		if _, ok := m.Nodes[n.cfg.NodeID]; ok && !n.ready.Load() {
+			n.ready.Store(true)
+			n.health.SetServingStatus("", healthServing)
+			n.log.Info("node ready", "map_version", m.Version, "shards_here", len(m.LeavesOnNode(n.cfg.NodeID)))
+		}
+	}
+}
+
+func (n *Node) applyMap(ctx context.Context, m *gizzard.Map) error {
+	for _, name := range sortedTables(m) {
+		t := m.Tables[name]
+		kind := shard.KindContent
+		if t.Kind == "index" {
+			kind = shard.KindIndex
+		}
+		if err := n.store.CreateTable(ctx, t.Name, kind); err != nil {
+			return err
+		}
+	}
+	have := map[string]bool{}
+	for _, sh := range n.store.Shards() {
+		have[sh.Name] = true
+	}
+	for _, id := range m.LeavesOnNode(n.cfg.NodeID) {
+		if have[id] {
+			continue
+		}
+		if _, err := n.store.CreateShard(ctx, id); err != nil && !errors.Is(err, shard.ErrExists) {
+			return err
+		}
+		n.log.Info("physical shard created from the map", "shard", id, "map_version", m.Version)
+	}
+	return nil
+}
+
+func sortedTables(m *gizzard.Map) []string {
+	out := make([]string, 0, len(m.Tables))
+	for name := range m.Tables {
+		out = append(out, name)
+	}
+	// Order does not matter for correctness; sort for stable logs.
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j] < out[j-1]; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+// nameserverServer implements the Nameserver service.
+type nameserverServer struct {
+	pb.UnimplementedNameserverServer
+	n *Node
+}
+
+func mapResponse(m *gizzard.Map) (*pb.MapResponse, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encode map: %v", err)
+	}
+	return &pb.MapResponse{Version: m.Version, MapJson: b}, nil
+}
+
+func (s *nameserverServer) GetMap(ctx context.Context, _ *pb.GetMapRequest) (*pb.MapResponse, error) {
+	return mapResponse(s.n.ns.Map())
+}
+
+func (s *nameserverServer) Watch(r *pb.WatchRequest, stream pb.Nameserver_WatchServer) error {
+	after := r.AfterVersion
+	for {
+		m, err := s.n.ns.Wait(stream.Context(), after)
+		if err != nil {
+			return status.FromContextError(err).Err()
+		}
+		resp, err := mapResponse(m)
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		after = m.Version
+	}
+}
+
+// leaderClient returns a Nameserver client for the leader, or nil if this
+// node leads.
+func (s *nameserverServer) leaderClient() (pb.NameserverClient, error) {
+	if s.n.ns.IsLeader() {
+		return nil, nil
+	}
+	id, _ := s.n.ns.Leader()
+	if id == "" {
+		return nil, status.Error(codes.Unavailable, "nameserver: no leader elected yet; retry")
+	}
+	node, ok := s.n.ns.Map().Nodes[id]
+	if !ok {
+		return nil, status.Errorf(codes.Unavailable, "nameserver: leader %q is not in the map yet; retry", id)
+	}
+	cc, err := s.n.remotes.conn(node.GRPCAddr)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "nameserver: leader %s: %v", node.GRPCAddr, err)
+	}
+	return pb.NewNameserverClient(cc), nil
+}
+
+func (s *nameserverServer) Propose(ctx context.Context, r *pb.ProposeRequest) (*pb.ProposeResponse, error) {
+	if lc, err := s.leaderClient(); err != nil || lc != nil {
+		if err != nil {
+			return nil, err
+		}
+		return lc.Propose(ctx, r)
+	}
+	var c gizzard.Change
+	if err := json.Unmarshal(r.ChangeJson, &c); err != nil {
+		return nil, invalidf("change_json: %v", err)
+	}
+	if c.From == "" {
+		if p, ok := peer.FromContext(ctx); ok {
+			c.From = p.Addr.String()
+		}
+	}
+	v, err := s.n.ns.Propose(ctx, c)
+	if err != nil {
+		return nil, nsStatus(err)
+	}
+	s.n.log.Info("shard map changed", "version", v, "who", c.Who, "from", c.From)
+	return &pb.ProposeResponse{Version: v}, nil
+}
+
+func nsStatus(err error) error {
+	switch {
+	case errors.Is(err, gizzard.ErrInvalidChange), errors.Is(err, gizzard.ErrInvalidMap):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, nameserver.ErrNotLeader):
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	return toStatus(err)
+}
+
+func (s *nameserverServer) Join(ctx context.Context, r *pb.JoinRequest) (*pb.JoinResponse, error) {
+	if lc, err := s.leaderClient(); err != nil || lc != nil {
+		if err != nil {
+			return nil, err
+		}
+		return lc.Join(ctx, r)
+	}
+	if err := gizzard.ValidName(r.NodeId); err != nil {
+		return nil, invalidf("node_id: %v", err)
+	}
+	if err := s.n.ns.AddVoter(ctx, r.NodeId, r.RaftAddr); err != nil {
+		return nil, nsStatus(err)
+	}
+	m := s.n.ns.Map()
+	if _, ok := m.Nodes[r.NodeId]; ok {
+		return &pb.JoinResponse{Version: m.Version}, nil
+	}
+	from := ""
+	if p, ok := peer.FromContext(ctx); ok {
+		from = p.Addr.String()
+	}
+	v, err := s.n.ns.Propose(ctx, gizzard.Change{Who: "node " + r.NodeId, From: from, Steps: []gizzard.Step{{
+		Op: gizzard.OpAddNode, Node: &gizzard.Node{ID: r.NodeId, GRPCAddr: r.GrpcAddr, RaftAddr: r.RaftAddr},
+	}}})
+	if err != nil {
+		return nil, nsStatus(err)
+	}
+	s.n.log.Info("node joined the site", "node", r.NodeId, "grpc", r.GrpcAddr, "raft", r.RaftAddr, "map_version", v)
+	return &pb.JoinResponse{Version: v}, nil
+}
+
+func (s *nameserverServer) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+	id, addr := s.n.ns.Leader()
+	voters, _ := s.n.ns.Voters()
+	return &pb.StatusResponse{
+		NodeId:         s.n.cfg.NodeID,
+		GrpcAddr:       s.n.GRPCAddr(),
+		MapVersion:     s.n.routedVersion.Load(),
+		RaftState:      s.n.ns.State(),
+		LeaderId:       id,
+		LeaderRaftAddr: addr,
+		Voters:         voters,
+	}, nil
+}
