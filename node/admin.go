@@ -121,3 +121,45 @@ func (a *adminServer) CollectTombstones(ctx context.Context, _ *pb.CollectTombst
 	}
 	return &pb.CollectTombstonesResponse{Collected: uint64(n)}, nil
 }
+
+func (a *adminServer) ListJobs(ctx context.Context, r *pb.ListJobsRequest) (*pb.ListJobsResponse, error) {
+	limit := int(r.Limit)
+	if limit <= 0 {
+		limit = 1000
+	}
+	jobs, err := a.n.store.Jobs(r.ErrorQueue, 0, "", limit+1)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &pb.ListJobsResponse{}
+	if len(jobs) > limit {
+		jobs, resp.Truncated = jobs[:limit], true
+	}
+	for _, j := range jobs {
+		pj := &pb.Job{Seq: j.Seq, Target: j.Target, Attempts: int32(j.Attempts), LastError: j.LastError}
+		if !j.Failed.IsZero() {
+			pj.FailedUnixMs = j.Failed.UnixMilli()
+		}
+		if !j.Next.IsZero() {
+			pj.NextUnixMs = j.Next.UnixMilli()
+		}
+		resp.Jobs = append(resp.Jobs, pj)
+	}
+	return resp, nil
+}
+
+func (a *adminServer) RetryJob(ctx context.Context, r *pb.JobRef) (*pb.RetryJobResponse, error) {
+	if err := a.n.store.RetryErrorJob(r.Seq, r.Target); err != nil {
+		return nil, toStatus(err)
+	}
+	a.n.log.Info("error job retried", "seq", r.Seq, "target", r.Target)
+	return &pb.RetryJobResponse{}, nil
+}
+
+func (a *adminServer) DropJob(ctx context.Context, r *pb.JobRef) (*pb.DropJobResponse, error) {
+	if err := a.n.store.DropErrorJob(r.Seq, r.Target); err != nil {
+		return nil, toStatus(err)
+	}
+	a.n.log.Warn("error job dropped", "seq", r.Seq, "target", r.Target)
+	return &pb.DropJobResponse{}, nil
+}

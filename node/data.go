@@ -382,4 +382,3 @@ func (d *dataServer) Count(ctx context.Context, r *pb.CountRequest) (*pb.CountRe
 	})
 	return resp, err
 }
-

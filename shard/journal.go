@@ -126,9 +126,20 @@ func (s *Store) removeJob(kind byte, seq uint64, target string) error {
 	}
 	s.journal.mu.Lock() // serialises the "last job of the entry" check
 	defer s.journal.mu.Unlock()
+	k := jobKey(kind, seq, target)
+	if kind == metaErrorJob {
+		_, closer, err := s.db.Get(k)
+		if errors.Is(err, pebble.ErrNotFound) {
+			return fmt.Errorf("%w: error job %d for %s", ErrNotFound, seq, target)
+		}
+		if err != nil {
+			return err
+		}
+		_ = closer.Close()
+	}
 	b := s.db.NewBatch()
 	defer b.Close()
-	_ = b.Delete(jobKey(kind, seq, target), nil)
+	_ = b.Delete(k, nil)
 	last, err := s.lastJobLocked(seq, kind, target)
 	if err != nil {
 		return err

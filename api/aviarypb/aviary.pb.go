@@ -1459,6 +1459,321 @@ func (x *WriteResponse) GetResults() []*WriteResult {
 	return nil
 }
 
+type ListJobsRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ErrorQueue bool                   `protobuf:"varint,1,opt,name=error_queue,json=errorQueue,proto3" json:"error_queue,omitempty"`
+	// Most jobs returned; 0 means 1000.
+	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsRequest) Reset() {
+	*x = ListJobsRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsRequest) ProtoMessage() {}
+
+func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
+func (*ListJobsRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListJobsRequest) GetErrorQueue() bool {
+	if x != nil {
+		return x.ErrorQueue
+	}
+	return false
+}
+
+func (x *ListJobsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type Job struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// "node/shard"
+	Target        string `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
+	Attempts      int32  `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	LastError     string `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	FailedUnixMs  int64  `protobuf:"varint,5,opt,name=failed_unix_ms,json=failedUnixMs,proto3" json:"failed_unix_ms,omitempty"`
+	NextUnixMs    int64  `protobuf:"varint,6,opt,name=next_unix_ms,json=nextUnixMs,proto3" json:"next_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Job) Reset() {
+	*x = Job{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Job) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Job) ProtoMessage() {}
+
+func (x *Job) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Job.ProtoReflect.Descriptor instead.
+func (*Job) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Job) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Job) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *Job) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *Job) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *Job) GetFailedUnixMs() int64 {
+	if x != nil {
+		return x.FailedUnixMs
+	}
+	return 0
+}
+
+func (x *Job) GetNextUnixMs() int64 {
+	if x != nil {
+		return x.NextUnixMs
+	}
+	return 0
+}
+
+type ListJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Jobs  []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// Whether more jobs exist than were returned.
+	Truncated     bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsResponse) Reset() {
+	*x = ListJobsResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsResponse) ProtoMessage() {}
+
+func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
+func (*ListJobsResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListJobsResponse) GetJobs() []*Job {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *ListJobsResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
+type JobRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Target        string                 `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobRef) Reset() {
+	*x = JobRef{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobRef) ProtoMessage() {}
+
+func (x *JobRef) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobRef.ProtoReflect.Descriptor instead.
+func (*JobRef) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *JobRef) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *JobRef) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+type RetryJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryJobResponse) Reset() {
+	*x = RetryJobResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryJobResponse) ProtoMessage() {}
+
+func (x *RetryJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryJobResponse.ProtoReflect.Descriptor instead.
+func (*RetryJobResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{22}
+}
+
+type DropJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropJobResponse) Reset() {
+	*x = DropJobResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropJobResponse) ProtoMessage() {}
+
+func (x *DropJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropJobResponse.ProtoReflect.Descriptor instead.
+func (*DropJobResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{23}
+}
+
 type ShardInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1473,7 +1788,7 @@ type ShardInfo struct {
 
 func (x *ShardInfo) Reset() {
 	*x = ShardInfo{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[18]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1485,7 +1800,7 @@ func (x *ShardInfo) String() string {
 func (*ShardInfo) ProtoMessage() {}
 
 func (x *ShardInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[18]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1498,7 +1813,7 @@ func (x *ShardInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardInfo.ProtoReflect.Descriptor instead.
 func (*ShardInfo) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{18}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ShardInfo) GetName() string {
@@ -1538,7 +1853,7 @@ type CreateShardRequest struct {
 
 func (x *CreateShardRequest) Reset() {
 	*x = CreateShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1550,7 +1865,7 @@ func (x *CreateShardRequest) String() string {
 func (*CreateShardRequest) ProtoMessage() {}
 
 func (x *CreateShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1563,7 +1878,7 @@ func (x *CreateShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateShardRequest.ProtoReflect.Descriptor instead.
 func (*CreateShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{19}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateShardRequest) GetName() string {
@@ -1582,7 +1897,7 @@ type DropShardRequest struct {
 
 func (x *DropShardRequest) Reset() {
 	*x = DropShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1594,7 +1909,7 @@ func (x *DropShardRequest) String() string {
 func (*DropShardRequest) ProtoMessage() {}
 
 func (x *DropShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1607,7 +1922,7 @@ func (x *DropShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropShardRequest.ProtoReflect.Descriptor instead.
 func (*DropShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{20}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DropShardRequest) GetName() string {
@@ -1625,7 +1940,7 @@ type DropShardResponse struct {
 
 func (x *DropShardResponse) Reset() {
 	*x = DropShardResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1637,7 +1952,7 @@ func (x *DropShardResponse) String() string {
 func (*DropShardResponse) ProtoMessage() {}
 
 func (x *DropShardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1650,7 +1965,7 @@ func (x *DropShardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropShardResponse.ProtoReflect.Descriptor instead.
 func (*DropShardResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{21}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{27}
 }
 
 type ListShardsRequest struct {
@@ -1661,7 +1976,7 @@ type ListShardsRequest struct {
 
 func (x *ListShardsRequest) Reset() {
 	*x = ListShardsRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1673,7 +1988,7 @@ func (x *ListShardsRequest) String() string {
 func (*ListShardsRequest) ProtoMessage() {}
 
 func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1686,7 +2001,7 @@ func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListShardsRequest.ProtoReflect.Descriptor instead.
 func (*ListShardsRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{22}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{28}
 }
 
 type ListShardsResponse struct {
@@ -1698,7 +2013,7 @@ type ListShardsResponse struct {
 
 func (x *ListShardsResponse) Reset() {
 	*x = ListShardsResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1710,7 +2025,7 @@ func (x *ListShardsResponse) String() string {
 func (*ListShardsResponse) ProtoMessage() {}
 
 func (x *ListShardsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1723,7 +2038,7 @@ func (x *ListShardsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListShardsResponse.ProtoReflect.Descriptor instead.
 func (*ListShardsResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{23}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListShardsResponse) GetShards() []*ShardInfo {
@@ -1746,7 +2061,7 @@ type DigestShardRequest struct {
 
 func (x *DigestShardRequest) Reset() {
 	*x = DigestShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +2073,7 @@ func (x *DigestShardRequest) String() string {
 func (*DigestShardRequest) ProtoMessage() {}
 
 func (x *DigestShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +2086,7 @@ func (x *DigestShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestShardRequest.ProtoReflect.Descriptor instead.
 func (*DigestShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{24}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DigestShardRequest) GetName() string {
@@ -1807,7 +2122,7 @@ type DigestShardResponse struct {
 
 func (x *DigestShardResponse) Reset() {
 	*x = DigestShardResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +2134,7 @@ func (x *DigestShardResponse) String() string {
 func (*DigestShardResponse) ProtoMessage() {}
 
 func (x *DigestShardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +2147,7 @@ func (x *DigestShardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestShardResponse.ProtoReflect.Descriptor instead.
 func (*DigestShardResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{25}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DigestShardResponse) GetSum() []byte {
@@ -1873,7 +2188,7 @@ type TableInfo struct {
 
 func (x *TableInfo) Reset() {
 	*x = TableInfo{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1885,7 +2200,7 @@ func (x *TableInfo) String() string {
 func (*TableInfo) ProtoMessage() {}
 
 func (x *TableInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1898,7 +2213,7 @@ func (x *TableInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TableInfo.ProtoReflect.Descriptor instead.
 func (*TableInfo) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{26}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TableInfo) GetName() string {
@@ -1925,7 +2240,7 @@ type CreateTableRequest struct {
 
 func (x *CreateTableRequest) Reset() {
 	*x = CreateTableRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1937,7 +2252,7 @@ func (x *CreateTableRequest) String() string {
 func (*CreateTableRequest) ProtoMessage() {}
 
 func (x *CreateTableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1950,7 +2265,7 @@ func (x *CreateTableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTableRequest.ProtoReflect.Descriptor instead.
 func (*CreateTableRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{27}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateTableRequest) GetName() string {
@@ -1975,7 +2290,7 @@ type ListTablesRequest struct {
 
 func (x *ListTablesRequest) Reset() {
 	*x = ListTablesRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1987,7 +2302,7 @@ func (x *ListTablesRequest) String() string {
 func (*ListTablesRequest) ProtoMessage() {}
 
 func (x *ListTablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2000,7 +2315,7 @@ func (x *ListTablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTablesRequest.ProtoReflect.Descriptor instead.
 func (*ListTablesRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{28}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{34}
 }
 
 type ListTablesResponse struct {
@@ -2012,7 +2327,7 @@ type ListTablesResponse struct {
 
 func (x *ListTablesResponse) Reset() {
 	*x = ListTablesResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2024,7 +2339,7 @@ func (x *ListTablesResponse) String() string {
 func (*ListTablesResponse) ProtoMessage() {}
 
 func (x *ListTablesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2037,7 +2352,7 @@ func (x *ListTablesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTablesResponse.ProtoReflect.Descriptor instead.
 func (*ListTablesResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{29}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListTablesResponse) GetTables() []*TableInfo {
@@ -2060,7 +2375,7 @@ type DropMonthsRequest struct {
 
 func (x *DropMonthsRequest) Reset() {
 	*x = DropMonthsRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2072,7 +2387,7 @@ func (x *DropMonthsRequest) String() string {
 func (*DropMonthsRequest) ProtoMessage() {}
 
 func (x *DropMonthsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2085,7 +2400,7 @@ func (x *DropMonthsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropMonthsRequest.ProtoReflect.Descriptor instead.
 func (*DropMonthsRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{30}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DropMonthsRequest) GetTable() string {
@@ -2117,7 +2432,7 @@ type DropMonthsResponse struct {
 
 func (x *DropMonthsResponse) Reset() {
 	*x = DropMonthsResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2129,7 +2444,7 @@ func (x *DropMonthsResponse) String() string {
 func (*DropMonthsResponse) ProtoMessage() {}
 
 func (x *DropMonthsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2142,7 +2457,7 @@ func (x *DropMonthsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropMonthsResponse.ProtoReflect.Descriptor instead.
 func (*DropMonthsResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{31}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{37}
 }
 
 type CollectTombstonesRequest struct {
@@ -2153,7 +2468,7 @@ type CollectTombstonesRequest struct {
 
 func (x *CollectTombstonesRequest) Reset() {
 	*x = CollectTombstonesRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2480,7 @@ func (x *CollectTombstonesRequest) String() string {
 func (*CollectTombstonesRequest) ProtoMessage() {}
 
 func (x *CollectTombstonesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2493,7 @@ func (x *CollectTombstonesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectTombstonesRequest.ProtoReflect.Descriptor instead.
 func (*CollectTombstonesRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{32}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{38}
 }
 
 type CollectTombstonesResponse struct {
@@ -2190,7 +2505,7 @@ type CollectTombstonesResponse struct {
 
 func (x *CollectTombstonesResponse) Reset() {
 	*x = CollectTombstonesResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2202,7 +2517,7 @@ func (x *CollectTombstonesResponse) String() string {
 func (*CollectTombstonesResponse) ProtoMessage() {}
 
 func (x *CollectTombstonesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2215,7 +2530,7 @@ func (x *CollectTombstonesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectTombstonesResponse.ProtoReflect.Descriptor instead.
 func (*CollectTombstonesResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{33}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CollectTombstonesResponse) GetCollected() uint64 {
@@ -2233,7 +2548,7 @@ type GetMapRequest struct {
 
 func (x *GetMapRequest) Reset() {
 	*x = GetMapRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2560,7 @@ func (x *GetMapRequest) String() string {
 func (*GetMapRequest) ProtoMessage() {}
 
 func (x *GetMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2573,7 @@ func (x *GetMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMapRequest.ProtoReflect.Descriptor instead.
 func (*GetMapRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{34}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{40}
 }
 
 type WatchRequest struct {
@@ -2270,7 +2585,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2597,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2610,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{35}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *WatchRequest) GetAfterVersion() uint64 {
@@ -2316,7 +2631,7 @@ type MapResponse struct {
 
 func (x *MapResponse) Reset() {
 	*x = MapResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2328,7 +2643,7 @@ func (x *MapResponse) String() string {
 func (*MapResponse) ProtoMessage() {}
 
 func (x *MapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2341,7 +2656,7 @@ func (x *MapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MapResponse.ProtoReflect.Descriptor instead.
 func (*MapResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{36}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *MapResponse) GetVersion() uint64 {
@@ -2368,7 +2683,7 @@ type ProposeRequest struct {
 
 func (x *ProposeRequest) Reset() {
 	*x = ProposeRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2380,7 +2695,7 @@ func (x *ProposeRequest) String() string {
 func (*ProposeRequest) ProtoMessage() {}
 
 func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2393,7 +2708,7 @@ func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
 func (*ProposeRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{37}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ProposeRequest) GetChangeJson() []byte {
@@ -2412,7 +2727,7 @@ type ProposeResponse struct {
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2424,7 +2739,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2437,7 +2752,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{38}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ProposeResponse) GetVersion() uint64 {
@@ -2458,7 +2773,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2470,7 +2785,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2483,7 +2798,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{39}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *JoinRequest) GetNodeId() string {
@@ -2516,7 +2831,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2528,7 +2843,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2541,7 +2856,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{40}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *JoinResponse) GetVersion() uint64 {
@@ -2559,7 +2874,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2571,7 +2886,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2584,7 +2899,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{41}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{47}
 }
 
 type StatusResponse struct {
@@ -2604,7 +2919,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2616,7 +2931,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2629,7 +2944,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{42}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -2693,7 +3008,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2705,7 +3020,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2718,7 +3033,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{43}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ApplyRequest) GetMutations() []*Mutation {
@@ -2744,7 +3059,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2756,7 +3071,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2769,7 +3084,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{44}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ApplyResponse) GetOutcomes() []Outcome {
@@ -2792,7 +3107,7 @@ type JournalEntry struct {
 
 func (x *JournalEntry) Reset() {
 	*x = JournalEntry{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +3119,7 @@ func (x *JournalEntry) String() string {
 func (*JournalEntry) ProtoMessage() {}
 
 func (x *JournalEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +3132,7 @@ func (x *JournalEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JournalEntry.ProtoReflect.Descriptor instead.
 func (*JournalEntry) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{45}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *JournalEntry) GetMutations() []*Mutation {
@@ -2853,7 +3168,7 @@ type MultiGetResponse_Item struct {
 
 func (x *MultiGetResponse_Item) Reset() {
 	*x = MultiGetResponse_Item{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2865,7 +3180,7 @@ func (x *MultiGetResponse_Item) String() string {
 func (*MultiGetResponse_Item) ProtoMessage() {}
 
 func (x *MultiGetResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2920,7 +3235,7 @@ type CountResponse_Month struct {
 
 func (x *CountResponse_Month) Reset() {
 	*x = CountResponse_Month{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2932,7 +3247,7 @@ func (x *CountResponse_Month) String() string {
 func (*CountResponse_Month) ProtoMessage() {}
 
 func (x *CountResponse_Month) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2972,7 +3287,7 @@ type Mutation_Put struct {
 
 func (x *Mutation_Put) Reset() {
 	*x = Mutation_Put{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2984,7 +3299,7 @@ func (x *Mutation_Put) String() string {
 func (*Mutation_Put) ProtoMessage() {}
 
 func (x *Mutation_Put) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3023,7 +3338,7 @@ type Mutation_Delete struct {
 
 func (x *Mutation_Delete) Reset() {
 	*x = Mutation_Delete{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3035,7 +3350,7 @@ func (x *Mutation_Delete) String() string {
 func (*Mutation_Delete) ProtoMessage() {}
 
 func (x *Mutation_Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3069,7 +3384,7 @@ type Mutation_Append struct {
 
 func (x *Mutation_Append) Reset() {
 	*x = Mutation_Append{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3081,7 +3396,7 @@ func (x *Mutation_Append) String() string {
 func (*Mutation_Append) ProtoMessage() {}
 
 func (x *Mutation_Append) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3128,7 +3443,7 @@ type Mutation_Remove struct {
 
 func (x *Mutation_Remove) Reset() {
 	*x = Mutation_Remove{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3140,7 +3455,7 @@ func (x *Mutation_Remove) String() string {
 func (*Mutation_Remove) ProtoMessage() {}
 
 func (x *Mutation_Remove) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3182,7 +3497,7 @@ type JournalEntry_Target struct {
 
 func (x *JournalEntry_Target) Reset() {
 	*x = JournalEntry_Target{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3194,7 +3509,7 @@ func (x *JournalEntry_Target) String() string {
 func (*JournalEntry_Target) ProtoMessage() {}
 
 func (x *JournalEntry_Target) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3207,7 +3522,7 @@ func (x *JournalEntry_Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JournalEntry_Target.ProtoReflect.Descriptor instead.
 func (*JournalEntry_Target) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{45, 0}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{51, 0}
 }
 
 func (x *JournalEntry_Target) GetNode() string {
@@ -3344,7 +3659,28 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\tmutations\x18\x01 \x03(\v2\x13.aviary.v1.MutationR\tmutations\x128\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x16.aviary.v1.ConsistencyR\vconsistency\"A\n" +
 	"\rWriteResponse\x120\n" +
-	"\aresults\x18\x01 \x03(\v2\x16.aviary.v1.WriteResultR\aresults\"\x93\x01\n" +
+	"\aresults\x18\x01 \x03(\v2\x16.aviary.v1.WriteResultR\aresults\"H\n" +
+	"\x0fListJobsRequest\x12\x1f\n" +
+	"\verror_queue\x18\x01 \x01(\bR\n" +
+	"errorQueue\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"\xb2\x01\n" +
+	"\x03Job\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\tR\x06target\x12\x1a\n" +
+	"\battempts\x18\x03 \x01(\x05R\battempts\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x04 \x01(\tR\tlastError\x12$\n" +
+	"\x0efailed_unix_ms\x18\x05 \x01(\x03R\ffailedUnixMs\x12 \n" +
+	"\fnext_unix_ms\x18\x06 \x01(\x03R\n" +
+	"nextUnixMs\"T\n" +
+	"\x10ListJobsResponse\x12\"\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x0e.aviary.v1.JobR\x04jobs\x12\x1c\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"2\n" +
+	"\x06JobRef\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\tR\x06target\"\x12\n" +
+	"\x10RetryJobResponse\"\x11\n" +
+	"\x0fDropJobResponse\"\x93\x01\n" +
 	"\tShardInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x1d\n" +
@@ -3453,7 +3789,7 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\x06Remove\x12\x18.aviary.v1.RemoveRequest\x1a\x16.aviary.v1.WriteResult\x12:\n" +
 	"\x05Range\x12\x17.aviary.v1.RangeRequest\x1a\x18.aviary.v1.RangeResponse\x12:\n" +
 	"\x05Count\x12\x17.aviary.v1.CountRequest\x1a\x18.aviary.v1.CountResponse\x12:\n" +
-	"\x05Write\x12\x17.aviary.v1.WriteRequest\x1a\x18.aviary.v1.WriteResponse2\xeb\x04\n" +
+	"\x05Write\x12\x17.aviary.v1.WriteRequest\x1a\x18.aviary.v1.WriteResponse2\xa6\x06\n" +
 	"\n" +
 	"ShardAdmin\x12B\n" +
 	"\vCreateShard\x12\x1d.aviary.v1.CreateShardRequest\x1a\x14.aviary.v1.ShardInfo\x12F\n" +
@@ -3466,7 +3802,10 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"ListTables\x12\x1c.aviary.v1.ListTablesRequest\x1a\x1d.aviary.v1.ListTablesResponse\x12I\n" +
 	"\n" +
 	"DropMonths\x12\x1c.aviary.v1.DropMonthsRequest\x1a\x1d.aviary.v1.DropMonthsResponse\x12^\n" +
-	"\x11CollectTombstones\x12#.aviary.v1.CollectTombstonesRequest\x1a$.aviary.v1.CollectTombstonesResponse2\xbe\x02\n" +
+	"\x11CollectTombstones\x12#.aviary.v1.CollectTombstonesRequest\x1a$.aviary.v1.CollectTombstonesResponse\x12C\n" +
+	"\bListJobs\x12\x1a.aviary.v1.ListJobsRequest\x1a\x1b.aviary.v1.ListJobsResponse\x12:\n" +
+	"\bRetryJob\x12\x11.aviary.v1.JobRef\x1a\x1b.aviary.v1.RetryJobResponse\x128\n" +
+	"\aDropJob\x12\x11.aviary.v1.JobRef\x1a\x1a.aviary.v1.DropJobResponse2\xbe\x02\n" +
 	"\n" +
 	"Nameserver\x12:\n" +
 	"\x06GetMap\x12\x18.aviary.v1.GetMapRequest\x1a\x16.aviary.v1.MapResponse\x12:\n" +
@@ -3490,7 +3829,7 @@ func file_aviary_v1_aviary_proto_rawDescGZIP() []byte {
 }
 
 var file_aviary_v1_aviary_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_aviary_v1_aviary_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_aviary_v1_aviary_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_aviary_v1_aviary_proto_goTypes = []any{
 	(Consistency)(0),                  // 0: aviary.v1.Consistency
 	(Outcome)(0),                      // 1: aviary.v1.Outcome
@@ -3513,42 +3852,48 @@ var file_aviary_v1_aviary_proto_goTypes = []any{
 	(*Mutation)(nil),                  // 18: aviary.v1.Mutation
 	(*WriteRequest)(nil),              // 19: aviary.v1.WriteRequest
 	(*WriteResponse)(nil),             // 20: aviary.v1.WriteResponse
-	(*ShardInfo)(nil),                 // 21: aviary.v1.ShardInfo
-	(*CreateShardRequest)(nil),        // 22: aviary.v1.CreateShardRequest
-	(*DropShardRequest)(nil),          // 23: aviary.v1.DropShardRequest
-	(*DropShardResponse)(nil),         // 24: aviary.v1.DropShardResponse
-	(*ListShardsRequest)(nil),         // 25: aviary.v1.ListShardsRequest
-	(*ListShardsResponse)(nil),        // 26: aviary.v1.ListShardsResponse
-	(*DigestShardRequest)(nil),        // 27: aviary.v1.DigestShardRequest
-	(*DigestShardResponse)(nil),       // 28: aviary.v1.DigestShardResponse
-	(*TableInfo)(nil),                 // 29: aviary.v1.TableInfo
-	(*CreateTableRequest)(nil),        // 30: aviary.v1.CreateTableRequest
-	(*ListTablesRequest)(nil),         // 31: aviary.v1.ListTablesRequest
-	(*ListTablesResponse)(nil),        // 32: aviary.v1.ListTablesResponse
-	(*DropMonthsRequest)(nil),         // 33: aviary.v1.DropMonthsRequest
-	(*DropMonthsResponse)(nil),        // 34: aviary.v1.DropMonthsResponse
-	(*CollectTombstonesRequest)(nil),  // 35: aviary.v1.CollectTombstonesRequest
-	(*CollectTombstonesResponse)(nil), // 36: aviary.v1.CollectTombstonesResponse
-	(*GetMapRequest)(nil),             // 37: aviary.v1.GetMapRequest
-	(*WatchRequest)(nil),              // 38: aviary.v1.WatchRequest
-	(*MapResponse)(nil),               // 39: aviary.v1.MapResponse
-	(*ProposeRequest)(nil),            // 40: aviary.v1.ProposeRequest
-	(*ProposeResponse)(nil),           // 41: aviary.v1.ProposeResponse
-	(*JoinRequest)(nil),               // 42: aviary.v1.JoinRequest
-	(*JoinResponse)(nil),              // 43: aviary.v1.JoinResponse
-	(*StatusRequest)(nil),             // 44: aviary.v1.StatusRequest
-	(*StatusResponse)(nil),            // 45: aviary.v1.StatusResponse
-	(*ApplyRequest)(nil),              // 46: aviary.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 47: aviary.v1.ApplyResponse
-	(*JournalEntry)(nil),              // 48: aviary.v1.JournalEntry
-	(*MultiGetResponse_Item)(nil),     // 49: aviary.v1.MultiGetResponse.Item
-	(*CountResponse_Month)(nil),       // 50: aviary.v1.CountResponse.Month
-	(*Mutation_Put)(nil),              // 51: aviary.v1.Mutation.Put
-	(*Mutation_Delete)(nil),           // 52: aviary.v1.Mutation.Delete
-	(*Mutation_Append)(nil),           // 53: aviary.v1.Mutation.Append
-	(*Mutation_Remove)(nil),           // 54: aviary.v1.Mutation.Remove
-	nil,                               // 55: aviary.v1.StatusResponse.VotersEntry
-	(*JournalEntry_Target)(nil),       // 56: aviary.v1.JournalEntry.Target
+	(*ListJobsRequest)(nil),           // 21: aviary.v1.ListJobsRequest
+	(*Job)(nil),                       // 22: aviary.v1.Job
+	(*ListJobsResponse)(nil),          // 23: aviary.v1.ListJobsResponse
+	(*JobRef)(nil),                    // 24: aviary.v1.JobRef
+	(*RetryJobResponse)(nil),          // 25: aviary.v1.RetryJobResponse
+	(*DropJobResponse)(nil),           // 26: aviary.v1.DropJobResponse
+	(*ShardInfo)(nil),                 // 27: aviary.v1.ShardInfo
+	(*CreateShardRequest)(nil),        // 28: aviary.v1.CreateShardRequest
+	(*DropShardRequest)(nil),          // 29: aviary.v1.DropShardRequest
+	(*DropShardResponse)(nil),         // 30: aviary.v1.DropShardResponse
+	(*ListShardsRequest)(nil),         // 31: aviary.v1.ListShardsRequest
+	(*ListShardsResponse)(nil),        // 32: aviary.v1.ListShardsResponse
+	(*DigestShardRequest)(nil),        // 33: aviary.v1.DigestShardRequest
+	(*DigestShardResponse)(nil),       // 34: aviary.v1.DigestShardResponse
+	(*TableInfo)(nil),                 // 35: aviary.v1.TableInfo
+	(*CreateTableRequest)(nil),        // 36: aviary.v1.CreateTableRequest
+	(*ListTablesRequest)(nil),         // 37: aviary.v1.ListTablesRequest
+	(*ListTablesResponse)(nil),        // 38: aviary.v1.ListTablesResponse
+	(*DropMonthsRequest)(nil),         // 39: aviary.v1.DropMonthsRequest
+	(*DropMonthsResponse)(nil),        // 40: aviary.v1.DropMonthsResponse
+	(*CollectTombstonesRequest)(nil),  // 41: aviary.v1.CollectTombstonesRequest
+	(*CollectTombstonesResponse)(nil), // 42: aviary.v1.CollectTombstonesResponse
+	(*GetMapRequest)(nil),             // 43: aviary.v1.GetMapRequest
+	(*WatchRequest)(nil),              // 44: aviary.v1.WatchRequest
+	(*MapResponse)(nil),               // 45: aviary.v1.MapResponse
+	(*ProposeRequest)(nil),            // 46: aviary.v1.ProposeRequest
+	(*ProposeResponse)(nil),           // 47: aviary.v1.ProposeResponse
+	(*JoinRequest)(nil),               // 48: aviary.v1.JoinRequest
+	(*JoinResponse)(nil),              // 49: aviary.v1.JoinResponse
+	(*StatusRequest)(nil),             // 50: aviary.v1.StatusRequest
+	(*StatusResponse)(nil),            // 51: aviary.v1.StatusResponse
+	(*ApplyRequest)(nil),              // 52: aviary.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 53: aviary.v1.ApplyResponse
+	(*JournalEntry)(nil),              // 54: aviary.v1.JournalEntry
+	(*MultiGetResponse_Item)(nil),     // 55: aviary.v1.MultiGetResponse.Item
+	(*CountResponse_Month)(nil),       // 56: aviary.v1.CountResponse.Month
+	(*Mutation_Put)(nil),              // 57: aviary.v1.Mutation.Put
+	(*Mutation_Delete)(nil),           // 58: aviary.v1.Mutation.Delete
+	(*Mutation_Append)(nil),           // 59: aviary.v1.Mutation.Append
+	(*Mutation_Remove)(nil),           // 60: aviary.v1.Mutation.Remove
+	nil,                               // 61: aviary.v1.StatusResponse.VotersEntry
+	(*JournalEntry_Target)(nil),       // 62: aviary.v1.JournalEntry.Target
 }
 var file_aviary_v1_aviary_proto_depIdxs = []int32{
 	3,  // 0: aviary.v1.PutRequest.version:type_name -> aviary.v1.Version
@@ -3562,79 +3907,86 @@ var file_aviary_v1_aviary_proto_depIdxs = []int32{
 	3,  // 8: aviary.v1.WriteResult.version:type_name -> aviary.v1.Version
 	1,  // 9: aviary.v1.WriteResult.outcome:type_name -> aviary.v1.Outcome
 	3,  // 10: aviary.v1.GetResponse.version:type_name -> aviary.v1.Version
-	49, // 11: aviary.v1.MultiGetResponse.items:type_name -> aviary.v1.MultiGetResponse.Item
+	55, // 11: aviary.v1.MultiGetResponse.items:type_name -> aviary.v1.MultiGetResponse.Item
 	3,  // 12: aviary.v1.Entry.version:type_name -> aviary.v1.Version
 	14, // 13: aviary.v1.RangeResponse.entries:type_name -> aviary.v1.Entry
-	50, // 14: aviary.v1.CountResponse.months:type_name -> aviary.v1.CountResponse.Month
+	56, // 14: aviary.v1.CountResponse.months:type_name -> aviary.v1.CountResponse.Month
 	3,  // 15: aviary.v1.Mutation.version:type_name -> aviary.v1.Version
-	51, // 16: aviary.v1.Mutation.put:type_name -> aviary.v1.Mutation.Put
-	52, // 17: aviary.v1.Mutation.delete:type_name -> aviary.v1.Mutation.Delete
-	53, // 18: aviary.v1.Mutation.append:type_name -> aviary.v1.Mutation.Append
-	54, // 19: aviary.v1.Mutation.remove:type_name -> aviary.v1.Mutation.Remove
+	57, // 16: aviary.v1.Mutation.put:type_name -> aviary.v1.Mutation.Put
+	58, // 17: aviary.v1.Mutation.delete:type_name -> aviary.v1.Mutation.Delete
+	59, // 18: aviary.v1.Mutation.append:type_name -> aviary.v1.Mutation.Append
+	60, // 19: aviary.v1.Mutation.remove:type_name -> aviary.v1.Mutation.Remove
 	18, // 20: aviary.v1.WriteRequest.mutations:type_name -> aviary.v1.Mutation
 	0,  // 21: aviary.v1.WriteRequest.consistency:type_name -> aviary.v1.Consistency
 	8,  // 22: aviary.v1.WriteResponse.results:type_name -> aviary.v1.WriteResult
-	21, // 23: aviary.v1.ListShardsResponse.shards:type_name -> aviary.v1.ShardInfo
-	2,  // 24: aviary.v1.TableInfo.kind:type_name -> aviary.v1.TableKind
-	2,  // 25: aviary.v1.CreateTableRequest.kind:type_name -> aviary.v1.TableKind
-	29, // 26: aviary.v1.ListTablesResponse.tables:type_name -> aviary.v1.TableInfo
-	55, // 27: aviary.v1.StatusResponse.voters:type_name -> aviary.v1.StatusResponse.VotersEntry
-	18, // 28: aviary.v1.ApplyRequest.mutations:type_name -> aviary.v1.Mutation
-	1,  // 29: aviary.v1.ApplyResponse.outcomes:type_name -> aviary.v1.Outcome
-	18, // 30: aviary.v1.JournalEntry.mutations:type_name -> aviary.v1.Mutation
-	56, // 31: aviary.v1.JournalEntry.targets:type_name -> aviary.v1.JournalEntry.Target
-	3,  // 32: aviary.v1.MultiGetResponse.Item.version:type_name -> aviary.v1.Version
-	4,  // 33: aviary.v1.Data.Put:input_type -> aviary.v1.PutRequest
-	9,  // 34: aviary.v1.Data.Get:input_type -> aviary.v1.GetRequest
-	11, // 35: aviary.v1.Data.MultiGet:input_type -> aviary.v1.MultiGetRequest
-	5,  // 36: aviary.v1.Data.Delete:input_type -> aviary.v1.DeleteRequest
-	6,  // 37: aviary.v1.Data.Append:input_type -> aviary.v1.AppendRequest
-	7,  // 38: aviary.v1.Data.Remove:input_type -> aviary.v1.RemoveRequest
-	13, // 39: aviary.v1.Data.Range:input_type -> aviary.v1.RangeRequest
-	16, // 40: aviary.v1.Data.Count:input_type -> aviary.v1.CountRequest
-	19, // 41: aviary.v1.Data.Write:input_type -> aviary.v1.WriteRequest
-	22, // 42: aviary.v1.ShardAdmin.CreateShard:input_type -> aviary.v1.CreateShardRequest
-	23, // 43: aviary.v1.ShardAdmin.DropShard:input_type -> aviary.v1.DropShardRequest
-	25, // 44: aviary.v1.ShardAdmin.ListShards:input_type -> aviary.v1.ListShardsRequest
-	27, // 45: aviary.v1.ShardAdmin.DigestShard:input_type -> aviary.v1.DigestShardRequest
-	30, // 46: aviary.v1.ShardAdmin.CreateTable:input_type -> aviary.v1.CreateTableRequest
-	31, // 47: aviary.v1.ShardAdmin.ListTables:input_type -> aviary.v1.ListTablesRequest
-	33, // 48: aviary.v1.ShardAdmin.DropMonths:input_type -> aviary.v1.DropMonthsRequest
-	35, // 49: aviary.v1.ShardAdmin.CollectTombstones:input_type -> aviary.v1.CollectTombstonesRequest
-	37, // 50: aviary.v1.Nameserver.GetMap:input_type -> aviary.v1.GetMapRequest
-	38, // 51: aviary.v1.Nameserver.Watch:input_type -> aviary.v1.WatchRequest
-	40, // 52: aviary.v1.Nameserver.Propose:input_type -> aviary.v1.ProposeRequest
-	42, // 53: aviary.v1.Nameserver.Join:input_type -> aviary.v1.JoinRequest
-	44, // 54: aviary.v1.Nameserver.Status:input_type -> aviary.v1.StatusRequest
-	46, // 55: aviary.v1.Replica.Apply:input_type -> aviary.v1.ApplyRequest
-	8,  // 56: aviary.v1.Data.Put:output_type -> aviary.v1.WriteResult
-	10, // 57: aviary.v1.Data.Get:output_type -> aviary.v1.GetResponse
-	12, // 58: aviary.v1.Data.MultiGet:output_type -> aviary.v1.MultiGetResponse
-	8,  // 59: aviary.v1.Data.Delete:output_type -> aviary.v1.WriteResult
-	8,  // 60: aviary.v1.Data.Append:output_type -> aviary.v1.WriteResult
-	8,  // 61: aviary.v1.Data.Remove:output_type -> aviary.v1.WriteResult
-	15, // 62: aviary.v1.Data.Range:output_type -> aviary.v1.RangeResponse
-	17, // 63: aviary.v1.Data.Count:output_type -> aviary.v1.CountResponse
-	20, // 64: aviary.v1.Data.Write:output_type -> aviary.v1.WriteResponse
-	21, // 65: aviary.v1.ShardAdmin.CreateShard:output_type -> aviary.v1.ShardInfo
-	24, // 66: aviary.v1.ShardAdmin.DropShard:output_type -> aviary.v1.DropShardResponse
-	26, // 67: aviary.v1.ShardAdmin.ListShards:output_type -> aviary.v1.ListShardsResponse
-	28, // 68: aviary.v1.ShardAdmin.DigestShard:output_type -> aviary.v1.DigestShardResponse
-	29, // 69: aviary.v1.ShardAdmin.CreateTable:output_type -> aviary.v1.TableInfo
-	32, // 70: aviary.v1.ShardAdmin.ListTables:output_type -> aviary.v1.ListTablesResponse
-	34, // 71: aviary.v1.ShardAdmin.DropMonths:output_type -> aviary.v1.DropMonthsResponse
-	36, // 72: aviary.v1.ShardAdmin.CollectTombstones:output_type -> aviary.v1.CollectTombstonesResponse
-	39, // 73: aviary.v1.Nameserver.GetMap:output_type -> aviary.v1.MapResponse
-	39, // 74: aviary.v1.Nameserver.Watch:output_type -> aviary.v1.MapResponse
-	41, // 75: aviary.v1.Nameserver.Propose:output_type -> aviary.v1.ProposeResponse
-	43, // 76: aviary.v1.Nameserver.Join:output_type -> aviary.v1.JoinResponse
-	45, // 77: aviary.v1.Nameserver.Status:output_type -> aviary.v1.StatusResponse
-	47, // 78: aviary.v1.Replica.Apply:output_type -> aviary.v1.ApplyResponse
-	56, // [56:79] is the sub-list for method output_type
-	33, // [33:56] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	22, // 23: aviary.v1.ListJobsResponse.jobs:type_name -> aviary.v1.Job
+	27, // 24: aviary.v1.ListShardsResponse.shards:type_name -> aviary.v1.ShardInfo
+	2,  // 25: aviary.v1.TableInfo.kind:type_name -> aviary.v1.TableKind
+	2,  // 26: aviary.v1.CreateTableRequest.kind:type_name -> aviary.v1.TableKind
+	35, // 27: aviary.v1.ListTablesResponse.tables:type_name -> aviary.v1.TableInfo
+	61, // 28: aviary.v1.StatusResponse.voters:type_name -> aviary.v1.StatusResponse.VotersEntry
+	18, // 29: aviary.v1.ApplyRequest.mutations:type_name -> aviary.v1.Mutation
+	1,  // 30: aviary.v1.ApplyResponse.outcomes:type_name -> aviary.v1.Outcome
+	18, // 31: aviary.v1.JournalEntry.mutations:type_name -> aviary.v1.Mutation
+	62, // 32: aviary.v1.JournalEntry.targets:type_name -> aviary.v1.JournalEntry.Target
+	3,  // 33: aviary.v1.MultiGetResponse.Item.version:type_name -> aviary.v1.Version
+	4,  // 34: aviary.v1.Data.Put:input_type -> aviary.v1.PutRequest
+	9,  // 35: aviary.v1.Data.Get:input_type -> aviary.v1.GetRequest
+	11, // 36: aviary.v1.Data.MultiGet:input_type -> aviary.v1.MultiGetRequest
+	5,  // 37: aviary.v1.Data.Delete:input_type -> aviary.v1.DeleteRequest
+	6,  // 38: aviary.v1.Data.Append:input_type -> aviary.v1.AppendRequest
+	7,  // 39: aviary.v1.Data.Remove:input_type -> aviary.v1.RemoveRequest
+	13, // 40: aviary.v1.Data.Range:input_type -> aviary.v1.RangeRequest
+	16, // 41: aviary.v1.Data.Count:input_type -> aviary.v1.CountRequest
+	19, // 42: aviary.v1.Data.Write:input_type -> aviary.v1.WriteRequest
+	28, // 43: aviary.v1.ShardAdmin.CreateShard:input_type -> aviary.v1.CreateShardRequest
+	29, // 44: aviary.v1.ShardAdmin.DropShard:input_type -> aviary.v1.DropShardRequest
+	31, // 45: aviary.v1.ShardAdmin.ListShards:input_type -> aviary.v1.ListShardsRequest
+	33, // 46: aviary.v1.ShardAdmin.DigestShard:input_type -> aviary.v1.DigestShardRequest
+	36, // 47: aviary.v1.ShardAdmin.CreateTable:input_type -> aviary.v1.CreateTableRequest
+	37, // 48: aviary.v1.ShardAdmin.ListTables:input_type -> aviary.v1.ListTablesRequest
+	39, // 49: aviary.v1.ShardAdmin.DropMonths:input_type -> aviary.v1.DropMonthsRequest
+	41, // 50: aviary.v1.ShardAdmin.CollectTombstones:input_type -> aviary.v1.CollectTombstonesRequest
+	21, // 51: aviary.v1.ShardAdmin.ListJobs:input_type -> aviary.v1.ListJobsRequest
+	24, // 52: aviary.v1.ShardAdmin.RetryJob:input_type -> aviary.v1.JobRef
+	24, // 53: aviary.v1.ShardAdmin.DropJob:input_type -> aviary.v1.JobRef
+	43, // 54: aviary.v1.Nameserver.GetMap:input_type -> aviary.v1.GetMapRequest
+	44, // 55: aviary.v1.Nameserver.Watch:input_type -> aviary.v1.WatchRequest
+	46, // 56: aviary.v1.Nameserver.Propose:input_type -> aviary.v1.ProposeRequest
+	48, // 57: aviary.v1.Nameserver.Join:input_type -> aviary.v1.JoinRequest
+	50, // 58: aviary.v1.Nameserver.Status:input_type -> aviary.v1.StatusRequest
+	52, // 59: aviary.v1.Replica.Apply:input_type -> aviary.v1.ApplyRequest
+	8,  // 60: aviary.v1.Data.Put:output_type -> aviary.v1.WriteResult
+	10, // 61: aviary.v1.Data.Get:output_type -> aviary.v1.GetResponse
+	12, // 62: aviary.v1.Data.MultiGet:output_type -> aviary.v1.MultiGetResponse
+	8,  // 63: aviary.v1.Data.Delete:output_type -> aviary.v1.WriteResult
+	8,  // 64: aviary.v1.Data.Append:output_type -> aviary.v1.WriteResult
+	8,  // 65: aviary.v1.Data.Remove:output_type -> aviary.v1.WriteResult
+	15, // 66: aviary.v1.Data.Range:output_type -> aviary.v1.RangeResponse
+	17, // 67: aviary.v1.Data.Count:output_type -> aviary.v1.CountResponse
+	20, // 68: aviary.v1.Data.Write:output_type -> aviary.v1.WriteResponse
+	27, // 69: aviary.v1.ShardAdmin.CreateShard:output_type -> aviary.v1.ShardInfo
+	30, // 70: aviary.v1.ShardAdmin.DropShard:output_type -> aviary.v1.DropShardResponse
+	32, // 71: aviary.v1.ShardAdmin.ListShards:output_type -> aviary.v1.ListShardsResponse
+	34, // 72: aviary.v1.ShardAdmin.DigestShard:output_type -> aviary.v1.DigestShardResponse
+	35, // 73: aviary.v1.ShardAdmin.CreateTable:output_type -> aviary.v1.TableInfo
+	38, // 74: aviary.v1.ShardAdmin.ListTables:output_type -> aviary.v1.ListTablesResponse
+	40, // 75: aviary.v1.ShardAdmin.DropMonths:output_type -> aviary.v1.DropMonthsResponse
+	42, // 76: aviary.v1.ShardAdmin.CollectTombstones:output_type -> aviary.v1.CollectTombstonesResponse
+	23, // 77: aviary.v1.ShardAdmin.ListJobs:output_type -> aviary.v1.ListJobsResponse
+	25, // 78: aviary.v1.ShardAdmin.RetryJob:output_type -> aviary.v1.RetryJobResponse
+	26, // 79: aviary.v1.ShardAdmin.DropJob:output_type -> aviary.v1.DropJobResponse
+	45, // 80: aviary.v1.Nameserver.GetMap:output_type -> aviary.v1.MapResponse
+	45, // 81: aviary.v1.Nameserver.Watch:output_type -> aviary.v1.MapResponse
+	47, // 82: aviary.v1.Nameserver.Propose:output_type -> aviary.v1.ProposeResponse
+	49, // 83: aviary.v1.Nameserver.Join:output_type -> aviary.v1.JoinResponse
+	51, // 84: aviary.v1.Nameserver.Status:output_type -> aviary.v1.StatusResponse
+	53, // 85: aviary.v1.Replica.Apply:output_type -> aviary.v1.ApplyResponse
+	60, // [60:86] is the sub-list for method output_type
+	34, // [34:60] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_aviary_v1_aviary_proto_init() }
@@ -3654,7 +4006,7 @@ func file_aviary_v1_aviary_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aviary_v1_aviary_proto_rawDesc), len(file_aviary_v1_aviary_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   54,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -476,6 +476,9 @@ const (
 	ShardAdmin_ListTables_FullMethodName        = "/aviary.v1.ShardAdmin/ListTables"
 	ShardAdmin_DropMonths_FullMethodName        = "/aviary.v1.ShardAdmin/DropMonths"
 	ShardAdmin_CollectTombstones_FullMethodName = "/aviary.v1.ShardAdmin/CollectTombstones"
+	ShardAdmin_ListJobs_FullMethodName          = "/aviary.v1.ShardAdmin/ListJobs"
+	ShardAdmin_RetryJob_FullMethodName          = "/aviary.v1.ShardAdmin/RetryJob"
+	ShardAdmin_DropJob_FullMethodName           = "/aviary.v1.ShardAdmin/DropJob"
 )
 
 // ShardAdminClient is the client API for ShardAdmin service.
@@ -497,6 +500,14 @@ type ShardAdminClient interface {
 	DropMonths(ctx context.Context, in *DropMonthsRequest, opts ...grpc.CallOption) (*DropMonthsResponse, error)
 	// CollectTombstones deletes tombstones older than the node's grace now.
 	CollectTombstones(ctx context.Context, in *CollectTombstonesRequest, opts ...grpc.CallOption) (*CollectTombstonesResponse, error)
+	// ListJobs lists this node's router jobs: replica deliveries still
+	// pending, or (error_queue) given up after repeated failures.
+	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
+	// RetryJob moves a job from the error queue back to the pending jobs.
+	RetryJob(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*RetryJobResponse, error)
+	// DropJob deletes a job from the error queue: its replica will not get
+	// that write from this node.
+	DropJob(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*DropJobResponse, error)
 }
 
 type shardAdminClient struct {
@@ -587,6 +598,36 @@ func (c *shardAdminClient) CollectTombstones(ctx context.Context, in *CollectTom
 	return out, nil
 }
 
+func (c *shardAdminClient) ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListJobsResponse)
+	err := c.cc.Invoke(ctx, ShardAdmin_ListJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *shardAdminClient) RetryJob(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*RetryJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryJobResponse)
+	err := c.cc.Invoke(ctx, ShardAdmin_RetryJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *shardAdminClient) DropJob(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*DropJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DropJobResponse)
+	err := c.cc.Invoke(ctx, ShardAdmin_DropJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ShardAdminServer is the server API for ShardAdmin service.
 // All implementations must embed UnimplementedShardAdminServer
 // for forward compatibility.
@@ -606,6 +647,14 @@ type ShardAdminServer interface {
 	DropMonths(context.Context, *DropMonthsRequest) (*DropMonthsResponse, error)
 	// CollectTombstones deletes tombstones older than the node's grace now.
 	CollectTombstones(context.Context, *CollectTombstonesRequest) (*CollectTombstonesResponse, error)
+	// ListJobs lists this node's router jobs: replica deliveries still
+	// pending, or (error_queue) given up after repeated failures.
+	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
+	// RetryJob moves a job from the error queue back to the pending jobs.
+	RetryJob(context.Context, *JobRef) (*RetryJobResponse, error)
+	// DropJob deletes a job from the error queue: its replica will not get
+	// that write from this node.
+	DropJob(context.Context, *JobRef) (*DropJobResponse, error)
 	mustEmbedUnimplementedShardAdminServer()
 }
 
@@ -639,6 +688,15 @@ func (UnimplementedShardAdminServer) DropMonths(context.Context, *DropMonthsRequ
 }
 func (UnimplementedShardAdminServer) CollectTombstones(context.Context, *CollectTombstonesRequest) (*CollectTombstonesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CollectTombstones not implemented")
+}
+func (UnimplementedShardAdminServer) ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListJobs not implemented")
+}
+func (UnimplementedShardAdminServer) RetryJob(context.Context, *JobRef) (*RetryJobResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryJob not implemented")
+}
+func (UnimplementedShardAdminServer) DropJob(context.Context, *JobRef) (*DropJobResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DropJob not implemented")
 }
 func (UnimplementedShardAdminServer) mustEmbedUnimplementedShardAdminServer() {}
 func (UnimplementedShardAdminServer) testEmbeddedByValue()                    {}
@@ -805,6 +863,60 @@ func _ShardAdmin_CollectTombstones_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ShardAdmin_ListJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardAdminServer).ListJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ShardAdmin_ListJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardAdminServer).ListJobs(ctx, req.(*ListJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ShardAdmin_RetryJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JobRef)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardAdminServer).RetryJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ShardAdmin_RetryJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardAdminServer).RetryJob(ctx, req.(*JobRef))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ShardAdmin_DropJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JobRef)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardAdminServer).DropJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ShardAdmin_DropJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardAdminServer).DropJob(ctx, req.(*JobRef))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ShardAdmin_ServiceDesc is the grpc.ServiceDesc for ShardAdmin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -843,6 +955,18 @@ var ShardAdmin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CollectTombstones",
 			Handler:    _ShardAdmin_CollectTombstones_Handler,
+		},
+		{
+			MethodName: "ListJobs",
+			Handler:    _ShardAdmin_ListJobs_Handler,
+		},
+		{
+			MethodName: "RetryJob",
+			Handler:    _ShardAdmin_RetryJob_Handler,
+		},
+		{
+			MethodName: "DropJob",
+			Handler:    _ShardAdmin_DropJob_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
