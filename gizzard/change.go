@@ -214,7 +214,9 @@ func (m *Map) applied(c Change) (*Map, error) {
 		From:    c.From,
 		What:    strings.Join(what, "; "),
 	})
-	if err := next.validate(); err != nil {
+	// The audit entries before the new one were valid already, and the new
+	// one's fields were checked above: validate the rest.
+	if err := next.validateShape(); err != nil {
 		return nil, fmt.Errorf("%w: resulting map: %w", ErrInvalidChange, err)
 	}
 	return next, nil
@@ -257,20 +259,40 @@ const (
 	fForwarding
 )
 
-var fieldNames = []string{"node", "node_id", "table", "shard", "shard_id", "parent", "child", "new_child", "weight", "forwarding"}
+// fieldNames are the JSON names of the fields, in bit order.
+func fieldNames(f field) []string {
+	var names []string
+	for i, n := range [...]string{"node", "node_id", "table", "shard", "shard_id", "parent", "child", "new_child", "weight", "forwarding"} {
+		if f&(1<<i) != 0 {
+			names = append(names, n)
+		}
+	}
+	return names
+}
 
-var opFields = map[Op]field{
-	OpAddNode:          fNode,
-	OpRemoveNode:       fNodeID,
-	OpCreateTable:      fTable,
-	OpCreateShard:      fShard,
-	OpDeleteShard:      fShardID,
-	OpAddLink:          fParent | fChild | fWeight,
-	OpRemoveLink:       fParent | fChild,
-	OpSetWeight:        fParent | fChild | fWeight,
-	OpReplaceChild:     fParent | fChild | fNewChild,
-	OpSetForwarding:    fForwarding,
-	OpRemoveForwarding: fForwarding,
+// fields returns the fields op uses, and whether op is known.
+func (op Op) fields() (field, bool) {
+	switch op {
+	case OpAddNode:
+		return fNode, true
+	case OpRemoveNode:
+		return fNodeID, true
+	case OpCreateTable:
+		return fTable, true
+	case OpCreateShard:
+		return fShard, true
+	case OpDeleteShard:
+		return fShardID, true
+	case OpAddLink, OpSetWeight:
+		return fParent | fChild | fWeight, true
+	case OpRemoveLink:
+		return fParent | fChild, true
+	case OpReplaceChild:
+		return fParent | fChild | fNewChild, true
+	case OpSetForwarding, OpRemoveForwarding:
+		return fForwarding, true
+	}
+	return 0, false
 }
 
 // fields returns the set of fields s sets.
@@ -294,7 +316,7 @@ func (s Step) fields() field {
 
 // step applies one step, or returns why it cannot.
 func (a *applier) step(s Step) error {
-	allowed, ok := opFields[s.Op]
+	allowed, ok := s.Op.fields()
 	if !ok {
 		if s.Op == "" {
 			return fmt.Errorf("op is missing")
@@ -302,13 +324,7 @@ func (a *applier) step(s Step) error {
 		return fmt.Errorf("unknown op %q", s.Op)
 	}
 	if extra := s.fields() &^ allowed; extra != 0 {
-		var names []string
-		for i, n := range fieldNames {
-			if extra&(1<<i) != 0 {
-				names = append(names, n)
-			}
-		}
-		return fmt.Errorf("%s does not take %s", s.Op, strings.Join(names, ", "))
+		return fmt.Errorf("%s does not take %s", s.Op, strings.Join(fieldNames(extra), ", "))
 	}
 	switch s.Op {
 	case OpAddNode:

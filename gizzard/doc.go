@@ -54,8 +54,8 @@
 //	add a replica     create_shard physical "t-0-b" on node "n2";
 //	                  create_shard write_only "t-0-b-w" over "t-0-b";
 //	                  add_link "t-0" -> "t-0-b-w"
-//	                  (after copying, replace_child swaps the wrapper for
-//	                  "t-0-b" itself: see below)
+//	                  (once "t-0-b" is filled, "remove a wrapper" below
+//	                  makes it readable)
 //	insert a wrapper  create_shard read_only "w";
 //	                  replace_child "r" -> "p" with "r" -> "w";
 //	                  add_link "w" -> "p"

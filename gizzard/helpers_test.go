@@ -30,7 +30,9 @@ func deleteShard(id string) Step { return Step{Op: OpDeleteShard, ShardID: id} }
 func addLink(parent, child string, weight int) Step {
 	return Step{Op: OpAddLink, Parent: parent, Child: child, Weight: weight}
 }
-func removeLink(parent, child string) Step { return Step{Op: OpRemoveLink, Parent: parent, Child: child} }
+func removeLink(parent, child string) Step {
+	return Step{Op: OpRemoveLink, Parent: parent, Child: child}
+}
 func setWeight(parent, child string, weight int) Step {
 	return Step{Op: OpSetWeight, Parent: parent, Child: child, Weight: weight}
 }

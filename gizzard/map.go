@@ -286,6 +286,14 @@ func (m *Map) Validate() error {
 
 // validate is Validate without the sentinel.
 func (m *Map) validate() error {
+	if err := m.validateShape(); err != nil {
+		return err
+	}
+	return m.validateAudit()
+}
+
+// validateShape checks every invariant but the audit log's.
+func (m *Map) validateShape() error {
 	for _, id := range sortedKeys(m.Nodes) {
 		n := m.Nodes[id]
 		if err := validNode(n); err != nil {
@@ -343,6 +351,11 @@ func (m *Map) validate() error {
 			}
 		}
 	}
+	return nil
+}
+
+// validateAudit checks the audit log.
+func (m *Map) validateAudit() error {
 	var last uint64
 	for i, a := range m.Audit {
 		if a.Version == 0 || a.Version <= last || a.Version > m.Version {

@@ -20,9 +20,9 @@ func TestNewMapValid(t *testing.T) {
 
 func TestValidate(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		break_ func(m *Map)
-		want  string
+		name    string
+		corrupt func(m *Map)
+		want    string
 	}{
 		{"node keyed wrong", func(m *Map) { m.Nodes["n9"] = Node{ID: "n8"} }, `node "n8" is keyed "n9"`},
 		{"bad node id", func(m *Map) { m.Nodes["n/9"] = Node{ID: "n/9"} }, `node id: name "n/9"`},
@@ -68,7 +68,7 @@ func TestValidate(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := baseMap(t)
-			tc.break_(m)
+			tc.corrupt(m)
 			for range 10 { // the same first error every time, whatever the map order
 				wantErr(t, m.Validate(), ErrInvalidMap, tc.want)
 			}

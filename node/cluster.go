@@ -120,6 +120,7 @@ func (n *Node) reconcile(ctx context.Context) {
 		n.routedVersion.Store(m.Version)
 		if _, ok := m.Nodes[n.cfg.NodeID]; ok && !n.ready.Load() {
 			n.ready.Store(true)
+			close(n.readyCh)
 			n.health.SetServingStatus("", healthServing)
 			n.log.Info("node ready", "map_version", m.Version, "shards_here", len(m.LeavesOnNode(n.cfg.NodeID)))
 		}

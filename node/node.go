@@ -60,6 +60,7 @@ type Node struct {
 	// set once the map lists this node and its shards exist.
 	routedVersion atomic.Uint64
 	ready         atomic.Bool
+	readyCh       chan struct{} // closed when ready is set
 
 	grpcLis, httpLis net.Listener
 	grpcSrv          *grpc.Server
@@ -75,7 +76,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, hlc: ids.NewHLC(cfg.Clock, cfg.MaxClockSkew)}
+	n := &Node{cfg: cfg, log: cfg.Logger, hlc: ids.NewHLC(cfg.Clock, cfg.MaxClockSkew), readyCh: make(chan struct{})}
 	if n.ids, err = ids.NewGenerator(cfg.SiteID, cfg.WorkerID, cfg.Clock); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
@@ -165,6 +166,17 @@ func (n *Node) GRPCAddr() string { return n.grpcLis.Addr().String() }
 
 // HTTPAddr is the bound HTTP address (metrics, health).
 func (n *Node) HTTPAddr() string { return n.httpLis.Addr().String() }
+
+// WaitReady waits until the node is part of its site's map and holds the
+// shards the map assigns to it (Run must be running).
+func (n *Node) WaitReady(ctx context.Context) error {
+	select {
+	case <-n.readyCh:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // Store returns the node's store, for in-process tools and tests.
 func (n *Node) Store() *shard.Store { return n.store }

@@ -93,6 +93,9 @@ func (s *Store) JournalAppend(ctx context.Context, data []byte, targets []string
 	return seq, nil
 }
 
+// JournalSeq returns the last journal sequence number assigned.
+func (s *Store) JournalSeq() uint64 { return s.journal.seq.Load() }
+
 // JournalEntry returns an entry's bytes.
 func (s *Store) JournalEntry(seq uint64) ([]byte, error) {
 	s.mu.RLock()
@@ -174,7 +177,8 @@ func (s *Store) lastJobLocked(seq uint64, kind byte, target string) (bool, error
 }
 
 // JobFailed records a failed delivery. With toErrorQueue the job moves to
-// the error queue (it is no longer retried until RetryErrorJob).
+// the error queue (it is no longer retried until RetryErrorJob). A job that
+// no longer exists (it was delivered) stays gone.
 func (s *Store) JobFailed(j Job, toErrorQueue bool) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -187,6 +191,15 @@ func (s *Store) JobFailed(j Job, toErrorQueue bool) error {
 	}
 	s.journal.mu.Lock()
 	defer s.journal.mu.Unlock()
+	// A job that is gone was delivered meanwhile: never bring it back.
+	if _, closer, err := s.db.Get(jobKey(metaJob, j.Seq, j.Target)); err != nil {
+		if errors.Is(err, pebble.ErrNotFound) {
+			return nil
+		}
+		return err
+	} else {
+		_ = closer.Close()
+	}
 	b := s.db.NewBatch()
 	defer b.Close()
 	if toErrorQueue {

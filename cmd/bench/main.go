@@ -306,7 +306,7 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 
 	addr, nodeDesc := cfg.Addr, "external, at "+cfg.Addr
 	if addr == "" {
-		ncfg := node.Config{DataDir: filepath.Join(b.root, "node"), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}
+		ncfg := node.Config{DataDir: filepath.Join(b.root, "node"), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0"}
 		ncfg.EnsureDefaults()
 		n, err := node.New(ctx, ncfg)
 		if err != nil {
@@ -322,6 +322,9 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 				err = errors.Join(err, e)
 			}
 		}()
+		if err := n.WaitReady(ctx); err != nil {
+			return fmt.Errorf("bench: node: %w", err)
+		}
 		addr = n.GRPCAddr()
 		nodeDesc = fmt.Sprintf("in-process at %s, data in %s, %d default shards, %d MiB cache (shares the CPUs with the clients)",
 			addr, ncfg.DataDir, ncfg.DefaultShards, cacheBytes()>>20)

@@ -101,7 +101,12 @@ type Router struct {
 	log  *slog.Logger
 	wake chan struct{}
 	wg   sync.WaitGroup
-	stop chan struct{}
+
+	// startSeq is the journal's last sequence number when the router
+	// started: older jobs were left by a previous process. A newer job
+	// belongs to the Write that created it until its first delivery
+	// fails, so the retry loop never delivers it twice at once.
+	startSeq uint64
 
 	mu struct {
 		sync.Mutex
@@ -138,7 +143,7 @@ func New(cfg Config) *Router {
 	if cfg.Deliveries == 0 {
 		cfg.Deliveries = 16
 	}
-	r := &Router{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), stop: make(chan struct{})}
+	r := &Router{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), startSeq: cfg.Store.JournalSeq()}
 	r.mu.inflight = map[jobID]struct{}{}
 	r.mu.rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
 	return r
@@ -253,11 +258,6 @@ func (r *Router) Write(ctx context.Context, muts []shard.Mutation, c Consistency
 
 	// Deliver to every leaf in parallel. Deliveries outlive the request:
 	// they finish (or fail and leave their job) even if the client is gone.
-	r.mu.Lock()
-	for _, k := range keys {
-		r.mu.inflight[jobID{seq, k}] = struct{}{}
-	}
-	r.mu.Unlock()
 	done := make(chan delivery, len(targets))
 	for ti, t := range targets {
 		sub := make([]shard.Mutation, len(t.idx))
@@ -436,7 +436,7 @@ func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 		now := r.cfg.Clock.Now()
 		for _, j := range jobs {
 			afterSeq, afterTarget = j.Seq, j.Target
-			if j.Next.After(now) {
+			if j.Next.After(now) || (j.Seq > r.startSeq && j.Failed.IsZero()) {
 				continue
 			}
 			id := jobID{j.Seq, j.Target}

@@ -1,0 +1,33 @@
+// Package ops is the operator command line of an Aviary site, in the spirit
+// of Twitter's gizzmo: it reads and changes the site's shard map through
+// any node's Nameserver service, inspects nodes and router jobs, and runs a
+// local development site.
+//
+// # Reading
+//
+// Read commands ask the node at --addr for its copy of the shard map
+// (Nameserver.GetMap) and print it as aligned tables, or as JSON with
+// --json: nodes, ping, tables, shards, forwardings, tree show, lookup, audit
+// and version. nodes and ping also ask every node for its Status and gRPC
+// health, so they show which nodes lag behind or cannot be reached.
+//
+// # Changing
+//
+// Every change is one gizzard.Change sent with Nameserver.Propose to the
+// node at --addr, which forwards it to the raft leader; its steps apply
+// atomically or not at all, and the audit log records --who. The low-level
+// commands map to one step each (shard create, link add, forwarding set, ...);
+// the replica commands build the multi-step shapes of the gizzard package
+// documentation, so that a replica is added behind a write_only wrapper,
+// promoted by swapping the wrapper for its leaf, and removed with its
+// wrapper, each in one change.
+//
+// # Development sites
+//
+// dev up builds cmd/node and starts a site of several node processes on
+// loopback ports, each in its own process group so that it outlives the ops
+// process; DIR/site.json records their pids and addresses for dev status
+// and dev down.
+//
+// NewCommand returns the command tree; cmd/ops is its thin main.
+package ops
