@@ -15,14 +15,27 @@ const (
 	fnvPrime64  = 1099511628211
 )
 
-// Hash returns the 64-bit FNV-1a hash of key, Gizzard's default key hash.
-// A content key is routed by Hash(key).
+// Hash returns the routing hash of a content key: 64-bit FNV-1a (Gizzard's
+// key hash), followed by MurmurHash3's 64-bit finalizer. Forwardings split
+// the hash space by its high bits, and FNV-1a alone leaves the high bits of
+// short keys far from uniform; the finalizer spreads every input bit over
+// all output bits.
 func Hash(key []byte) uint64 {
 	h := uint64(fnvOffset64)
 	for _, c := range key {
 		h ^= uint64(c)
 		h *= fnvPrime64
 	}
+	return fmix64(h)
+}
+
+// fmix64 is MurmurHash3's 64-bit finalizer.
+func fmix64(h uint64) uint64 {
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
 	return h
 }
 

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"math"
 	"reflect"
@@ -12,28 +13,39 @@ import (
 )
 
 func TestHash(t *testing.T) {
-	for _, tc := range []struct {
-		key  string
-		want uint64
-	}{
-		{"", 0xcbf29ce484222325},
-		{"a", 0xaf63dc4c8601ec8c},
-		{"foobar", 0x85944171f73967e8},
-	} {
-		if got := Hash([]byte(tc.key)); got != tc.want {
-			t.Errorf("Hash(%q) = %#x, want %#x", tc.key, got, tc.want)
+	fnv64a := func(b []byte) uint64 {
+		h := fnv.New64a()
+		h.Write(b)
+		return h.Sum64()
+	}
+	for _, key := range []string{"", "a", "foobar"} {
+		if got, want := Hash([]byte(key)), fmix64(fnv64a([]byte(key))); got != want {
+			t.Errorf("Hash(%q) = %#x, want %#x", key, got, want)
 		}
-		if got := hashString(tc.key); got != tc.want {
-			t.Errorf("hashString(%q) = %#x, want %#x", tc.key, got, tc.want)
+		if got, want := hashString(key), fnv64a([]byte(key)); got != want {
+			t.Errorf("hashString(%q) = %#x, want %#x", key, got, want)
 		}
 	}
 	for _, owner := range []uint64{0, 1, 42, 1 << 40, math.MaxUint64} {
 		var b [8]byte
 		binary.BigEndian.PutUint64(b[:], owner)
-		h := fnv.New64a()
-		h.Write(b[:])
-		if got, want := OwnerHash(owner), h.Sum64(); got != want {
+		if got, want := OwnerHash(owner), fmix64(fnv64a(b[:])); got != want {
 			t.Errorf("OwnerHash(%d) = %#x, want %#x", owner, got, want)
+		}
+	}
+}
+
+// TestHashSpreadsShortKeys checks that short keys fill the four quarters of
+// the hash space evenly: forwardings split the space by its high bits.
+func TestHashSpreadsShortKeys(t *testing.T) {
+	const n = 20000
+	var quarters [4]int
+	for i := range n {
+		quarters[Hash([]byte(fmt.Sprintf("k%d", i)))>>62]++
+	}
+	for q, c := range quarters {
+		if c < n/4*9/10 || c > n/4*11/10 {
+			t.Errorf("quarter %d holds %d of %d short keys: %v", q, c, n, quarters)
 		}
 	}
 }

@@ -1,0 +1,264 @@
+package node
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/api/client"
+	"github.com/aviarydb/aviary/gizzard"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// site is three in-process nodes at fixed addresses: node-0 founds the site,
+// node-1 and node-2 join it, and every tree gets a readable replica on each.
+type site struct {
+	cfgs  []Config
+	nodes []*testNode
+}
+
+func newSite(t *testing.T) *site {
+	t.Helper()
+	s := &site{}
+	dir := t.TempDir()
+	for i := range 3 {
+		cfg := Config{
+			DataDir: filepath.Join(dir, string(rune('a'+i))), NodeID: "node-" + string(rune('0'+i)), WorkerID: uint32(i),
+			RaftAddr: freeAddr(t), DefaultShards: 2, ReplicaTimeout: time.Second,
+		}
+		if i > 0 {
+			cfg.Join = s.nodes[0].n.GRPCAddr()
+		}
+		s.cfgs = append(s.cfgs, cfg)
+		s.nodes = append(s.nodes, startNode(t, cfg))
+		// Keep the addresses for restarts.
+		s.cfgs[i].GRPCAddr = s.nodes[i].n.GRPCAddr()
+	}
+	m := s.nodes[0].n.ns.Map()
+	c := gizzard.Change{Who: "test"}
+	for _, root := range m.Roots() {
+		for _, cfg := range s.cfgs[1:] {
+			leaf := root + "-" + cfg.NodeID
+			c.Steps = append(c.Steps,
+				gizzard.Step{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: leaf, Kind: gizzard.KindPhysical, Node: cfg.NodeID}},
+				gizzard.Step{Op: gizzard.OpAddLink, Parent: root, Child: leaf, Weight: 1})
+		}
+	}
+	s.propose(t, c)
+	return s
+}
+
+// propose commits a change through node-1 (which forwards it to the
+// leader) and waits until every running node routes with it.
+func (s *site) propose(t *testing.T, c gizzard.Change) {
+	t.Helper()
+	b, _ := json.Marshal(c)
+	r, err := s.nodes[1].ns.Propose(t.Context(), &pb.ProposeRequest{ChangeJson: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tn := range s.nodes {
+		if tn == nil {
+			continue
+		}
+		waitFor(t, 10*time.Second, func() error {
+			if v := tn.n.routedVersion.Load(); v < r.Version {
+				return status.Errorf(codes.Unavailable, "%s at version %d, want %d", tn.n.cfg.NodeID, v, r.Version)
+			}
+			return nil
+		})
+	}
+}
+
+// leafOf returns the physical shard of tree root on node.
+func leafOf(m *gizzard.Map, root, node string) string {
+	plan, _ := m.PlanWrite(root)
+	for _, l := range plan.Targets {
+		if l.Node == node {
+			return l.Shard
+		}
+	}
+	return ""
+}
+
+// onReplica reads key from the physical shard of its tree on node i.
+func (s *site) onReplica(t *testing.T, i int, key string) (*pb.GetResponse, error) {
+	t.Helper()
+	m := s.nodes[0].n.ns.Map()
+	fw, err := m.Lookup("statuses", gizzard.Hash([]byte(key)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.nodes[i].data.Get(t.Context(), &pb.GetRequest{Table: "statuses", Key: []byte(key), Shard: leafOf(m, fw.Root, s.cfgs[i].NodeID)})
+}
+
+func TestConsistencyAllAndOne(t *testing.T) {
+	s := newSite(t)
+	ctx := t.Context()
+	r, err := s.nodes[0].data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("all"), Value: []byte("v"), Consistency: pb.Consistency_CONSISTENCY_ALL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Replicas != 3 || r.Acked != 3 {
+		t.Fatalf("ALL write: replicas %d acked %d, want 3 and 3", r.Replicas, r.Acked)
+	}
+	for i := range 3 {
+		g, err := s.onReplica(t, i, "all")
+		if err != nil || g.Version.Hlc != r.Version.Hlc {
+			t.Fatalf("ALL write on replica %d: %v %v", i, g, err)
+		}
+	}
+
+	// node-2 goes away: ONE still succeeds, ALL does not.
+	if err := s.nodes[2].stop(); err != nil {
+		t.Fatal(err)
+	}
+	s.nodes[2] = nil
+	v1, err := s.nodes[0].data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("one"), Value: []byte("v1")})
+	if err != nil {
+		t.Fatalf("ONE write with a replica down: %v", err)
+	}
+	if v1.Replicas != 3 || v1.Acked < 1 {
+		t.Fatalf("ONE write: replicas %d acked %d", v1.Replicas, v1.Acked)
+	}
+	_, err = s.nodes[1].data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("all-down"), Value: []byte("v"), Consistency: pb.Consistency_CONSISTENCY_ALL})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("ALL write with a replica down: %v, want Unavailable", err)
+	}
+	// A newer write of the same key, also missing on node-2: when node-2
+	// returns, both retries reach it in some order and the newer one wins.
+	v2, err := s.nodes[1].data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("one"), Value: []byte("v2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s.nodes[2] = startNode(t, s.cfgs[2])
+	for i := range 2 {
+		waitFor(t, 30*time.Second, func() error {
+			jobs, err := s.nodes[i].admin.ListJobs(ctx, &pb.ListJobsRequest{})
+			if err != nil {
+				return err
+			}
+			if len(jobs.Jobs) > 0 {
+				return status.Errorf(codes.Unavailable, "node-%d has %d pending jobs", i, len(jobs.Jobs))
+			}
+			return nil
+		})
+	}
+	for i := range 3 {
+		g, err := s.onReplica(t, i, "one")
+		if err != nil || string(g.Value) != "v2" || g.Version.Hlc != v2.Version.Hlc {
+			t.Fatalf("replica %d after the fault healed: %v %v (want v2@%d)", i, g, err, v2.Version.Hlc)
+		}
+		if _, err := s.onReplica(t, i, "all-down"); err != nil {
+			t.Fatalf("replica %d lacks the journaled ALL write after the fault healed: %v", i, err)
+		}
+	}
+	_ = v1
+}
+
+func TestTreeKindsThroughTheRouter(t *testing.T) {
+	s := newSite(t)
+	ctx := t.Context()
+	m := s.nodes[0].n.ns.Map()
+	roots := m.Roots()
+	// Put the first tree under a Blocked root and the second under a
+	// BlackHole root, re-pointing every table's forwardings at them.
+	root0, root1 := roots[0], roots[1]
+	blk, bh := "blocked-0", "blackhole-1"
+	var steps []gizzard.Step
+	for tbl, fs := range m.Forwardings {
+		for _, f := range fs {
+			switch f.Root {
+			case root0:
+				steps = append(steps, gizzard.Step{Op: gizzard.OpRemoveForwarding, Forwarding: &gizzard.Forwarding{Table: tbl, Base: f.Base, Root: root0}},
+					gizzard.Step{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: tbl, Base: f.Base, Root: blk}})
+			case root1:
+				steps = append(steps, gizzard.Step{Op: gizzard.OpRemoveForwarding, Forwarding: &gizzard.Forwarding{Table: tbl, Base: f.Base, Root: root1}},
+					gizzard.Step{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: tbl, Base: f.Base, Root: bh}})
+			}
+		}
+	}
+	c := gizzard.Change{Who: "test", Steps: append([]gizzard.Step{
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: blk, Kind: gizzard.KindBlocked}},
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: bh, Kind: gizzard.KindBlackHole}},
+	}, steps...)}
+	c.Steps = append(c.Steps,
+		gizzard.Step{Op: gizzard.OpAddLink, Parent: blk, Child: root0, Weight: 1},
+		gizzard.Step{Op: gizzard.OpAddLink, Parent: bh, Child: root1, Weight: 1})
+	s.propose(t, c)
+
+	m = s.nodes[0].n.ns.Map()
+	var keyBlocked, keyHole string
+	for i := 0; keyBlocked == "" || keyHole == ""; i++ {
+		k := fmt.Sprintf("key-%d", i)
+		fw, err := m.Lookup("statuses", gizzard.Hash([]byte(k)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch fw.Root {
+		case blk:
+			keyBlocked = k
+		case bh:
+			keyHole = k
+		}
+	}
+	_, err := s.nodes[0].data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte(keyBlocked), Value: []byte("v")})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("write to a blocked tree: %v, want FailedPrecondition", err)
+	}
+	if _, err := s.nodes[0].data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte(keyBlocked)}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("read of a blocked tree: %v, want FailedPrecondition", err)
+	}
+	r, err := s.nodes[0].data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte(keyHole), Value: []byte("v")})
+	if err != nil || r.Replicas != 0 {
+		t.Fatalf("write to a black hole: %v %v, want accepted with 0 replicas", r, err)
+	}
+	for i := range 3 {
+		leaf := leafOf(m, root1, s.cfgs[i].NodeID)
+		g, err := s.nodes[i].data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte(keyHole), Shard: leaf})
+		if status.Code(err) != codes.NotFound || leaf == "" {
+			t.Fatalf("black-holed write on replica %d (%q): %v %v", i, leaf, g, err)
+		}
+	}
+}
+
+func TestClientFailsOver(t *testing.T) {
+	s := newSite(t)
+	ctx := t.Context()
+	c, err := client.Dial([]string{s.cfgs[0].GRPCAddr, s.cfgs[1].GRPCAddr, s.cfgs[2].GRPCAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("a"), Value: []byte("1")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.nodes[0].stop(); err != nil {
+		t.Fatal(err)
+	}
+	s.nodes[0] = nil
+	if _, err := c.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("b"), Value: []byte("2")}); err != nil {
+		t.Fatalf("put with the first node down: %v", err)
+	}
+	for _, k := range []string{"a", "b"} {
+		if _, err := c.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte(k)}); err != nil {
+			t.Fatalf("get %q with the first node down: %v", k, err)
+		}
+	}
+}

@@ -1,0 +1,191 @@
+package ops
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/gizzard"
+	"github.com/aviarydb/aviary/internal/netx"
+)
+
+// freeBasePort finds a base port whose dev ports for nodes are free now.
+// Another process may take one before dev up binds it: a small race the
+// test accepts.
+func freeBasePort(t *testing.T, nodes int) int {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		if base+portStride*nodes > 65535 {
+			continue
+		}
+		free := true
+		for i := 0; i < nodes && free; i++ {
+			for j := range 3 {
+				l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(base+portStride*i+j)))
+				if err != nil {
+					free = false
+					break
+				}
+				_ = l.Close()
+			}
+		}
+		if free {
+			return base
+		}
+	}
+	t.Fatal("no free range of ports found")
+	return 0
+}
+
+// TestDevUpDown starts a dev site of three node processes with three
+// replicas of every tree, writes and reads through it, and stops it.
+func TestDevUpDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds cmd/node and runs three node processes")
+	}
+	dir := filepath.Join(t.TempDir(), "site")
+	// Whatever happens, no node process outlives the test.
+	t.Cleanup(func() {
+		if site, err := readSite(dir); err == nil {
+			for _, n := range site.Nodes {
+				if processAlive(n.PID) {
+					_ = kill(n.PID)
+				}
+			}
+		}
+	})
+	base := freeBasePort(t, 3)
+	args := []string{"dev", "up", "--nodes", "3", "--replicas", "3", "--shards", "4",
+		"--dir", dir, "--base-port", strconv.Itoa(base), "--timeout", "10s"}
+	if raceEnabled {
+		args = append(args, "--race")
+	}
+	out := mustOps(t, args...)
+	t.Logf("dev up:\n%s", out)
+
+	site, err := readSite(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(site.Nodes) != 3 {
+		t.Fatalf("site.json lists %d nodes", len(site.Nodes))
+	}
+	for i, n := range site.Nodes {
+		if n.ID != fmt.Sprintf("node-%d", i) || n.GRPCAddr != net.JoinHostPort("127.0.0.1", strconv.Itoa(base+portStride*i)) || !processAlive(n.PID) {
+			t.Fatalf("node %d in site.json: %+v (running %v)", i, n, processAlive(n.PID))
+		}
+	}
+
+	// A second dev up over the running site is refused.
+	if _, _, err := runOps(t, "dev", "up", "--dir", dir, "--base-port", strconv.Itoa(base)); !errors.Is(err, ErrSiteRunning) {
+		t.Fatalf("dev up over a running site: %v", err)
+	}
+
+	clients := make([]*nodeClients, len(site.Nodes))
+	for i, n := range site.Nodes {
+		clients[i] = dialNode(t, n.GRPCAddr)
+	}
+	var version uint64
+	for i, c := range clients {
+		st, err := c.ns.Status(t.Context(), &pb.StatusRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			version = st.MapVersion
+		}
+		if st.MapVersion != version || st.MapVersion != site.MapVersion {
+			t.Fatalf("%s routes with map version %d; node-0 with %d, site.json says %d", st.NodeId, st.MapVersion, version, site.MapVersion)
+		}
+	}
+	m := getMapFrom(t, clients[1].ns)
+	roots := 0
+	for _, root := range m.Roots() {
+		if len(root) < 4 || root[:4] != "rep-" {
+			continue
+		}
+		roots++
+		leaves, err := m.PlanRead(root, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes := map[string]bool{}
+		for _, l := range leaves {
+			if m.Shards[l.Shard].Kind != gizzard.KindPhysical {
+				t.Fatalf("%s: leaf %s is %s", root, l.Shard, m.Shards[l.Shard].Kind)
+			}
+			nodes[l.Node] = true
+		}
+		if len(leaves) != 3 || len(nodes) != 3 {
+			t.Fatalf("%s: readable leaves %v, want 3 on 3 nodes", root, leaves)
+		}
+	}
+	if roots != 4 {
+		t.Fatalf("%d rep-* roots, want 4", roots)
+	}
+
+	// Write through node-1 to every replica, and read it back.
+	w, err := clients[1].data.Put(t.Context(), &pb.PutRequest{Table: "statuses", Key: []byte("1001"), Value: []byte("hello"), Consistency: pb.Consistency_CONSISTENCY_ALL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Replicas != 3 || w.Acked != 3 {
+		t.Fatalf("put reached %d of %d replicas, want 3 of 3", w.Acked, w.Replicas)
+	}
+	g, err := clients[1].data.Get(t.Context(), &pb.GetRequest{Table: "statuses", Key: []byte("1001")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(g.Value) != "hello" {
+		t.Fatalf("get %q, want hello", g.Value)
+	}
+	for _, c := range clients {
+		_ = c.cc.Close()
+	}
+
+	mustOps(t, "dev", "status", "--dir", dir)
+	out = mustOps(t, "dev", "down", "--dir", dir, "--wipe")
+	t.Logf("dev down:\n%s", out)
+	for _, n := range site.Nodes {
+		if processAlive(n.PID) {
+			t.Errorf("%s (pid %d) still runs after dev down", n.ID, n.PID)
+		}
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("dev down --wipe left %s: %v", dir, err)
+	}
+}
+
+// nodeClients are clients of a node process.
+type nodeClients struct {
+	cc   interface{ Close() error }
+	ns   pb.NameserverClient
+	data pb.DataClient
+}
+
+func dialNode(t *testing.T, addr string) *nodeClients {
+	t.Helper()
+	cc, err := netx.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return &nodeClients{cc: cc, ns: pb.NewNameserverClient(cc), data: pb.NewDataClient(cc)}
+}
+
+func getMapFrom(t *testing.T, ns pb.NameserverClient) *gizzard.Map {
+	t.Helper()
+	return getMap(t, &testNode{ns: ns})
+}

@@ -1,0 +1,180 @@
+package ops
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/user"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// DefaultAddr is the node asked when --addr is not given: a node started
+// with no flags.
+const DefaultAddr = "127.0.0.1:7390"
+
+// DefaultTimeout bounds each RPC when --timeout is not given.
+const DefaultTimeout = 10 * time.Second
+
+// envPrefix starts the environment variable of every flag that has one:
+// --addr is AVIARY_OPS_ADDR.
+const envPrefix = "AVIARY_OPS_"
+
+// envAnnotation marks the flags that an environment variable can set.
+const envAnnotation = "aviary_ops_env"
+
+// options are the global flags, shared by every command.
+type options struct {
+	addr    string
+	json    bool
+	who     string
+	timeout time.Duration
+}
+
+// NewCommand returns the ops command tree. Execute it; it prints results to
+// the command's output and a one-line error to its error output, and
+// returns the error.
+func NewCommand() *cobra.Command {
+	o := &options{addr: DefaultAddr, who: defaultWho(), timeout: DefaultTimeout}
+	root := &cobra.Command{
+		Use:   "ops",
+		Short: "Operate an Aviary site: its nodes, shard map, replicas and router jobs",
+		Long: `ops operates an Aviary site, in the spirit of Twitter's gizzmo.
+
+It talks gRPC to any node of the site (--addr): read commands print that
+node's copy of the shard map, and changes go to the site's nameserver with
+Nameserver.Propose, which the node forwards to the raft leader. Every change
+is atomic and recorded in the map's audit log with --who.
+
+Read commands print aligned tables, or JSON with --json. Errors are one line
+on standard error, and the exit status is 1.
+
+Global flags can also be set by environment variables named AVIARY_OPS_ and
+the flag name in capitals (--addr: AVIARY_OPS_ADDR). A flag given on the
+command line wins.`,
+		Example: `  ops dev up                          # a local three-node site
+  ops --addr 127.0.0.1:7400 tree show
+  AVIARY_OPS_ADDR=10.0.0.5:7390 ops ping --wait 5s`,
+		SilenceUsage:  true,
+		SilenceErrors: false,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			if o.timeout <= 0 {
+				return fmt.Errorf("--timeout %s: must be positive", o.timeout)
+			}
+			return nil
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&o.addr, "addr", o.addr, "gRPC address of any node of the site")
+	pf.BoolVar(&o.json, "json", false, "print JSON instead of tables")
+	pf.StringVar(&o.who, "who", o.who, "operator recorded in the audit log of every change")
+	pf.DurationVar(&o.timeout, "timeout", o.timeout, "bound on each request to a node")
+	withEnv(pf, "addr", "json", "who", "timeout")
+
+	root.AddCommand(
+		newNodesCommand(o),
+		newPingCommand(o),
+		newTablesCommand(o),
+		newShardsCommand(o),
+		newForwardingsCommand(o),
+		newTreeCommand(o),
+		newLookupCommand(o),
+		newAuditCommand(o),
+		newVersionCommand(o),
+		newShardCommand(o),
+		newLinkCommand(o),
+		newForwardingCommand(o),
+		newTableCommand(o),
+		newReplicaCommand(o),
+		newJobsCommand(o),
+		newErrorsCommand(o),
+		newDevCommand(o),
+	)
+	return root
+}
+
+// runner adapts a command body to cobra: it opens a session (closed when
+// the body returns) and passes the command's context.
+func (o *options) runner(body func(ctx context.Context, s *session, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		s := newSession(o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		defer s.close()
+		return body(cmd.Context(), s, args)
+	}
+}
+
+// groupRunE runs a command that only groups subcommands: with no
+// arguments it prints the help, else it reports the unknown subcommand.
+func groupRunE(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return cmd.Help()
+	}
+	return fmt.Errorf("unknown command %q for %q; see %s --help", args[0], cmd.CommandPath(), cmd.CommandPath())
+}
+
+// defaultWho is "$USER@hostname".
+func defaultWho() string {
+	name := os.Getenv("USER")
+	if name == "" {
+		if u, err := user.Current(); err == nil {
+			name = u.Username
+		}
+	}
+	if name == "" {
+		name = "unknown"
+	}
+	return name + "@" + hostname()
+}
+
+// hostname is this machine's name, or "localhost" if it has none.
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	return h
+}
+
+// envName is the environment variable of a flag.
+func envName(flag string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// withEnv lets environment variables set the named flags of fs, and says
+// so in their usage.
+func withEnv(fs *pflag.FlagSet, names ...string) {
+	for _, name := range names {
+		fl := fs.Lookup(name)
+		if fl == nil {
+			panic("ops: no flag " + name) // a programming error in this package
+		}
+		_ = fs.SetAnnotation(name, envAnnotation, []string{envName(name)})
+		fl.Usage += fmt.Sprintf(" [%s]", envName(name))
+	}
+}
+
+// applyEnv sets every flag that has an environment variable and was not
+// given on the command line from that variable, if it is set.
+func applyEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(fl *pflag.Flag) {
+		if err != nil || fl.Changed {
+			return
+		}
+		if _, ok := fl.Annotations[envAnnotation]; !ok {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(fl.Name)); ok {
+			if e := fl.Value.Set(v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", envName(fl.Name), v, e)
+			}
+		}
+	})
+	return err
+}
