@@ -19,21 +19,23 @@
 // is in one tree only, and the root of every forwarding has no parent. Each
 // kind of shard behaves like this:
 //
-//	| kind        | read                                       | write                                |
-//	|-------------|--------------------------------------------|--------------------------------------|
-//	| physical    | read this shard                            | write this shard                     |
-//	| replicating | one child by weight; fail over to the next | every child, in parallel             |
-//	| read_only   | passes through                             | refused (the write is retried later) |
-//	| write_only  | refused: a replicating parent skips it     | passes through                       |
-//	| blocked     | refused                                    | refused (retried later)              |
-//	| black_hole  | nothing is there                           | accepted and dropped                 |
+//	| kind        | read                                       | write                                   |
+//	|-------------|--------------------------------------------|-----------------------------------------|
+//	| physical    | read this shard                            | write this shard                        |
+//	| replicating | one child by weight; fail over to the next | every child, in parallel                |
+//	| read_only   | passes through                             | refused: the whole write fails          |
+//	| write_only  | refused: a replicating parent skips it     | passes through                          |
+//	| blocked     | refused                                    | refused: the whole write fails          |
+//	| black_hole  | nothing is there                           | accepted and dropped                    |
 //
 // Physical shards have no children; replicating shards have one or more,
 // each with a weight (at least 1) that sets its share of first reads; the
 // four wrappers (read_only, write_only, blocked, black_hole) have exactly
 // one. A write to a tree reaches every physical shard not behind a refusing
 // wrapper (WritePlan.Targets); the refusing wrappers are listed
-// (WritePlan.Rejected) so the router can retry their leaves later. A read
+// (WritePlan.Rejected), and the router (package router) then refuses the
+// whole write with an error naming the wrapper: nothing is journaled, so no
+// replica gets part of it. A read
 // tries PlanRead's candidates in order; a tree with none fails with
 // ErrBlocked when a blocked shard is on a read path, ErrNoReadable
 // otherwise.

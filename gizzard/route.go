@@ -85,8 +85,8 @@ type WritePlan struct {
 	// and sorted by shard id.
 	Targets []Leaf `json:"targets,omitempty"`
 	// Rejected are the wrappers (ReadOnly, Blocked) on write paths that
-	// refuse the write, sorted by shard id. The leaves below them miss the
-	// write; the router retries it later.
+	// refuse the write, sorted by shard id. The router refuses a write
+	// whose plan has any.
 	Rejected []Rejection `json:"rejected,omitempty"`
 	// Dropped is set when some write path ends in a BlackHole, where the
 	// write is accepted and dropped.

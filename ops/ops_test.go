@@ -27,6 +27,17 @@ func TestEveryCommandHasHelp(t *testing.T) {
 	walk(NewCommand())
 }
 
+func TestUnknownSubcommand(t *testing.T) {
+	for _, args := range [][]string{{"tree", "foo"}, {"replica", "grow", "rep-000"}, {"bogus"}} {
+		if _, _, err := runOps(t, args...); err == nil || !strings.Contains(err.Error(), "unknown command") {
+			t.Errorf("ops %s: %v", strings.Join(args, " "), err)
+		}
+	}
+	if out, _, err := runOps(t, "tree"); err != nil || !strings.Contains(out, "tree show") {
+		t.Errorf("ops tree: %v\n%s", err, out)
+	}
+}
+
 func TestParseBase(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
