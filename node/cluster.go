@@ -269,7 +269,7 @@ func (s *nameserverServer) Join(ctx context.Context, r *pb.JoinRequest) (*pb.Joi
 	if err := gizzard.ValidName(r.NodeId); err != nil {
 		return nil, invalidf("node_id: %v", err)
 	}
-	if err := s.n.ns.AddVoter(ctx, r.NodeId, r.RaftAddr); err != nil {
+	if err := s.n.ns.AddMember(ctx, r.NodeId, r.RaftAddr); err != nil {
 		return nil, nsStatus(err)
 	}
 	m := s.n.ns.Map()

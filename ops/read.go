@@ -596,8 +596,8 @@ func newLookupCommand(o *options) *cobra.Command {
 		Use:   "lookup TABLE KEY | lookup TABLE --owner N",
 		Short: "Show where a key or an index owner is routed",
 		Long: `Route a content key (TABLE KEY) or an index owner (TABLE --owner N) through
-the map, as a node's router does: its hash (FNV-1a of the key, or of the
-owner as 8 big-endian bytes), the forwarding it falls in, the root of its
+the map, as a node's router does: its routing hash (gizzard.Hash of the key,
+or gizzard.OwnerHash of the owner), the forwarding it falls in, the root of its
 shard tree, the physical shards a write goes to (and the wrappers that refuse
 it), and the order a read tries the replicas in. The router draws a random
 pick per read; lookup shows the order for pick = the key's hash.`,

@@ -248,9 +248,15 @@ func (s *Server) Propose(ctx context.Context, c gizzard.Change) (uint64, error) 
 	return r.version, nil
 }
 
-// AddVoter adds a node to the site's raft configuration (leader only). It
-// is idempotent for a node already present at the same address.
-func (s *Server) AddVoter(ctx context.Context, id, addr string) error {
+// MaxVoters is the number of raft voters a site keeps; nodes that join
+// beyond it replicate the map as non-voters (reads stay local everywhere,
+// elections and commits stay fast).
+const MaxVoters = 3
+
+// AddMember adds a node to the site's raft configuration (leader only): as
+// a voter while the site has fewer than MaxVoters, else as a non-voter. It
+// is idempotent for a node already present.
+func (s *Server) AddMember(ctx context.Context, id, addr string) error {
 	if !s.IsLeader() {
 		return s.notLeader()
 	}
@@ -258,10 +264,34 @@ func (s *Server) AddVoter(ctx context.Context, id, addr string) error {
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(dl))
 	}
-	if err := s.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeout).Error(); err != nil {
-		return fmt.Errorf("nameserver: add voter %s at %s: %w", id, addr, err)
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("nameserver: %w", err)
 	}
-	s.log.Info("voter added", "node", id, "raft", addr)
+	voters := 0
+	for _, sv := range f.Configuration().Servers {
+		if sv.ID == raft.ServerID(id) {
+			if sv.Address == raft.ServerAddress(addr) {
+				return nil
+			}
+			break
+		}
+		if sv.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	var fut raft.IndexFuture
+	kind := "voter"
+	if voters < MaxVoters {
+		fut = s.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeout)
+	} else {
+		kind = "non-voter"
+		fut = s.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeout)
+	}
+	if err := fut.Error(); err != nil {
+		return fmt.Errorf("nameserver: add %s %s at %s: %w", kind, id, addr, err)
+	}
+	s.log.Info("raft member added", "node", id, "raft", addr, "as", kind)
 	return nil
 }
 

@@ -52,7 +52,7 @@ func newCluster(t *testing.T, n int) *cluster {
 	defer cancel()
 	leader := c.leader(ctx)
 	for i := 1; i < n; i++ {
-		if err := leader.AddVoter(ctx, fmt.Sprintf("n%d", i), c.srv[i].Addr()); err != nil {
+		if err := leader.AddMember(ctx, fmt.Sprintf("n%d", i), c.srv[i].Addr()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -212,5 +212,30 @@ func TestRestartRecoversFromDisk(t *testing.T) {
 	}
 	if got := mapJSON(t, m); got != want {
 		t.Fatalf("map after restart\n%s\nwant\n%s", got, want)
+	}
+}
+
+// TestFourthNodeIsNonVoter checks that a site keeps MaxVoters voters and
+// adds further nodes as non-voters, which still receive the map.
+func TestFourthNodeIsNonVoter(t *testing.T) {
+	c := newCluster(t, 4)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	f := c.leader(ctx).raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		t.Fatal(err)
+	}
+	voters := 0
+	for _, sv := range f.Configuration().Servers {
+		if sv.Suffrage.String() == "Voter" {
+			voters++
+		}
+	}
+	if voters != MaxVoters || len(f.Configuration().Servers) != 4 {
+		t.Fatalf("%d voters among %d servers, want %d among 4", voters, len(f.Configuration().Servers), MaxVoters)
+	}
+	v := c.propose(ctx, addNode("x"))
+	if _, err := c.srv[3].Wait(ctx, v-1); err != nil {
+		t.Fatalf("non-voter did not receive the map: %v", err)
 	}
 }
