@@ -63,6 +63,8 @@ var (
 		"Compactions completed.", nil, nil)
 	descShards = prometheus.NewDesc("aviary_shard_shards",
 		"Physical shards held by the node.", nil, nil)
+	descJobs = prometheus.NewDesc("aviary_router_jobs",
+		"Router jobs (journaled writes a replica still lacks), pending or in the error queue; counted up to 100000.", []string{"queue"}, nil)
 )
 
 // storeCollector reads the store's figures at scrape time.
@@ -74,6 +76,7 @@ func (c storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descMemtable
 	ch <- descCompactions
 	ch <- descShards
+	ch <- descJobs
 }
 
 func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -83,6 +86,14 @@ func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descMemtable, prometheus.GaugeValue, float64(st.MemTableBytes))
 	ch <- prometheus.MustNewConstMetric(descCompactions, prometheus.CounterValue, float64(st.Compactions))
 	ch <- prometheus.MustNewConstMetric(descShards, prometheus.GaugeValue, float64(len(c.s.Shards())))
+	for _, q := range []struct {
+		name  string
+		error bool
+	}{{"pending", false}, {"error", true}} {
+		if n, err := c.s.CountJobs(q.error, 100000); err == nil {
+			ch <- prometheus.MustNewConstMetric(descJobs, prometheus.GaugeValue, float64(n), q.name)
+		}
+	}
 }
 
 func defaultRegistry() *prometheus.Registry {

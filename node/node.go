@@ -137,6 +137,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Logger:         cfg.Logger,
 		Clock:          cfg.Clock,
 		ReplicaTimeout: cfg.ReplicaTimeout,
+		Registry:       reg,
 	})
 
 	n.grpcSrv = grpc.NewServer(netx.ServerOptions(grpc.ChainUnaryInterceptor(n.metrics.unary))...)

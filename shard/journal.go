@@ -280,3 +280,27 @@ func (s *Store) RetryErrorJob(seq uint64, target string) error {
 func (s *Store) DropErrorJob(seq uint64, target string) error {
 	return s.removeJob(metaErrorJob, seq, target)
 }
+
+// CountJobs counts pending (or error-queue) jobs, stopping at limit.
+func (s *Store) CountJobs(errorQueue bool, limit int) (int, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mu.closed {
+		return 0, ErrClosed
+	}
+	kind := metaJob
+	if errorQueue {
+		kind = metaErrorJob
+	}
+	p := metaKey(kind, "")
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	n := 0
+	for it.First(); it.Valid() && n < limit; it.Next() {
+		n++
+	}
+	return n, it.Error()
+}

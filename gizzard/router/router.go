@@ -33,6 +33,7 @@ import (
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/shard"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -92,13 +93,39 @@ type Config struct {
 	MaxAttempts int
 	// Deliveries bounds concurrent retries. Default 16.
 	Deliveries int
+	// Registry, if set, receives the router's metrics.
+	Registry prometheus.Registerer
+}
+
+// metrics are the router's Prometheus metrics.
+type metrics struct {
+	deliveries *prometheus.CounterVec
+	writes     *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aviary_router_deliveries_total",
+			Help: "Deliveries of journaled writes to replicas, by kind (first or retry) and result (ok, failed, error_queue).",
+		}, []string{"kind", "result"}),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aviary_router_writes_total",
+			Help: "Routed write batches, by consistency and result (ok, not_enough_replicas, refused, error).",
+		}, []string{"consistency", "result"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.deliveries, m.writes)
+	}
+	return m
 }
 
 // Router routes writes and retries failed deliveries. It is safe for
 // concurrent use.
 type Router struct {
-	cfg  Config
-	log  *slog.Logger
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
 	wake chan struct{}
 	wg   sync.WaitGroup
 
@@ -143,7 +170,7 @@ func New(cfg Config) *Router {
 	if cfg.Deliveries == 0 {
 		cfg.Deliveries = 16
 	}
-	r := &Router{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1), startSeq: cfg.Store.JournalSeq()}
+	r := &Router{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registry), wake: make(chan struct{}, 1), startSeq: cfg.Store.JournalSeq()}
 	r.mu.inflight = map[jobID]struct{}{}
 	r.mu.rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
 	return r
@@ -189,6 +216,22 @@ type delivery struct {
 // Write routes, journals and applies versioned mutations (their Shard
 // fields are ignored) and acknowledges per c.
 func (r *Router) Write(ctx context.Context, muts []shard.Mutation, c Consistency) ([]Result, error) {
+	res, err := r.write(ctx, muts, c)
+	result := "ok"
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrNotEnoughReplicas):
+		result = "not_enough_replicas"
+	case errors.Is(err, ErrRefused):
+		result = "refused"
+	default:
+		result = "error"
+	}
+	r.metrics.writes.WithLabelValues(c.String(), result).Inc()
+	return res, err
+}
+
+func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency) ([]Result, error) {
 	m := r.cfg.Map()
 	res := make([]Result, len(muts))
 	type tgt struct {
@@ -269,7 +312,7 @@ func (r *Router) Write(ctx context.Context, muts []shard.Mutation, c Consistency
 		go func() {
 			defer r.wg.Done()
 			outs, err := r.deliver(m, t.leaf, sub, m.Version)
-			r.settle(shard.Job{Seq: seq, Target: keys[ti]}, err)
+			r.settle("first", shard.Job{Seq: seq, Target: keys[ti]}, err)
 			done <- delivery{target: ti, outs: outs, err: err}
 		}()
 	}
@@ -343,13 +386,14 @@ func (r *Router) deliver(m *gizzard.Map, leaf gizzard.Leaf, muts []shard.Mutatio
 
 // settle records a delivery's end: the job is done, or failed and due
 // again after a backoff, or moved to the error queue.
-func (r *Router) settle(j shard.Job, err error) {
+func (r *Router) settle(kind string, j shard.Job, err error) {
 	defer func() {
 		r.mu.Lock()
 		delete(r.mu.inflight, jobID{j.Seq, j.Target})
 		r.mu.Unlock()
 	}()
 	if err == nil {
+		r.metrics.deliveries.WithLabelValues(kind, "ok").Inc()
 		if e := r.cfg.Store.JobDone(j.Seq, j.Target); e != nil && !errors.Is(e, shard.ErrClosed) {
 			r.log.Error("journal: cannot mark a job done", "seq", j.Seq, "target", j.Target, "err", e)
 		}
@@ -361,6 +405,11 @@ func (r *Router) settle(j shard.Job, err error) {
 	j.Failed = now
 	j.Next = now.Add(r.backoff(j.Attempts))
 	toErrors := !Unavailable(err) && j.Attempts >= r.cfg.MaxAttempts
+	result := "failed"
+	if toErrors {
+		result = "error_queue"
+	}
+	r.metrics.deliveries.WithLabelValues(kind, result).Inc()
 	if e := r.cfg.Store.JobFailed(j, toErrors); e != nil && !errors.Is(e, shard.ErrClosed) {
 		r.log.Error("journal: cannot record a failed job", "seq", j.Seq, "target", j.Target, "err", e)
 	}
@@ -461,7 +510,7 @@ func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 			go func() {
 				defer r.wg.Done()
 				defer func() { <-sem }()
-				r.settle(j, r.redeliver(j))
+				r.settle("retry", j, r.redeliver(j))
 			}()
 		}
 		if len(jobs) < 256 {
