@@ -20,6 +20,11 @@ type Change struct {
 	// At is set by the proposer, so that Apply stays deterministic. It is
 	// recorded in UTC.
 	At time.Time `json:"at"`
+	// IfVersion, when non-zero, makes the change a compare-and-swap: it
+	// applies only to the map at exactly this version. Tools that compute
+	// a change from a map they read set it, so that a concurrent change
+	// makes theirs fail instead of applying to a map they did not see.
+	IfVersion uint64 `json:"if_version,omitempty"`
 }
 
 // Op is the operation of a Step.
@@ -182,6 +187,9 @@ func (m *Map) Check(c Change) error {
 func (m *Map) applied(c Change) (*Map, error) {
 	if len(c.Steps) == 0 {
 		return nil, fmt.Errorf("%w: a change needs at least one step", ErrInvalidChange)
+	}
+	if c.IfVersion != 0 && c.IfVersion != m.Version {
+		return nil, fmt.Errorf("%w: %w: it was made for map version %d, the map is at version %d", ErrInvalidChange, ErrVersionMoved, c.IfVersion, m.Version)
 	}
 	if m.Version == math.MaxUint64 {
 		return nil, fmt.Errorf("%w: map version %d cannot grow", ErrInvalidChange, m.Version)

@@ -2,6 +2,7 @@ package gizzard
 
 import (
 	"encoding/json"
+	"errors"
 	"reflect"
 	"slices"
 	"strings"
@@ -455,5 +456,19 @@ func TestApplyNilMaps(t *testing.T) {
 	}
 	if m.Version != 4 || len(m.Nodes) != 1 || m.Audit[0].Version != 4 {
 		t.Fatalf("map %+v", m)
+	}
+}
+
+func TestChangeIfVersion(t *testing.T) {
+	m := NewMap()
+	mustApply(t, m, addNode("n1"))
+	c := Change{Who: "t", IfVersion: 1, Steps: []Step{{Op: OpAddNode, Node: &Node{ID: "n2"}}}}
+	if err := m.Apply(c); err != nil {
+		t.Fatalf("change at the expected version: %v", err)
+	}
+	c.Steps[0].Node = &Node{ID: "n3"}
+	err := m.Apply(c)
+	if !errors.Is(err, ErrVersionMoved) || !errors.Is(err, ErrInvalidChange) || m.Version != 2 {
+		t.Fatalf("change at a stale version: %v (version %d)", err, m.Version)
 	}
 }

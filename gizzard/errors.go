@@ -24,4 +24,7 @@ var (
 	// ErrNoShard is returned by routing calls for a shard id the map does
 	// not hold.
 	ErrNoShard = errors.New("gizzard: no such shard")
+	// ErrVersionMoved is returned (wrapped in ErrInvalidChange) for a
+	// change whose IfVersion is not the map's version.
+	ErrVersionMoved = errors.New("gizzard: the map moved")
 )

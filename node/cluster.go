@@ -226,20 +226,25 @@ func (s *nameserverServer) leaderClient() (pb.NameserverClient, error) {
 }
 
 func (s *nameserverServer) Propose(ctx context.Context, r *pb.ProposeRequest) (*pb.ProposeResponse, error) {
-	if lc, err := s.leaderClient(); err != nil || lc != nil {
-		if err != nil {
-			return nil, err
-		}
-		return lc.Propose(ctx, r)
-	}
 	var c gizzard.Change
 	if err := json.Unmarshal(r.ChangeJson, &c); err != nil {
 		return nil, invalidf("change_json: %v", err)
 	}
 	if c.From == "" {
+		// Record the client's address, not that of a node forwarding it.
 		if p, ok := peer.FromContext(ctx); ok {
 			c.From = p.Addr.String()
 		}
+	}
+	if lc, err := s.leaderClient(); err != nil || lc != nil {
+		if err != nil {
+			return nil, err
+		}
+		b, err := json.Marshal(c)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "encode change: %v", err)
+		}
+		return lc.Propose(ctx, &pb.ProposeRequest{ChangeJson: b})
 	}
 	v, err := s.n.ns.Propose(ctx, c)
 	if err != nil {
@@ -251,6 +256,8 @@ func (s *nameserverServer) Propose(ctx context.Context, r *pb.ProposeRequest) (*
 
 func nsStatus(err error) error {
 	switch {
+	case errors.Is(err, gizzard.ErrVersionMoved):
+		return status.Error(codes.Aborted, err.Error())
 	case errors.Is(err, gizzard.ErrInvalidChange), errors.Is(err, gizzard.ErrInvalidMap):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, nameserver.ErrNotLeader):
@@ -298,6 +305,7 @@ func (s *nameserverServer) Status(ctx context.Context, _ *pb.StatusRequest) (*pb
 		GrpcAddr:       s.n.GRPCAddr(),
 		MapVersion:     s.n.routedVersion.Load(),
 		RaftState:      s.n.ns.State(),
+		Ready:          s.n.ready.Load(),
 		LeaderId:       id,
 		LeaderRaftAddr: addr,
 		Voters:         voters,

@@ -245,6 +245,7 @@ new replica is empty until the tree's data is copied into it.`,
 			if err != nil {
 				return err
 			}
+			s.ifVersion = m.Version // planned from this map: apply to it only
 			r, steps, err := planReplicaAdd(m, args[0], node, id, readable, weight)
 			if err != nil {
 				return err
@@ -289,6 +290,7 @@ tree's data: from then on reads may be served from it.`,
 			if err != nil {
 				return err
 			}
+			s.ifVersion = m.Version // planned from this map: apply to it only
 			steps, err := planReplicaPromote(m, args[0], args[1])
 			if err != nil {
 				return err
@@ -315,6 +317,7 @@ The physical shard's data stays on its node until dropped there.`,
 			if err != nil {
 				return err
 			}
+			s.ifVersion = m.Version // planned from this map: apply to it only
 			steps, err := planReplicaRemove(m, args[0], args[1], force)
 			if err != nil {
 				return err

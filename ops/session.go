@@ -24,6 +24,9 @@ type session struct {
 	o      *options
 	out    io.Writer
 	errOut io.Writer
+	// ifVersion, when set, makes changes compare-and-swap against the map
+	// version a command planned them from.
+	ifVersion uint64
 
 	mu struct {
 		sync.Mutex
@@ -161,7 +164,7 @@ func (s *session) siteMap(ctx context.Context) (*gizzard.Map, error) {
 
 // change builds a change of steps by --who from this host.
 func (s *session) change(steps []gizzard.Step) gizzard.Change {
-	return gizzard.Change{Steps: steps, Who: s.o.who, From: "ops@" + hostname(), At: time.Now().UTC()}
+	return gizzard.Change{Steps: steps, Who: s.o.who, From: "ops@" + hostname(), At: time.Now().UTC(), IfVersion: s.ifVersion}
 }
 
 // proposeAt sends a change to the node at addr (which forwards it to the

@@ -2676,6 +2676,7 @@ func (x *MapResponse) GetMapJson() []byte {
 type ProposeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A gizzard.Change as JSON: {"steps":[...],"who":"...","from":"..."}.
+	// With "if_version": N it applies only to map version N (else ABORTED).
 	ChangeJson    []byte `protobuf:"bytes,1,opt,name=change_json,json=changeJson,proto3" json:"change_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2912,7 +2913,9 @@ type StatusResponse struct {
 	LeaderId       string `protobuf:"bytes,5,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
 	LeaderRaftAddr string `protobuf:"bytes,6,opt,name=leader_raft_addr,json=leaderRaftAddr,proto3" json:"leader_raft_addr,omitempty"`
 	// Raft voters: node id -> raft address.
-	Voters        map[string]string `protobuf:"bytes,7,rep,name=voters,proto3" json:"voters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Voters map[string]string `protobuf:"bytes,7,rep,name=voters,proto3" json:"voters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Whether the node is part of the map and holds its shards (serving).
+	Ready         bool `protobuf:"varint,8,opt,name=ready,proto3" json:"ready,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2994,6 +2997,13 @@ func (x *StatusResponse) GetVoters() map[string]string {
 		return x.Voters
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
 }
 
 type ApplyRequest struct {
@@ -3738,7 +3748,7 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\tgrpc_addr\x18\x03 \x01(\tR\bgrpcAddr\"(\n" +
 	"\fJoinResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\"\x0f\n" +
-	"\rStatusRequest\"\xc7\x02\n" +
+	"\rStatusRequest\"\xdd\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1f\n" +
@@ -3748,7 +3758,8 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"raft_state\x18\x04 \x01(\tR\traftState\x12\x1b\n" +
 	"\tleader_id\x18\x05 \x01(\tR\bleaderId\x12(\n" +
 	"\x10leader_raft_addr\x18\x06 \x01(\tR\x0eleaderRaftAddr\x12=\n" +
-	"\x06voters\x18\a \x03(\v2%.aviary.v1.StatusResponse.VotersEntryR\x06voters\x1a9\n" +
+	"\x06voters\x18\a \x03(\v2%.aviary.v1.StatusResponse.VotersEntryR\x06voters\x12\x14\n" +
+	"\x05ready\x18\b \x01(\bR\x05ready\x1a9\n" +
 	"\vVotersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"b\n" +

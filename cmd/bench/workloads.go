@@ -248,18 +248,38 @@ func (b *bench) preload(ctx context.Context, what string, total, chunk int, fill
 
 // nodePut: one durable Put RPC of a new random key per operation.
 func (b *bench) nodePut(_ context.Context) (func(int) opFunc, error) {
+	return putOps(b.client, b.cfg.ValueBytes, pb.Consistency_CONSISTENCY_DEFAULT, 0), nil
+}
+
+// putOps is the put workload, shared by put and router: one Put RPC of a
+// new random key of valueBytes random bytes per operation, with
+// consistency, from client goroutine w over client(w). A positive
+// wantReplicas also checks the acknowledgement: the write went to that many
+// replicas, and at least one (all, for CONSISTENCY_ALL) had applied it.
+func putOps(client func(int) pb.DataClient, valueBytes int, consistency pb.Consistency, wantReplicas int) func(int) opFunc {
 	return func(w int) opFunc {
-		c, rng := b.client(w), newRand()
-		key, val := make([]byte, 0, keyLen), make([]byte, b.cfg.ValueBytes)
-		req := &pb.PutRequest{Table: contentTable}
+		c, rng := client(w), newRand()
+		key, val := make([]byte, 0, keyLen), make([]byte, valueBytes)
+		req := &pb.PutRequest{Table: contentTable, Consistency: consistency}
 		return func(ctx context.Context) error {
 			key = appendKey(key[:0], prefixPut, rng.Uint64())
 			fillRandom(rng, val)
 			req.Key, req.Value = key, val
-			_, err := c.Put(ctx, req)
-			return err
+			resp, err := c.Put(ctx, req)
+			if err != nil || wantReplicas <= 0 {
+				return err
+			}
+			wantAcked := uint32(1)
+			if consistency == pb.Consistency_CONSISTENCY_ALL {
+				wantAcked = uint32(wantReplicas)
+			}
+			if resp.Replicas != uint32(wantReplicas) || resp.Acked < wantAcked {
+				return fmt.Errorf("put: acknowledged with %d of %d replicas applied, want %d of %d",
+					resp.Acked, resp.Replicas, wantAcked, wantReplicas)
+			}
+			return nil
 		}
-	}, nil
+	}
 }
 
 // nodeBatch100: one Write RPC of batchMutations Puts of new random keys.

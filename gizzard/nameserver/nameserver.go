@@ -322,6 +322,7 @@ func (s *Server) Voters() (map[string]string, error) {
 // Close stops raft and closes the log and transport.
 func (s *Server) Close() error {
 	err := s.raft.Shutdown().Error()
+	s.transport.CloseStreams()
 	err = errors.Join(err, s.transport.Close(), s.store.Close())
 	if err != nil {
 		return fmt.Errorf("nameserver: close: %w", err)
