@@ -126,8 +126,8 @@ type Router struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
-	wake chan struct{}
-	wg   sync.WaitGroup
+	wake    chan struct{}
+	wg      sync.WaitGroup
 
 	// startSeq is the journal's last sequence number when the router
 	// started: older jobs were left by a previous process. A newer job
