@@ -44,7 +44,7 @@ type opFunc func(ctx context.Context) error
 // result is the measurement of one workload on one target.
 type result struct {
 	Workload    string
-	Target      string // "node" or "raw"
+	Target      string // "node" or "raw"; for router, "r=<replicas> <consistency>" or "<n> nodes"
 	Concurrency int
 	MutsPerOp   int // mutations per operation; 0 for reads
 	Ops         uint64
@@ -55,6 +55,14 @@ type result struct {
 	// ErrSamples counts errors by message, for a bounded number of
 	// distinct messages.
 	ErrSamples map[string]uint64
+	// Router results: the replicas of every shard tree, the consistency
+	// label, and the nodes of the site (0 and "" otherwise).
+	Replicas    int
+	Consistency string
+	Nodes       int
+	// LatencyOnly: the operations are timed one at a time and their rate
+	// means nothing (map-propagation); no throughput is printed.
+	LatencyOnly bool
 }
 
 // OpsPerSec is the throughput of successful operations.
