@@ -17,6 +17,32 @@
 //     preloaded with Write batches of Appends with explicit ids spread over
 //     the last two months (so a Range sometimes crosses a month partition),
 //     then Ranges of limit 20 for uniformly random owners.
+//   - router (not run by default): durable writes through the routing layer
+//     of a 3-node site, and how fast a shard map change reaches every node.
+//     For each --replicas value R (default 1,3) a fresh site runs in this
+//     process on 127.0.0.1, with its data under the run's temporary
+//     directory: node-0 founds it with 8 shard trees (each a replicating
+//     root over one physical shard on node-0), node-1 and node-2 join it,
+//     and one map change gives every tree R readable replicas (R-1 more
+//     physical shards, on node-1 and node-2); the run waits until every node
+//     routes with that map version. The put workload then runs with the
+//     --concurrency clients spread round-robin over --conns connections to
+//     each of the 3 nodes (client i writes through node i mod 3, which
+//     routes the write: journal, then every replica), once with the default
+//     consistency (ONE: acknowledged once journaled and applied by one
+//     replica; the others are written after) and once with CONSISTENCY_ALL
+//     (applied by every replica), as rows "router-put r=R ONE" and "r=R ALL";
+//     every acknowledgement is checked to name R replicas. Between the two,
+//     the replication backlog is drained (its time is printed if noticeable).
+//     After the last site the ratio of throughputs r=R/r=<first R> is printed
+//     per consistency (the target is r=3/r=1 >= 0.5 for durable writes). On
+//     the site with the most replicas, 200 changes (each a create_table) are
+//     then proposed one at a time through node-1, with a Watch stream open
+//     on every node, and each is timed from just before Propose until its
+//     map version has arrived on all 3 streams: row "map-propagation
+//     3 nodes", latency only. Each site is shut down (every node's Run
+//     cancelled and awaited) and its data removed before the next starts.
+//     router ignores --raw and cannot be used with --addr.
 //
 // Unless --raw=false, put, batch100 and get are also run against bare Pebble
 // in a fresh directory next to the node's data (so on the same disk), with
@@ -35,6 +61,10 @@
 // The figures in docs/benchmarks.md were measured with:
 //
 //	go run ./cmd/bench --duration 5s
+//
+// and those of the router workload with:
+//
+//	go run ./cmd/bench --workloads router --duration 10s
 package main
 
 import (
@@ -49,6 +79,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -85,6 +116,7 @@ type config struct {
 	EntriesPerOwner int
 	JSON            bool
 	Raw             bool
+	Replicas        []int // router: replica counts, one site each
 }
 
 func (c *config) validate() error {
@@ -106,13 +138,28 @@ func (c *config) validate() error {
 	case c.EntriesPerOwner < 1:
 		return fmt.Errorf("--entries-per-owner %d: must be at least 1", c.EntriesPerOwner)
 	}
+	all := strings.Join(append(workloadNames[:len(workloadNames):len(workloadNames)], routerWorkload), ",")
 	for _, w := range c.Workloads {
-		if _, ok := workloadByName(w); !ok {
-			return fmt.Errorf("--workloads: unknown workload %q: want some of %s", w, strings.Join(workloadNames, ","))
+		if _, ok := workloadByName(w); !ok && w != routerWorkload {
+			return fmt.Errorf("--workloads: unknown workload %q: want some of %s", w, all)
 		}
 	}
 	if len(c.Workloads) == 0 {
-		return fmt.Errorf("--workloads: none given: want some of %s", strings.Join(workloadNames, ","))
+		return fmt.Errorf("--workloads: none given: want some of %s", all)
+	}
+	if len(c.Replicas) == 0 {
+		return fmt.Errorf("--replicas: none given: want replica counts from 1 to %d", maxSiteReplicas)
+	}
+	for i, r := range c.Replicas {
+		switch {
+		case r < 1 || r > maxSiteReplicas:
+			return fmt.Errorf("--replicas %d: must be from 1 to %d (one replica per node of the %d-node site)", r, maxSiteReplicas, siteNodes)
+		case slices.Contains(c.Replicas[:i], r):
+			return fmt.Errorf("--replicas: %d given twice", r)
+		}
+	}
+	if router, _ := hasRouter(c.Workloads); router && c.Addr != "" {
+		return fmt.Errorf("--workloads %s: starts its own in-process sites; it cannot measure --addr %s", routerWorkload, c.Addr)
 	}
 	return nil
 }
@@ -129,6 +176,12 @@ are printed as a table. put, batch100 and get are also run against bare
 Pebble on the same disk with the same sync setting, and the ratio node/raw of
 the throughputs is printed.
 
+The router workload (not run by default) starts, for each --replicas value
+R, a fresh in-process 3-node site whose shard trees have R replicas each,
+and measures durable Puts routed by all 3 nodes with consistency ONE and
+ALL, the throughput ratios r=R/r=<first>, and (on the site with the most
+replicas) how long a shard map change takes to reach every node.
+
 Without --addr the node runs in this process, in a temporary directory under
 --dir, and is removed at the end. SIGINT stops early and prints what was
 measured.
@@ -137,6 +190,7 @@ Every flag can be set by an environment variable named AVIARY_BENCH_ and the
 flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 		Example: `  go run ./cmd/bench --duration 5s
   go run ./cmd/bench --workloads get --keys 100000 --json
+  go run ./cmd/bench --workloads router --duration 10s
   go run ./cmd/bench --addr 127.0.0.1:7390 --dir /var/lib/aviary-bench`,
 		SilenceUsage: true,
 		Args:         cobra.NoArgs,
@@ -165,13 +219,14 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.DurationVar(&cfg.Warmup, "warmup", time.Second, "unmeasured warmup before each measurement")
 	f.IntVar(&cfg.Concurrency, "concurrency", 64, "concurrent clients, each looping until the deadline")
 	f.IntVar(&cfg.Conns, "conns", 4, "gRPC connections; clients are spread over them round-robin")
-	f.StringSliceVar(&cfg.Workloads, "workloads", workloadNames, "workloads to run, comma separated: put, batch100, get, range20")
+	f.StringSliceVar(&cfg.Workloads, "workloads", workloadNames, "workloads to run, comma separated: put, batch100, get, range20, router (not by default: a 3-node site per --replicas value)")
 	f.IntVar(&cfg.Keys, "keys", 1000000, "keys preloaded for get")
 	f.IntVar(&cfg.ValueBytes, "value-bytes", 128, "bytes of every value written (random, so incompressible)")
 	f.IntVar(&cfg.Owners, "owners", 10000, "owners preloaded for range20")
 	f.IntVar(&cfg.EntriesPerOwner, "entries-per-owner", 40, "index entries preloaded per owner for range20, spread over two months")
 	f.BoolVar(&cfg.JSON, "json", false, "also print the results as JSON lines at the end")
 	f.BoolVar(&cfg.Raw, "raw", true, "also run the raw Pebble baselines and print the ratios node/raw")
+	f.IntSliceVar(&cfg.Replicas, "replicas", []int{1, 3}, "router: replicas per shard tree to measure, comma separated, each 1 to 3; a fresh 3-node site for each")
 	f.VisitAll(func(fl *pflag.Flag) {
 		fl.Usage += fmt.Sprintf(" [%s]", envName(fl.Name))
 	})
@@ -280,6 +335,7 @@ type bench struct {
 	clients []pb.DataClient
 	records []any // for --json
 	errors  uint64
+	wcol    int // width of the table's workload column
 }
 
 // client returns the Data client of client goroutine w.
@@ -294,7 +350,11 @@ func (b *bench) printf(format string, args ...any) {
 // run runs the configured workloads and prints the results to out. It
 // returns an error if the setup failed or any operation failed.
 func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings string) (err error) {
-	b := &bench{cfg: cfg, out: out}
+	b := &bench{cfg: cfg, out: out, wcol: 10}
+	router, others := hasRouter(cfg.Workloads)
+	if router {
+		b.wcol = max(b.wcol, len(propagationName), len(routerPutName))
+	}
 	if b.root, err = os.MkdirTemp(cfg.Dir, "aviary-bench-"); err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
@@ -305,7 +365,10 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 	}()
 
 	addr, nodeDesc := cfg.Addr, "external, at "+cfg.Addr
-	if addr == "" {
+	if !others {
+		nodeDesc = "" // router only: it starts its own sites
+	}
+	if others && addr == "" {
 		ncfg := node.Config{DataDir: filepath.Join(b.root, "node"), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0"}
 		ncfg.EnsureDefaults()
 		n, err := node.New(ctx, ncfg)
@@ -330,6 +393,9 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 			addr, ncfg.DataDir, ncfg.DefaultShards, cacheBytes()>>20)
 	}
 	for range cfg.Conns {
+		if !others {
+			break
+		}
 		cc, err := netx.Dial(addr)
 		if err != nil {
 			return fmt.Errorf("bench: %w", err)
@@ -343,11 +409,18 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 		}
 	}()
 
-	b.header(cmdline, settings, nodeDesc)
-	b.printf(rowFormat, "workload", "target", "conc", "ops/s", "mut/s", "p50", "p99", "p999", "max", "errors")
+	b.header(cmdline, settings, nodeDesc, others)
+	b.row("workload", "target", "conc", "ops/s", "mut/s", "p50", "p99", "p999", "max", "errors")
+	var shutdownErrs []error
 	for _, name := range cfg.Workloads {
 		if ctx.Err() != nil {
 			break
+		}
+		if name == routerWorkload {
+			if err := b.runRouter(ctx); err != nil {
+				shutdownErrs = append(shutdownErrs, err)
+			}
+			continue
 		}
 		w, _ := workloadByName(name)
 		b.runWorkload(ctx, w)
@@ -366,9 +439,9 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 		}
 	}
 	if b.errors > 0 {
-		return fmt.Errorf("bench: %d operations failed (see the errors above)", b.errors)
+		shutdownErrs = append(shutdownErrs, fmt.Errorf("bench: %d operations failed (see the errors above)", b.errors))
 	}
-	return nil
+	return errors.Join(shutdownErrs...)
 }
 
 // runWorkload prepares and measures one workload on the node, then on raw
@@ -422,7 +495,13 @@ func failed(w workload, target string, conc int, err error) *result {
 		Errors: 1, Hist: NewHistogram(), ErrSamples: map[string]uint64{"setup: " + err.Error(): 1}}
 }
 
-const rowFormat = "%-10s %-7s %5v %10s %10s %9s %9s %9s %9s %7v\n"
+// rowFormat is a table row; the workload column is b.wcol wide.
+const rowFormat = "%-*s %-7s %5v %10s %10s %9s %9s %9s %9s %7v\n"
+
+// row prints a table row.
+func (b *bench) row(workload, target string, conc, opsPerSec, mutsPerSec, p50, p99, p999, maxv, errs any) {
+	b.printf(rowFormat, b.wcol, workload, target, conc, opsPerSec, mutsPerSec, p50, p99, p999, maxv, errs)
+}
 
 // report prints a result's row, its errors and whether it was cut short,
 // and keeps it for --json.
@@ -434,11 +513,15 @@ func (b *bench) report(r *result) {
 		}
 		return fmtDur(v)
 	}
-	mut := "-"
+	ops, mut := fmt.Sprintf("%.0f", r.OpsPerSec()), "-"
 	if r.MutsPerOp > 0 {
 		mut = fmt.Sprintf("%.0f", r.OpsPerSec()*float64(r.MutsPerOp))
 	}
-	b.printf(rowFormat, r.Workload, r.Target, r.Concurrency, fmt.Sprintf("%.0f", r.OpsPerSec()), mut,
+	opsPerSec := new(r.OpsPerSec())
+	if r.LatencyOnly {
+		ops, opsPerSec = "-", nil
+	}
+	b.row(r.Workload, r.Target, r.Concurrency, ops, mut,
 		q(h.Quantile(0.5)), q(h.Quantile(0.99)), q(h.Quantile(0.999)), q(h.Max()), r.Errors)
 	if r.Interrupted {
 		b.printf("#   %s (%s): interrupted after %s of measurement\n", r.Workload, r.Target, r.Elapsed.Round(time.Millisecond))
@@ -457,7 +540,8 @@ func (b *bench) report(r *result) {
 	b.errors += r.Errors
 	b.records = append(b.records, jsonResult{
 		Type: "result", Workload: r.Workload, Target: r.Target, Concurrency: r.Concurrency,
-		Ops: r.Ops, OpsPerSec: r.OpsPerSec(), MutationsPerSec: r.OpsPerSec() * float64(r.MutsPerOp),
+		Replicas: r.Replicas, Consistency: r.Consistency, Nodes: r.Nodes,
+		Ops: r.Ops, OpsPerSec: opsPerSec, MutationsPerSec: r.OpsPerSec() * float64(r.MutsPerOp),
 		P50Ns: h.Quantile(0.5), P99Ns: h.Quantile(0.99), P999Ns: h.Quantile(0.999), MaxNs: h.Max(), MeanNs: h.Mean(),
 		Errors: r.Errors, ErrorSamples: r.ErrSamples, ElapsedSec: r.Elapsed.Seconds(), Interrupted: r.Interrupted,
 	})
@@ -472,7 +556,7 @@ func (b *bench) ratio(name string, node, raw *result) {
 		rec.Ratio = &v
 		text = fmt.Sprintf("%.2f", v)
 	}
-	b.printf("%-10s %-7s node/raw = %s\n", name, "ratio", text)
+	b.printf("%-*s %-7s node/raw = %s\n", b.wcol, name, "ratio", text)
 	b.records = append(b.records, rec)
 }
 
@@ -489,9 +573,12 @@ type jsonResult struct {
 	Type            string            `json:"type"`
 	Workload        string            `json:"workload"`
 	Target          string            `json:"target"`
+	Replicas        int               `json:"replicas,omitempty"`    // router
+	Consistency     string            `json:"consistency,omitempty"` // router-put
+	Nodes           int               `json:"nodes,omitempty"`       // router
 	Concurrency     int               `json:"concurrency"`
 	Ops             uint64            `json:"ops"`
-	OpsPerSec       float64           `json:"ops_per_sec"`
+	OpsPerSec       *float64          `json:"ops_per_sec,omitempty"` // absent for map-propagation
 	MutationsPerSec float64           `json:"mutations_per_sec,omitempty"`
 	P50Ns           int64             `json:"p50_ns"`
 	P99Ns           int64             `json:"p99_ns"`
@@ -504,12 +591,15 @@ type jsonResult struct {
 	Interrupted     bool              `json:"interrupted,omitempty"`
 }
 
-// jsonRatio is a throughput ratio node/raw as a JSON line; Ratio is null
-// without a baseline.
+// jsonRatio is a throughput ratio as a JSON line: node/raw, or for
+// router-put, Of ("r=3/r=1") at Consistency. Ratio is null without a
+// baseline.
 type jsonRatio struct {
-	Type     string   `json:"type"`
-	Workload string   `json:"workload"`
-	Ratio    *float64 `json:"ratio"`
+	Type        string   `json:"type"`
+	Workload    string   `json:"workload"`
+	Of          string   `json:"of,omitempty"`
+	Consistency string   `json:"consistency,omitempty"`
+	Ratio       *float64 `json:"ratio"`
 }
 
 // jsonEnv is the environment header as a JSON line.
@@ -524,17 +614,24 @@ type jsonEnv struct {
 	Dir        string `json:"dir"`
 	Filesystem string `json:"filesystem"`
 	Node       string `json:"node"`
+	Site       string `json:"site,omitempty"` // router
 	Pebble     string `json:"pebble"`
 }
 
 // header prints the environment: the command, Go, the CPUs, the data
 // directory and its file system, and what is measured.
-func (b *bench) header(cmdline, settings, nodeDesc string) {
+func (b *bench) header(cmdline, settings, nodeDesc string, others bool) {
 	env := jsonEnv{
 		Type: "env", Command: cmdline, Settings: settings,
 		Go:         fmt.Sprintf("%s %s/%s", runtime.Version(), runtime.GOOS, runtime.GOARCH),
 		GOMAXPROCS: runtime.GOMAXPROCS(0), CPUs: runtime.NumCPU(), CPUModel: cpuModel(),
 		Dir: b.root, Filesystem: filesystem(b.root), Node: nodeDesc, Pebble: moduleVersion("github.com/cockroachdb/pebble/v2"),
+	}
+	if router, _ := hasRouter(b.cfg.Workloads); router {
+		env.Site = fmt.Sprintf("router: for each of --replicas %s a fresh in-process %d-node site in %s (node-0 founds it with %d shard trees, "+
+			"the others join), every tree with that many replicas, %d MiB cache per node; clients over %d connections to each node, "+
+			"consistency ONE and ALL; map propagation: %d changes through node-1",
+			joinInts(b.cfg.Replicas), siteNodes, filepath.Join(b.root, "site-r<replicas>"), siteShards, cacheBytes()>>20, b.cfg.Conns, propagationChanges)
 	}
 	cpus := fmt.Sprintf("GOMAXPROCS %d, %d CPUs", env.GOMAXPROCS, env.CPUs)
 	if env.CPUModel != "" {
@@ -546,14 +643,23 @@ func (b *bench) header(cmdline, settings, nodeDesc string) {
 	b.printf("# go:         %s, %s\n", env.Go, cpus)
 	b.printf("# data dir:   %s\n", env.Dir)
 	b.printf("# filesystem: %s\n", env.Filesystem)
-	b.printf("# node:       %s\n", env.Node)
-	if b.cfg.Raw {
+	if env.Node != "" {
+		b.printf("# node:       %s\n", env.Node)
+	}
+	if env.Site != "" {
+		b.printf("# site:       %s\n", env.Site)
+	}
+	if b.cfg.Raw && others {
 		b.printf("# raw:        pebble %s in %s, FormatNewest, %d MiB cache, %d MiB memtable, writes with pebble.Sync\n",
 			env.Pebble, filepath.Join(b.root, "raw-<workload>"), cacheBytes()>>20, memTableBytes()>>20)
 	}
-	b.printf("# clients:    %d over %d gRPC connections; %s warmup, then %s per workload and target; %d-byte random values\n",
-		b.cfg.Concurrency, b.cfg.Conns, b.cfg.Warmup, b.cfg.Duration, b.cfg.ValueBytes)
-	b.printf("# latency is per operation (batch100: per 100-Put Write); ops/s counts successful operations\n")
+	conns := fmt.Sprintf("%d gRPC connections", b.cfg.Conns)
+	if env.Site != "" {
+		conns += fmt.Sprintf(" (router: to each of the %d nodes, %d in all)", siteNodes, siteNodes*b.cfg.Conns)
+	}
+	b.printf("# clients:    %d over %s; %s warmup, then %s per workload and target; %d-byte random values\n",
+		b.cfg.Concurrency, conns, b.cfg.Warmup, b.cfg.Duration, b.cfg.ValueBytes)
+	b.printf("# latency is per operation (batch100: per 100-Put Write; map-propagation: per change, from Propose until on every node); ops/s counts successful operations\n")
 	b.records = append(b.records, env)
 }
 
@@ -632,4 +738,13 @@ func fmtDur(ns int64) string {
 		return fmt.Sprintf("%.2fms", float64(ns)/1e6)
 	}
 	return fmt.Sprintf("%.2fs", float64(ns)/1e9)
+}
+
+// joinInts formats ints as a comma-separated list.
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = fmt.Sprint(x)
+	}
+	return strings.Join(s, ",")
 }
