@@ -94,15 +94,16 @@ type resolved struct {
 // Mutations of one batch are applied in order, so a later mutation of the same
 // key in the batch sees the earlier one.
 func (s *Store) Apply(ctx context.Context, muts []Mutation) ([]Outcome, error) {
-	return s.apply(ctx, muts, true)
+	return s.apply(ctx, muts, true, nil)
 }
 
 // apply applies muts atomically; with sync it returns once they are durable.
-func (s *Store) apply(ctx context.Context, muts []Mutation, sync bool) ([]Outcome, error) {
+// extra, if set, adds more records to the same batch.
+func (s *Store) apply(ctx context.Context, muts []Mutation, sync bool, extra func(b *pebble.Batch)) ([]Outcome, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if len(muts) == 0 {
+	if len(muts) == 0 && extra == nil {
 		return nil, nil
 	}
 	s.mu.RLock()
@@ -142,6 +143,9 @@ func (s *Store) apply(ctx context.Context, muts []Mutation, sync bool) ([]Outcom
 		if out[i], err = s.applyOne(r, b, &rs[i], floors); err != nil {
 			return nil, err
 		}
+	}
+	if extra != nil {
+		extra(b)
 	}
 	if !sync {
 		if b.Empty() {

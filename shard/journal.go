@@ -96,6 +96,30 @@ func (s *Store) JournalAppend(ctx context.Context, data []byte, targets []string
 // JournalSeq returns the last journal sequence number assigned.
 func (s *Store) JournalSeq() uint64 { return s.journal.seq.Load() }
 
+// ApplyJournaled applies local mutations (each naming a shard of this
+// store) and, if targets is not empty, records the entry with one job per
+// target, all in one atomic batch and one fsync: the router's write path
+// when some replicas are local. It returns the outcomes of muts and the
+// entry's sequence number (0 if no entry was recorded).
+func (s *Store) ApplyJournaled(ctx context.Context, muts []Mutation, entry []byte, targets []string) ([]Outcome, uint64, error) {
+	if len(targets) == 0 {
+		outs, err := s.Apply(ctx, muts)
+		return outs, 0, err
+	}
+	var seq uint64
+	outs, err := s.apply(ctx, muts, true, func(b *pebble.Batch) {
+		seq = s.journal.seq.Add(1)
+		_ = b.Set(journalKey(seq), entry, nil)
+		for _, t := range targets {
+			_ = b.Set(jobKey(metaJob, seq, t), []byte("{}"), nil)
+		}
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return outs, seq, nil
+}
+
 // JournalEntry returns an entry's bytes.
 func (s *Store) JournalEntry(seq uint64) ([]byte, error) {
 	s.mu.RLock()

@@ -281,38 +281,62 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 		p.Shard = ""
 		entry.Mutations = append(entry.Mutations, p)
 	}
-	keys := make([]string, len(targets))
+	// Targets on this node are applied in the same batch (and fsync) as the
+	// journal entry, which holds a job for each of the others.
+	var local, remote []int
+	var remoteKeys []string
 	for ti, t := range targets {
 		et := &pb.JournalEntry_Target{Node: t.leaf.Node, Shard: t.leaf.Shard}
 		for _, i := range t.idx {
 			et.Mutations = append(et.Mutations, uint32(i))
 		}
 		entry.Targets = append(entry.Targets, et)
-		keys[ti] = Target(t.leaf)
+		if t.leaf.Node == r.cfg.NodeID {
+			local = append(local, ti)
+		} else {
+			remote = append(remote, ti)
+			remoteKeys = append(remoteKeys, Target(t.leaf))
+		}
 	}
 	data, err := proto.Marshal(entry)
 	if err != nil {
 		return nil, fmt.Errorf("router: encode journal entry: %w", err)
 	}
-	seq, err := r.cfg.Store.JournalAppend(ctx, data, keys)
+	sub := func(t *tgt) []shard.Mutation {
+		out := make([]shard.Mutation, len(t.idx))
+		for j, i := range t.idx {
+			out[j] = muts[i]
+			out[j].Shard = t.leaf.Shard
+		}
+		return out
+	}
+	var localMuts []shard.Mutation
+	for _, ti := range local {
+		localMuts = append(localMuts, sub(targets[ti])...)
+	}
+	localOuts, seq, err := r.cfg.Store.ApplyJournaled(ctx, localMuts, data, remoteKeys)
 	if err != nil {
 		return nil, err
 	}
-
-	// Deliver to every leaf in parallel. Deliveries outlive the request:
-	// they finish (or fail and leave their job) even if the client is gone.
 	done := make(chan delivery, len(targets))
-	for ti, t := range targets {
-		sub := make([]shard.Mutation, len(t.idx))
-		for j, i := range t.idx {
-			sub[j] = muts[i]
-			sub[j].Shard = t.leaf.Shard
-		}
+	off := 0
+	for _, ti := range local {
+		n := len(targets[ti].idx)
+		done <- delivery{target: ti, outs: localOuts[off : off+n]}
+		off += n
+	}
+
+	// Deliver to the other leaves in parallel. Deliveries outlive the
+	// request: they finish (or fail and leave their job) even if the
+	// client is gone.
+	for k, ti := range remote {
+		t := targets[ti]
+		muts := sub(t)
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			outs, err := r.deliver(m, t.leaf, sub, m.Version)
-			r.settle("first", shard.Job{Seq: seq, Target: keys[ti]}, err)
+			outs, err := r.deliver(m, t.leaf, muts, m.Version)
+			r.settle("first", shard.Job{Seq: seq, Target: remoteKeys[k]}, err)
 			done <- delivery{target: ti, outs: outs, err: err}
 		}()
 	}
