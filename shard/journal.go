@@ -87,10 +87,21 @@ func (s *Store) JournalAppend(ctx context.Context, data []byte, targets []string
 	for _, t := range targets {
 		_ = b.Set(jobKey(metaJob, seq, t), []byte("{}"), nil)
 	}
+	s.countJobs(seq, len(targets)) // before any job can finish
 	if err := b.Commit(pebble.Sync); err != nil {
 		return 0, fmt.Errorf("shard: journal append: %w", err)
 	}
 	return seq, nil
+}
+
+// countJobs records that entry seq has n jobs.
+func (s *Store) countJobs(seq uint64, n int) {
+	s.journal.mu.Lock()
+	defer s.journal.mu.Unlock()
+	if s.journal.jobs == nil {
+		s.journal.jobs = map[uint64]int{}
+	}
+	s.journal.jobs[seq] = n
 }
 
 // JournalSeq returns the last journal sequence number assigned.
@@ -109,6 +120,7 @@ func (s *Store) ApplyJournaled(ctx context.Context, muts []Mutation, entry []byt
 	var seq uint64
 	outs, err := s.apply(ctx, muts, true, func(b *pebble.Batch) {
 		seq = s.journal.seq.Add(1)
+		s.countJobs(seq, len(targets)) // before any job can finish
 		_ = b.Set(journalKey(seq), entry, nil)
 		for _, t := range targets {
 			_ = b.Set(jobKey(metaJob, seq, t), []byte("{}"), nil)
@@ -167,9 +179,19 @@ func (s *Store) removeJob(kind byte, seq uint64, target string) error {
 	b := s.db.NewBatch()
 	defer b.Close()
 	_ = b.Delete(k, nil)
-	last, err := s.lastJobLocked(seq, kind, target)
-	if err != nil {
-		return err
+	var last bool
+	if n, ok := s.journal.jobs[seq]; ok && n > 0 {
+		last = n == 1
+		if last {
+			delete(s.journal.jobs, seq)
+		} else {
+			s.journal.jobs[seq] = n - 1
+		}
+	} else {
+		var err error
+		if last, err = s.lastJobLocked(seq, kind, target); err != nil {
+			return err
+		}
 	}
 	if last {
 		_ = b.Delete(journalKey(seq), nil)

@@ -61,6 +61,11 @@ type Store struct {
 	journal struct {
 		seq atomic.Uint64 // last journal sequence number
 		mu  sync.Mutex
+		// jobs counts the jobs (pending or in the error queue) of each
+		// entry recorded by this process, so that finishing a job need not
+		// scan for the entry's others. Entries of earlier processes are
+		// absent and checked by a scan.
+		jobs map[uint64]int
 	}
 
 	// scans counts long reads (digests, tombstone collection) that hold a

@@ -127,6 +127,7 @@ type Router struct {
 	log     *slog.Logger
 	metrics *metrics
 	wake    chan struct{}
+	coal    coalescers
 	wg      sync.WaitGroup
 
 	// startSeq is the journal's last sequence number when the router
@@ -405,7 +406,7 @@ func (r *Router) deliver(m *gizzard.Map, leaf gizzard.Leaf, muts []shard.Mutatio
 	if !ok {
 		return nil, fmt.Errorf("router: node %q of shard %q is not in the map", leaf.Node, leaf.Shard)
 	}
-	return r.cfg.Remote.Apply(ctx, n.GRPCAddr, muts, mapVersion)
+	return r.applyRemote(ctx, n.GRPCAddr, muts, mapVersion)
 }
 
 // settle records a delivery's end: the job is done, or failed and due
@@ -487,6 +488,7 @@ func (r *Router) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			r.wg.Wait()
+			r.stopCoalescers()
 			return
 		case <-t.C:
 		case <-r.wake:
