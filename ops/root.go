@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/user"
-	"strings"
 	"time"
 
+	"github.com/aviarydb/aviary/internal/envflag"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -22,9 +22,6 @@ const DefaultTimeout = 10 * time.Second
 // envPrefix starts the environment variable of every flag that has one:
 // --addr is AVIARY_OPS_ADDR.
 const envPrefix = "AVIARY_OPS_"
-
-// envAnnotation marks the flags that an environment variable can set.
-const envAnnotation = "aviary_ops_env"
 
 // options are the global flags, shared by every command.
 type options struct {
@@ -61,7 +58,7 @@ command line wins.`,
 		SilenceUsage:  true,
 		SilenceErrors: false,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyEnv(cmd.Flags()); err != nil {
+			if err := envflag.Apply(cmd.Flags()); err != nil {
 				return err
 			}
 			if o.timeout <= 0 {
@@ -141,40 +138,5 @@ func hostname() string {
 	return h
 }
 
-// envName is the environment variable of a flag.
-func envName(flag string) string {
-	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
-}
-
-// withEnv lets environment variables set the named flags of fs, and says
-// so in their usage.
-func withEnv(fs *pflag.FlagSet, names ...string) {
-	for _, name := range names {
-		fl := fs.Lookup(name)
-		if fl == nil {
-			panic("ops: no flag " + name) // a programming error in this package
-		}
-		_ = fs.SetAnnotation(name, envAnnotation, []string{envName(name)})
-		fl.Usage += fmt.Sprintf(" [%s]", envName(name))
-	}
-}
-
-// applyEnv sets every flag that has an environment variable and was not
-// given on the command line from that variable, if it is set.
-func applyEnv(fs *pflag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(fl *pflag.Flag) {
-		if err != nil || fl.Changed {
-			return
-		}
-		if _, ok := fl.Annotations[envAnnotation]; !ok {
-			return
-		}
-		if v, ok := os.LookupEnv(envName(fl.Name)); ok {
-			if e := fl.Value.Set(v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", envName(fl.Name), v, e)
-			}
-		}
-	})
-	return err
-}
+// withEnv lets environment variables (AVIARY_OPS_...) set the named flags.
+func withEnv(fs *pflag.FlagSet, names ...string) { envflag.Bind(fs, envPrefix, names...) }

@@ -87,6 +87,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/internal/envflag"
 	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/node"
 	"github.com/aviarydb/aviary/shard"
@@ -195,7 +196,7 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 		SilenceUsage: true,
 		Args:         cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
-			return applyEnv(cmd.Flags())
+			return envflag.Apply(cmd.Flags())
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := cfg.validate(); err != nil {
@@ -227,39 +228,8 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.BoolVar(&cfg.JSON, "json", false, "also print the results as JSON lines at the end")
 	f.BoolVar(&cfg.Raw, "raw", true, "also run the raw Pebble baselines and print the ratios node/raw")
 	f.IntSliceVar(&cfg.Replicas, "replicas", []int{1, 3}, "router: replicas per shard tree to measure, comma separated, each 1 to 3; a fresh 3-node site for each")
-	f.VisitAll(func(fl *pflag.Flag) {
-		fl.Usage += fmt.Sprintf(" [%s]", envName(fl.Name))
-	})
+	envflag.Bind(f, "AVIARY_BENCH_")
 	return cmd
-}
-
-// envName is the environment variable of a flag.
-func envName(flag string) string {
-	return "AVIARY_BENCH_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
-}
-
-// applyEnv sets every flag not given on the command line from its
-// environment variable, if set.
-func applyEnv(fs *pflag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(fl *pflag.Flag) {
-		if err != nil || fl.Changed {
-			return
-		}
-		if v, ok := os.LookupEnv(envName(fl.Name)); ok {
-			if sv, isSlice := fl.Value.(pflag.SliceValue); isSlice {
-				// Set on a slice flag appends; an env var replaces.
-				if e := sv.Replace(strings.Split(v, ",")); e != nil {
-					err = fmt.Errorf("%s=%q: %w", envName(fl.Name), v, e)
-				}
-				return
-			}
-			if e := fl.Value.Set(v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", envName(fl.Name), v, e)
-			}
-		}
-	})
-	return err
 }
 
 // quoteArgs returns the flags given on the command line, as given.

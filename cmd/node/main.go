@@ -15,10 +15,10 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/aviarydb/aviary/internal/envflag"
 	"github.com/aviarydb/aviary/node"
 	"github.com/aviarydb/aviary/shard"
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 )
 
 func main() {
@@ -55,7 +55,7 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 		SilenceUsage: true,
 		Args:         cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
-			return applyEnv(cmd.Flags())
+			return envflag.Apply(cmd.Flags())
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logger, err := newLogger(logFormat, logLevel)
@@ -109,32 +109,8 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on the HTTP address")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	f.VisitAll(func(fl *pflag.Flag) {
-		fl.Usage += fmt.Sprintf(" [%s]", envName(fl.Name))
-	})
+	envflag.Bind(f, "AVIARY_")
 	return cmd
-}
-
-// envName is the environment variable of a flag.
-func envName(flag string) string {
-	return "AVIARY_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
-}
-
-// applyEnv sets every flag not given on the command line from its
-// environment variable, if set.
-func applyEnv(fs *pflag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(fl *pflag.Flag) {
-		if err != nil || fl.Changed {
-			return
-		}
-		if v, ok := os.LookupEnv(envName(fl.Name)); ok {
-			if e := fl.Value.Set(v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", envName(fl.Name), v, e)
-			}
-		}
-	})
-	return err
 }
 
 func newLogger(format, level string) (*slog.Logger, error) {
