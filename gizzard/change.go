@@ -35,6 +35,9 @@ type Op string
 const (
 	// OpAddNode adds Node. Its id must be new.
 	OpAddNode Op = "add_node"
+	// OpUpdateNode replaces the addresses of the existing node Node.ID (a
+	// node that restarted on other ports).
+	OpUpdateNode Op = "update_node"
 	// OpRemoveNode removes the node NodeID, which must hold no shard.
 	OpRemoveNode Op = "remove_node"
 	// OpCreateTable creates Table. Creating an existing table of the same
@@ -97,6 +100,11 @@ func (s Step) String() string {
 			return "add_node (no node)"
 		}
 		return fmt.Sprintf("add_node %q (grpc %q, raft %q)", s.Node.ID, s.Node.GRPCAddr, s.Node.RaftAddr)
+	case OpUpdateNode:
+		if s.Node == nil {
+			return "update_node (no node)"
+		}
+		return fmt.Sprintf("update_node %q (grpc %q, raft %q)", s.Node.ID, s.Node.GRPCAddr, s.Node.RaftAddr)
 	case OpRemoveNode:
 		return fmt.Sprintf("remove_node %q", s.NodeID)
 	case OpCreateTable:
@@ -281,7 +289,7 @@ func fieldNames(f field) []string {
 // fields returns the fields op uses, and whether op is known.
 func (op Op) fields() (field, bool) {
 	switch op {
-	case OpAddNode:
+	case OpAddNode, OpUpdateNode:
 		return fNode, true
 	case OpRemoveNode:
 		return fNodeID, true
@@ -337,6 +345,8 @@ func (a *applier) step(s Step) error {
 	switch s.Op {
 	case OpAddNode:
 		return a.addNode(s.Node)
+	case OpUpdateNode:
+		return a.updateNode(s.Node)
 	case OpRemoveNode:
 		return a.removeNode(s.NodeID)
 	case OpCreateTable:
@@ -359,6 +369,20 @@ func (a *applier) step(s Step) error {
 		return a.removeForwarding(s.Forwarding)
 	}
 	panic("gizzard: op " + string(s.Op) + " has fields but no handler")
+}
+
+func (a *applier) updateNode(n *Node) error {
+	if n == nil {
+		return fmt.Errorf("node is missing")
+	}
+	if err := validNode(*n); err != nil {
+		return err
+	}
+	if _, ok := a.m.Nodes[n.ID]; !ok {
+		return fmt.Errorf("node %q does not exist", n.ID)
+	}
+	a.m.Nodes[n.ID] = *n
+	return nil
 }
 
 func (a *applier) addNode(n *Node) error {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
@@ -67,9 +68,20 @@ func (n *Node) membership(ctx context.Context) error {
 	}
 }
 
+// self is this node as the map should list it.
+func (n *Node) self() gizzard.Node {
+	return gizzard.Node{ID: n.cfg.NodeID, GRPCAddr: n.GRPCAddr(), RaftAddr: n.ns.Addr()}
+}
+
 func (n *Node) tryMembership(ctx context.Context) error {
-	if _, ok := n.ns.Map().Nodes[n.cfg.NodeID]; ok {
-		return nil
+	m := n.ns.Map()
+	if cur, ok := m.Nodes[n.cfg.NodeID]; ok {
+		if cur == n.self() {
+			return nil
+		}
+		// Restarted on other addresses: the site must learn the new ones
+		// (the raft configuration and the map) before it can reach us.
+		return n.rejoin(ctx, m, cur)
 	}
 	if n.cfg.Join == "" {
 		if err := n.ns.WaitLeader(ctx); err != nil {
@@ -88,7 +100,17 @@ func (n *Node) tryMembership(ctx context.Context) error {
 		n.log.Info("new site seeded", "map_version", v, "shards", n.cfg.DefaultShards, "tables", len(n.cfg.Tables))
 		return nil
 	}
-	cli, err := n.remotes.conn(n.cfg.Join)
+	if err := n.joinVia(ctx, n.cfg.Join); err != nil {
+		return err
+	}
+	n.log.Info("joined the site", "via", n.cfg.Join)
+	return nil
+}
+
+// joinVia asks the site, through the node at addr, to add this node or to
+// update its addresses.
+func (n *Node) joinVia(ctx context.Context, addr string) error {
+	cli, err := n.remotes.conn(addr)
 	if err != nil {
 		return err
 	}
@@ -96,10 +118,54 @@ func (n *Node) tryMembership(ctx context.Context) error {
 	defer cancel()
 	_, err = pb.NewNameserverClient(cli).Join(cctx, &pb.JoinRequest{NodeId: n.cfg.NodeID, RaftAddr: n.ns.Addr(), GrpcAddr: n.GRPCAddr()})
 	if err != nil {
-		return fmt.Errorf("join via %s: %w", n.cfg.Join, err)
+		return fmt.Errorf("join via %s: %w", addr, err)
 	}
-	n.log.Info("joined the site", "via", n.cfg.Join)
 	return nil
+}
+
+// rejoin updates this node's addresses in the site: directly when it
+// leads, else through --join or any other node of the map.
+func (n *Node) rejoin(ctx context.Context, m *gizzard.Map, old gizzard.Node) error {
+	if n.ns.IsLeader() {
+		if err := n.ns.AddMember(ctx, n.cfg.NodeID, n.ns.Addr()); err != nil {
+			return err
+		}
+		self := n.self()
+		v, err := n.ns.Propose(ctx, gizzard.Change{Who: "node " + n.cfg.NodeID, From: self.GRPCAddr, Steps: []gizzard.Step{{Op: gizzard.OpUpdateNode, Node: &self}}})
+		if err != nil {
+			return err
+		}
+		n.log.Info("node addresses updated", "map_version", v, "grpc", self.GRPCAddr, "raft", self.RaftAddr, "was_grpc", old.GRPCAddr, "was_raft", old.RaftAddr)
+		return nil
+	}
+	var via []string
+	if n.cfg.Join != "" {
+		via = append(via, n.cfg.Join)
+	}
+	for _, id := range sortedNodeIDs(m) {
+		if id != n.cfg.NodeID {
+			via = append(via, m.Nodes[id].GRPCAddr)
+		}
+	}
+	var errs []error
+	for _, addr := range via {
+		err := n.joinVia(ctx, addr)
+		if err == nil {
+			n.log.Info("asked the site to update this node's addresses", "via", addr, "was_grpc", old.GRPCAddr, "was_raft", old.RaftAddr)
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("cannot update this node's addresses: %w", errors.Join(errs...))
+}
+
+func sortedNodeIDs(m *gizzard.Map) []string {
+	ids := make([]string, 0, len(m.Nodes))
+	for id := range m.Nodes {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // reconcile follows the map: it creates the tables and the physical
@@ -118,7 +184,7 @@ func (n *Node) reconcile(ctx context.Context) {
 			continue
 		}
 		n.routedVersion.Store(m.Version)
-		if _, ok := m.Nodes[n.cfg.NodeID]; ok && !n.ready.Load() {
+		if cur, ok := m.Nodes[n.cfg.NodeID]; ok && cur == n.self() && !n.ready.Load() {
 			n.ready.Store(true)
 			close(n.readyCh)
 			n.health.SetServingStatus("", healthServing)
@@ -280,16 +346,19 @@ func (s *nameserverServer) Join(ctx context.Context, r *pb.JoinRequest) (*pb.Joi
 		return nil, nsStatus(err)
 	}
 	m := s.n.ns.Map()
-	if _, ok := m.Nodes[r.NodeId]; ok {
-		return &pb.JoinResponse{Version: m.Version}, nil
+	node := gizzard.Node{ID: r.NodeId, GRPCAddr: r.GrpcAddr, RaftAddr: r.RaftAddr}
+	op := gizzard.OpAddNode
+	if cur, ok := m.Nodes[r.NodeId]; ok {
+		if cur == node {
+			return &pb.JoinResponse{Version: m.Version}, nil
+		}
+		op = gizzard.OpUpdateNode // the node restarted on other addresses
 	}
 	from := ""
 	if p, ok := peer.FromContext(ctx); ok {
 		from = p.Addr.String()
 	}
-	v, err := s.n.ns.Propose(ctx, gizzard.Change{Who: "node " + r.NodeId, From: from, Steps: []gizzard.Step{{
-		Op: gizzard.OpAddNode, Node: &gizzard.Node{ID: r.NodeId, GRPCAddr: r.GrpcAddr, RaftAddr: r.RaftAddr},
-	}}})
+	v, err := s.n.ns.Propose(ctx, gizzard.Change{Who: "node " + r.NodeId, From: from, IfVersion: m.Version, Steps: []gizzard.Step{{Op: op, Node: &node}}})
 	if err != nil {
 		return nil, nsStatus(err)
 	}

@@ -262,3 +262,33 @@ func TestClientFailsOver(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeRestartsOnNewAddresses restarts a node on other ports: it asks
+// the site to update its addresses (raft and map) and is reachable again.
+func TestNodeRestartsOnNewAddresses(t *testing.T) {
+	s := newSite(t)
+	ctx := t.Context()
+	if err := s.nodes[2].stop(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.cfgs[2]
+	cfg.GRPCAddr, cfg.RaftAddr = "", freeAddr(t)
+	s.nodes[2] = startNode(t, cfg)
+	newAddr := s.nodes[2].n.GRPCAddr()
+	if newAddr == s.cfgs[2].GRPCAddr {
+		t.Fatalf("restarted on the same address %s", newAddr)
+	}
+	waitFor(t, 20*time.Second, func() error {
+		if got := s.nodes[0].n.ns.Map().Nodes["node-2"]; got.GRPCAddr != newAddr || got.RaftAddr != cfg.RaftAddr {
+			return fmt.Errorf("map lists node-2 at %+v", got)
+		}
+		return nil
+	})
+	r, err := s.nodes[0].data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("moved"), Value: []byte("v"), Consistency: pb.Consistency_CONSISTENCY_ALL})
+	if err != nil || r.Acked != 3 {
+		t.Fatalf("ALL write after node-2 moved: %v %v", r, err)
+	}
+	// node-2 is still a raft member at its new address: a change commits
+	// and reaches it.
+	s.propose(t, gizzard.Change{Who: "test", Steps: []gizzard.Step{{Op: gizzard.OpCreateTable, Table: &gizzard.Table{Name: "after_move", Kind: gizzard.TableContent}}}})
+}
