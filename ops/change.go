@@ -3,6 +3,7 @@ package ops
 import (
 	"context"
 	"fmt"
+	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"strconv"
 	"strings"
 
@@ -102,7 +103,43 @@ data stays on its node.`,
 			return s.propose(ctx, []gizzard.Step{{Op: gizzard.OpDeleteShard, ShardID: args[0]}})
 		}),
 	}
-	cmd.AddCommand(create, del)
+	var yes bool
+	dropData := &cobra.Command{
+		Use:   "drop-data NODE SHARD --yes",
+		Short: "Delete a physical shard's data from its node",
+		Long: `Delete the physical shard SHARD and all its data from node NODE. The node
+refuses while the map still assigns SHARD to it: delete the shard from the
+map first (replica remove, or shard delete). Asks for --yes.`,
+		Example: `  ops replica remove rep-003 default-003-node-2
+  ops shard drop-data node-2 default-003-node-2 --yes`,
+		Args: cobra.ExactArgs(2),
+		RunE: o.runner(func(ctx context.Context, s *session, args []string) error {
+			if !yes {
+				return fmt.Errorf("%w: this deletes every record of %s on %s; run again with --yes", ErrNotConfirmed, args[1], args[0])
+			}
+			m, err := s.siteMap(ctx)
+			if err != nil {
+				return err
+			}
+			n, ok := m.Nodes[args[0]]
+			if !ok {
+				return fmt.Errorf("no node %q in the map", args[0])
+			}
+			a, err := s.admin(n.GRPCAddr)
+			if err != nil {
+				return err
+			}
+			rctx, cancel := s.rpcCtx(ctx)
+			defer cancel()
+			if _, err := a.DropShard(rctx, &pb.DropShardRequest{Name: args[1]}); err != nil {
+				return s.rpcErr("drop shard on", n.GRPCAddr, err)
+			}
+			fmt.Fprintf(s.out, "dropped %s and its data on %s\n", args[1], args[0])
+			return nil
+		}),
+	}
+	dropData.Flags().BoolVar(&yes, "yes", false, "confirm that the shard's data is deleted")
+	cmd.AddCommand(create, del, dropData)
 	return cmd
 }
 

@@ -133,6 +133,16 @@ rep-003 (replicating)
 			}
 			return nil
 		})
+		// Dropping its data needs --yes, is refused for a shard the map
+		// still assigns, and then lets the replica be added again.
+		if _, _, err := runOps(t, ops("shard", "drop-data", "node-1", "default-000-node-1")...); !errors.Is(err, ErrNotConfirmed) {
+			t.Fatalf("drop-data without --yes: %v", err)
+		}
+		if _, _, err := runOps(t, ops("shard", "drop-data", "node-0", "default-000", "--yes")...); status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("drop-data of a shard in the map: %v", err)
+		}
+		mustOps(t, ops("shard", "drop-data", "node-1", "default-000-node-1", "--yes")...)
+		mustOps(t, ops("replica", "add", "rep-000", "--node", "node-1")...)
 	})
 
 	t.Run("forwardings", func(t *testing.T) {
