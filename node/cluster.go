@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"time"
@@ -142,7 +143,7 @@ func (n *Node) rejoin(ctx context.Context, m *gizzard.Map, old gizzard.Node) err
 	if n.cfg.Join != "" {
 		via = append(via, n.cfg.Join)
 	}
-	for _, id := range sortedNodeIDs(m) {
+	for _, id := range slices.Sorted(maps.Keys(m.Nodes)) {
 		if id != n.cfg.NodeID {
 			via = append(via, m.Nodes[id].GRPCAddr)
 		}
@@ -159,14 +160,6 @@ func (n *Node) rejoin(ctx context.Context, m *gizzard.Map, old gizzard.Node) err
 	return fmt.Errorf("cannot update this node's addresses: %w", errors.Join(errs...))
 }
 
-func sortedNodeIDs(m *gizzard.Map) []string {
-	ids := make([]string, 0, len(m.Nodes))
-	for id := range m.Nodes {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
-}
 
 // reconcile follows the map: it creates the tables and the physical
 // shards the map assigns to this node, and records the version it routes
@@ -194,7 +187,7 @@ func (n *Node) reconcile(ctx context.Context) {
 }
 
 func (n *Node) applyMap(ctx context.Context, m *gizzard.Map) error {
-	for _, name := range sortedTables(m) {
+	for _, name := range slices.Sorted(maps.Keys(m.Tables)) {
 		t := m.Tables[name]
 		kind := shard.KindContent
 		if t.Kind == "index" {
@@ -218,20 +211,6 @@ func (n *Node) applyMap(ctx context.Context, m *gizzard.Map) error {
 		n.log.Info("physical shard created from the map", "shard", id, "map_version", m.Version)
 	}
 	return nil
-}
-
-func sortedTables(m *gizzard.Map) []string {
-	out := make([]string, 0, len(m.Tables))
-	for name := range m.Tables {
-		out = append(out, name)
-	}
-	// Order does not matter for correctness; sort for stable logs.
-	for i := 1; i < len(out); i++ {
-		for j := i; j > 0 && out[j] < out[j-1]; j-- {
-			out[j], out[j-1] = out[j-1], out[j]
-		}
-	}
-	return out
 }
 
 // nameserverServer implements the Nameserver service.
