@@ -160,7 +160,6 @@ func (n *Node) rejoin(ctx context.Context, m *gizzard.Map, old gizzard.Node) err
 	return fmt.Errorf("cannot update this node's addresses: %w", errors.Join(errs...))
 }
 
-
 // reconcile follows the map: it creates the tables and the physical
 // shards the map assigns to this node, and records the version it routes
 // with. It marks the node ready once the map lists it.
