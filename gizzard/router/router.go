@@ -276,22 +276,12 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 		return res, nil
 	}
 
-	entry := &pb.JournalEntry{MapVersion: m.Version}
-	for i := range muts {
-		p := ToProto(&muts[i])
-		p.Shard = ""
-		entry.Mutations = append(entry.Mutations, p)
-	}
 	// Targets on this node are applied in the same batch (and fsync) as the
-	// journal entry, which holds a job for each of the others.
+	// journal entry, which holds a job for each of the others. With every
+	// replica local there is no job, hence no entry.
 	var local, remote []int
 	var remoteKeys []string
 	for ti, t := range targets {
-		et := &pb.JournalEntry_Target{Node: t.leaf.Node, Shard: t.leaf.Shard}
-		for _, i := range t.idx {
-			et.Mutations = append(et.Mutations, uint32(i))
-		}
-		entry.Targets = append(entry.Targets, et)
 		if t.leaf.Node == r.cfg.NodeID {
 			local = append(local, ti)
 		} else {
@@ -299,9 +289,25 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 			remoteKeys = append(remoteKeys, Target(t.leaf))
 		}
 	}
-	data, err := proto.Marshal(entry)
-	if err != nil {
-		return nil, fmt.Errorf("router: encode journal entry: %w", err)
+	var data []byte
+	if len(remote) > 0 {
+		entry := &pb.JournalEntry{MapVersion: m.Version}
+		for i := range muts {
+			p := ToProto(&muts[i])
+			p.Shard = ""
+			entry.Mutations = append(entry.Mutations, p)
+		}
+		for _, t := range targets {
+			et := &pb.JournalEntry_Target{Node: t.leaf.Node, Shard: t.leaf.Shard}
+			for _, i := range t.idx {
+				et.Mutations = append(et.Mutations, uint32(i))
+			}
+			entry.Targets = append(entry.Targets, et)
+		}
+		var err error
+		if data, err = proto.Marshal(entry); err != nil {
+			return nil, fmt.Errorf("router: encode journal entry: %w", err)
+		}
 	}
 	sub := func(t *tgt) []shard.Mutation {
 		out := make([]shard.Mutation, len(t.idx))
