@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/gizzard/router"
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/shard"
 	"google.golang.org/grpc/codes"
@@ -162,4 +163,24 @@ func (a *adminServer) DropJob(ctx context.Context, r *pb.JobRef) (*pb.DropJobRes
 	}
 	a.n.log.Warn("error job dropped", "seq", r.Seq, "target", r.Target)
 	return &pb.DropJobResponse{}, nil
+}
+
+func (a *adminServer) ExportPage(ctx context.Context, r *pb.ExportPageRequest) (*pb.ExportPageResponse, error) {
+	limit := int(r.Limit)
+	if limit == 0 {
+		limit = min(500, a.n.cfg.Limits.MaxBatchMutations)
+	}
+	var after []byte
+	if len(r.After) > 0 {
+		after = r.After
+	}
+	muts, next, done, err := a.n.store.ExportPage(ctx, r.Shard, after, limit)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &pb.ExportPageResponse{Next: next, Done: done, Mutations: make([]*pb.Mutation, len(muts))}
+	for i := range muts {
+		resp.Mutations[i] = router.ToProto(&muts[i])
+	}
+	return resp, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/shard"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -33,6 +34,7 @@ type testNode struct {
 	admin pb.ShardAdminClient
 	hc    healthpb.HealthClient
 	ns    pb.NameserverClient
+	conn  *grpc.ClientConn
 	stop  func() error
 }
 
@@ -78,7 +80,7 @@ func startNode(t *testing.T, cfg Config) *testNode {
 			t.Errorf("node run: %v", err)
 		}
 	})
-	tn := &testNode{n: n, data: pb.NewDataClient(cc), admin: pb.NewShardAdminClient(cc), hc: healthpb.NewHealthClient(cc), ns: pb.NewNameserverClient(cc), stop: stop}
+	tn := &testNode{n: n, data: pb.NewDataClient(cc), admin: pb.NewShardAdminClient(cc), hc: healthpb.NewHealthClient(cc), ns: pb.NewNameserverClient(cc), conn: cc, stop: stop}
 	waitFor(t, 10*time.Second, func() error {
 		r, err := tn.hc.Check(t.Context(), &healthpb.HealthCheckRequest{})
 		if err != nil {

@@ -1459,6 +1459,131 @@ func (x *WriteResponse) GetResults() []*WriteResult {
 	return nil
 }
 
+type ExportPageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard string                 `protobuf:"bytes,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// Resume after this shard-relative key (empty: from the start).
+	After []byte `protobuf:"bytes,2,opt,name=after,proto3" json:"after,omitempty"`
+	// Most mutations returned; 0 means 500.
+	Limit         int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportPageRequest) Reset() {
+	*x = ExportPageRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportPageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportPageRequest) ProtoMessage() {}
+
+func (x *ExportPageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportPageRequest.ProtoReflect.Descriptor instead.
+func (*ExportPageRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ExportPageRequest) GetShard() string {
+	if x != nil {
+		return x.Shard
+	}
+	return ""
+}
+
+func (x *ExportPageRequest) GetAfter() []byte {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *ExportPageRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ExportPageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Versioned mutations naming the exported shard.
+	Mutations []*Mutation `protobuf:"bytes,1,rep,name=mutations,proto3" json:"mutations,omitempty"`
+	// The key to pass as after for the next page.
+	Next []byte `protobuf:"bytes,2,opt,name=next,proto3" json:"next,omitempty"`
+	// Whether the shard has no records after this page.
+	Done          bool `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportPageResponse) Reset() {
+	*x = ExportPageResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportPageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportPageResponse) ProtoMessage() {}
+
+func (x *ExportPageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportPageResponse.ProtoReflect.Descriptor instead.
+func (*ExportPageResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ExportPageResponse) GetMutations() []*Mutation {
+	if x != nil {
+		return x.Mutations
+	}
+	return nil
+}
+
+func (x *ExportPageResponse) GetNext() []byte {
+	if x != nil {
+		return x.Next
+	}
+	return nil
+}
+
+func (x *ExportPageResponse) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
 type ListJobsRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	ErrorQueue bool                   `protobuf:"varint,1,opt,name=error_queue,json=errorQueue,proto3" json:"error_queue,omitempty"`
@@ -1470,7 +1595,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[18]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1482,7 +1607,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[18]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1495,7 +1620,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{18}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListJobsRequest) GetErrorQueue() bool {
@@ -1527,7 +1652,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1539,7 +1664,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1552,7 +1677,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{19}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Job) GetSeq() uint64 {
@@ -1608,7 +1733,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1745,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1758,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{20}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -1660,7 +1785,7 @@ type JobRef struct {
 
 func (x *JobRef) Reset() {
 	*x = JobRef{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1797,7 @@ func (x *JobRef) String() string {
 func (*JobRef) ProtoMessage() {}
 
 func (x *JobRef) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1810,7 @@ func (x *JobRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRef.ProtoReflect.Descriptor instead.
 func (*JobRef) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{21}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *JobRef) GetSeq() uint64 {
@@ -1710,7 +1835,7 @@ type RetryJobResponse struct {
 
 func (x *RetryJobResponse) Reset() {
 	*x = RetryJobResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1722,7 +1847,7 @@ func (x *RetryJobResponse) String() string {
 func (*RetryJobResponse) ProtoMessage() {}
 
 func (x *RetryJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1735,7 +1860,7 @@ func (x *RetryJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryJobResponse.ProtoReflect.Descriptor instead.
 func (*RetryJobResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{22}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{24}
 }
 
 type DropJobResponse struct {
@@ -1746,7 +1871,7 @@ type DropJobResponse struct {
 
 func (x *DropJobResponse) Reset() {
 	*x = DropJobResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1883,7 @@ func (x *DropJobResponse) String() string {
 func (*DropJobResponse) ProtoMessage() {}
 
 func (x *DropJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +1896,7 @@ func (x *DropJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropJobResponse.ProtoReflect.Descriptor instead.
 func (*DropJobResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{23}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{25}
 }
 
 type ShardInfo struct {
@@ -1788,7 +1913,7 @@ type ShardInfo struct {
 
 func (x *ShardInfo) Reset() {
 	*x = ShardInfo{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1800,7 +1925,7 @@ func (x *ShardInfo) String() string {
 func (*ShardInfo) ProtoMessage() {}
 
 func (x *ShardInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1813,7 +1938,7 @@ func (x *ShardInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardInfo.ProtoReflect.Descriptor instead.
 func (*ShardInfo) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{24}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ShardInfo) GetName() string {
@@ -1853,7 +1978,7 @@ type CreateShardRequest struct {
 
 func (x *CreateShardRequest) Reset() {
 	*x = CreateShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1865,7 +1990,7 @@ func (x *CreateShardRequest) String() string {
 func (*CreateShardRequest) ProtoMessage() {}
 
 func (x *CreateShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1878,7 +2003,7 @@ func (x *CreateShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateShardRequest.ProtoReflect.Descriptor instead.
 func (*CreateShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{25}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CreateShardRequest) GetName() string {
@@ -1897,7 +2022,7 @@ type DropShardRequest struct {
 
 func (x *DropShardRequest) Reset() {
 	*x = DropShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2034,7 @@ func (x *DropShardRequest) String() string {
 func (*DropShardRequest) ProtoMessage() {}
 
 func (x *DropShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2047,7 @@ func (x *DropShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropShardRequest.ProtoReflect.Descriptor instead.
 func (*DropShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{26}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DropShardRequest) GetName() string {
@@ -1940,7 +2065,7 @@ type DropShardResponse struct {
 
 func (x *DropShardResponse) Reset() {
 	*x = DropShardResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1952,7 +2077,7 @@ func (x *DropShardResponse) String() string {
 func (*DropShardResponse) ProtoMessage() {}
 
 func (x *DropShardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1965,7 +2090,7 @@ func (x *DropShardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropShardResponse.ProtoReflect.Descriptor instead.
 func (*DropShardResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{27}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{29}
 }
 
 type ListShardsRequest struct {
@@ -1976,7 +2101,7 @@ type ListShardsRequest struct {
 
 func (x *ListShardsRequest) Reset() {
 	*x = ListShardsRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2113,7 @@ func (x *ListShardsRequest) String() string {
 func (*ListShardsRequest) ProtoMessage() {}
 
 func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2126,7 @@ func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListShardsRequest.ProtoReflect.Descriptor instead.
 func (*ListShardsRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{28}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{30}
 }
 
 type ListShardsResponse struct {
@@ -2013,7 +2138,7 @@ type ListShardsResponse struct {
 
 func (x *ListShardsResponse) Reset() {
 	*x = ListShardsResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2150,7 @@ func (x *ListShardsResponse) String() string {
 func (*ListShardsResponse) ProtoMessage() {}
 
 func (x *ListShardsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2163,7 @@ func (x *ListShardsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListShardsResponse.ProtoReflect.Descriptor instead.
 func (*ListShardsResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{29}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListShardsResponse) GetShards() []*ShardInfo {
@@ -2061,7 +2186,7 @@ type DigestShardRequest struct {
 
 func (x *DigestShardRequest) Reset() {
 	*x = DigestShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2073,7 +2198,7 @@ func (x *DigestShardRequest) String() string {
 func (*DigestShardRequest) ProtoMessage() {}
 
 func (x *DigestShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2086,7 +2211,7 @@ func (x *DigestShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestShardRequest.ProtoReflect.Descriptor instead.
 func (*DigestShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{30}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DigestShardRequest) GetName() string {
@@ -2122,7 +2247,7 @@ type DigestShardResponse struct {
 
 func (x *DigestShardResponse) Reset() {
 	*x = DigestShardResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2134,7 +2259,7 @@ func (x *DigestShardResponse) String() string {
 func (*DigestShardResponse) ProtoMessage() {}
 
 func (x *DigestShardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2147,7 +2272,7 @@ func (x *DigestShardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestShardResponse.ProtoReflect.Descriptor instead.
 func (*DigestShardResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{31}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DigestShardResponse) GetSum() []byte {
@@ -2188,7 +2313,7 @@ type TableInfo struct {
 
 func (x *TableInfo) Reset() {
 	*x = TableInfo{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +2325,7 @@ func (x *TableInfo) String() string {
 func (*TableInfo) ProtoMessage() {}
 
 func (x *TableInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +2338,7 @@ func (x *TableInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TableInfo.ProtoReflect.Descriptor instead.
 func (*TableInfo) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{32}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *TableInfo) GetName() string {
@@ -2240,7 +2365,7 @@ type CreateTableRequest struct {
 
 func (x *CreateTableRequest) Reset() {
 	*x = CreateTableRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2252,7 +2377,7 @@ func (x *CreateTableRequest) String() string {
 func (*CreateTableRequest) ProtoMessage() {}
 
 func (x *CreateTableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2265,7 +2390,7 @@ func (x *CreateTableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTableRequest.ProtoReflect.Descriptor instead.
 func (*CreateTableRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{33}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateTableRequest) GetName() string {
@@ -2290,7 +2415,7 @@ type ListTablesRequest struct {
 
 func (x *ListTablesRequest) Reset() {
 	*x = ListTablesRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2302,7 +2427,7 @@ func (x *ListTablesRequest) String() string {
 func (*ListTablesRequest) ProtoMessage() {}
 
 func (x *ListTablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2315,7 +2440,7 @@ func (x *ListTablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTablesRequest.ProtoReflect.Descriptor instead.
 func (*ListTablesRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{34}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{36}
 }
 
 type ListTablesResponse struct {
@@ -2327,7 +2452,7 @@ type ListTablesResponse struct {
 
 func (x *ListTablesResponse) Reset() {
 	*x = ListTablesResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2339,7 +2464,7 @@ func (x *ListTablesResponse) String() string {
 func (*ListTablesResponse) ProtoMessage() {}
 
 func (x *ListTablesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2352,7 +2477,7 @@ func (x *ListTablesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTablesResponse.ProtoReflect.Descriptor instead.
 func (*ListTablesResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{35}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListTablesResponse) GetTables() []*TableInfo {
@@ -2375,7 +2500,7 @@ type DropMonthsRequest struct {
 
 func (x *DropMonthsRequest) Reset() {
 	*x = DropMonthsRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2387,7 +2512,7 @@ func (x *DropMonthsRequest) String() string {
 func (*DropMonthsRequest) ProtoMessage() {}
 
 func (x *DropMonthsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2400,7 +2525,7 @@ func (x *DropMonthsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropMonthsRequest.ProtoReflect.Descriptor instead.
 func (*DropMonthsRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{36}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DropMonthsRequest) GetTable() string {
@@ -2432,7 +2557,7 @@ type DropMonthsResponse struct {
 
 func (x *DropMonthsResponse) Reset() {
 	*x = DropMonthsResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2444,7 +2569,7 @@ func (x *DropMonthsResponse) String() string {
 func (*DropMonthsResponse) ProtoMessage() {}
 
 func (x *DropMonthsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2457,7 +2582,7 @@ func (x *DropMonthsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropMonthsResponse.ProtoReflect.Descriptor instead.
 func (*DropMonthsResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{37}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{39}
 }
 
 type CollectTombstonesRequest struct {
@@ -2468,7 +2593,7 @@ type CollectTombstonesRequest struct {
 
 func (x *CollectTombstonesRequest) Reset() {
 	*x = CollectTombstonesRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2480,7 +2605,7 @@ func (x *CollectTombstonesRequest) String() string {
 func (*CollectTombstonesRequest) ProtoMessage() {}
 
 func (x *CollectTombstonesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2493,7 +2618,7 @@ func (x *CollectTombstonesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectTombstonesRequest.ProtoReflect.Descriptor instead.
 func (*CollectTombstonesRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{38}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{40}
 }
 
 type CollectTombstonesResponse struct {
@@ -2505,7 +2630,7 @@ type CollectTombstonesResponse struct {
 
 func (x *CollectTombstonesResponse) Reset() {
 	*x = CollectTombstonesResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2517,7 +2642,7 @@ func (x *CollectTombstonesResponse) String() string {
 func (*CollectTombstonesResponse) ProtoMessage() {}
 
 func (x *CollectTombstonesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2530,7 +2655,7 @@ func (x *CollectTombstonesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectTombstonesResponse.ProtoReflect.Descriptor instead.
 func (*CollectTombstonesResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{39}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CollectTombstonesResponse) GetCollected() uint64 {
@@ -2548,7 +2673,7 @@ type GetMapRequest struct {
 
 func (x *GetMapRequest) Reset() {
 	*x = GetMapRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2560,7 +2685,7 @@ func (x *GetMapRequest) String() string {
 func (*GetMapRequest) ProtoMessage() {}
 
 func (x *GetMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2573,7 +2698,7 @@ func (x *GetMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMapRequest.ProtoReflect.Descriptor instead.
 func (*GetMapRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{40}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{42}
 }
 
 type WatchRequest struct {
@@ -2585,7 +2710,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2597,7 +2722,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2610,7 +2735,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{41}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WatchRequest) GetAfterVersion() uint64 {
@@ -2631,7 +2756,7 @@ type MapResponse struct {
 
 func (x *MapResponse) Reset() {
 	*x = MapResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2643,7 +2768,7 @@ func (x *MapResponse) String() string {
 func (*MapResponse) ProtoMessage() {}
 
 func (x *MapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2656,7 +2781,7 @@ func (x *MapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MapResponse.ProtoReflect.Descriptor instead.
 func (*MapResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{42}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *MapResponse) GetVersion() uint64 {
@@ -2684,7 +2809,7 @@ type ProposeRequest struct {
 
 func (x *ProposeRequest) Reset() {
 	*x = ProposeRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2696,7 +2821,7 @@ func (x *ProposeRequest) String() string {
 func (*ProposeRequest) ProtoMessage() {}
 
 func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2709,7 +2834,7 @@ func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
 func (*ProposeRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{43}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ProposeRequest) GetChangeJson() []byte {
@@ -2728,7 +2853,7 @@ type ProposeResponse struct {
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2740,7 +2865,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2753,7 +2878,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{44}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ProposeResponse) GetVersion() uint64 {
@@ -2774,7 +2899,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2786,7 +2911,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2799,7 +2924,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{45}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *JoinRequest) GetNodeId() string {
@@ -2832,7 +2957,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2844,7 +2969,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2857,7 +2982,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{46}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *JoinResponse) GetVersion() uint64 {
@@ -2875,7 +3000,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2887,7 +3012,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2900,7 +3025,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{47}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{49}
 }
 
 type StatusResponse struct {
@@ -2922,7 +3047,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2934,7 +3059,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2947,7 +3072,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{48}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -3018,7 +3143,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3030,7 +3155,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3043,7 +3168,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{49}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ApplyRequest) GetMutations() []*Mutation {
@@ -3069,7 +3194,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3081,7 +3206,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3094,7 +3219,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{50}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ApplyResponse) GetOutcomes() []Outcome {
@@ -3117,7 +3242,7 @@ type JournalEntry struct {
 
 func (x *JournalEntry) Reset() {
 	*x = JournalEntry{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3129,7 +3254,7 @@ func (x *JournalEntry) String() string {
 func (*JournalEntry) ProtoMessage() {}
 
 func (x *JournalEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3142,7 +3267,7 @@ func (x *JournalEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JournalEntry.ProtoReflect.Descriptor instead.
 func (*JournalEntry) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{51}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *JournalEntry) GetMutations() []*Mutation {
@@ -3178,7 +3303,7 @@ type MultiGetResponse_Item struct {
 
 func (x *MultiGetResponse_Item) Reset() {
 	*x = MultiGetResponse_Item{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3190,7 +3315,7 @@ func (x *MultiGetResponse_Item) String() string {
 func (*MultiGetResponse_Item) ProtoMessage() {}
 
 func (x *MultiGetResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3245,7 +3370,7 @@ type CountResponse_Month struct {
 
 func (x *CountResponse_Month) Reset() {
 	*x = CountResponse_Month{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3257,7 +3382,7 @@ func (x *CountResponse_Month) String() string {
 func (*CountResponse_Month) ProtoMessage() {}
 
 func (x *CountResponse_Month) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3297,7 +3422,7 @@ type Mutation_Put struct {
 
 func (x *Mutation_Put) Reset() {
 	*x = Mutation_Put{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3309,7 +3434,7 @@ func (x *Mutation_Put) String() string {
 func (*Mutation_Put) ProtoMessage() {}
 
 func (x *Mutation_Put) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3348,7 +3473,7 @@ type Mutation_Delete struct {
 
 func (x *Mutation_Delete) Reset() {
 	*x = Mutation_Delete{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3360,7 +3485,7 @@ func (x *Mutation_Delete) String() string {
 func (*Mutation_Delete) ProtoMessage() {}
 
 func (x *Mutation_Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3394,7 +3519,7 @@ type Mutation_Append struct {
 
 func (x *Mutation_Append) Reset() {
 	*x = Mutation_Append{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3406,7 +3531,7 @@ func (x *Mutation_Append) String() string {
 func (*Mutation_Append) ProtoMessage() {}
 
 func (x *Mutation_Append) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3453,7 +3578,7 @@ type Mutation_Remove struct {
 
 func (x *Mutation_Remove) Reset() {
 	*x = Mutation_Remove{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3465,7 +3590,7 @@ func (x *Mutation_Remove) String() string {
 func (*Mutation_Remove) ProtoMessage() {}
 
 func (x *Mutation_Remove) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3507,7 +3632,7 @@ type JournalEntry_Target struct {
 
 func (x *JournalEntry_Target) Reset() {
 	*x = JournalEntry_Target{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3519,7 +3644,7 @@ func (x *JournalEntry_Target) String() string {
 func (*JournalEntry_Target) ProtoMessage() {}
 
 func (x *JournalEntry_Target) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3532,7 +3657,7 @@ func (x *JournalEntry_Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JournalEntry_Target.ProtoReflect.Descriptor instead.
 func (*JournalEntry_Target) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{51, 0}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{53, 0}
 }
 
 func (x *JournalEntry_Target) GetNode() string {
@@ -3669,7 +3794,15 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\tmutations\x18\x01 \x03(\v2\x13.aviary.v1.MutationR\tmutations\x128\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x16.aviary.v1.ConsistencyR\vconsistency\"A\n" +
 	"\rWriteResponse\x120\n" +
-	"\aresults\x18\x01 \x03(\v2\x16.aviary.v1.WriteResultR\aresults\"H\n" +
+	"\aresults\x18\x01 \x03(\v2\x16.aviary.v1.WriteResultR\aresults\"U\n" +
+	"\x11ExportPageRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\tR\x05shard\x12\x14\n" +
+	"\x05after\x18\x02 \x01(\fR\x05after\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\"o\n" +
+	"\x12ExportPageResponse\x121\n" +
+	"\tmutations\x18\x01 \x03(\v2\x13.aviary.v1.MutationR\tmutations\x12\x12\n" +
+	"\x04next\x18\x02 \x01(\fR\x04next\x12\x12\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\"H\n" +
 	"\x0fListJobsRequest\x12\x1f\n" +
 	"\verror_queue\x18\x01 \x01(\bR\n" +
 	"errorQueue\x12\x14\n" +
@@ -3800,7 +3933,7 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\x06Remove\x12\x18.aviary.v1.RemoveRequest\x1a\x16.aviary.v1.WriteResult\x12:\n" +
 	"\x05Range\x12\x17.aviary.v1.RangeRequest\x1a\x18.aviary.v1.RangeResponse\x12:\n" +
 	"\x05Count\x12\x17.aviary.v1.CountRequest\x1a\x18.aviary.v1.CountResponse\x12:\n" +
-	"\x05Write\x12\x17.aviary.v1.WriteRequest\x1a\x18.aviary.v1.WriteResponse2\xa6\x06\n" +
+	"\x05Write\x12\x17.aviary.v1.WriteRequest\x1a\x18.aviary.v1.WriteResponse2\xf1\x06\n" +
 	"\n" +
 	"ShardAdmin\x12B\n" +
 	"\vCreateShard\x12\x1d.aviary.v1.CreateShardRequest\x1a\x14.aviary.v1.ShardInfo\x12F\n" +
@@ -3813,7 +3946,9 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"ListTables\x12\x1c.aviary.v1.ListTablesRequest\x1a\x1d.aviary.v1.ListTablesResponse\x12I\n" +
 	"\n" +
 	"DropMonths\x12\x1c.aviary.v1.DropMonthsRequest\x1a\x1d.aviary.v1.DropMonthsResponse\x12^\n" +
-	"\x11CollectTombstones\x12#.aviary.v1.CollectTombstonesRequest\x1a$.aviary.v1.CollectTombstonesResponse\x12C\n" +
+	"\x11CollectTombstones\x12#.aviary.v1.CollectTombstonesRequest\x1a$.aviary.v1.CollectTombstonesResponse\x12I\n" +
+	"\n" +
+	"ExportPage\x12\x1c.aviary.v1.ExportPageRequest\x1a\x1d.aviary.v1.ExportPageResponse\x12C\n" +
 	"\bListJobs\x12\x1a.aviary.v1.ListJobsRequest\x1a\x1b.aviary.v1.ListJobsResponse\x12:\n" +
 	"\bRetryJob\x12\x11.aviary.v1.JobRef\x1a\x1b.aviary.v1.RetryJobResponse\x128\n" +
 	"\aDropJob\x12\x11.aviary.v1.JobRef\x1a\x1a.aviary.v1.DropJobResponse2\xbe\x02\n" +
@@ -3840,7 +3975,7 @@ func file_aviary_v1_aviary_proto_rawDescGZIP() []byte {
 }
 
 var file_aviary_v1_aviary_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_aviary_v1_aviary_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_aviary_v1_aviary_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
 var file_aviary_v1_aviary_proto_goTypes = []any{
 	(Consistency)(0),                  // 0: aviary.v1.Consistency
 	(Outcome)(0),                      // 1: aviary.v1.Outcome
@@ -3863,48 +3998,50 @@ var file_aviary_v1_aviary_proto_goTypes = []any{
 	(*Mutation)(nil),                  // 18: aviary.v1.Mutation
 	(*WriteRequest)(nil),              // 19: aviary.v1.WriteRequest
 	(*WriteResponse)(nil),             // 20: aviary.v1.WriteResponse
-	(*ListJobsRequest)(nil),           // 21: aviary.v1.ListJobsRequest
-	(*Job)(nil),                       // 22: aviary.v1.Job
-	(*ListJobsResponse)(nil),          // 23: aviary.v1.ListJobsResponse
-	(*JobRef)(nil),                    // 24: aviary.v1.JobRef
-	(*RetryJobResponse)(nil),          // 25: aviary.v1.RetryJobResponse
-	(*DropJobResponse)(nil),           // 26: aviary.v1.DropJobResponse
-	(*ShardInfo)(nil),                 // 27: aviary.v1.ShardInfo
-	(*CreateShardRequest)(nil),        // 28: aviary.v1.CreateShardRequest
-	(*DropShardRequest)(nil),          // 29: aviary.v1.DropShardRequest
-	(*DropShardResponse)(nil),         // 30: aviary.v1.DropShardResponse
-	(*ListShardsRequest)(nil),         // 31: aviary.v1.ListShardsRequest
-	(*ListShardsResponse)(nil),        // 32: aviary.v1.ListShardsResponse
-	(*DigestShardRequest)(nil),        // 33: aviary.v1.DigestShardRequest
-	(*DigestShardResponse)(nil),       // 34: aviary.v1.DigestShardResponse
-	(*TableInfo)(nil),                 // 35: aviary.v1.TableInfo
-	(*CreateTableRequest)(nil),        // 36: aviary.v1.CreateTableRequest
-	(*ListTablesRequest)(nil),         // 37: aviary.v1.ListTablesRequest
-	(*ListTablesResponse)(nil),        // 38: aviary.v1.ListTablesResponse
-	(*DropMonthsRequest)(nil),         // 39: aviary.v1.DropMonthsRequest
-	(*DropMonthsResponse)(nil),        // 40: aviary.v1.DropMonthsResponse
-	(*CollectTombstonesRequest)(nil),  // 41: aviary.v1.CollectTombstonesRequest
-	(*CollectTombstonesResponse)(nil), // 42: aviary.v1.CollectTombstonesResponse
-	(*GetMapRequest)(nil),             // 43: aviary.v1.GetMapRequest
-	(*WatchRequest)(nil),              // 44: aviary.v1.WatchRequest
-	(*MapResponse)(nil),               // 45: aviary.v1.MapResponse
-	(*ProposeRequest)(nil),            // 46: aviary.v1.ProposeRequest
-	(*ProposeResponse)(nil),           // 47: aviary.v1.ProposeResponse
-	(*JoinRequest)(nil),               // 48: aviary.v1.JoinRequest
-	(*JoinResponse)(nil),              // 49: aviary.v1.JoinResponse
-	(*StatusRequest)(nil),             // 50: aviary.v1.StatusRequest
-	(*StatusResponse)(nil),            // 51: aviary.v1.StatusResponse
-	(*ApplyRequest)(nil),              // 52: aviary.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 53: aviary.v1.ApplyResponse
-	(*JournalEntry)(nil),              // 54: aviary.v1.JournalEntry
-	(*MultiGetResponse_Item)(nil),     // 55: aviary.v1.MultiGetResponse.Item
-	(*CountResponse_Month)(nil),       // 56: aviary.v1.CountResponse.Month
-	(*Mutation_Put)(nil),              // 57: aviary.v1.Mutation.Put
-	(*Mutation_Delete)(nil),           // 58: aviary.v1.Mutation.Delete
-	(*Mutation_Append)(nil),           // 59: aviary.v1.Mutation.Append
-	(*Mutation_Remove)(nil),           // 60: aviary.v1.Mutation.Remove
-	nil,                               // 61: aviary.v1.StatusResponse.VotersEntry
-	(*JournalEntry_Target)(nil),       // 62: aviary.v1.JournalEntry.Target
+	(*ExportPageRequest)(nil),         // 21: aviary.v1.ExportPageRequest
+	(*ExportPageResponse)(nil),        // 22: aviary.v1.ExportPageResponse
+	(*ListJobsRequest)(nil),           // 23: aviary.v1.ListJobsRequest
+	(*Job)(nil),                       // 24: aviary.v1.Job
+	(*ListJobsResponse)(nil),          // 25: aviary.v1.ListJobsResponse
+	(*JobRef)(nil),                    // 26: aviary.v1.JobRef
+	(*RetryJobResponse)(nil),          // 27: aviary.v1.RetryJobResponse
+	(*DropJobResponse)(nil),           // 28: aviary.v1.DropJobResponse
+	(*ShardInfo)(nil),                 // 29: aviary.v1.ShardInfo
+	(*CreateShardRequest)(nil),        // 30: aviary.v1.CreateShardRequest
+	(*DropShardRequest)(nil),          // 31: aviary.v1.DropShardRequest
+	(*DropShardResponse)(nil),         // 32: aviary.v1.DropShardResponse
+	(*ListShardsRequest)(nil),         // 33: aviary.v1.ListShardsRequest
+	(*ListShardsResponse)(nil),        // 34: aviary.v1.ListShardsResponse
+	(*DigestShardRequest)(nil),        // 35: aviary.v1.DigestShardRequest
+	(*DigestShardResponse)(nil),       // 36: aviary.v1.DigestShardResponse
+	(*TableInfo)(nil),                 // 37: aviary.v1.TableInfo
+	(*CreateTableRequest)(nil),        // 38: aviary.v1.CreateTableRequest
+	(*ListTablesRequest)(nil),         // 39: aviary.v1.ListTablesRequest
+	(*ListTablesResponse)(nil),        // 40: aviary.v1.ListTablesResponse
+	(*DropMonthsRequest)(nil),         // 41: aviary.v1.DropMonthsRequest
+	(*DropMonthsResponse)(nil),        // 42: aviary.v1.DropMonthsResponse
+	(*CollectTombstonesRequest)(nil),  // 43: aviary.v1.CollectTombstonesRequest
+	(*CollectTombstonesResponse)(nil), // 44: aviary.v1.CollectTombstonesResponse
+	(*GetMapRequest)(nil),             // 45: aviary.v1.GetMapRequest
+	(*WatchRequest)(nil),              // 46: aviary.v1.WatchRequest
+	(*MapResponse)(nil),               // 47: aviary.v1.MapResponse
+	(*ProposeRequest)(nil),            // 48: aviary.v1.ProposeRequest
+	(*ProposeResponse)(nil),           // 49: aviary.v1.ProposeResponse
+	(*JoinRequest)(nil),               // 50: aviary.v1.JoinRequest
+	(*JoinResponse)(nil),              // 51: aviary.v1.JoinResponse
+	(*StatusRequest)(nil),             // 52: aviary.v1.StatusRequest
+	(*StatusResponse)(nil),            // 53: aviary.v1.StatusResponse
+	(*ApplyRequest)(nil),              // 54: aviary.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 55: aviary.v1.ApplyResponse
+	(*JournalEntry)(nil),              // 56: aviary.v1.JournalEntry
+	(*MultiGetResponse_Item)(nil),     // 57: aviary.v1.MultiGetResponse.Item
+	(*CountResponse_Month)(nil),       // 58: aviary.v1.CountResponse.Month
+	(*Mutation_Put)(nil),              // 59: aviary.v1.Mutation.Put
+	(*Mutation_Delete)(nil),           // 60: aviary.v1.Mutation.Delete
+	(*Mutation_Append)(nil),           // 61: aviary.v1.Mutation.Append
+	(*Mutation_Remove)(nil),           // 62: aviary.v1.Mutation.Remove
+	nil,                               // 63: aviary.v1.StatusResponse.VotersEntry
+	(*JournalEntry_Target)(nil),       // 64: aviary.v1.JournalEntry.Target
 }
 var file_aviary_v1_aviary_proto_depIdxs = []int32{
 	3,  // 0: aviary.v1.PutRequest.version:type_name -> aviary.v1.Version
@@ -3918,86 +4055,89 @@ var file_aviary_v1_aviary_proto_depIdxs = []int32{
 	3,  // 8: aviary.v1.WriteResult.version:type_name -> aviary.v1.Version
 	1,  // 9: aviary.v1.WriteResult.outcome:type_name -> aviary.v1.Outcome
 	3,  // 10: aviary.v1.GetResponse.version:type_name -> aviary.v1.Version
-	55, // 11: aviary.v1.MultiGetResponse.items:type_name -> aviary.v1.MultiGetResponse.Item
+	57, // 11: aviary.v1.MultiGetResponse.items:type_name -> aviary.v1.MultiGetResponse.Item
 	3,  // 12: aviary.v1.Entry.version:type_name -> aviary.v1.Version
 	14, // 13: aviary.v1.RangeResponse.entries:type_name -> aviary.v1.Entry
-	56, // 14: aviary.v1.CountResponse.months:type_name -> aviary.v1.CountResponse.Month
+	58, // 14: aviary.v1.CountResponse.months:type_name -> aviary.v1.CountResponse.Month
 	3,  // 15: aviary.v1.Mutation.version:type_name -> aviary.v1.Version
-	57, // 16: aviary.v1.Mutation.put:type_name -> aviary.v1.Mutation.Put
-	58, // 17: aviary.v1.Mutation.delete:type_name -> aviary.v1.Mutation.Delete
-	59, // 18: aviary.v1.Mutation.append:type_name -> aviary.v1.Mutation.Append
-	60, // 19: aviary.v1.Mutation.remove:type_name -> aviary.v1.Mutation.Remove
+	59, // 16: aviary.v1.Mutation.put:type_name -> aviary.v1.Mutation.Put
+	60, // 17: aviary.v1.Mutation.delete:type_name -> aviary.v1.Mutation.Delete
+	61, // 18: aviary.v1.Mutation.append:type_name -> aviary.v1.Mutation.Append
+	62, // 19: aviary.v1.Mutation.remove:type_name -> aviary.v1.Mutation.Remove
 	18, // 20: aviary.v1.WriteRequest.mutations:type_name -> aviary.v1.Mutation
 	0,  // 21: aviary.v1.WriteRequest.consistency:type_name -> aviary.v1.Consistency
 	8,  // 22: aviary.v1.WriteResponse.results:type_name -> aviary.v1.WriteResult
-	22, // 23: aviary.v1.ListJobsResponse.jobs:type_name -> aviary.v1.Job
-	27, // 24: aviary.v1.ListShardsResponse.shards:type_name -> aviary.v1.ShardInfo
-	2,  // 25: aviary.v1.TableInfo.kind:type_name -> aviary.v1.TableKind
-	2,  // 26: aviary.v1.CreateTableRequest.kind:type_name -> aviary.v1.TableKind
-	35, // 27: aviary.v1.ListTablesResponse.tables:type_name -> aviary.v1.TableInfo
-	61, // 28: aviary.v1.StatusResponse.voters:type_name -> aviary.v1.StatusResponse.VotersEntry
-	18, // 29: aviary.v1.ApplyRequest.mutations:type_name -> aviary.v1.Mutation
-	1,  // 30: aviary.v1.ApplyResponse.outcomes:type_name -> aviary.v1.Outcome
-	18, // 31: aviary.v1.JournalEntry.mutations:type_name -> aviary.v1.Mutation
-	62, // 32: aviary.v1.JournalEntry.targets:type_name -> aviary.v1.JournalEntry.Target
-	3,  // 33: aviary.v1.MultiGetResponse.Item.version:type_name -> aviary.v1.Version
-	4,  // 34: aviary.v1.Data.Put:input_type -> aviary.v1.PutRequest
-	9,  // 35: aviary.v1.Data.Get:input_type -> aviary.v1.GetRequest
-	11, // 36: aviary.v1.Data.MultiGet:input_type -> aviary.v1.MultiGetRequest
-	5,  // 37: aviary.v1.Data.Delete:input_type -> aviary.v1.DeleteRequest
-	6,  // 38: aviary.v1.Data.Append:input_type -> aviary.v1.AppendRequest
-	7,  // 39: aviary.v1.Data.Remove:input_type -> aviary.v1.RemoveRequest
-	13, // 40: aviary.v1.Data.Range:input_type -> aviary.v1.RangeRequest
-	16, // 41: aviary.v1.Data.Count:input_type -> aviary.v1.CountRequest
-	19, // 42: aviary.v1.Data.Write:input_type -> aviary.v1.WriteRequest
-	28, // 43: aviary.v1.ShardAdmin.CreateShard:input_type -> aviary.v1.CreateShardRequest
-	29, // 44: aviary.v1.ShardAdmin.DropShard:input_type -> aviary.v1.DropShardRequest
-	31, // 45: aviary.v1.ShardAdmin.ListShards:input_type -> aviary.v1.ListShardsRequest
-	33, // 46: aviary.v1.ShardAdmin.DigestShard:input_type -> aviary.v1.DigestShardRequest
-	36, // 47: aviary.v1.ShardAdmin.CreateTable:input_type -> aviary.v1.CreateTableRequest
-	37, // 48: aviary.v1.ShardAdmin.ListTables:input_type -> aviary.v1.ListTablesRequest
-	39, // 49: aviary.v1.ShardAdmin.DropMonths:input_type -> aviary.v1.DropMonthsRequest
-	41, // 50: aviary.v1.ShardAdmin.CollectTombstones:input_type -> aviary.v1.CollectTombstonesRequest
-	21, // 51: aviary.v1.ShardAdmin.ListJobs:input_type -> aviary.v1.ListJobsRequest
-	24, // 52: aviary.v1.ShardAdmin.RetryJob:input_type -> aviary.v1.JobRef
-	24, // 53: aviary.v1.ShardAdmin.DropJob:input_type -> aviary.v1.JobRef
-	43, // 54: aviary.v1.Nameserver.GetMap:input_type -> aviary.v1.GetMapRequest
-	44, // 55: aviary.v1.Nameserver.Watch:input_type -> aviary.v1.WatchRequest
-	46, // 56: aviary.v1.Nameserver.Propose:input_type -> aviary.v1.ProposeRequest
-	48, // 57: aviary.v1.Nameserver.Join:input_type -> aviary.v1.JoinRequest
-	50, // 58: aviary.v1.Nameserver.Status:input_type -> aviary.v1.StatusRequest
-	52, // 59: aviary.v1.Replica.Apply:input_type -> aviary.v1.ApplyRequest
-	8,  // 60: aviary.v1.Data.Put:output_type -> aviary.v1.WriteResult
-	10, // 61: aviary.v1.Data.Get:output_type -> aviary.v1.GetResponse
-	12, // 62: aviary.v1.Data.MultiGet:output_type -> aviary.v1.MultiGetResponse
-	8,  // 63: aviary.v1.Data.Delete:output_type -> aviary.v1.WriteResult
-	8,  // 64: aviary.v1.Data.Append:output_type -> aviary.v1.WriteResult
-	8,  // 65: aviary.v1.Data.Remove:output_type -> aviary.v1.WriteResult
-	15, // 66: aviary.v1.Data.Range:output_type -> aviary.v1.RangeResponse
-	17, // 67: aviary.v1.Data.Count:output_type -> aviary.v1.CountResponse
-	20, // 68: aviary.v1.Data.Write:output_type -> aviary.v1.WriteResponse
-	27, // 69: aviary.v1.ShardAdmin.CreateShard:output_type -> aviary.v1.ShardInfo
-	30, // 70: aviary.v1.ShardAdmin.DropShard:output_type -> aviary.v1.DropShardResponse
-	32, // 71: aviary.v1.ShardAdmin.ListShards:output_type -> aviary.v1.ListShardsResponse
-	34, // 72: aviary.v1.ShardAdmin.DigestShard:output_type -> aviary.v1.DigestShardResponse
-	35, // 73: aviary.v1.ShardAdmin.CreateTable:output_type -> aviary.v1.TableInfo
-	38, // 74: aviary.v1.ShardAdmin.ListTables:output_type -> aviary.v1.ListTablesResponse
-	40, // 75: aviary.v1.ShardAdmin.DropMonths:output_type -> aviary.v1.DropMonthsResponse
-	42, // 76: aviary.v1.ShardAdmin.CollectTombstones:output_type -> aviary.v1.CollectTombstonesResponse
-	23, // 77: aviary.v1.ShardAdmin.ListJobs:output_type -> aviary.v1.ListJobsResponse
-	25, // 78: aviary.v1.ShardAdmin.RetryJob:output_type -> aviary.v1.RetryJobResponse
-	26, // 79: aviary.v1.ShardAdmin.DropJob:output_type -> aviary.v1.DropJobResponse
-	45, // 80: aviary.v1.Nameserver.GetMap:output_type -> aviary.v1.MapResponse
-	45, // 81: aviary.v1.Nameserver.Watch:output_type -> aviary.v1.MapResponse
-	47, // 82: aviary.v1.Nameserver.Propose:output_type -> aviary.v1.ProposeResponse
-	49, // 83: aviary.v1.Nameserver.Join:output_type -> aviary.v1.JoinResponse
-	51, // 84: aviary.v1.Nameserver.Status:output_type -> aviary.v1.StatusResponse
-	53, // 85: aviary.v1.Replica.Apply:output_type -> aviary.v1.ApplyResponse
-	60, // [60:86] is the sub-list for method output_type
-	34, // [34:60] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	18, // 23: aviary.v1.ExportPageResponse.mutations:type_name -> aviary.v1.Mutation
+	24, // 24: aviary.v1.ListJobsResponse.jobs:type_name -> aviary.v1.Job
+	29, // 25: aviary.v1.ListShardsResponse.shards:type_name -> aviary.v1.ShardInfo
+	2,  // 26: aviary.v1.TableInfo.kind:type_name -> aviary.v1.TableKind
+	2,  // 27: aviary.v1.CreateTableRequest.kind:type_name -> aviary.v1.TableKind
+	37, // 28: aviary.v1.ListTablesResponse.tables:type_name -> aviary.v1.TableInfo
+	63, // 29: aviary.v1.StatusResponse.voters:type_name -> aviary.v1.StatusResponse.VotersEntry
+	18, // 30: aviary.v1.ApplyRequest.mutations:type_name -> aviary.v1.Mutation
+	1,  // 31: aviary.v1.ApplyResponse.outcomes:type_name -> aviary.v1.Outcome
+	18, // 32: aviary.v1.JournalEntry.mutations:type_name -> aviary.v1.Mutation
+	64, // 33: aviary.v1.JournalEntry.targets:type_name -> aviary.v1.JournalEntry.Target
+	3,  // 34: aviary.v1.MultiGetResponse.Item.version:type_name -> aviary.v1.Version
+	4,  // 35: aviary.v1.Data.Put:input_type -> aviary.v1.PutRequest
+	9,  // 36: aviary.v1.Data.Get:input_type -> aviary.v1.GetRequest
+	11, // 37: aviary.v1.Data.MultiGet:input_type -> aviary.v1.MultiGetRequest
+	5,  // 38: aviary.v1.Data.Delete:input_type -> aviary.v1.DeleteRequest
+	6,  // 39: aviary.v1.Data.Append:input_type -> aviary.v1.AppendRequest
+	7,  // 40: aviary.v1.Data.Remove:input_type -> aviary.v1.RemoveRequest
+	13, // 41: aviary.v1.Data.Range:input_type -> aviary.v1.RangeRequest
+	16, // 42: aviary.v1.Data.Count:input_type -> aviary.v1.CountRequest
+	19, // 43: aviary.v1.Data.Write:input_type -> aviary.v1.WriteRequest
+	30, // 44: aviary.v1.ShardAdmin.CreateShard:input_type -> aviary.v1.CreateShardRequest
+	31, // 45: aviary.v1.ShardAdmin.DropShard:input_type -> aviary.v1.DropShardRequest
+	33, // 46: aviary.v1.ShardAdmin.ListShards:input_type -> aviary.v1.ListShardsRequest
+	35, // 47: aviary.v1.ShardAdmin.DigestShard:input_type -> aviary.v1.DigestShardRequest
+	38, // 48: aviary.v1.ShardAdmin.CreateTable:input_type -> aviary.v1.CreateTableRequest
+	39, // 49: aviary.v1.ShardAdmin.ListTables:input_type -> aviary.v1.ListTablesRequest
+	41, // 50: aviary.v1.ShardAdmin.DropMonths:input_type -> aviary.v1.DropMonthsRequest
+	43, // 51: aviary.v1.ShardAdmin.CollectTombstones:input_type -> aviary.v1.CollectTombstonesRequest
+	21, // 52: aviary.v1.ShardAdmin.ExportPage:input_type -> aviary.v1.ExportPageRequest
+	23, // 53: aviary.v1.ShardAdmin.ListJobs:input_type -> aviary.v1.ListJobsRequest
+	26, // 54: aviary.v1.ShardAdmin.RetryJob:input_type -> aviary.v1.JobRef
+	26, // 55: aviary.v1.ShardAdmin.DropJob:input_type -> aviary.v1.JobRef
+	45, // 56: aviary.v1.Nameserver.GetMap:input_type -> aviary.v1.GetMapRequest
+	46, // 57: aviary.v1.Nameserver.Watch:input_type -> aviary.v1.WatchRequest
+	48, // 58: aviary.v1.Nameserver.Propose:input_type -> aviary.v1.ProposeRequest
+	50, // 59: aviary.v1.Nameserver.Join:input_type -> aviary.v1.JoinRequest
+	52, // 60: aviary.v1.Nameserver.Status:input_type -> aviary.v1.StatusRequest
+	54, // 61: aviary.v1.Replica.Apply:input_type -> aviary.v1.ApplyRequest
+	8,  // 62: aviary.v1.Data.Put:output_type -> aviary.v1.WriteResult
+	10, // 63: aviary.v1.Data.Get:output_type -> aviary.v1.GetResponse
+	12, // 64: aviary.v1.Data.MultiGet:output_type -> aviary.v1.MultiGetResponse
+	8,  // 65: aviary.v1.Data.Delete:output_type -> aviary.v1.WriteResult
+	8,  // 66: aviary.v1.Data.Append:output_type -> aviary.v1.WriteResult
+	8,  // 67: aviary.v1.Data.Remove:output_type -> aviary.v1.WriteResult
+	15, // 68: aviary.v1.Data.Range:output_type -> aviary.v1.RangeResponse
+	17, // 69: aviary.v1.Data.Count:output_type -> aviary.v1.CountResponse
+	20, // 70: aviary.v1.Data.Write:output_type -> aviary.v1.WriteResponse
+	29, // 71: aviary.v1.ShardAdmin.CreateShard:output_type -> aviary.v1.ShardInfo
+	32, // 72: aviary.v1.ShardAdmin.DropShard:output_type -> aviary.v1.DropShardResponse
+	34, // 73: aviary.v1.ShardAdmin.ListShards:output_type -> aviary.v1.ListShardsResponse
+	36, // 74: aviary.v1.ShardAdmin.DigestShard:output_type -> aviary.v1.DigestShardResponse
+	37, // 75: aviary.v1.ShardAdmin.CreateTable:output_type -> aviary.v1.TableInfo
+	40, // 76: aviary.v1.ShardAdmin.ListTables:output_type -> aviary.v1.ListTablesResponse
+	42, // 77: aviary.v1.ShardAdmin.DropMonths:output_type -> aviary.v1.DropMonthsResponse
+	44, // 78: aviary.v1.ShardAdmin.CollectTombstones:output_type -> aviary.v1.CollectTombstonesResponse
+	22, // 79: aviary.v1.ShardAdmin.ExportPage:output_type -> aviary.v1.ExportPageResponse
+	25, // 80: aviary.v1.ShardAdmin.ListJobs:output_type -> aviary.v1.ListJobsResponse
+	27, // 81: aviary.v1.ShardAdmin.RetryJob:output_type -> aviary.v1.RetryJobResponse
+	28, // 82: aviary.v1.ShardAdmin.DropJob:output_type -> aviary.v1.DropJobResponse
+	47, // 83: aviary.v1.Nameserver.GetMap:output_type -> aviary.v1.MapResponse
+	47, // 84: aviary.v1.Nameserver.Watch:output_type -> aviary.v1.MapResponse
+	49, // 85: aviary.v1.Nameserver.Propose:output_type -> aviary.v1.ProposeResponse
+	51, // 86: aviary.v1.Nameserver.Join:output_type -> aviary.v1.JoinResponse
+	53, // 87: aviary.v1.Nameserver.Status:output_type -> aviary.v1.StatusResponse
+	55, // 88: aviary.v1.Replica.Apply:output_type -> aviary.v1.ApplyResponse
+	62, // [62:89] is the sub-list for method output_type
+	35, // [35:62] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_aviary_v1_aviary_proto_init() }
@@ -4017,7 +4157,7 @@ func file_aviary_v1_aviary_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aviary_v1_aviary_proto_rawDesc), len(file_aviary_v1_aviary_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   60,
+			NumMessages:   62,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -476,6 +476,7 @@ const (
 	ShardAdmin_ListTables_FullMethodName        = "/aviary.v1.ShardAdmin/ListTables"
 	ShardAdmin_DropMonths_FullMethodName        = "/aviary.v1.ShardAdmin/DropMonths"
 	ShardAdmin_CollectTombstones_FullMethodName = "/aviary.v1.ShardAdmin/CollectTombstones"
+	ShardAdmin_ExportPage_FullMethodName        = "/aviary.v1.ShardAdmin/ExportPage"
 	ShardAdmin_ListJobs_FullMethodName          = "/aviary.v1.ShardAdmin/ListJobs"
 	ShardAdmin_RetryJob_FullMethodName          = "/aviary.v1.ShardAdmin/RetryJob"
 	ShardAdmin_DropJob_FullMethodName           = "/aviary.v1.ShardAdmin/DropJob"
@@ -500,6 +501,10 @@ type ShardAdminClient interface {
 	DropMonths(ctx context.Context, in *DropMonthsRequest, opts ...grpc.CallOption) (*DropMonthsResponse, error)
 	// CollectTombstones deletes tombstones older than the node's grace now.
 	CollectTombstones(ctx context.Context, in *CollectTombstonesRequest, opts ...grpc.CallOption) (*CollectTombstonesResponse, error)
+	// ExportPage reads a page of a physical shard's records, in key order,
+	// as versioned mutations (with their tombstones) that rebuild them when
+	// applied to another copy (Replica.Apply). For copying shards online.
+	ExportPage(ctx context.Context, in *ExportPageRequest, opts ...grpc.CallOption) (*ExportPageResponse, error)
 	// ListJobs lists this node's router jobs: replica deliveries still
 	// pending, or (error_queue) given up after repeated failures.
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
@@ -598,6 +603,16 @@ func (c *shardAdminClient) CollectTombstones(ctx context.Context, in *CollectTom
 	return out, nil
 }
 
+func (c *shardAdminClient) ExportPage(ctx context.Context, in *ExportPageRequest, opts ...grpc.CallOption) (*ExportPageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExportPageResponse)
+	err := c.cc.Invoke(ctx, ShardAdmin_ExportPage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *shardAdminClient) ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListJobsResponse)
@@ -647,6 +662,10 @@ type ShardAdminServer interface {
 	DropMonths(context.Context, *DropMonthsRequest) (*DropMonthsResponse, error)
 	// CollectTombstones deletes tombstones older than the node's grace now.
 	CollectTombstones(context.Context, *CollectTombstonesRequest) (*CollectTombstonesResponse, error)
+	// ExportPage reads a page of a physical shard's records, in key order,
+	// as versioned mutations (with their tombstones) that rebuild them when
+	// applied to another copy (Replica.Apply). For copying shards online.
+	ExportPage(context.Context, *ExportPageRequest) (*ExportPageResponse, error)
 	// ListJobs lists this node's router jobs: replica deliveries still
 	// pending, or (error_queue) given up after repeated failures.
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
@@ -688,6 +707,9 @@ func (UnimplementedShardAdminServer) DropMonths(context.Context, *DropMonthsRequ
 }
 func (UnimplementedShardAdminServer) CollectTombstones(context.Context, *CollectTombstonesRequest) (*CollectTombstonesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CollectTombstones not implemented")
+}
+func (UnimplementedShardAdminServer) ExportPage(context.Context, *ExportPageRequest) (*ExportPageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExportPage not implemented")
 }
 func (UnimplementedShardAdminServer) ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListJobs not implemented")
@@ -863,6 +885,24 @@ func _ShardAdmin_CollectTombstones_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ShardAdmin_ExportPage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportPageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardAdminServer).ExportPage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ShardAdmin_ExportPage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardAdminServer).ExportPage(ctx, req.(*ExportPageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ShardAdmin_ListJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListJobsRequest)
 	if err := dec(in); err != nil {
@@ -955,6 +995,10 @@ var ShardAdmin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CollectTombstones",
 			Handler:    _ShardAdmin_CollectTombstones_Handler,
+		},
+		{
+			MethodName: "ExportPage",
+			Handler:    _ShardAdmin_ExportPage_Handler,
 		},
 		{
 			MethodName: "ListJobs",
