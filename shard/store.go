@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -100,6 +101,11 @@ func Open(dir string, opts Options) (*Store, error) {
 		MemTableSize:       opts.MemTableBytes,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             pebbleLogger{opts.Logger},
+	}
+	// Bloom filters let a read of an absent key (every mutation reads the
+	// record it may replace) skip sstables without searching them.
+	for i := range popts.Levels {
+		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
 	popts.EnsureDefaults()
 	db, err := pebble.Open(dir, popts)

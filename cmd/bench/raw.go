@@ -8,6 +8,7 @@ import (
 
 	"github.com/aviarydb/aviary/shard"
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 )
 
 // rawDB is a bare Pebble database for the baselines, in its own directory
@@ -31,6 +32,9 @@ func openRaw(dir string) (*rawDB, error) {
 		MemTableSize:       so.MemTableBytes,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             quietLogger{},
+	}
+	for i := range opts.Levels { // as the store configures it
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
 	opts.EnsureDefaults()
 	db, err := pebble.Open(dir, opts)
