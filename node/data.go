@@ -192,6 +192,29 @@ func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(l
 	return status.Errorf(codes.Unavailable, "no replica answered (%d tried): %s", len(leaves), strings.Join(errs, "; "))
 }
 
+// readRouted answers a read from the named physical shard of this node, or,
+// when the request names none, from the replicas of the tree that hash h of
+// table routes to (readFrom). local reads a shard of this node; remote asks
+// a peer for its shard.
+func readRouted[T any](ctx context.Context, n *Node, table, named string, h uint64,
+	local func(shard string) (T, error), remote func(c pb.DataClient, shard string) (T, error)) (T, error) {
+	if named != "" {
+		r, err := local(named)
+		return r, toStatus(err)
+	}
+	var resp T
+	err := n.readFrom(ctx, table, h, func(leaf gizzard.Leaf, c pb.DataClient) error {
+		var err error
+		if c != nil {
+			resp, err = remote(c, leaf.Shard)
+		} else {
+			resp, err = local(leaf.Shard)
+		}
+		return err
+	})
+	return resp, err
+}
+
 // failOver reports whether a read error means "try the next replica".
 func failOver(err error) bool {
 	if router.Unavailable(err) {
@@ -202,27 +225,17 @@ func failOver(err error) bool {
 }
 
 func (d *dataServer) Get(ctx context.Context, r *pb.GetRequest) (*pb.GetResponse, error) {
-	if r.Shard != "" {
-		v, err := d.n.store.Get(ctx, r.Shard, r.Table, r.Key)
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		return &pb.GetResponse{Value: v.Value, Version: pbVersion(v.Version)}, nil
-	}
-	var resp *pb.GetResponse
-	err := d.n.readFrom(ctx, r.Table, gizzard.Hash(r.Key), func(leaf gizzard.Leaf, remote pb.DataClient) error {
-		if remote != nil {
-			var err error
-			resp, err = remote.Get(ctx, &pb.GetRequest{Table: r.Table, Key: r.Key, Shard: leaf.Shard})
-			return err
-		}
-		v, err := d.n.store.Get(ctx, leaf.Shard, r.Table, r.Key)
-		if err == nil {
-			resp = &pb.GetResponse{Value: v.Value, Version: pbVersion(v.Version)}
-		}
-		return err
-	})
-	return resp, err
+	return readRouted(ctx, d.n, r.Table, r.Shard, gizzard.Hash(r.Key),
+		func(sh string) (*pb.GetResponse, error) {
+			v, err := d.n.store.Get(ctx, sh, r.Table, r.Key)
+			if err != nil {
+				return nil, err
+			}
+			return &pb.GetResponse{Value: v.Value, Version: pbVersion(v.Version)}, nil
+		},
+		func(c pb.DataClient, sh string) (*pb.GetResponse, error) {
+			return c.Get(ctx, &pb.GetRequest{Table: r.Table, Key: r.Key, Shard: sh})
+		})
 }
 
 func (d *dataServer) MultiGet(ctx context.Context, r *pb.MultiGetRequest) (*pb.MultiGetResponse, error) {
@@ -329,26 +342,15 @@ func (d *dataServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 		}
 		return resp, nil
 	}
-	if r.Shard != "" {
-		resp, err := local(r.Shard)
-		return resp, toStatus(err)
-	}
-	if r.Owner == 0 {
+	if r.Shard == "" && r.Owner == 0 {
 		return nil, invalidf("owner is zero (unset)")
 	}
-	var resp *pb.RangeResponse
-	err := d.n.readFrom(ctx, r.Table, gizzard.OwnerHash(r.Owner), func(leaf gizzard.Leaf, remote pb.DataClient) error {
-		var err error
-		if remote != nil {
+	return readRouted(ctx, d.n, r.Table, r.Shard, gizzard.OwnerHash(r.Owner), local,
+		func(c pb.DataClient, sh string) (*pb.RangeResponse, error) {
 			q := proto.Clone(r).(*pb.RangeRequest)
-			q.Shard = leaf.Shard
-			resp, err = remote.Range(ctx, q)
-			return err
-		}
-		resp, err = local(leaf.Shard)
-		return err
-	})
-	return resp, err
+			q.Shard = sh
+			return c.Range(ctx, q)
+		})
 }
 
 func (d *dataServer) Count(ctx context.Context, r *pb.CountRequest) (*pb.CountResponse, error) {
@@ -363,22 +365,11 @@ func (d *dataServer) Count(ctx context.Context, r *pb.CountRequest) (*pb.CountRe
 		}
 		return resp, nil
 	}
-	if r.Shard != "" {
-		resp, err := local(r.Shard)
-		return resp, toStatus(err)
-	}
-	if r.Owner == 0 {
+	if r.Shard == "" && r.Owner == 0 {
 		return nil, invalidf("owner is zero (unset)")
 	}
-	var resp *pb.CountResponse
-	err := d.n.readFrom(ctx, r.Table, gizzard.OwnerHash(r.Owner), func(leaf gizzard.Leaf, remote pb.DataClient) error {
-		var err error
-		if remote != nil {
-			resp, err = remote.Count(ctx, &pb.CountRequest{Table: r.Table, Owner: r.Owner, Shard: leaf.Shard})
-			return err
-		}
-		resp, err = local(leaf.Shard)
-		return err
-	})
-	return resp, err
+	return readRouted(ctx, d.n, r.Table, r.Shard, gizzard.OwnerHash(r.Owner), local,
+		func(c pb.DataClient, sh string) (*pb.CountResponse, error) {
+			return c.Count(ctx, &pb.CountRequest{Table: r.Table, Owner: r.Owner, Shard: sh})
+		})
 }

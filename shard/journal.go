@@ -69,26 +69,11 @@ func (s *Store) loadJournalSeq() error {
 // the entry's sequence number. Like Apply it returns once fsynced, sharing
 // syncs with concurrent writers.
 func (s *Store) JournalAppend(ctx context.Context, data []byte, targets []string) (uint64, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, err
-	}
 	if len(targets) == 0 {
 		return 0, fmt.Errorf("%w: journal entry without targets", ErrInvalid)
 	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.mu.closed {
-		return 0, ErrClosed
-	}
-	seq := s.journal.seq.Add(1)
-	b := s.db.NewBatch()
-	defer b.Close()
-	_ = b.Set(journalKey(seq), data, nil)
-	for _, t := range targets {
-		_ = b.Set(jobKey(metaJob, seq, t), []byte("{}"), nil)
-	}
-	s.countJobs(seq, len(targets)) // before any job can finish
-	if err := b.Commit(pebble.Sync); err != nil {
+	_, seq, err := s.ApplyJournaled(ctx, nil, data, targets)
+	if err != nil {
 		return 0, fmt.Errorf("shard: journal append: %w", err)
 	}
 	return seq, nil
