@@ -74,6 +74,13 @@ const (
 	// Forwarding.Base. A non-empty Forwarding.Root must match the current
 	// root (a guard against removing a forwarding that moved).
 	OpRemoveForwarding Op = "remove_forwarding"
+	// OpSetMigration creates or updates the migration record Migration.
+	// Expect is the state it must be in now (a compare-and-swap); empty
+	// means it must not exist yet. Its Created and Updated are set from
+	// the change's At.
+	OpSetMigration Op = "set_migration"
+	// OpRemoveMigration removes the migration record MigrationID.
+	OpRemoveMigration Op = "remove_migration"
 )
 
 // Step is one operation of a Change. Only the fields its Op needs are set.
@@ -89,6 +96,10 @@ type Step struct {
 	NewChild   string      `json:"new_child,omitempty"`
 	Weight     int         `json:"weight,omitempty"`
 	Forwarding *Forwarding `json:"forwarding,omitempty"`
+	Migration  *Migration  `json:"migration,omitempty"`
+	// Expect is the state OpSetMigration requires the migration to be in.
+	Expect      MigrationState `json:"expect,omitempty"`
+	MigrationID string         `json:"migration_id,omitempty"`
 }
 
 // String describes the step for the audit log and error messages, for
@@ -153,6 +164,21 @@ func (s Step) String() string {
 			return fmt.Sprintf("remove_forwarding %s -> %q", fwdString(*s.Forwarding), s.Forwarding.Root)
 		}
 		return fmt.Sprintf("remove_forwarding %s", fwdString(*s.Forwarding))
+	case OpSetMigration:
+		if s.Migration == nil {
+			return "set_migration (no migration)"
+		}
+		g := s.Migration
+		what := fmt.Sprintf("set_migration %q %s %q -> %q on %q: %s", g.ID, g.Kind, g.Source, g.Dest, g.DestNode, g.State)
+		if s.Expect != "" {
+			what += fmt.Sprintf(" (was %s)", s.Expect)
+		}
+		if g.Paused {
+			what += " paused"
+		}
+		return what
+	case OpRemoveMigration:
+		return fmt.Sprintf("remove_migration %q", s.MigrationID)
 	}
 	return fmt.Sprintf("op %q", s.Op)
 }
@@ -215,6 +241,7 @@ func (m *Map) applied(c Change) (*Map, error) {
 	next := m.Clone()
 	next.ensureMaps()
 	a := newApplier(next)
+	a.at = at
 	what := make([]string, len(c.Steps))
 	for i, s := range c.Steps {
 		what[i] = s.String()
@@ -223,6 +250,7 @@ func (m *Map) applied(c Change) (*Map, error) {
 		}
 	}
 	next.Version++
+	updateFences(m, next)
 	next.Audit = append(next.Audit, AuditEntry{
 		Version: next.Version,
 		At:      at,
@@ -243,6 +271,7 @@ func (m *Map) applied(c Change) (*Map, error) {
 type applier struct {
 	m       *Map
 	parents map[string]string // child id -> parent id
+	at      time.Time         // the change's At
 }
 
 func newApplier(m *Map) *applier {
@@ -273,12 +302,15 @@ const (
 	fNewChild
 	fWeight
 	fForwarding
+	fMigration
+	fExpect
+	fMigrationID
 )
 
 // fieldNames are the JSON names of the fields, in bit order.
 func fieldNames(f field) []string {
 	var names []string
-	for i, n := range [...]string{"node", "node_id", "table", "shard", "shard_id", "parent", "child", "new_child", "weight", "forwarding"} {
+	for i, n := range [...]string{"node", "node_id", "table", "shard", "shard_id", "parent", "child", "new_child", "weight", "forwarding", "migration", "expect", "migration_id"} {
 		if f&(1<<i) != 0 {
 			names = append(names, n)
 		}
@@ -307,6 +339,10 @@ func (op Op) fields() (field, bool) {
 		return fParent | fChild | fNewChild, true
 	case OpSetForwarding, OpRemoveForwarding:
 		return fForwarding, true
+	case OpSetMigration:
+		return fMigration | fExpect, true
+	case OpRemoveMigration:
+		return fMigrationID, true
 	}
 	return 0, false
 }
@@ -321,7 +357,8 @@ func (s Step) fields() field {
 		{s.Node != nil, fNode}, {s.NodeID != "", fNodeID}, {s.Table != nil, fTable},
 		{s.Shard != nil, fShard}, {s.ShardID != "", fShardID}, {s.Parent != "", fParent},
 		{s.Child != "", fChild}, {s.NewChild != "", fNewChild}, {s.Weight != 0, fWeight},
-		{s.Forwarding != nil, fForwarding},
+		{s.Forwarding != nil, fForwarding}, {s.Migration != nil, fMigration},
+		{s.Expect != "", fExpect}, {s.MigrationID != "", fMigrationID},
 	} {
 		if x.set {
 			f |= x.f
@@ -367,6 +404,10 @@ func (a *applier) step(s Step) error {
 		return a.setForwarding(s.Forwarding)
 	case OpRemoveForwarding:
 		return a.removeForwarding(s.Forwarding)
+	case OpSetMigration:
+		return a.setMigration(s.Migration, s.Expect, a.at)
+	case OpRemoveMigration:
+		return a.removeMigration(s.MigrationID)
 	}
 	panic("gizzard: op " + string(s.Op) + " has fields but no handler")
 }

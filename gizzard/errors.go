@@ -27,4 +27,8 @@ var (
 	// ErrVersionMoved is returned (wrapped in ErrInvalidChange) for a
 	// change whose IfVersion is not the map's version.
 	ErrVersionMoved = errors.New("gizzard: the map moved")
+	// ErrStateMoved is returned (wrapped in ErrInvalidChange) for a
+	// set_migration whose Expect is not the migration's state: another
+	// driver or an operator moved it first.
+	ErrStateMoved = errors.New("gizzard: the migration moved")
 )

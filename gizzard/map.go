@@ -124,6 +124,12 @@ type Map struct {
 	Forwardings map[string][]Forwarding `json:"forwardings"`
 	// Audit holds one entry per applied change, oldest first.
 	Audit []AuditEntry `json:"audit"`
+	// Fences holds, per physical shard, the version of the last change
+	// that changed where its writes go (see Fence).
+	Fences map[string]uint64 `json:"fences,omitempty"`
+	// Migrations holds the online migrations, active and recently
+	// finished, by id.
+	Migrations map[string]Migration `json:"migrations,omitempty"`
 }
 
 // NewMap returns an empty map at version 0.
@@ -158,6 +164,8 @@ func (m *Map) Clone() *Map {
 		Shards:      maps.Clone(m.Shards),
 		Forwardings: maps.Clone(m.Forwardings),
 		Audit:       slices.Clone(m.Audit),
+		Fences:      maps.Clone(m.Fences),
+		Migrations:  maps.Clone(m.Migrations),
 	}
 	for id, s := range c.Shards {
 		s.Children = slices.Clone(s.Children)
@@ -289,7 +297,15 @@ func (m *Map) validate() error {
 	if err := m.validateShape(); err != nil {
 		return err
 	}
-	return m.validateAudit()
+	if err := m.validateAudit(); err != nil {
+		return err
+	}
+	for _, id := range sortedKeys(m.Fences) {
+		if v := m.Fences[id]; v > m.Version {
+			return fmt.Errorf("fence of %q is version %d, beyond the map's %d", id, v, m.Version)
+		}
+	}
+	return nil
 }
 
 // validateShape checks every invariant but the audit log's.
@@ -349,6 +365,20 @@ func (m *Map) validateShape() error {
 			if p, ok := parents[f.Root]; ok {
 				return fmt.Errorf("forwarding %s: root shard %q has parent %q; a forwarding must point to a root", fwdString(f), f.Root, p)
 			}
+		}
+	}
+	for _, id := range sortedKeys(m.Fences) {
+		if err := ValidName(id); err != nil {
+			return fmt.Errorf("fence: %w", err)
+		}
+	}
+	for _, id := range sortedKeys(m.Migrations) {
+		g := m.Migrations[id]
+		if err := validMigration(g); err != nil {
+			return err
+		}
+		if g.ID != id {
+			return fmt.Errorf("migration %q is keyed %q", g.ID, id)
 		}
 	}
 	return nil

@@ -140,11 +140,14 @@ func (c *coalescer) send(batch []*pendingDelivery) {
 		return r.cfg.Remote.Apply(ctx, c.addr, muts, v)
 	}
 	if len(batch) > 1 {
+		// The merged batch carries the oldest version of its writes, so
+		// that a fence refuses it if it refuses any of them; the writes are
+		// then sent one by one, each with its own version.
 		var muts []shard.Mutation
-		var v uint64
+		v := batch[0].mapVersion
 		for _, p := range batch {
 			muts = append(muts, p.muts...)
-			v = max(v, p.mapVersion)
+			v = min(v, p.mapVersion)
 		}
 		outs, err := apply(muts, v)
 		if err == nil {

@@ -95,12 +95,21 @@ type Config struct {
 	Deliveries int
 	// Registry, if set, receives the router's metrics.
 	Registry prometheus.Registerer
+	// Admit, if set, is asked before writes routed by map version v are
+	// applied to shards of this node; it refuses with a *FencedError when
+	// a newer change moved one of them, and otherwise holds the admission
+	// until release is called.
+	Admit func(shards []string, v uint64) (release func(), err error)
+	// WaitMap, if set, returns a map at version v or newer once this node
+	// has one (default: polling Map).
+	WaitMap func(ctx context.Context, v uint64) (*gizzard.Map, error)
 }
 
 // metrics are the router's Prometheus metrics.
 type metrics struct {
 	deliveries *prometheus.CounterVec
 	writes     *prometheus.CounterVec
+	reroutes   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -113,9 +122,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "aviary_router_writes_total",
 			Help: "Routed write batches, by consistency and result (ok, not_enough_replicas, refused, error).",
 		}, []string{"consistency", "result"}),
+		reroutes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aviary_router_reroutes_total",
+			Help: "Writes and replica jobs routed again because a node fenced them: a change moved their shard after the map they were routed by.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.deliveries, m.writes)
+		reg.MustRegister(m.deliveries, m.writes, m.reroutes)
 	}
 	return m
 }
@@ -218,6 +231,21 @@ type delivery struct {
 // fields are ignored) and acknowledges per c.
 func (r *Router) Write(ctx context.Context, muts []shard.Mutation, c Consistency) ([]Result, error) {
 	res, err := r.write(ctx, muts, c)
+	// A node refused the write because a change moved its shard after the
+	// map it was routed by: route it again by a map at least that new. The
+	// mutations keep their versions, so a replica that took the first try
+	// supersedes the second.
+	for try := 0; err != nil && try < maxReroutes; try++ {
+		fe, ok := ParseFenced(err)
+		if !ok {
+			break
+		}
+		r.metrics.reroutes.Inc()
+		if _, werr := r.waitMap(ctx, fe.Fence); werr != nil {
+			break
+		}
+		res, err = r.write(ctx, muts, c)
+	}
 	result := "ok"
 	switch {
 	case err == nil:
@@ -232,45 +260,101 @@ func (r *Router) Write(ctx context.Context, muts []shard.Mutation, c Consistency
 	return res, err
 }
 
-func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency) ([]Result, error) {
-	m := r.cfg.Map()
+// maxReroutes bounds how often one Write is routed again after fencing.
+const maxReroutes = 5
+
+// target is a leaf and the indexes of the mutations bound for it.
+type target struct {
+	leaf gizzard.Leaf
+	idx  []int
+}
+
+// plan routes muts by m: the leaves they go to and a result per mutation.
+func plan(m *gizzard.Map, muts []shard.Mutation) ([]*target, []Result, error) {
 	res := make([]Result, len(muts))
-	type tgt struct {
-		leaf gizzard.Leaf
-		idx  []int
-	}
-	var targets []*tgt
-	byLeaf := map[gizzard.Leaf]*tgt{}
+	var targets []*target
+	byLeaf := map[gizzard.Leaf]*target{}
 	for i := range muts {
 		mu := &muts[i]
 		if _, ok := m.Tables[mu.Table]; !ok {
 			if mu.Table == "" {
-				return nil, fmt.Errorf("%w: table name is empty", shard.ErrInvalid)
+				return nil, nil, fmt.Errorf("%w: table name is empty", shard.ErrInvalid)
 			}
-			return nil, fmt.Errorf("%w: %q is not in the shard map", shard.ErrTableNotFound, mu.Table)
+			return nil, nil, fmt.Errorf("%w: %q is not in the shard map", shard.ErrTableNotFound, mu.Table)
 		}
 		fw, err := m.Lookup(mu.Table, RouteHash(mu))
 		if err != nil {
-			return nil, fmt.Errorf("%w: table %q: %w", ErrNoRoute, mu.Table, err)
+			return nil, nil, fmt.Errorf("%w: table %q: %w", ErrNoRoute, mu.Table, err)
 		}
-		plan, err := m.PlanWrite(fw.Root)
+		p, err := m.PlanWrite(fw.Root)
 		if err != nil {
-			return nil, fmt.Errorf("%w: tree %q: %w", ErrNoRoute, fw.Root, err)
+			return nil, nil, fmt.Errorf("%w: tree %q: %w", ErrNoRoute, fw.Root, err)
 		}
-		if len(plan.Rejected) > 0 {
-			rj := plan.Rejected[0]
-			return nil, fmt.Errorf("%w: shard %q is %s (%s)", ErrRefused, rj.Shard, rj.Kind, rj.Reason)
+		if len(p.Rejected) > 0 {
+			rj := p.Rejected[0]
+			return nil, nil, fmt.Errorf("%w: shard %q is %s (%s)", ErrRefused, rj.Shard, rj.Kind, rj.Reason)
 		}
-		res[i] = Result{Root: fw.Root, Replicas: len(plan.Targets), Dropped: plan.Dropped && len(plan.Targets) == 0}
-		for _, l := range plan.Targets {
+		res[i] = Result{Root: fw.Root, Replicas: len(p.Targets), Dropped: p.Dropped && len(p.Targets) == 0}
+		for _, l := range p.Targets {
 			t := byLeaf[l]
 			if t == nil {
-				t = &tgt{leaf: l}
+				t = &target{leaf: l}
 				byLeaf[l] = t
 				targets = append(targets, t)
 			}
 			t.idx = append(t.idx, i)
 		}
+	}
+	return targets, res, nil
+}
+
+// encodeEntry encodes the journal entry of muts routed to targets by the
+// map at version v.
+func encodeEntry(v uint64, muts []shard.Mutation, targets []*target) ([]byte, error) {
+	entry := &pb.JournalEntry{MapVersion: v}
+	for i := range muts {
+		p := ToProto(&muts[i])
+		p.Shard = ""
+		entry.Mutations = append(entry.Mutations, p)
+	}
+	for _, t := range targets {
+		et := &pb.JournalEntry_Target{Node: t.leaf.Node, Shard: t.leaf.Shard}
+		for _, i := range t.idx {
+			et.Mutations = append(et.Mutations, uint32(i))
+		}
+		entry.Targets = append(entry.Targets, et)
+	}
+	data, err := proto.Marshal(entry)
+	if err != nil {
+		return nil, fmt.Errorf("router: encode journal entry: %w", err)
+	}
+	return data, nil
+}
+
+// sub returns the mutations of t, naming its shard.
+func (t *target) sub(muts []shard.Mutation) []shard.Mutation {
+	out := make([]shard.Mutation, len(t.idx))
+	for j, i := range t.idx {
+		out[j] = muts[i]
+		out[j].Shard = t.leaf.Shard
+	}
+	return out
+}
+
+// admit asks the node's fence whether writes routed by version v may be
+// applied to shards now; release ends the admission.
+func (r *Router) admit(shards []string, v uint64) (release func(), err error) {
+	if r.cfg.Admit == nil || len(shards) == 0 {
+		return func() {}, nil
+	}
+	return r.cfg.Admit(shards, v)
+}
+
+func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency) ([]Result, error) {
+	m := r.cfg.Map()
+	targets, res, err := plan(m, muts)
+	if err != nil {
+		return nil, err
 	}
 	if len(targets) == 0 {
 		return res, nil
@@ -280,10 +364,11 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 	// journal entry, which holds a job for each of the others. With every
 	// replica local there is no job, hence no entry.
 	var local, remote []int
-	var remoteKeys []string
+	var remoteKeys, localShards []string
 	for ti, t := range targets {
 		if t.leaf.Node == r.cfg.NodeID {
 			local = append(local, ti)
+			localShards = append(localShards, t.leaf.Shard)
 		} else {
 			remote = append(remote, ti)
 			remoteKeys = append(remoteKeys, Target(t.leaf))
@@ -291,37 +376,20 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 	}
 	var data []byte
 	if len(remote) > 0 {
-		entry := &pb.JournalEntry{MapVersion: m.Version}
-		for i := range muts {
-			p := ToProto(&muts[i])
-			p.Shard = ""
-			entry.Mutations = append(entry.Mutations, p)
+		if data, err = encodeEntry(m.Version, muts, targets); err != nil {
+			return nil, err
 		}
-		for _, t := range targets {
-			et := &pb.JournalEntry_Target{Node: t.leaf.Node, Shard: t.leaf.Shard}
-			for _, i := range t.idx {
-				et.Mutations = append(et.Mutations, uint32(i))
-			}
-			entry.Targets = append(entry.Targets, et)
-		}
-		var err error
-		if data, err = proto.Marshal(entry); err != nil {
-			return nil, fmt.Errorf("router: encode journal entry: %w", err)
-		}
-	}
-	sub := func(t *tgt) []shard.Mutation {
-		out := make([]shard.Mutation, len(t.idx))
-		for j, i := range t.idx {
-			out[j] = muts[i]
-			out[j].Shard = t.leaf.Shard
-		}
-		return out
 	}
 	var localMuts []shard.Mutation
 	for _, ti := range local {
-		localMuts = append(localMuts, sub(targets[ti])...)
+		localMuts = append(localMuts, targets[ti].sub(muts)...)
+	}
+	release, err := r.admit(localShards, m.Version)
+	if err != nil {
+		return nil, err
 	}
 	localOuts, seq, err := r.cfg.Store.ApplyJournaled(ctx, localMuts, data, remoteKeys)
+	release()
 	if err != nil {
 		return nil, err
 	}
@@ -338,7 +406,7 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 	// client is gone.
 	for k, ti := range remote {
 		t := targets[ti]
-		muts := sub(t)
+		muts := t.sub(muts)
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
@@ -350,6 +418,7 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 
 	pending := len(targets)
 	var errs []error
+	var fenced *FencedError
 	for pending > 0 {
 		var d delivery
 		select {
@@ -360,6 +429,9 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 		pending--
 		t := targets[d.target]
 		if d.err != nil {
+			if fe, ok := ParseFenced(d.err); ok && (fenced == nil || fe.Fence > fenced.Fence) {
+				fenced = fe
+			}
 			errs = append(errs, fmt.Errorf("%s: %w", Target(t.leaf), d.err))
 			if c == All {
 				break
@@ -375,6 +447,11 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 		if satisfied(res, c) {
 			return res, nil
 		}
+	}
+	if fenced != nil {
+		// Its job is routed again by settle; Write routes the whole write
+		// again so that it is acknowledged by the shards that now hold it.
+		return nil, fenced
 	}
 	return nil, fmt.Errorf("%w (consistency %s; the write is journaled and will be retried): %w", ErrNotEnoughReplicas, c, errors.Join(errs...))
 }
@@ -406,13 +483,22 @@ func (r *Router) deliver(m *gizzard.Map, leaf gizzard.Leaf, muts []shard.Mutatio
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ReplicaTimeout)
 	defer cancel()
 	if leaf.Node == r.cfg.NodeID {
+		release, err := r.admit([]string{leaf.Shard}, mapVersion)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
 		return r.cfg.Store.Apply(ctx, muts)
 	}
 	n, ok := m.Nodes[leaf.Node]
 	if !ok {
 		return nil, fmt.Errorf("router: node %q of shard %q is not in the map", leaf.Node, leaf.Shard)
 	}
-	return r.applyRemote(ctx, n.GRPCAddr, muts, mapVersion)
+	outs, err := r.applyRemote(ctx, n.GRPCAddr, muts, mapVersion)
+	if fe, ok := ParseFenced(err); ok {
+		return nil, fe
+	}
+	return outs, err
 }
 
 // settle records a delivery's end: the job is done, or failed and due
@@ -423,6 +509,16 @@ func (r *Router) settle(kind string, j shard.Job, err error) {
 		delete(r.mu.inflight, jobID{j.Seq, j.Target})
 		r.mu.Unlock()
 	}()
+	if fe, ok := ParseFenced(err); ok {
+		// The target no longer takes writes routed by the job's map:
+		// journal the job's mutations again for the leaves of a map at
+		// least as new as the fence, and retire the job.
+		r.metrics.deliveries.WithLabelValues(kind, "fenced").Inc()
+		if err = r.reroute(j, fe); err == nil {
+			return
+		}
+		r.log.Warn("cannot route a fenced job again; it stays due", "seq", j.Seq, "target", j.Target, "err", err)
+	}
 	if err == nil {
 		r.metrics.deliveries.WithLabelValues(kind, "ok").Inc()
 		if e := r.cfg.Store.JobDone(j.Seq, j.Target); e != nil && !errors.Is(e, shard.ErrClosed) {
@@ -551,36 +647,97 @@ func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 	}
 }
 
-// redeliver applies a job's share of its journal entry to its target.
-func (r *Router) redeliver(j shard.Job) error {
+// jobMutations returns a job's share of its journal entry (naming the
+// target's shard) and the map version the entry was routed by.
+func (r *Router) jobMutations(j shard.Job) ([]shard.Mutation, uint64, error) {
 	data, err := r.cfg.Store.JournalEntry(j.Seq)
 	if err != nil {
-		return err
+		return nil, 0, err
 	}
 	var e pb.JournalEntry
 	if err := proto.Unmarshal(data, &e); err != nil {
-		return fmt.Errorf("router: corrupt journal entry %d: %w", j.Seq, err)
+		return nil, 0, fmt.Errorf("router: corrupt journal entry %d: %w", j.Seq, err)
 	}
 	leaf := parseTarget(j.Target)
 	i := slices.IndexFunc(e.Targets, func(t *pb.JournalEntry_Target) bool { return t.Node == leaf.Node && t.Shard == leaf.Shard })
 	if i < 0 {
-		return fmt.Errorf("router: journal entry %d has no target %s", j.Seq, j.Target)
+		return nil, 0, fmt.Errorf("router: journal entry %d has no target %s", j.Seq, j.Target)
 	}
 	muts := make([]shard.Mutation, len(e.Targets[i].Mutations))
 	for k, mi := range e.Targets[i].Mutations {
 		if int(mi) >= len(e.Mutations) {
-			return fmt.Errorf("router: journal entry %d: mutation index %d out of range", j.Seq, mi)
+			return nil, 0, fmt.Errorf("router: journal entry %d: mutation index %d out of range", j.Seq, mi)
 		}
 		if err := FromProto(e.Mutations[mi], &muts[k]); err != nil {
-			return err
+			return nil, 0, err
 		}
 		muts[k].Shard = leaf.Shard
 	}
-	_, err = r.deliver(r.cfg.Map(), leaf, muts, e.MapVersion)
+	return muts, e.MapVersion, nil
+}
+
+// redeliver applies a job's share of its journal entry to its target.
+func (r *Router) redeliver(j shard.Job) error {
+	muts, v, err := r.jobMutations(j)
+	if err != nil {
+		return err
+	}
+	_, err = r.deliver(r.cfg.Map(), parseTarget(j.Target), muts, v)
 	if err == nil {
 		r.log.Debug("replica job delivered", "seq", j.Seq, "target", j.Target, "attempts", j.Attempts)
 	}
 	return err
+}
+
+// reroute replaces a fenced job: its mutations are journaled again with a
+// job for every leaf they go to by a map at least as new as the fence
+// (replicas that hold them already supersede them), delivered at once,
+// and the old job is done.
+func (r *Router) reroute(j shard.Job, fe *FencedError) error {
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ReplicaTimeout)
+	defer cancel()
+	m, err := r.waitMap(ctx, fe.Fence)
+	if err != nil {
+		return fmt.Errorf("router: waiting for map version %d: %w", fe.Fence, err)
+	}
+	muts, _, err := r.jobMutations(j)
+	if err != nil {
+		return err
+	}
+	targets, _, err := plan(m, muts)
+	if err != nil {
+		return err
+	}
+	keys := make([]string, len(targets))
+	for i, t := range targets {
+		keys[i] = Target(t.leaf)
+	}
+	if len(targets) > 0 {
+		data, err := encodeEntry(m.Version, muts, targets)
+		if err != nil {
+			return err
+		}
+		seq, err := r.cfg.Store.JournalAppend(ctx, data, keys)
+		if err != nil {
+			return err
+		}
+		for i, t := range targets {
+			muts := t.sub(muts)
+			id := jobID{seq, keys[i]}
+			r.mu.Lock()
+			r.mu.inflight[id] = struct{}{}
+			r.mu.Unlock()
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				_, err := r.deliver(m, t.leaf, muts, m.Version)
+				r.settle("first", shard.Job{Seq: seq, Target: keys[i]}, err)
+			}()
+		}
+	}
+	r.metrics.reroutes.Inc()
+	r.log.Info("fenced job routed again", "seq", j.Seq, "target", j.Target, "fence", fe.Fence, "map_version", m.Version, "targets", strings.Join(keys, ","))
+	return r.cfg.Store.JobDone(j.Seq, j.Target)
 }
 
 // ReadCandidates returns the leaves to try, in order, for a read routed by
