@@ -229,6 +229,19 @@ func (m *Map) ActiveMigrations() []Migration {
 	return out
 }
 
+// Syncing reports whether writes to the tree rooted at root must reach
+// every replica before they are acknowledged, whatever the consistency
+// asked for: while a migration of the tree is verified or cut over, so that
+// the replica that serves reads next holds every acknowledged write.
+func (m *Map) Syncing(root string) bool {
+	for _, g := range m.Migrations {
+		if g.Root == root && (g.State == MigrationVerified || g.State == MigrationCutover) {
+			return true
+		}
+	}
+	return false
+}
+
 // Fencing. A router stamps every write with the map version it routed it
 // by. A physical shard's fence is the version of the last change that
 // changed where the writes of its range go: the set of leaves written
@@ -277,6 +290,9 @@ func (m *Map) writeSignatures() map[string]string {
 		}
 		if p.Dropped {
 			b.WriteString(" dropped")
+		}
+		if m.Syncing(root) {
+			b.WriteString(" sync")
 		}
 		s := b.String()
 		for _, l := range p.Targets {

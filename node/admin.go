@@ -128,9 +128,26 @@ func (a *adminServer) ListJobs(ctx context.Context, r *pb.ListJobsRequest) (*pb.
 	if limit <= 0 {
 		limit = 1000
 	}
-	jobs, err := a.n.store.Jobs(r.ErrorQueue, 0, "", limit+1)
-	if err != nil {
-		return nil, toStatus(err)
+	var jobs []shard.Job
+	var afterSeq uint64
+	var afterTarget string
+	for len(jobs) <= limit {
+		page, err := a.n.store.Jobs(r.ErrorQueue, afterSeq, afterTarget, limit+1)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		for _, j := range page {
+			if r.Target == "" || j.Target == r.Target {
+				jobs = append(jobs, j)
+			}
+			afterSeq, afterTarget = j.Seq, j.Target
+		}
+		if len(page) <= limit || r.Target == "" {
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, toStatus(err)
+		}
 	}
 	resp := &pb.ListJobsResponse{}
 	if len(jobs) > limit {

@@ -175,6 +175,7 @@ func (n *Node) reconcile(ctx context.Context) {
 			n.log.Error("cannot apply the shard map", "map_version", m.Version, "err", err)
 			continue
 		}
+		n.fence.install(m)
 		n.routedVersion.Store(m.Version)
 		if cur, ok := m.Nodes[n.cfg.NodeID]; ok && cur == n.self() && !n.ready.Load() {
 			n.ready.Store(true)

@@ -61,6 +61,10 @@ type Node struct {
 	routedVersion atomic.Uint64
 	ready         atomic.Bool
 	readyCh       chan struct{} // closed when ready is set
+	// fence admits writes by the fences of the map applied last.
+	fence fence
+	// copies are the migration copies running into this node.
+	copies copies
 
 	grpcLis, httpLis net.Listener
 	grpcSrv          *grpc.Server
@@ -132,12 +136,14 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.router = router.New(router.Config{
 		NodeID:         cfg.NodeID,
 		Store:          n.store,
-		Map:            n.ns.Map,
+		Map:            n.routedMap,
 		Remote:         &n.remotes,
 		Logger:         cfg.Logger,
 		Clock:          cfg.Clock,
 		ReplicaTimeout: cfg.ReplicaTimeout,
 		Registry:       reg,
+		Admit:          n.fence.admit,
+		WaitMap:        n.waitMap,
 	})
 
 	n.grpcSrv = grpc.NewServer(netx.ServerOptions(grpc.ChainUnaryInterceptor(n.metrics.unary))...)

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
@@ -10,6 +11,8 @@ import (
 	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/shard"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // remotes holds one client connection per peer node address.
@@ -99,7 +102,23 @@ func (s *replicaServer) Apply(ctx context.Context, r *pb.ApplyRequest) (*pb.Appl
 			return nil, invalidf("mutations[%d].version: %v", i, err)
 		}
 	}
+	shards := make([]string, 0, 1)
+	for i := range muts {
+		if !slices.Contains(shards, muts[i].Shard) {
+			shards = append(shards, muts[i].Shard)
+		}
+	}
+	// A write routed by a map this node has not applied yet may be bound
+	// for a shard the map creates here: catch up first.
+	if _, err := s.n.waitMap(ctx, r.MapVersion); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	release, err := s.n.fence.admit(shards, r.MapVersion)
+	if err != nil {
+		return nil, toStatus(err)
+	}
 	outs, err := s.n.store.Apply(ctx, muts)
+	release()
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"hash"
 )
 
 // Digest summarises a shard or a key range of it. Two copies of a shard hold
@@ -40,9 +41,7 @@ func (s *Store) Digest(ctx context.Context, shard string, start, end []byte) (Di
 	defer done()
 	prefix := appendShard(nil, num)
 	lo := append(append([]byte(nil), prefix...), start...)
-	h := sha256.New()
-	var d Digest
-	var lenBuf [binary.MaxVarintLen64]byte
+	h := newDigester()
 	for it.SeekGE(lo); it.Valid(); it.Next() {
 		k := it.Key()[shardPrefixLen:]
 		if end != nil && string(k) >= string(end) {
@@ -51,14 +50,8 @@ func (s *Store) Digest(ctx context.Context, shard string, start, end []byte) (Di
 		if k[0] == spaceMonth {
 			continue
 		}
-		v := it.Value()
-		h.Write(lenBuf[:binary.PutUvarint(lenBuf[:], uint64(len(k)))])
-		h.Write(k)
-		h.Write(lenBuf[:binary.PutUvarint(lenBuf[:], uint64(len(v)))])
-		h.Write(v)
-		d.Records++
-		d.Bytes += uint64(len(k) + len(v))
-		if d.Records%4096 == 0 {
+		h.add(k, it.Value())
+		if h.d.Records%4096 == 0 {
 			if err := ctx.Err(); err != nil {
 				return Digest{}, err
 			}
@@ -67,6 +60,61 @@ func (s *Store) Digest(ctx context.Context, shard string, start, end []byte) (Di
 	if err := it.Error(); err != nil {
 		return Digest{}, err
 	}
-	h.Sum(d.Sum[:0])
-	return d, nil
+	return h.sum(), nil
+}
+
+// DigestData hashes, like Digest, the content records and index entries
+// (tombstones included) of shard selected by filter (nil: all) whose
+// shard-relative keys k satisfy start <= k < end (nil: unbounded), from one
+// consistent view. Counts, month markers and retention floors are not
+// hashed: they derive from the entries. Two copies of the selected part of
+// a shard hold the same records exactly when their DigestData are equal,
+// even when the rest of each shard differs (as while a split moves half of
+// one shard to another).
+func (s *Store) DigestData(ctx context.Context, shard string, start, end []byte, filter KeyFilter) (Digest, error) {
+	if err := ctx.Err(); err != nil {
+		return Digest{}, err
+	}
+	if shard == "" {
+		return Digest{}, fmt.Errorf("%w: shard name is empty", ErrInvalid)
+	}
+	num, it, done, err := s.beginScan(shard)
+	if err != nil {
+		return Digest{}, err
+	}
+	defer done()
+	h := newDigester()
+	_, err = scanData(ctx, it, num, start, end, filter, func(k []byte, _ *decodedKey, v []byte) (bool, error) {
+		h.add(k[shardPrefixLen:], v)
+		return true, nil
+	})
+	if err != nil {
+		return Digest{}, err
+	}
+	return h.sum(), nil
+}
+
+// digester accumulates a Digest.
+type digester struct {
+	h      hash.Hash
+	d      Digest
+	lenBuf [binary.MaxVarintLen64]byte
+}
+
+func newDigester() *digester { return &digester{h: sha256.New()} }
+
+// add hashes a record: its shard-relative key k and its value v.
+func (g *digester) add(k, v []byte) {
+	g.h.Write(g.lenBuf[:binary.PutUvarint(g.lenBuf[:], uint64(len(k)))])
+	g.h.Write(k)
+	g.h.Write(g.lenBuf[:binary.PutUvarint(g.lenBuf[:], uint64(len(v)))])
+	g.h.Write(v)
+	g.d.Records++
+	g.d.Bytes += uint64(len(k) + len(v))
+}
+
+func (g *digester) sum() Digest {
+	d := g.d
+	g.h.Sum(d.Sum[:0])
+	return d
 }

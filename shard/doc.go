@@ -38,6 +38,7 @@
 //	shard 'r' len(table) table                           retention floor (month)
 //	0 'S' name                                           shard record
 //	0 'T' name                                           table record
+//	0 'I' name                                           import state (ImportPage)
 //
 // Months and ids are stored bitwise inverted (^x) so that an ascending scan
 // returns the newest first. Records are version (8 bytes HLC, 4 bytes site),
@@ -45,4 +46,13 @@
 //
 // Digests hash keys without the local shard number, so the digests of two
 // copies of a shard on different nodes are comparable.
+//
+// # Migration
+//
+// A shard moves (or splits) online: NewExport reads it, or the part of it a
+// KeyFilter selects, from one snapshot while new writes reach both copies;
+// ImportPage applies the pages on the destination together with the
+// export's cursor, so an interrupted copy resumes; DigestData compares the
+// copies (SplitSpan narrows a difference down); PurgeMatching then removes a
+// split's moved half from the source.
 package shard

@@ -73,6 +73,13 @@ type Store struct {
 	// Pebble iterator without holding mu. Close waits for them.
 	scans sync.WaitGroup
 
+	// exports are the open Exports. Close releases their snapshots, which
+	// Pebble requires before it closes.
+	exports struct {
+		mu   sync.Mutex
+		open map[*Export]struct{}
+	}
+
 	// mu guards the schema. Every mutation holds it for reading until it is
 	// durable, so creating or dropping a shard, and a retention drop, never
 	// interleave with an apply.
@@ -165,7 +172,9 @@ func (s *Store) loadMeta() error {
 	return it.Error()
 }
 
-// Close closes the store. It waits for in-flight mutations, reads and scans.
+// Close closes the store. It waits for in-flight mutations, reads and scans,
+// and releases the snapshots of Exports left open (their later calls fail
+// with ErrClosed).
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.mu.closed {
@@ -175,6 +184,7 @@ func (s *Store) Close() error {
 	s.mu.closed = true
 	s.mu.Unlock()
 	s.scans.Wait()
+	s.closeExports()
 	return s.db.Close()
 }
 

@@ -1521,6 +1521,668 @@ func (x *ExportPageRequest) GetLimit() int32 {
 	return 0
 }
 
+// HashRange selects the records of a table whose routing hash h (of the
+// content key, or of the index owner) is in [lo, hi); hi 0 means up to 2^64.
+type HashRange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Table         string                 `protobuf:"bytes,1,opt,name=table,proto3" json:"table,omitempty"`
+	Lo            uint64                 `protobuf:"varint,2,opt,name=lo,proto3" json:"lo,omitempty"`
+	Hi            uint64                 `protobuf:"varint,3,opt,name=hi,proto3" json:"hi,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HashRange) Reset() {
+	*x = HashRange{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HashRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HashRange) ProtoMessage() {}
+
+func (x *HashRange) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HashRange.ProtoReflect.Descriptor instead.
+func (*HashRange) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *HashRange) GetTable() string {
+	if x != nil {
+		return x.Table
+	}
+	return ""
+}
+
+func (x *HashRange) GetLo() uint64 {
+	if x != nil {
+		return x.Lo
+	}
+	return 0
+}
+
+func (x *HashRange) GetHi() uint64 {
+	if x != nil {
+		return x.Hi
+	}
+	return 0
+}
+
+type ExportShardRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard string                 `protobuf:"bytes,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// Resume after this shard-relative key (empty: from the start).
+	After []byte `protobuf:"bytes,2,opt,name=after,proto3" json:"after,omitempty"`
+	// Only records in these hash ranges (none: every record).
+	Ranges []*HashRange `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	// Refuse until this node has applied this map version.
+	MinMapVersion uint64 `protobuf:"varint,4,opt,name=min_map_version,json=minMapVersion,proto3" json:"min_map_version,omitempty"`
+	// Shard-relative span [start, end); empty: unbounded.
+	Start []byte `protobuf:"bytes,5,opt,name=start,proto3" json:"start,omitempty"`
+	End   []byte `protobuf:"bytes,6,opt,name=end,proto3" json:"end,omitempty"`
+	// Page bounds; 0 means 1000 records and 1 MiB.
+	PageRecords   int32 `protobuf:"varint,7,opt,name=page_records,json=pageRecords,proto3" json:"page_records,omitempty"`
+	PageBytes     int32 `protobuf:"varint,8,opt,name=page_bytes,json=pageBytes,proto3" json:"page_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportShardRequest) Reset() {
+	*x = ExportShardRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportShardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportShardRequest) ProtoMessage() {}
+
+func (x *ExportShardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportShardRequest.ProtoReflect.Descriptor instead.
+func (*ExportShardRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ExportShardRequest) GetShard() string {
+	if x != nil {
+		return x.Shard
+	}
+	return ""
+}
+
+func (x *ExportShardRequest) GetAfter() []byte {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *ExportShardRequest) GetRanges() []*HashRange {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+func (x *ExportShardRequest) GetMinMapVersion() uint64 {
+	if x != nil {
+		return x.MinMapVersion
+	}
+	return 0
+}
+
+func (x *ExportShardRequest) GetStart() []byte {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *ExportShardRequest) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *ExportShardRequest) GetPageRecords() int32 {
+	if x != nil {
+		return x.PageRecords
+	}
+	return 0
+}
+
+func (x *ExportShardRequest) GetPageBytes() int32 {
+	if x != nil {
+		return x.PageBytes
+	}
+	return 0
+}
+
+type ExportShardResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Mutations []*Mutation            `protobuf:"bytes,1,rep,name=mutations,proto3" json:"mutations,omitempty"`
+	// The shard-relative key of the last record sent.
+	Next []byte `protobuf:"bytes,2,opt,name=next,proto3" json:"next,omitempty"`
+	Done bool   `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	// In the first message only: the snapshot's selected records and their
+	// key and value bytes (all of them, not just those after the cursor).
+	TotalRecords uint64 `protobuf:"varint,4,opt,name=total_records,json=totalRecords,proto3" json:"total_records,omitempty"`
+	TotalBytes   uint64 `protobuf:"varint,5,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	// Key and value bytes of this page.
+	PageBytes     uint64 `protobuf:"varint,6,opt,name=page_bytes,json=pageBytes,proto3" json:"page_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportShardResponse) Reset() {
+	*x = ExportShardResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportShardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportShardResponse) ProtoMessage() {}
+
+func (x *ExportShardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportShardResponse.ProtoReflect.Descriptor instead.
+func (*ExportShardResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ExportShardResponse) GetMutations() []*Mutation {
+	if x != nil {
+		return x.Mutations
+	}
+	return nil
+}
+
+func (x *ExportShardResponse) GetNext() []byte {
+	if x != nil {
+		return x.Next
+	}
+	return nil
+}
+
+func (x *ExportShardResponse) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+func (x *ExportShardResponse) GetTotalRecords() uint64 {
+	if x != nil {
+		return x.TotalRecords
+	}
+	return 0
+}
+
+func (x *ExportShardResponse) GetTotalBytes() uint64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *ExportShardResponse) GetPageBytes() uint64 {
+	if x != nil {
+		return x.PageBytes
+	}
+	return 0
+}
+
+type CopyShardRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Names the copy's durable cursor on this node.
+	MigrationId string `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	SourceAddr  string `protobuf:"bytes,2,opt,name=source_addr,json=sourceAddr,proto3" json:"source_addr,omitempty"`
+	SourceShard string `protobuf:"bytes,3,opt,name=source_shard,json=sourceShard,proto3" json:"source_shard,omitempty"`
+	// The local shard copied into; it must exist.
+	DestShard     string       `protobuf:"bytes,4,opt,name=dest_shard,json=destShard,proto3" json:"dest_shard,omitempty"`
+	Ranges        []*HashRange `protobuf:"bytes,5,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	MinMapVersion uint64       `protobuf:"varint,6,opt,name=min_map_version,json=minMapVersion,proto3" json:"min_map_version,omitempty"`
+	// Throttle: at most this many bytes and records per second (0: none).
+	RateBytes     float64 `protobuf:"fixed64,7,opt,name=rate_bytes,json=rateBytes,proto3" json:"rate_bytes,omitempty"`
+	RateRecords   float64 `protobuf:"fixed64,8,opt,name=rate_records,json=rateRecords,proto3" json:"rate_records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyShardRequest) Reset() {
+	*x = CopyShardRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyShardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyShardRequest) ProtoMessage() {}
+
+func (x *CopyShardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyShardRequest.ProtoReflect.Descriptor instead.
+func (*CopyShardRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CopyShardRequest) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *CopyShardRequest) GetSourceAddr() string {
+	if x != nil {
+		return x.SourceAddr
+	}
+	return ""
+}
+
+func (x *CopyShardRequest) GetSourceShard() string {
+	if x != nil {
+		return x.SourceShard
+	}
+	return ""
+}
+
+func (x *CopyShardRequest) GetDestShard() string {
+	if x != nil {
+		return x.DestShard
+	}
+	return ""
+}
+
+func (x *CopyShardRequest) GetRanges() []*HashRange {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+func (x *CopyShardRequest) GetMinMapVersion() uint64 {
+	if x != nil {
+		return x.MinMapVersion
+	}
+	return 0
+}
+
+func (x *CopyShardRequest) GetRateBytes() float64 {
+	if x != nil {
+		return x.RateBytes
+	}
+	return 0
+}
+
+func (x *CopyShardRequest) GetRateRecords() float64 {
+	if x != nil {
+		return x.RateRecords
+	}
+	return 0
+}
+
+type CopyStateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MigrationId   string                 `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyStateRequest) Reset() {
+	*x = CopyStateRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyStateRequest) ProtoMessage() {}
+
+func (x *CopyStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyStateRequest.ProtoReflect.Descriptor instead.
+func (*CopyStateRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *CopyStateRequest) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+type CopyProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Records and key and value bytes copied so far, in every run.
+	Records uint64 `protobuf:"varint,1,opt,name=records,proto3" json:"records,omitempty"`
+	Bytes   uint64 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// The source's size, as measured by the current run's snapshot.
+	TotalRecords uint64 `protobuf:"varint,3,opt,name=total_records,json=totalRecords,proto3" json:"total_records,omitempty"`
+	TotalBytes   uint64 `protobuf:"varint,4,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	Done         bool   `protobuf:"varint,5,opt,name=done,proto3" json:"done,omitempty"`
+	// Whether this run resumed an earlier one, and from how many records.
+	Resumed        bool   `protobuf:"varint,6,opt,name=resumed,proto3" json:"resumed,omitempty"`
+	ResumedRecords uint64 `protobuf:"varint,7,opt,name=resumed_records,json=resumedRecords,proto3" json:"resumed_records,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CopyProgress) Reset() {
+	*x = CopyProgress{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyProgress) ProtoMessage() {}
+
+func (x *CopyProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyProgress.ProtoReflect.Descriptor instead.
+func (*CopyProgress) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CopyProgress) GetRecords() uint64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+func (x *CopyProgress) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *CopyProgress) GetTotalRecords() uint64 {
+	if x != nil {
+		return x.TotalRecords
+	}
+	return 0
+}
+
+func (x *CopyProgress) GetTotalBytes() uint64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *CopyProgress) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+func (x *CopyProgress) GetResumed() bool {
+	if x != nil {
+		return x.Resumed
+	}
+	return false
+}
+
+func (x *CopyProgress) GetResumedRecords() uint64 {
+	if x != nil {
+		return x.ResumedRecords
+	}
+	return 0
+}
+
+type DigestDataRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shard         string                 `protobuf:"bytes,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	Start         []byte                 `protobuf:"bytes,2,opt,name=start,proto3" json:"start,omitempty"`
+	End           []byte                 `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
+	Ranges        []*HashRange           `protobuf:"bytes,4,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DigestDataRequest) Reset() {
+	*x = DigestDataRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DigestDataRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DigestDataRequest) ProtoMessage() {}
+
+func (x *DigestDataRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DigestDataRequest.ProtoReflect.Descriptor instead.
+func (*DigestDataRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *DigestDataRequest) GetShard() string {
+	if x != nil {
+		return x.Shard
+	}
+	return ""
+}
+
+func (x *DigestDataRequest) GetStart() []byte {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *DigestDataRequest) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *DigestDataRequest) GetRanges() []*HashRange {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+type PurgeShardRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard string                 `protobuf:"bytes,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// The ranges to delete; at least one.
+	Ranges        []*HashRange `protobuf:"bytes,2,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeShardRequest) Reset() {
+	*x = PurgeShardRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeShardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeShardRequest) ProtoMessage() {}
+
+func (x *PurgeShardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeShardRequest.ProtoReflect.Descriptor instead.
+func (*PurgeShardRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *PurgeShardRequest) GetShard() string {
+	if x != nil {
+		return x.Shard
+	}
+	return ""
+}
+
+func (x *PurgeShardRequest) GetRanges() []*HashRange {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+type PurgeShardResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Records       uint64                 `protobuf:"varint,1,opt,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeShardResponse) Reset() {
+	*x = PurgeShardResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeShardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeShardResponse) ProtoMessage() {}
+
+func (x *PurgeShardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeShardResponse.ProtoReflect.Descriptor instead.
+func (*PurgeShardResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *PurgeShardResponse) GetRecords() uint64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
 type ExportPageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Versioned mutations naming the exported shard.
@@ -1535,7 +2197,7 @@ type ExportPageResponse struct {
 
 func (x *ExportPageResponse) Reset() {
 	*x = ExportPageResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +2209,7 @@ func (x *ExportPageResponse) String() string {
 func (*ExportPageResponse) ProtoMessage() {}
 
 func (x *ExportPageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +2222,7 @@ func (x *ExportPageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPageResponse.ProtoReflect.Descriptor instead.
 func (*ExportPageResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{19}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ExportPageResponse) GetMutations() []*Mutation {
@@ -1588,14 +2250,16 @@ type ListJobsRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	ErrorQueue bool                   `protobuf:"varint,1,opt,name=error_queue,json=errorQueue,proto3" json:"error_queue,omitempty"`
 	// Most jobs returned; 0 means 1000.
-	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Only jobs for this target ("node/shard"); empty: every job.
+	Target        string `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1607,7 +2271,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1620,7 +2284,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{20}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListJobsRequest) GetErrorQueue() bool {
@@ -1635,6 +2299,13 @@ func (x *ListJobsRequest) GetLimit() int32 {
 		return x.Limit
 	}
 	return 0
+}
+
+func (x *ListJobsRequest) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
 }
 
 type Job struct {
@@ -1652,7 +2323,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1664,7 +2335,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1677,7 +2348,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{21}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Job) GetSeq() uint64 {
@@ -1733,7 +2404,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1745,7 +2416,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1758,7 +2429,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{22}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -1785,7 +2456,7 @@ type JobRef struct {
 
 func (x *JobRef) Reset() {
 	*x = JobRef{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1797,7 +2468,7 @@ func (x *JobRef) String() string {
 func (*JobRef) ProtoMessage() {}
 
 func (x *JobRef) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1810,7 +2481,7 @@ func (x *JobRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRef.ProtoReflect.Descriptor instead.
 func (*JobRef) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{23}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *JobRef) GetSeq() uint64 {
@@ -1835,7 +2506,7 @@ type RetryJobResponse struct {
 
 func (x *RetryJobResponse) Reset() {
 	*x = RetryJobResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +2518,7 @@ func (x *RetryJobResponse) String() string {
 func (*RetryJobResponse) ProtoMessage() {}
 
 func (x *RetryJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +2531,7 @@ func (x *RetryJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryJobResponse.ProtoReflect.Descriptor instead.
 func (*RetryJobResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{24}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{33}
 }
 
 type DropJobResponse struct {
@@ -1871,7 +2542,7 @@ type DropJobResponse struct {
 
 func (x *DropJobResponse) Reset() {
 	*x = DropJobResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1883,7 +2554,7 @@ func (x *DropJobResponse) String() string {
 func (*DropJobResponse) ProtoMessage() {}
 
 func (x *DropJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1896,7 +2567,7 @@ func (x *DropJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropJobResponse.ProtoReflect.Descriptor instead.
 func (*DropJobResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{25}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{34}
 }
 
 type ShardInfo struct {
@@ -1913,7 +2584,7 @@ type ShardInfo struct {
 
 func (x *ShardInfo) Reset() {
 	*x = ShardInfo{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1925,7 +2596,7 @@ func (x *ShardInfo) String() string {
 func (*ShardInfo) ProtoMessage() {}
 
 func (x *ShardInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1938,7 +2609,7 @@ func (x *ShardInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardInfo.ProtoReflect.Descriptor instead.
 func (*ShardInfo) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{26}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ShardInfo) GetName() string {
@@ -1978,7 +2649,7 @@ type CreateShardRequest struct {
 
 func (x *CreateShardRequest) Reset() {
 	*x = CreateShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1990,7 +2661,7 @@ func (x *CreateShardRequest) String() string {
 func (*CreateShardRequest) ProtoMessage() {}
 
 func (x *CreateShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2003,7 +2674,7 @@ func (x *CreateShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateShardRequest.ProtoReflect.Descriptor instead.
 func (*CreateShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{27}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CreateShardRequest) GetName() string {
@@ -2022,7 +2693,7 @@ type DropShardRequest struct {
 
 func (x *DropShardRequest) Reset() {
 	*x = DropShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2034,7 +2705,7 @@ func (x *DropShardRequest) String() string {
 func (*DropShardRequest) ProtoMessage() {}
 
 func (x *DropShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2047,7 +2718,7 @@ func (x *DropShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropShardRequest.ProtoReflect.Descriptor instead.
 func (*DropShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{28}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DropShardRequest) GetName() string {
@@ -2065,7 +2736,7 @@ type DropShardResponse struct {
 
 func (x *DropShardResponse) Reset() {
 	*x = DropShardResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2077,7 +2748,7 @@ func (x *DropShardResponse) String() string {
 func (*DropShardResponse) ProtoMessage() {}
 
 func (x *DropShardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2090,7 +2761,7 @@ func (x *DropShardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropShardResponse.ProtoReflect.Descriptor instead.
 func (*DropShardResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{29}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{38}
 }
 
 type ListShardsRequest struct {
@@ -2101,7 +2772,7 @@ type ListShardsRequest struct {
 
 func (x *ListShardsRequest) Reset() {
 	*x = ListShardsRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2113,7 +2784,7 @@ func (x *ListShardsRequest) String() string {
 func (*ListShardsRequest) ProtoMessage() {}
 
 func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2126,7 +2797,7 @@ func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListShardsRequest.ProtoReflect.Descriptor instead.
 func (*ListShardsRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{30}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{39}
 }
 
 type ListShardsResponse struct {
@@ -2138,7 +2809,7 @@ type ListShardsResponse struct {
 
 func (x *ListShardsResponse) Reset() {
 	*x = ListShardsResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2150,7 +2821,7 @@ func (x *ListShardsResponse) String() string {
 func (*ListShardsResponse) ProtoMessage() {}
 
 func (x *ListShardsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2163,7 +2834,7 @@ func (x *ListShardsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListShardsResponse.ProtoReflect.Descriptor instead.
 func (*ListShardsResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{31}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListShardsResponse) GetShards() []*ShardInfo {
@@ -2186,7 +2857,7 @@ type DigestShardRequest struct {
 
 func (x *DigestShardRequest) Reset() {
 	*x = DigestShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2198,7 +2869,7 @@ func (x *DigestShardRequest) String() string {
 func (*DigestShardRequest) ProtoMessage() {}
 
 func (x *DigestShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2211,7 +2882,7 @@ func (x *DigestShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestShardRequest.ProtoReflect.Descriptor instead.
 func (*DigestShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{32}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DigestShardRequest) GetName() string {
@@ -2247,7 +2918,7 @@ type DigestShardResponse struct {
 
 func (x *DigestShardResponse) Reset() {
 	*x = DigestShardResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2259,7 +2930,7 @@ func (x *DigestShardResponse) String() string {
 func (*DigestShardResponse) ProtoMessage() {}
 
 func (x *DigestShardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2272,7 +2943,7 @@ func (x *DigestShardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestShardResponse.ProtoReflect.Descriptor instead.
 func (*DigestShardResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{33}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DigestShardResponse) GetSum() []byte {
@@ -2313,7 +2984,7 @@ type TableInfo struct {
 
 func (x *TableInfo) Reset() {
 	*x = TableInfo{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2325,7 +2996,7 @@ func (x *TableInfo) String() string {
 func (*TableInfo) ProtoMessage() {}
 
 func (x *TableInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2338,7 +3009,7 @@ func (x *TableInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TableInfo.ProtoReflect.Descriptor instead.
 func (*TableInfo) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{34}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *TableInfo) GetName() string {
@@ -2365,7 +3036,7 @@ type CreateTableRequest struct {
 
 func (x *CreateTableRequest) Reset() {
 	*x = CreateTableRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2377,7 +3048,7 @@ func (x *CreateTableRequest) String() string {
 func (*CreateTableRequest) ProtoMessage() {}
 
 func (x *CreateTableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2390,7 +3061,7 @@ func (x *CreateTableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTableRequest.ProtoReflect.Descriptor instead.
 func (*CreateTableRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{35}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CreateTableRequest) GetName() string {
@@ -2415,7 +3086,7 @@ type ListTablesRequest struct {
 
 func (x *ListTablesRequest) Reset() {
 	*x = ListTablesRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2427,7 +3098,7 @@ func (x *ListTablesRequest) String() string {
 func (*ListTablesRequest) ProtoMessage() {}
 
 func (x *ListTablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2440,7 +3111,7 @@ func (x *ListTablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTablesRequest.ProtoReflect.Descriptor instead.
 func (*ListTablesRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{36}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{45}
 }
 
 type ListTablesResponse struct {
@@ -2452,7 +3123,7 @@ type ListTablesResponse struct {
 
 func (x *ListTablesResponse) Reset() {
 	*x = ListTablesResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2464,7 +3135,7 @@ func (x *ListTablesResponse) String() string {
 func (*ListTablesResponse) ProtoMessage() {}
 
 func (x *ListTablesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2477,7 +3148,7 @@ func (x *ListTablesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTablesResponse.ProtoReflect.Descriptor instead.
 func (*ListTablesResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{37}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListTablesResponse) GetTables() []*TableInfo {
@@ -2500,7 +3171,7 @@ type DropMonthsRequest struct {
 
 func (x *DropMonthsRequest) Reset() {
 	*x = DropMonthsRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +3183,7 @@ func (x *DropMonthsRequest) String() string {
 func (*DropMonthsRequest) ProtoMessage() {}
 
 func (x *DropMonthsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +3196,7 @@ func (x *DropMonthsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropMonthsRequest.ProtoReflect.Descriptor instead.
 func (*DropMonthsRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{38}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DropMonthsRequest) GetTable() string {
@@ -2557,7 +3228,7 @@ type DropMonthsResponse struct {
 
 func (x *DropMonthsResponse) Reset() {
 	*x = DropMonthsResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2569,7 +3240,7 @@ func (x *DropMonthsResponse) String() string {
 func (*DropMonthsResponse) ProtoMessage() {}
 
 func (x *DropMonthsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2582,7 +3253,7 @@ func (x *DropMonthsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropMonthsResponse.ProtoReflect.Descriptor instead.
 func (*DropMonthsResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{39}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{48}
 }
 
 type CollectTombstonesRequest struct {
@@ -2593,7 +3264,7 @@ type CollectTombstonesRequest struct {
 
 func (x *CollectTombstonesRequest) Reset() {
 	*x = CollectTombstonesRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2605,7 +3276,7 @@ func (x *CollectTombstonesRequest) String() string {
 func (*CollectTombstonesRequest) ProtoMessage() {}
 
 func (x *CollectTombstonesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2618,7 +3289,7 @@ func (x *CollectTombstonesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectTombstonesRequest.ProtoReflect.Descriptor instead.
 func (*CollectTombstonesRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{40}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{49}
 }
 
 type CollectTombstonesResponse struct {
@@ -2630,7 +3301,7 @@ type CollectTombstonesResponse struct {
 
 func (x *CollectTombstonesResponse) Reset() {
 	*x = CollectTombstonesResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2642,7 +3313,7 @@ func (x *CollectTombstonesResponse) String() string {
 func (*CollectTombstonesResponse) ProtoMessage() {}
 
 func (x *CollectTombstonesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2655,7 +3326,7 @@ func (x *CollectTombstonesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectTombstonesResponse.ProtoReflect.Descriptor instead.
 func (*CollectTombstonesResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{41}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *CollectTombstonesResponse) GetCollected() uint64 {
@@ -2673,7 +3344,7 @@ type GetMapRequest struct {
 
 func (x *GetMapRequest) Reset() {
 	*x = GetMapRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2685,7 +3356,7 @@ func (x *GetMapRequest) String() string {
 func (*GetMapRequest) ProtoMessage() {}
 
 func (x *GetMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2698,7 +3369,7 @@ func (x *GetMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMapRequest.ProtoReflect.Descriptor instead.
 func (*GetMapRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{42}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{51}
 }
 
 type WatchRequest struct {
@@ -2710,7 +3381,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2722,7 +3393,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2735,7 +3406,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{43}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *WatchRequest) GetAfterVersion() uint64 {
@@ -2756,7 +3427,7 @@ type MapResponse struct {
 
 func (x *MapResponse) Reset() {
 	*x = MapResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2768,7 +3439,7 @@ func (x *MapResponse) String() string {
 func (*MapResponse) ProtoMessage() {}
 
 func (x *MapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2781,7 +3452,7 @@ func (x *MapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MapResponse.ProtoReflect.Descriptor instead.
 func (*MapResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{44}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *MapResponse) GetVersion() uint64 {
@@ -2809,7 +3480,7 @@ type ProposeRequest struct {
 
 func (x *ProposeRequest) Reset() {
 	*x = ProposeRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2821,7 +3492,7 @@ func (x *ProposeRequest) String() string {
 func (*ProposeRequest) ProtoMessage() {}
 
 func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2834,7 +3505,7 @@ func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
 func (*ProposeRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{45}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ProposeRequest) GetChangeJson() []byte {
@@ -2853,7 +3524,7 @@ type ProposeResponse struct {
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2865,7 +3536,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2878,7 +3549,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{46}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ProposeResponse) GetVersion() uint64 {
@@ -2899,7 +3570,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2911,7 +3582,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2924,7 +3595,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{47}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *JoinRequest) GetNodeId() string {
@@ -2957,7 +3628,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2969,7 +3640,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2982,7 +3653,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{48}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *JoinResponse) GetVersion() uint64 {
@@ -3000,7 +3671,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3012,7 +3683,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3025,7 +3696,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{49}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{58}
 }
 
 type StatusResponse struct {
@@ -3047,7 +3718,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3059,7 +3730,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3072,7 +3743,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{50}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -3143,7 +3814,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3155,7 +3826,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3168,7 +3839,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{51}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ApplyRequest) GetMutations() []*Mutation {
@@ -3194,7 +3865,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3206,7 +3877,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3219,7 +3890,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{52}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ApplyResponse) GetOutcomes() []Outcome {
@@ -3242,7 +3913,7 @@ type JournalEntry struct {
 
 func (x *JournalEntry) Reset() {
 	*x = JournalEntry{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3254,7 +3925,7 @@ func (x *JournalEntry) String() string {
 func (*JournalEntry) ProtoMessage() {}
 
 func (x *JournalEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3267,7 +3938,7 @@ func (x *JournalEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JournalEntry.ProtoReflect.Descriptor instead.
 func (*JournalEntry) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{53}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *JournalEntry) GetMutations() []*Mutation {
@@ -3303,7 +3974,7 @@ type MultiGetResponse_Item struct {
 
 func (x *MultiGetResponse_Item) Reset() {
 	*x = MultiGetResponse_Item{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3315,7 +3986,7 @@ func (x *MultiGetResponse_Item) String() string {
 func (*MultiGetResponse_Item) ProtoMessage() {}
 
 func (x *MultiGetResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3370,7 +4041,7 @@ type CountResponse_Month struct {
 
 func (x *CountResponse_Month) Reset() {
 	*x = CountResponse_Month{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3382,7 +4053,7 @@ func (x *CountResponse_Month) String() string {
 func (*CountResponse_Month) ProtoMessage() {}
 
 func (x *CountResponse_Month) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3422,7 +4093,7 @@ type Mutation_Put struct {
 
 func (x *Mutation_Put) Reset() {
 	*x = Mutation_Put{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3434,7 +4105,7 @@ func (x *Mutation_Put) String() string {
 func (*Mutation_Put) ProtoMessage() {}
 
 func (x *Mutation_Put) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3473,7 +4144,7 @@ type Mutation_Delete struct {
 
 func (x *Mutation_Delete) Reset() {
 	*x = Mutation_Delete{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3485,7 +4156,7 @@ func (x *Mutation_Delete) String() string {
 func (*Mutation_Delete) ProtoMessage() {}
 
 func (x *Mutation_Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3519,7 +4190,7 @@ type Mutation_Append struct {
 
 func (x *Mutation_Append) Reset() {
 	*x = Mutation_Append{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[58]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3531,7 +4202,7 @@ func (x *Mutation_Append) String() string {
 func (*Mutation_Append) ProtoMessage() {}
 
 func (x *Mutation_Append) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[58]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3578,7 +4249,7 @@ type Mutation_Remove struct {
 
 func (x *Mutation_Remove) Reset() {
 	*x = Mutation_Remove{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3590,7 +4261,7 @@ func (x *Mutation_Remove) String() string {
 func (*Mutation_Remove) ProtoMessage() {}
 
 func (x *Mutation_Remove) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3632,7 +4303,7 @@ type JournalEntry_Target struct {
 
 func (x *JournalEntry_Target) Reset() {
 	*x = JournalEntry_Target{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3644,7 +4315,7 @@ func (x *JournalEntry_Target) String() string {
 func (*JournalEntry_Target) ProtoMessage() {}
 
 func (x *JournalEntry_Target) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3657,7 +4328,7 @@ func (x *JournalEntry_Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JournalEntry_Target.ProtoReflect.Descriptor instead.
 func (*JournalEntry_Target) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{53, 0}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{62, 0}
 }
 
 func (x *JournalEntry_Target) GetNode() string {
@@ -3798,15 +4469,72 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\x11ExportPageRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\tR\x05shard\x12\x14\n" +
 	"\x05after\x18\x02 \x01(\fR\x05after\x12\x14\n" +
-	"\x05limit\x18\x03 \x01(\x05R\x05limit\"o\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\"A\n" +
+	"\tHashRange\x12\x14\n" +
+	"\x05table\x18\x01 \x01(\tR\x05table\x12\x0e\n" +
+	"\x02lo\x18\x02 \x01(\x04R\x02lo\x12\x0e\n" +
+	"\x02hi\x18\x03 \x01(\x04R\x02hi\"\x80\x02\n" +
+	"\x12ExportShardRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\tR\x05shard\x12\x14\n" +
+	"\x05after\x18\x02 \x01(\fR\x05after\x12,\n" +
+	"\x06ranges\x18\x03 \x03(\v2\x14.aviary.v1.HashRangeR\x06ranges\x12&\n" +
+	"\x0fmin_map_version\x18\x04 \x01(\x04R\rminMapVersion\x12\x14\n" +
+	"\x05start\x18\x05 \x01(\fR\x05start\x12\x10\n" +
+	"\x03end\x18\x06 \x01(\fR\x03end\x12!\n" +
+	"\fpage_records\x18\a \x01(\x05R\vpageRecords\x12\x1d\n" +
+	"\n" +
+	"page_bytes\x18\b \x01(\x05R\tpageBytes\"\xd5\x01\n" +
+	"\x13ExportShardResponse\x121\n" +
+	"\tmutations\x18\x01 \x03(\v2\x13.aviary.v1.MutationR\tmutations\x12\x12\n" +
+	"\x04next\x18\x02 \x01(\fR\x04next\x12\x12\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\x12#\n" +
+	"\rtotal_records\x18\x04 \x01(\x04R\ftotalRecords\x12\x1f\n" +
+	"\vtotal_bytes\x18\x05 \x01(\x04R\n" +
+	"totalBytes\x12\x1d\n" +
+	"\n" +
+	"page_bytes\x18\x06 \x01(\x04R\tpageBytes\"\xb0\x02\n" +
+	"\x10CopyShardRequest\x12!\n" +
+	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12\x1f\n" +
+	"\vsource_addr\x18\x02 \x01(\tR\n" +
+	"sourceAddr\x12!\n" +
+	"\fsource_shard\x18\x03 \x01(\tR\vsourceShard\x12\x1d\n" +
+	"\n" +
+	"dest_shard\x18\x04 \x01(\tR\tdestShard\x12,\n" +
+	"\x06ranges\x18\x05 \x03(\v2\x14.aviary.v1.HashRangeR\x06ranges\x12&\n" +
+	"\x0fmin_map_version\x18\x06 \x01(\x04R\rminMapVersion\x12\x1d\n" +
+	"\n" +
+	"rate_bytes\x18\a \x01(\x01R\trateBytes\x12!\n" +
+	"\frate_records\x18\b \x01(\x01R\vrateRecords\"5\n" +
+	"\x10CopyStateRequest\x12!\n" +
+	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\"\xdb\x01\n" +
+	"\fCopyProgress\x12\x18\n" +
+	"\arecords\x18\x01 \x01(\x04R\arecords\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\x12#\n" +
+	"\rtotal_records\x18\x03 \x01(\x04R\ftotalRecords\x12\x1f\n" +
+	"\vtotal_bytes\x18\x04 \x01(\x04R\n" +
+	"totalBytes\x12\x12\n" +
+	"\x04done\x18\x05 \x01(\bR\x04done\x12\x18\n" +
+	"\aresumed\x18\x06 \x01(\bR\aresumed\x12'\n" +
+	"\x0fresumed_records\x18\a \x01(\x04R\x0eresumedRecords\"\x7f\n" +
+	"\x11DigestDataRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\tR\x05shard\x12\x14\n" +
+	"\x05start\x18\x02 \x01(\fR\x05start\x12\x10\n" +
+	"\x03end\x18\x03 \x01(\fR\x03end\x12,\n" +
+	"\x06ranges\x18\x04 \x03(\v2\x14.aviary.v1.HashRangeR\x06ranges\"W\n" +
+	"\x11PurgeShardRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\tR\x05shard\x12,\n" +
+	"\x06ranges\x18\x02 \x03(\v2\x14.aviary.v1.HashRangeR\x06ranges\".\n" +
+	"\x12PurgeShardResponse\x12\x18\n" +
+	"\arecords\x18\x01 \x01(\x04R\arecords\"o\n" +
 	"\x12ExportPageResponse\x121\n" +
 	"\tmutations\x18\x01 \x03(\v2\x13.aviary.v1.MutationR\tmutations\x12\x12\n" +
 	"\x04next\x18\x02 \x01(\fR\x04next\x12\x12\n" +
-	"\x04done\x18\x03 \x01(\bR\x04done\"H\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\"`\n" +
 	"\x0fListJobsRequest\x12\x1f\n" +
 	"\verror_queue\x18\x01 \x01(\bR\n" +
 	"errorQueue\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\x05R\x05limit\"\xb2\x01\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\tR\x06target\"\xb2\x01\n" +
 	"\x03Job\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x1a\n" +
@@ -3933,7 +4661,7 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\x06Remove\x12\x18.aviary.v1.RemoveRequest\x1a\x16.aviary.v1.WriteResult\x12:\n" +
 	"\x05Range\x12\x17.aviary.v1.RangeRequest\x1a\x18.aviary.v1.RangeResponse\x12:\n" +
 	"\x05Count\x12\x17.aviary.v1.CountRequest\x1a\x18.aviary.v1.CountResponse\x12:\n" +
-	"\x05Write\x12\x17.aviary.v1.WriteRequest\x1a\x18.aviary.v1.WriteResponse2\xf1\x06\n" +
+	"\x05Write\x12\x17.aviary.v1.WriteRequest\x1a\x18.aviary.v1.WriteResponse2\xe0\t\n" +
 	"\n" +
 	"ShardAdmin\x12B\n" +
 	"\vCreateShard\x12\x1d.aviary.v1.CreateShardRequest\x1a\x14.aviary.v1.ShardInfo\x12F\n" +
@@ -3948,7 +4676,14 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"DropMonths\x12\x1c.aviary.v1.DropMonthsRequest\x1a\x1d.aviary.v1.DropMonthsResponse\x12^\n" +
 	"\x11CollectTombstones\x12#.aviary.v1.CollectTombstonesRequest\x1a$.aviary.v1.CollectTombstonesResponse\x12I\n" +
 	"\n" +
-	"ExportPage\x12\x1c.aviary.v1.ExportPageRequest\x1a\x1d.aviary.v1.ExportPageResponse\x12C\n" +
+	"ExportPage\x12\x1c.aviary.v1.ExportPageRequest\x1a\x1d.aviary.v1.ExportPageResponse\x12N\n" +
+	"\vExportShard\x12\x1d.aviary.v1.ExportShardRequest\x1a\x1e.aviary.v1.ExportShardResponse0\x01\x12C\n" +
+	"\tCopyShard\x12\x1b.aviary.v1.CopyShardRequest\x1a\x17.aviary.v1.CopyProgress0\x01\x12A\n" +
+	"\tCopyState\x12\x1b.aviary.v1.CopyStateRequest\x1a\x17.aviary.v1.CopyProgress\x12J\n" +
+	"\n" +
+	"DigestData\x12\x1c.aviary.v1.DigestDataRequest\x1a\x1e.aviary.v1.DigestShardResponse\x12I\n" +
+	"\n" +
+	"PurgeShard\x12\x1c.aviary.v1.PurgeShardRequest\x1a\x1d.aviary.v1.PurgeShardResponse\x12C\n" +
 	"\bListJobs\x12\x1a.aviary.v1.ListJobsRequest\x1a\x1b.aviary.v1.ListJobsResponse\x12:\n" +
 	"\bRetryJob\x12\x11.aviary.v1.JobRef\x1a\x1b.aviary.v1.RetryJobResponse\x128\n" +
 	"\aDropJob\x12\x11.aviary.v1.JobRef\x1a\x1a.aviary.v1.DropJobResponse2\xbe\x02\n" +
@@ -3975,7 +4710,7 @@ func file_aviary_v1_aviary_proto_rawDescGZIP() []byte {
 }
 
 var file_aviary_v1_aviary_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_aviary_v1_aviary_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
+var file_aviary_v1_aviary_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
 var file_aviary_v1_aviary_proto_goTypes = []any{
 	(Consistency)(0),                  // 0: aviary.v1.Consistency
 	(Outcome)(0),                      // 1: aviary.v1.Outcome
@@ -3999,49 +4734,58 @@ var file_aviary_v1_aviary_proto_goTypes = []any{
 	(*WriteRequest)(nil),              // 19: aviary.v1.WriteRequest
 	(*WriteResponse)(nil),             // 20: aviary.v1.WriteResponse
 	(*ExportPageRequest)(nil),         // 21: aviary.v1.ExportPageRequest
-	(*ExportPageResponse)(nil),        // 22: aviary.v1.ExportPageResponse
-	(*ListJobsRequest)(nil),           // 23: aviary.v1.ListJobsRequest
-	(*Job)(nil),                       // 24: aviary.v1.Job
-	(*ListJobsResponse)(nil),          // 25: aviary.v1.ListJobsResponse
-	(*JobRef)(nil),                    // 26: aviary.v1.JobRef
-	(*RetryJobResponse)(nil),          // 27: aviary.v1.RetryJobResponse
-	(*DropJobResponse)(nil),           // 28: aviary.v1.DropJobResponse
-	(*ShardInfo)(nil),                 // 29: aviary.v1.ShardInfo
-	(*CreateShardRequest)(nil),        // 30: aviary.v1.CreateShardRequest
-	(*DropShardRequest)(nil),          // 31: aviary.v1.DropShardRequest
-	(*DropShardResponse)(nil),         // 32: aviary.v1.DropShardResponse
-	(*ListShardsRequest)(nil),         // 33: aviary.v1.ListShardsRequest
-	(*ListShardsResponse)(nil),        // 34: aviary.v1.ListShardsResponse
-	(*DigestShardRequest)(nil),        // 35: aviary.v1.DigestShardRequest
-	(*DigestShardResponse)(nil),       // 36: aviary.v1.DigestShardResponse
-	(*TableInfo)(nil),                 // 37: aviary.v1.TableInfo
-	(*CreateTableRequest)(nil),        // 38: aviary.v1.CreateTableRequest
-	(*ListTablesRequest)(nil),         // 39: aviary.v1.ListTablesRequest
-	(*ListTablesResponse)(nil),        // 40: aviary.v1.ListTablesResponse
-	(*DropMonthsRequest)(nil),         // 41: aviary.v1.DropMonthsRequest
-	(*DropMonthsResponse)(nil),        // 42: aviary.v1.DropMonthsResponse
-	(*CollectTombstonesRequest)(nil),  // 43: aviary.v1.CollectTombstonesRequest
-	(*CollectTombstonesResponse)(nil), // 44: aviary.v1.CollectTombstonesResponse
-	(*GetMapRequest)(nil),             // 45: aviary.v1.GetMapRequest
-	(*WatchRequest)(nil),              // 46: aviary.v1.WatchRequest
-	(*MapResponse)(nil),               // 47: aviary.v1.MapResponse
-	(*ProposeRequest)(nil),            // 48: aviary.v1.ProposeRequest
-	(*ProposeResponse)(nil),           // 49: aviary.v1.ProposeResponse
-	(*JoinRequest)(nil),               // 50: aviary.v1.JoinRequest
-	(*JoinResponse)(nil),              // 51: aviary.v1.JoinResponse
-	(*StatusRequest)(nil),             // 52: aviary.v1.StatusRequest
-	(*StatusResponse)(nil),            // 53: aviary.v1.StatusResponse
-	(*ApplyRequest)(nil),              // 54: aviary.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 55: aviary.v1.ApplyResponse
-	(*JournalEntry)(nil),              // 56: aviary.v1.JournalEntry
-	(*MultiGetResponse_Item)(nil),     // 57: aviary.v1.MultiGetResponse.Item
-	(*CountResponse_Month)(nil),       // 58: aviary.v1.CountResponse.Month
-	(*Mutation_Put)(nil),              // 59: aviary.v1.Mutation.Put
-	(*Mutation_Delete)(nil),           // 60: aviary.v1.Mutation.Delete
-	(*Mutation_Append)(nil),           // 61: aviary.v1.Mutation.Append
-	(*Mutation_Remove)(nil),           // 62: aviary.v1.Mutation.Remove
-	nil,                               // 63: aviary.v1.StatusResponse.VotersEntry
-	(*JournalEntry_Target)(nil),       // 64: aviary.v1.JournalEntry.Target
+	(*HashRange)(nil),                 // 22: aviary.v1.HashRange
+	(*ExportShardRequest)(nil),        // 23: aviary.v1.ExportShardRequest
+	(*ExportShardResponse)(nil),       // 24: aviary.v1.ExportShardResponse
+	(*CopyShardRequest)(nil),          // 25: aviary.v1.CopyShardRequest
+	(*CopyStateRequest)(nil),          // 26: aviary.v1.CopyStateRequest
+	(*CopyProgress)(nil),              // 27: aviary.v1.CopyProgress
+	(*DigestDataRequest)(nil),         // 28: aviary.v1.DigestDataRequest
+	(*PurgeShardRequest)(nil),         // 29: aviary.v1.PurgeShardRequest
+	(*PurgeShardResponse)(nil),        // 30: aviary.v1.PurgeShardResponse
+	(*ExportPageResponse)(nil),        // 31: aviary.v1.ExportPageResponse
+	(*ListJobsRequest)(nil),           // 32: aviary.v1.ListJobsRequest
+	(*Job)(nil),                       // 33: aviary.v1.Job
+	(*ListJobsResponse)(nil),          // 34: aviary.v1.ListJobsResponse
+	(*JobRef)(nil),                    // 35: aviary.v1.JobRef
+	(*RetryJobResponse)(nil),          // 36: aviary.v1.RetryJobResponse
+	(*DropJobResponse)(nil),           // 37: aviary.v1.DropJobResponse
+	(*ShardInfo)(nil),                 // 38: aviary.v1.ShardInfo
+	(*CreateShardRequest)(nil),        // 39: aviary.v1.CreateShardRequest
+	(*DropShardRequest)(nil),          // 40: aviary.v1.DropShardRequest
+	(*DropShardResponse)(nil),         // 41: aviary.v1.DropShardResponse
+	(*ListShardsRequest)(nil),         // 42: aviary.v1.ListShardsRequest
+	(*ListShardsResponse)(nil),        // 43: aviary.v1.ListShardsResponse
+	(*DigestShardRequest)(nil),        // 44: aviary.v1.DigestShardRequest
+	(*DigestShardResponse)(nil),       // 45: aviary.v1.DigestShardResponse
+	(*TableInfo)(nil),                 // 46: aviary.v1.TableInfo
+	(*CreateTableRequest)(nil),        // 47: aviary.v1.CreateTableRequest
+	(*ListTablesRequest)(nil),         // 48: aviary.v1.ListTablesRequest
+	(*ListTablesResponse)(nil),        // 49: aviary.v1.ListTablesResponse
+	(*DropMonthsRequest)(nil),         // 50: aviary.v1.DropMonthsRequest
+	(*DropMonthsResponse)(nil),        // 51: aviary.v1.DropMonthsResponse
+	(*CollectTombstonesRequest)(nil),  // 52: aviary.v1.CollectTombstonesRequest
+	(*CollectTombstonesResponse)(nil), // 53: aviary.v1.CollectTombstonesResponse
+	(*GetMapRequest)(nil),             // 54: aviary.v1.GetMapRequest
+	(*WatchRequest)(nil),              // 55: aviary.v1.WatchRequest
+	(*MapResponse)(nil),               // 56: aviary.v1.MapResponse
+	(*ProposeRequest)(nil),            // 57: aviary.v1.ProposeRequest
+	(*ProposeResponse)(nil),           // 58: aviary.v1.ProposeResponse
+	(*JoinRequest)(nil),               // 59: aviary.v1.JoinRequest
+	(*JoinResponse)(nil),              // 60: aviary.v1.JoinResponse
+	(*StatusRequest)(nil),             // 61: aviary.v1.StatusRequest
+	(*StatusResponse)(nil),            // 62: aviary.v1.StatusResponse
+	(*ApplyRequest)(nil),              // 63: aviary.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 64: aviary.v1.ApplyResponse
+	(*JournalEntry)(nil),              // 65: aviary.v1.JournalEntry
+	(*MultiGetResponse_Item)(nil),     // 66: aviary.v1.MultiGetResponse.Item
+	(*CountResponse_Month)(nil),       // 67: aviary.v1.CountResponse.Month
+	(*Mutation_Put)(nil),              // 68: aviary.v1.Mutation.Put
+	(*Mutation_Delete)(nil),           // 69: aviary.v1.Mutation.Delete
+	(*Mutation_Append)(nil),           // 70: aviary.v1.Mutation.Append
+	(*Mutation_Remove)(nil),           // 71: aviary.v1.Mutation.Remove
+	nil,                               // 72: aviary.v1.StatusResponse.VotersEntry
+	(*JournalEntry_Target)(nil),       // 73: aviary.v1.JournalEntry.Target
 }
 var file_aviary_v1_aviary_proto_depIdxs = []int32{
 	3,  // 0: aviary.v1.PutRequest.version:type_name -> aviary.v1.Version
@@ -4055,89 +4799,104 @@ var file_aviary_v1_aviary_proto_depIdxs = []int32{
 	3,  // 8: aviary.v1.WriteResult.version:type_name -> aviary.v1.Version
 	1,  // 9: aviary.v1.WriteResult.outcome:type_name -> aviary.v1.Outcome
 	3,  // 10: aviary.v1.GetResponse.version:type_name -> aviary.v1.Version
-	57, // 11: aviary.v1.MultiGetResponse.items:type_name -> aviary.v1.MultiGetResponse.Item
+	66, // 11: aviary.v1.MultiGetResponse.items:type_name -> aviary.v1.MultiGetResponse.Item
 	3,  // 12: aviary.v1.Entry.version:type_name -> aviary.v1.Version
 	14, // 13: aviary.v1.RangeResponse.entries:type_name -> aviary.v1.Entry
-	58, // 14: aviary.v1.CountResponse.months:type_name -> aviary.v1.CountResponse.Month
+	67, // 14: aviary.v1.CountResponse.months:type_name -> aviary.v1.CountResponse.Month
 	3,  // 15: aviary.v1.Mutation.version:type_name -> aviary.v1.Version
-	59, // 16: aviary.v1.Mutation.put:type_name -> aviary.v1.Mutation.Put
-	60, // 17: aviary.v1.Mutation.delete:type_name -> aviary.v1.Mutation.Delete
-	61, // 18: aviary.v1.Mutation.append:type_name -> aviary.v1.Mutation.Append
-	62, // 19: aviary.v1.Mutation.remove:type_name -> aviary.v1.Mutation.Remove
+	68, // 16: aviary.v1.Mutation.put:type_name -> aviary.v1.Mutation.Put
+	69, // 17: aviary.v1.Mutation.delete:type_name -> aviary.v1.Mutation.Delete
+	70, // 18: aviary.v1.Mutation.append:type_name -> aviary.v1.Mutation.Append
+	71, // 19: aviary.v1.Mutation.remove:type_name -> aviary.v1.Mutation.Remove
 	18, // 20: aviary.v1.WriteRequest.mutations:type_name -> aviary.v1.Mutation
 	0,  // 21: aviary.v1.WriteRequest.consistency:type_name -> aviary.v1.Consistency
 	8,  // 22: aviary.v1.WriteResponse.results:type_name -> aviary.v1.WriteResult
-	18, // 23: aviary.v1.ExportPageResponse.mutations:type_name -> aviary.v1.Mutation
-	24, // 24: aviary.v1.ListJobsResponse.jobs:type_name -> aviary.v1.Job
-	29, // 25: aviary.v1.ListShardsResponse.shards:type_name -> aviary.v1.ShardInfo
-	2,  // 26: aviary.v1.TableInfo.kind:type_name -> aviary.v1.TableKind
-	2,  // 27: aviary.v1.CreateTableRequest.kind:type_name -> aviary.v1.TableKind
-	37, // 28: aviary.v1.ListTablesResponse.tables:type_name -> aviary.v1.TableInfo
-	63, // 29: aviary.v1.StatusResponse.voters:type_name -> aviary.v1.StatusResponse.VotersEntry
-	18, // 30: aviary.v1.ApplyRequest.mutations:type_name -> aviary.v1.Mutation
-	1,  // 31: aviary.v1.ApplyResponse.outcomes:type_name -> aviary.v1.Outcome
-	18, // 32: aviary.v1.JournalEntry.mutations:type_name -> aviary.v1.Mutation
-	64, // 33: aviary.v1.JournalEntry.targets:type_name -> aviary.v1.JournalEntry.Target
-	3,  // 34: aviary.v1.MultiGetResponse.Item.version:type_name -> aviary.v1.Version
-	4,  // 35: aviary.v1.Data.Put:input_type -> aviary.v1.PutRequest
-	9,  // 36: aviary.v1.Data.Get:input_type -> aviary.v1.GetRequest
-	11, // 37: aviary.v1.Data.MultiGet:input_type -> aviary.v1.MultiGetRequest
-	5,  // 38: aviary.v1.Data.Delete:input_type -> aviary.v1.DeleteRequest
-	6,  // 39: aviary.v1.Data.Append:input_type -> aviary.v1.AppendRequest
-	7,  // 40: aviary.v1.Data.Remove:input_type -> aviary.v1.RemoveRequest
-	13, // 41: aviary.v1.Data.Range:input_type -> aviary.v1.RangeRequest
-	16, // 42: aviary.v1.Data.Count:input_type -> aviary.v1.CountRequest
-	19, // 43: aviary.v1.Data.Write:input_type -> aviary.v1.WriteRequest
-	30, // 44: aviary.v1.ShardAdmin.CreateShard:input_type -> aviary.v1.CreateShardRequest
-	31, // 45: aviary.v1.ShardAdmin.DropShard:input_type -> aviary.v1.DropShardRequest
-	33, // 46: aviary.v1.ShardAdmin.ListShards:input_type -> aviary.v1.ListShardsRequest
-	35, // 47: aviary.v1.ShardAdmin.DigestShard:input_type -> aviary.v1.DigestShardRequest
-	38, // 48: aviary.v1.ShardAdmin.CreateTable:input_type -> aviary.v1.CreateTableRequest
-	39, // 49: aviary.v1.ShardAdmin.ListTables:input_type -> aviary.v1.ListTablesRequest
-	41, // 50: aviary.v1.ShardAdmin.DropMonths:input_type -> aviary.v1.DropMonthsRequest
-	43, // 51: aviary.v1.ShardAdmin.CollectTombstones:input_type -> aviary.v1.CollectTombstonesRequest
-	21, // 52: aviary.v1.ShardAdmin.ExportPage:input_type -> aviary.v1.ExportPageRequest
-	23, // 53: aviary.v1.ShardAdmin.ListJobs:input_type -> aviary.v1.ListJobsRequest
-	26, // 54: aviary.v1.ShardAdmin.RetryJob:input_type -> aviary.v1.JobRef
-	26, // 55: aviary.v1.ShardAdmin.DropJob:input_type -> aviary.v1.JobRef
-	45, // 56: aviary.v1.Nameserver.GetMap:input_type -> aviary.v1.GetMapRequest
-	46, // 57: aviary.v1.Nameserver.Watch:input_type -> aviary.v1.WatchRequest
-	48, // 58: aviary.v1.Nameserver.Propose:input_type -> aviary.v1.ProposeRequest
-	50, // 59: aviary.v1.Nameserver.Join:input_type -> aviary.v1.JoinRequest
-	52, // 60: aviary.v1.Nameserver.Status:input_type -> aviary.v1.StatusRequest
-	54, // 61: aviary.v1.Replica.Apply:input_type -> aviary.v1.ApplyRequest
-	8,  // 62: aviary.v1.Data.Put:output_type -> aviary.v1.WriteResult
-	10, // 63: aviary.v1.Data.Get:output_type -> aviary.v1.GetResponse
-	12, // 64: aviary.v1.Data.MultiGet:output_type -> aviary.v1.MultiGetResponse
-	8,  // 65: aviary.v1.Data.Delete:output_type -> aviary.v1.WriteResult
-	8,  // 66: aviary.v1.Data.Append:output_type -> aviary.v1.WriteResult
-	8,  // 67: aviary.v1.Data.Remove:output_type -> aviary.v1.WriteResult
-	15, // 68: aviary.v1.Data.Range:output_type -> aviary.v1.RangeResponse
-	17, // 69: aviary.v1.Data.Count:output_type -> aviary.v1.CountResponse
-	20, // 70: aviary.v1.Data.Write:output_type -> aviary.v1.WriteResponse
-	29, // 71: aviary.v1.ShardAdmin.CreateShard:output_type -> aviary.v1.ShardInfo
-	32, // 72: aviary.v1.ShardAdmin.DropShard:output_type -> aviary.v1.DropShardResponse
-	34, // 73: aviary.v1.ShardAdmin.ListShards:output_type -> aviary.v1.ListShardsResponse
-	36, // 74: aviary.v1.ShardAdmin.DigestShard:output_type -> aviary.v1.DigestShardResponse
-	37, // 75: aviary.v1.ShardAdmin.CreateTable:output_type -> aviary.v1.TableInfo
-	40, // 76: aviary.v1.ShardAdmin.ListTables:output_type -> aviary.v1.ListTablesResponse
-	42, // 77: aviary.v1.ShardAdmin.DropMonths:output_type -> aviary.v1.DropMonthsResponse
-	44, // 78: aviary.v1.ShardAdmin.CollectTombstones:output_type -> aviary.v1.CollectTombstonesResponse
-	22, // 79: aviary.v1.ShardAdmin.ExportPage:output_type -> aviary.v1.ExportPageResponse
-	25, // 80: aviary.v1.ShardAdmin.ListJobs:output_type -> aviary.v1.ListJobsResponse
-	27, // 81: aviary.v1.ShardAdmin.RetryJob:output_type -> aviary.v1.RetryJobResponse
-	28, // 82: aviary.v1.ShardAdmin.DropJob:output_type -> aviary.v1.DropJobResponse
-	47, // 83: aviary.v1.Nameserver.GetMap:output_type -> aviary.v1.MapResponse
-	47, // 84: aviary.v1.Nameserver.Watch:output_type -> aviary.v1.MapResponse
-	49, // 85: aviary.v1.Nameserver.Propose:output_type -> aviary.v1.ProposeResponse
-	51, // 86: aviary.v1.Nameserver.Join:output_type -> aviary.v1.JoinResponse
-	53, // 87: aviary.v1.Nameserver.Status:output_type -> aviary.v1.StatusResponse
-	55, // 88: aviary.v1.Replica.Apply:output_type -> aviary.v1.ApplyResponse
-	62, // [62:89] is the sub-list for method output_type
-	35, // [35:62] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	22, // 23: aviary.v1.ExportShardRequest.ranges:type_name -> aviary.v1.HashRange
+	18, // 24: aviary.v1.ExportShardResponse.mutations:type_name -> aviary.v1.Mutation
+	22, // 25: aviary.v1.CopyShardRequest.ranges:type_name -> aviary.v1.HashRange
+	22, // 26: aviary.v1.DigestDataRequest.ranges:type_name -> aviary.v1.HashRange
+	22, // 27: aviary.v1.PurgeShardRequest.ranges:type_name -> aviary.v1.HashRange
+	18, // 28: aviary.v1.ExportPageResponse.mutations:type_name -> aviary.v1.Mutation
+	33, // 29: aviary.v1.ListJobsResponse.jobs:type_name -> aviary.v1.Job
+	38, // 30: aviary.v1.ListShardsResponse.shards:type_name -> aviary.v1.ShardInfo
+	2,  // 31: aviary.v1.TableInfo.kind:type_name -> aviary.v1.TableKind
+	2,  // 32: aviary.v1.CreateTableRequest.kind:type_name -> aviary.v1.TableKind
+	46, // 33: aviary.v1.ListTablesResponse.tables:type_name -> aviary.v1.TableInfo
+	72, // 34: aviary.v1.StatusResponse.voters:type_name -> aviary.v1.StatusResponse.VotersEntry
+	18, // 35: aviary.v1.ApplyRequest.mutations:type_name -> aviary.v1.Mutation
+	1,  // 36: aviary.v1.ApplyResponse.outcomes:type_name -> aviary.v1.Outcome
+	18, // 37: aviary.v1.JournalEntry.mutations:type_name -> aviary.v1.Mutation
+	73, // 38: aviary.v1.JournalEntry.targets:type_name -> aviary.v1.JournalEntry.Target
+	3,  // 39: aviary.v1.MultiGetResponse.Item.version:type_name -> aviary.v1.Version
+	4,  // 40: aviary.v1.Data.Put:input_type -> aviary.v1.PutRequest
+	9,  // 41: aviary.v1.Data.Get:input_type -> aviary.v1.GetRequest
+	11, // 42: aviary.v1.Data.MultiGet:input_type -> aviary.v1.MultiGetRequest
+	5,  // 43: aviary.v1.Data.Delete:input_type -> aviary.v1.DeleteRequest
+	6,  // 44: aviary.v1.Data.Append:input_type -> aviary.v1.AppendRequest
+	7,  // 45: aviary.v1.Data.Remove:input_type -> aviary.v1.RemoveRequest
+	13, // 46: aviary.v1.Data.Range:input_type -> aviary.v1.RangeRequest
+	16, // 47: aviary.v1.Data.Count:input_type -> aviary.v1.CountRequest
+	19, // 48: aviary.v1.Data.Write:input_type -> aviary.v1.WriteRequest
+	39, // 49: aviary.v1.ShardAdmin.CreateShard:input_type -> aviary.v1.CreateShardRequest
+	40, // 50: aviary.v1.ShardAdmin.DropShard:input_type -> aviary.v1.DropShardRequest
+	42, // 51: aviary.v1.ShardAdmin.ListShards:input_type -> aviary.v1.ListShardsRequest
+	44, // 52: aviary.v1.ShardAdmin.DigestShard:input_type -> aviary.v1.DigestShardRequest
+	47, // 53: aviary.v1.ShardAdmin.CreateTable:input_type -> aviary.v1.CreateTableRequest
+	48, // 54: aviary.v1.ShardAdmin.ListTables:input_type -> aviary.v1.ListTablesRequest
+	50, // 55: aviary.v1.ShardAdmin.DropMonths:input_type -> aviary.v1.DropMonthsRequest
+	52, // 56: aviary.v1.ShardAdmin.CollectTombstones:input_type -> aviary.v1.CollectTombstonesRequest
+	21, // 57: aviary.v1.ShardAdmin.ExportPage:input_type -> aviary.v1.ExportPageRequest
+	23, // 58: aviary.v1.ShardAdmin.ExportShard:input_type -> aviary.v1.ExportShardRequest
+	25, // 59: aviary.v1.ShardAdmin.CopyShard:input_type -> aviary.v1.CopyShardRequest
+	26, // 60: aviary.v1.ShardAdmin.CopyState:input_type -> aviary.v1.CopyStateRequest
+	28, // 61: aviary.v1.ShardAdmin.DigestData:input_type -> aviary.v1.DigestDataRequest
+	29, // 62: aviary.v1.ShardAdmin.PurgeShard:input_type -> aviary.v1.PurgeShardRequest
+	32, // 63: aviary.v1.ShardAdmin.ListJobs:input_type -> aviary.v1.ListJobsRequest
+	35, // 64: aviary.v1.ShardAdmin.RetryJob:input_type -> aviary.v1.JobRef
+	35, // 65: aviary.v1.ShardAdmin.DropJob:input_type -> aviary.v1.JobRef
+	54, // 66: aviary.v1.Nameserver.GetMap:input_type -> aviary.v1.GetMapRequest
+	55, // 67: aviary.v1.Nameserver.Watch:input_type -> aviary.v1.WatchRequest
+	57, // 68: aviary.v1.Nameserver.Propose:input_type -> aviary.v1.ProposeRequest
+	59, // 69: aviary.v1.Nameserver.Join:input_type -> aviary.v1.JoinRequest
+	61, // 70: aviary.v1.Nameserver.Status:input_type -> aviary.v1.StatusRequest
+	63, // 71: aviary.v1.Replica.Apply:input_type -> aviary.v1.ApplyRequest
+	8,  // 72: aviary.v1.Data.Put:output_type -> aviary.v1.WriteResult
+	10, // 73: aviary.v1.Data.Get:output_type -> aviary.v1.GetResponse
+	12, // 74: aviary.v1.Data.MultiGet:output_type -> aviary.v1.MultiGetResponse
+	8,  // 75: aviary.v1.Data.Delete:output_type -> aviary.v1.WriteResult
+	8,  // 76: aviary.v1.Data.Append:output_type -> aviary.v1.WriteResult
+	8,  // 77: aviary.v1.Data.Remove:output_type -> aviary.v1.WriteResult
+	15, // 78: aviary.v1.Data.Range:output_type -> aviary.v1.RangeResponse
+	17, // 79: aviary.v1.Data.Count:output_type -> aviary.v1.CountResponse
+	20, // 80: aviary.v1.Data.Write:output_type -> aviary.v1.WriteResponse
+	38, // 81: aviary.v1.ShardAdmin.CreateShard:output_type -> aviary.v1.ShardInfo
+	41, // 82: aviary.v1.ShardAdmin.DropShard:output_type -> aviary.v1.DropShardResponse
+	43, // 83: aviary.v1.ShardAdmin.ListShards:output_type -> aviary.v1.ListShardsResponse
+	45, // 84: aviary.v1.ShardAdmin.DigestShard:output_type -> aviary.v1.DigestShardResponse
+	46, // 85: aviary.v1.ShardAdmin.CreateTable:output_type -> aviary.v1.TableInfo
+	49, // 86: aviary.v1.ShardAdmin.ListTables:output_type -> aviary.v1.ListTablesResponse
+	51, // 87: aviary.v1.ShardAdmin.DropMonths:output_type -> aviary.v1.DropMonthsResponse
+	53, // 88: aviary.v1.ShardAdmin.CollectTombstones:output_type -> aviary.v1.CollectTombstonesResponse
+	31, // 89: aviary.v1.ShardAdmin.ExportPage:output_type -> aviary.v1.ExportPageResponse
+	24, // 90: aviary.v1.ShardAdmin.ExportShard:output_type -> aviary.v1.ExportShardResponse
+	27, // 91: aviary.v1.ShardAdmin.CopyShard:output_type -> aviary.v1.CopyProgress
+	27, // 92: aviary.v1.ShardAdmin.CopyState:output_type -> aviary.v1.CopyProgress
+	45, // 93: aviary.v1.ShardAdmin.DigestData:output_type -> aviary.v1.DigestShardResponse
+	30, // 94: aviary.v1.ShardAdmin.PurgeShard:output_type -> aviary.v1.PurgeShardResponse
+	34, // 95: aviary.v1.ShardAdmin.ListJobs:output_type -> aviary.v1.ListJobsResponse
+	36, // 96: aviary.v1.ShardAdmin.RetryJob:output_type -> aviary.v1.RetryJobResponse
+	37, // 97: aviary.v1.ShardAdmin.DropJob:output_type -> aviary.v1.DropJobResponse
+	56, // 98: aviary.v1.Nameserver.GetMap:output_type -> aviary.v1.MapResponse
+	56, // 99: aviary.v1.Nameserver.Watch:output_type -> aviary.v1.MapResponse
+	58, // 100: aviary.v1.Nameserver.Propose:output_type -> aviary.v1.ProposeResponse
+	60, // 101: aviary.v1.Nameserver.Join:output_type -> aviary.v1.JoinResponse
+	62, // 102: aviary.v1.Nameserver.Status:output_type -> aviary.v1.StatusResponse
+	64, // 103: aviary.v1.Replica.Apply:output_type -> aviary.v1.ApplyResponse
+	72, // [72:104] is the sub-list for method output_type
+	40, // [40:72] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_aviary_v1_aviary_proto_init() }
@@ -4157,7 +4916,7 @@ func file_aviary_v1_aviary_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aviary_v1_aviary_proto_rawDesc), len(file_aviary_v1_aviary_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   62,
+			NumMessages:   71,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

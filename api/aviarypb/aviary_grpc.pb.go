@@ -477,6 +477,11 @@ const (
 	ShardAdmin_DropMonths_FullMethodName        = "/aviary.v1.ShardAdmin/DropMonths"
 	ShardAdmin_CollectTombstones_FullMethodName = "/aviary.v1.ShardAdmin/CollectTombstones"
 	ShardAdmin_ExportPage_FullMethodName        = "/aviary.v1.ShardAdmin/ExportPage"
+	ShardAdmin_ExportShard_FullMethodName       = "/aviary.v1.ShardAdmin/ExportShard"
+	ShardAdmin_CopyShard_FullMethodName         = "/aviary.v1.ShardAdmin/CopyShard"
+	ShardAdmin_CopyState_FullMethodName         = "/aviary.v1.ShardAdmin/CopyState"
+	ShardAdmin_DigestData_FullMethodName        = "/aviary.v1.ShardAdmin/DigestData"
+	ShardAdmin_PurgeShard_FullMethodName        = "/aviary.v1.ShardAdmin/PurgeShard"
 	ShardAdmin_ListJobs_FullMethodName          = "/aviary.v1.ShardAdmin/ListJobs"
 	ShardAdmin_RetryJob_FullMethodName          = "/aviary.v1.ShardAdmin/RetryJob"
 	ShardAdmin_DropJob_FullMethodName           = "/aviary.v1.ShardAdmin/DropJob"
@@ -505,6 +510,26 @@ type ShardAdminClient interface {
 	// as versioned mutations (with their tombstones) that rebuild them when
 	// applied to another copy (Replica.Apply). For copying shards online.
 	ExportPage(ctx context.Context, in *ExportPageRequest, opts ...grpc.CallOption) (*ExportPageResponse, error)
+	// ExportShard streams a shard (or the records of some hash ranges of it)
+	// as versioned mutations from one consistent snapshot, starting after a
+	// key. The first message carries the snapshot's size. It refuses with
+	// FailedPrecondition until this node applies min_map_version, so that no
+	// write routed by an older map can land after the snapshot.
+	ExportShard(ctx context.Context, in *ExportShardRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportShardResponse], error)
+	// CopyShard copies a shard from another node into a local shard for a
+	// migration: pages from the source's ExportShard are applied last writer
+	// wins, each in one batch with the copy's cursor, so an interrupted copy
+	// resumes where it stopped. It streams progress until the copy is done;
+	// ending the call stops the copy.
+	CopyShard(ctx context.Context, in *CopyShardRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CopyProgress], error)
+	// CopyState reports a copy's durable progress without running it.
+	CopyState(ctx context.Context, in *CopyStateRequest, opts ...grpc.CallOption) (*CopyProgress, error)
+	// DigestData hashes the content and index records of a shard, or of its
+	// hash ranges, within a shard-relative key span.
+	DigestData(ctx context.Context, in *DigestDataRequest, opts ...grpc.CallOption) (*DigestShardResponse, error)
+	// PurgeShard physically deletes the records of a shard's hash ranges
+	// (after a split moved them elsewhere), keeping counts exact.
+	PurgeShard(ctx context.Context, in *PurgeShardRequest, opts ...grpc.CallOption) (*PurgeShardResponse, error)
 	// ListJobs lists this node's router jobs: replica deliveries still
 	// pending, or (error_queue) given up after repeated failures.
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
@@ -613,6 +638,74 @@ func (c *shardAdminClient) ExportPage(ctx context.Context, in *ExportPageRequest
 	return out, nil
 }
 
+func (c *shardAdminClient) ExportShard(ctx context.Context, in *ExportShardRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportShardResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ShardAdmin_ServiceDesc.Streams[0], ShardAdmin_ExportShard_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExportShardRequest, ExportShardResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ShardAdmin_ExportShardClient = grpc.ServerStreamingClient[ExportShardResponse]
+
+func (c *shardAdminClient) CopyShard(ctx context.Context, in *CopyShardRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CopyProgress], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ShardAdmin_ServiceDesc.Streams[1], ShardAdmin_CopyShard_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CopyShardRequest, CopyProgress]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ShardAdmin_CopyShardClient = grpc.ServerStreamingClient[CopyProgress]
+
+func (c *shardAdminClient) CopyState(ctx context.Context, in *CopyStateRequest, opts ...grpc.CallOption) (*CopyProgress, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CopyProgress)
+	err := c.cc.Invoke(ctx, ShardAdmin_CopyState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *shardAdminClient) DigestData(ctx context.Context, in *DigestDataRequest, opts ...grpc.CallOption) (*DigestShardResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DigestShardResponse)
+	err := c.cc.Invoke(ctx, ShardAdmin_DigestData_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *shardAdminClient) PurgeShard(ctx context.Context, in *PurgeShardRequest, opts ...grpc.CallOption) (*PurgeShardResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PurgeShardResponse)
+	err := c.cc.Invoke(ctx, ShardAdmin_PurgeShard_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *shardAdminClient) ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListJobsResponse)
@@ -666,6 +759,26 @@ type ShardAdminServer interface {
 	// as versioned mutations (with their tombstones) that rebuild them when
 	// applied to another copy (Replica.Apply). For copying shards online.
 	ExportPage(context.Context, *ExportPageRequest) (*ExportPageResponse, error)
+	// ExportShard streams a shard (or the records of some hash ranges of it)
+	// as versioned mutations from one consistent snapshot, starting after a
+	// key. The first message carries the snapshot's size. It refuses with
+	// FailedPrecondition until this node applies min_map_version, so that no
+	// write routed by an older map can land after the snapshot.
+	ExportShard(*ExportShardRequest, grpc.ServerStreamingServer[ExportShardResponse]) error
+	// CopyShard copies a shard from another node into a local shard for a
+	// migration: pages from the source's ExportShard are applied last writer
+	// wins, each in one batch with the copy's cursor, so an interrupted copy
+	// resumes where it stopped. It streams progress until the copy is done;
+	// ending the call stops the copy.
+	CopyShard(*CopyShardRequest, grpc.ServerStreamingServer[CopyProgress]) error
+	// CopyState reports a copy's durable progress without running it.
+	CopyState(context.Context, *CopyStateRequest) (*CopyProgress, error)
+	// DigestData hashes the content and index records of a shard, or of its
+	// hash ranges, within a shard-relative key span.
+	DigestData(context.Context, *DigestDataRequest) (*DigestShardResponse, error)
+	// PurgeShard physically deletes the records of a shard's hash ranges
+	// (after a split moved them elsewhere), keeping counts exact.
+	PurgeShard(context.Context, *PurgeShardRequest) (*PurgeShardResponse, error)
 	// ListJobs lists this node's router jobs: replica deliveries still
 	// pending, or (error_queue) given up after repeated failures.
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
@@ -710,6 +823,21 @@ func (UnimplementedShardAdminServer) CollectTombstones(context.Context, *Collect
 }
 func (UnimplementedShardAdminServer) ExportPage(context.Context, *ExportPageRequest) (*ExportPageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExportPage not implemented")
+}
+func (UnimplementedShardAdminServer) ExportShard(*ExportShardRequest, grpc.ServerStreamingServer[ExportShardResponse]) error {
+	return status.Error(codes.Unimplemented, "method ExportShard not implemented")
+}
+func (UnimplementedShardAdminServer) CopyShard(*CopyShardRequest, grpc.ServerStreamingServer[CopyProgress]) error {
+	return status.Error(codes.Unimplemented, "method CopyShard not implemented")
+}
+func (UnimplementedShardAdminServer) CopyState(context.Context, *CopyStateRequest) (*CopyProgress, error) {
+	return nil, status.Error(codes.Unimplemented, "method CopyState not implemented")
+}
+func (UnimplementedShardAdminServer) DigestData(context.Context, *DigestDataRequest) (*DigestShardResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DigestData not implemented")
+}
+func (UnimplementedShardAdminServer) PurgeShard(context.Context, *PurgeShardRequest) (*PurgeShardResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PurgeShard not implemented")
 }
 func (UnimplementedShardAdminServer) ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListJobs not implemented")
@@ -903,6 +1031,82 @@ func _ShardAdmin_ExportPage_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ShardAdmin_ExportShard_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ExportShardRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ShardAdminServer).ExportShard(m, &grpc.GenericServerStream[ExportShardRequest, ExportShardResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ShardAdmin_ExportShardServer = grpc.ServerStreamingServer[ExportShardResponse]
+
+func _ShardAdmin_CopyShard_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(CopyShardRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ShardAdminServer).CopyShard(m, &grpc.GenericServerStream[CopyShardRequest, CopyProgress]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ShardAdmin_CopyShardServer = grpc.ServerStreamingServer[CopyProgress]
+
+func _ShardAdmin_CopyState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CopyStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardAdminServer).CopyState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ShardAdmin_CopyState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardAdminServer).CopyState(ctx, req.(*CopyStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ShardAdmin_DigestData_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DigestDataRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardAdminServer).DigestData(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ShardAdmin_DigestData_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardAdminServer).DigestData(ctx, req.(*DigestDataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ShardAdmin_PurgeShard_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PurgeShardRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShardAdminServer).PurgeShard(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ShardAdmin_PurgeShard_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShardAdminServer).PurgeShard(ctx, req.(*PurgeShardRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ShardAdmin_ListJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListJobsRequest)
 	if err := dec(in); err != nil {
@@ -1001,6 +1205,18 @@ var ShardAdmin_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _ShardAdmin_ExportPage_Handler,
 		},
 		{
+			MethodName: "CopyState",
+			Handler:    _ShardAdmin_CopyState_Handler,
+		},
+		{
+			MethodName: "DigestData",
+			Handler:    _ShardAdmin_DigestData_Handler,
+		},
+		{
+			MethodName: "PurgeShard",
+			Handler:    _ShardAdmin_PurgeShard_Handler,
+		},
+		{
 			MethodName: "ListJobs",
 			Handler:    _ShardAdmin_ListJobs_Handler,
 		},
@@ -1013,7 +1229,18 @@ var ShardAdmin_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _ShardAdmin_DropJob_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ExportShard",
+			Handler:       _ShardAdmin_ExportShard_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "CopyShard",
+			Handler:       _ShardAdmin_CopyShard_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "aviary/v1/aviary.proto",
 }
 

@@ -14,8 +14,12 @@
 // revert a newer version.
 //
 // Consistency: One (the default) acknowledges once the journal holds the
-// write and at least one replica of every mutation applied it; the others
-// get it from their jobs. All acknowledges once every replica applied it.
+// write and at least one replica of every mutation that serves reads applied
+// it (a write_only replica, such as a migration's copy, does not count); the
+// others get it from their jobs. All acknowledges once every replica applied
+// it. While a migration of a tree is verified or cut over, its writes are
+// acknowledged as with All, so that the copy that serves reads next holds
+// every acknowledged write.
 package router
 
 import (
@@ -219,6 +223,12 @@ type Result struct {
 	Replicas, Acked int
 	// Dropped: the tree is a black hole for writes; nothing was stored.
 	Dropped bool
+
+	// readable counts the replicas that serve reads, readableAcked those
+	// of them that applied the mutation; syncing: the tree needs every
+	// replica (gizzard.Map.Syncing).
+	readable, readableAcked int
+	syncing                 bool
 }
 
 type delivery struct {
@@ -267,6 +277,15 @@ const maxReroutes = 5
 type target struct {
 	leaf gizzard.Leaf
 	idx  []int
+	// readable: the leaf serves reads of its tree.
+	readable bool
+}
+
+// treeInfo is what plan learns once per tree of a write.
+type treeInfo struct {
+	plan     gizzard.WritePlan
+	readable map[gizzard.Leaf]bool
+	syncing  bool
 }
 
 // plan routes muts by m: the leaves they go to and a result per mutation.
@@ -274,6 +293,7 @@ func plan(m *gizzard.Map, muts []shard.Mutation) ([]*target, []Result, error) {
 	res := make([]Result, len(muts))
 	var targets []*target
 	byLeaf := map[gizzard.Leaf]*target{}
+	trees := map[string]*treeInfo{}
 	for i := range muts {
 		mu := &muts[i]
 		if _, ok := m.Tables[mu.Table]; !ok {
@@ -286,21 +306,35 @@ func plan(m *gizzard.Map, muts []shard.Mutation) ([]*target, []Result, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: table %q: %w", ErrNoRoute, mu.Table, err)
 		}
-		p, err := m.PlanWrite(fw.Root)
-		if err != nil {
-			return nil, nil, fmt.Errorf("%w: tree %q: %w", ErrNoRoute, fw.Root, err)
+		tree := trees[fw.Root]
+		if tree == nil {
+			p, err := m.PlanWrite(fw.Root)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%w: tree %q: %w", ErrNoRoute, fw.Root, err)
+			}
+			if len(p.Rejected) > 0 {
+				rj := p.Rejected[0]
+				return nil, nil, fmt.Errorf("%w: shard %q is %s (%s)", ErrRefused, rj.Shard, rj.Kind, rj.Reason)
+			}
+			tree = &treeInfo{plan: p, readable: map[gizzard.Leaf]bool{}, syncing: m.Syncing(fw.Root)}
+			if leaves, err := m.PlanRead(fw.Root, 0); err == nil {
+				for _, l := range leaves {
+					tree.readable[l] = true
+				}
+			}
+			trees[fw.Root] = tree
 		}
-		if len(p.Rejected) > 0 {
-			rj := p.Rejected[0]
-			return nil, nil, fmt.Errorf("%w: shard %q is %s (%s)", ErrRefused, rj.Shard, rj.Kind, rj.Reason)
-		}
-		res[i] = Result{Root: fw.Root, Replicas: len(p.Targets), Dropped: p.Dropped && len(p.Targets) == 0}
+		p := tree.plan
+		res[i] = Result{Root: fw.Root, Replicas: len(p.Targets), Dropped: p.Dropped && len(p.Targets) == 0, syncing: tree.syncing}
 		for _, l := range p.Targets {
 			t := byLeaf[l]
 			if t == nil {
-				t = &target{leaf: l}
+				t = &target{leaf: l, readable: tree.readable[l]}
 				byLeaf[l] = t
 				targets = append(targets, t)
+			}
+			if t.readable {
+				res[i].readable++
 			}
 			t.idx = append(t.idx, i)
 		}
@@ -443,6 +477,9 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 				res[i].Outcome = d.outs[j]
 			}
 			res[i].Acked++
+			if t.readable {
+				res[i].readableAcked++
+			}
 		}
 		if satisfied(res, c) {
 			return res, nil
@@ -456,12 +493,23 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 	return nil, fmt.Errorf("%w (consistency %s; the write is journaled and will be retried): %w", ErrNotEnoughReplicas, c, errors.Join(errs...))
 }
 
+// satisfied reports whether every mutation has been applied by enough
+// replicas: One needs a replica that serves reads (any replica if none of
+// them does), so that an acknowledged write can be read back; All, and a
+// tree whose migration is cutting over, need every replica.
 func satisfied(res []Result, c Consistency) bool {
 	for _, r := range res {
-		if r.Replicas == 0 {
-			continue
-		}
-		if r.Acked == 0 || (c == All && r.Acked < r.Replicas) {
+		switch {
+		case r.Replicas == 0:
+		case c == All || r.syncing:
+			if r.Acked < r.Replicas {
+				return false
+			}
+		case r.readable > 0:
+			if r.readableAcked == 0 {
+				return false
+			}
+		case r.Acked == 0:
 			return false
 		}
 	}
