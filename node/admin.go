@@ -42,6 +42,12 @@ func (a *adminServer) DropShard(ctx context.Context, r *pb.DropShardRequest) (*p
 	if slices.Contains(a.n.ns.Map().LeavesOnNode(a.n.cfg.NodeID), r.Name) {
 		return nil, status.Errorf(codes.FailedPrecondition, "shard %q is in the site's shard map on this node: remove it from the map first", r.Name)
 	}
+	// Remember the map version the shard was dropped at: a restarted node
+	// replays older maps that still list it, and must not create it again.
+	v := max(a.n.ns.Map().Version, a.n.routedMap().Version)
+	if err := a.n.markDropped(ctx, r.Name, v); err != nil {
+		return nil, toStatus(err)
+	}
 	if err := a.n.store.DropShard(ctx, r.Name); err != nil {
 		return nil, toStatus(err)
 	}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -205,6 +206,11 @@ func (n *Node) applyMap(ctx context.Context, m *gizzard.Map) error {
 		if have[id] {
 			continue
 		}
+		if at, err := n.droppedAt(id); err != nil {
+			return err
+		} else if at >= m.Version {
+			continue // an old map, replayed: the shard was dropped since
+		}
 		if _, err := n.store.CreateShard(ctx, id); err != nil && !errors.Is(err, shard.ErrExists) {
 			return err
 		}
@@ -212,6 +218,26 @@ func (n *Node) applyMap(ctx context.Context, m *gizzard.Map) error {
 	}
 	return nil
 }
+
+// markDropped records durably that shard id was dropped when the map was
+// at version v.
+func (n *Node) markDropped(ctx context.Context, id string, v uint64) error {
+	if _, err := n.store.ImportPage(ctx, nil, droppedKey(id), binary.BigEndian.AppendUint64(nil, v)); err != nil {
+		return err
+	}
+	return n.store.Sync(ctx)
+}
+
+// droppedAt returns the map version shard id was last dropped at, or 0.
+func (n *Node) droppedAt(id string) (uint64, error) {
+	b, ok, err := n.store.ImportState(droppedKey(id))
+	if err != nil || !ok || len(b) != 8 {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+func droppedKey(id string) string { return "dropped/" + id }
 
 // nameserverServer implements the Nameserver service.
 type nameserverServer struct {

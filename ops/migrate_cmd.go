@@ -54,6 +54,22 @@ func (s *session) startMigration(ctx context.Context, d *driver, g gizzard.Migra
 	return d.run(ctx, g.ID)
 }
 
+// finishedMove returns the newest finished move of source to node, when
+// source is no longer in the map: a re-run of a migrate command whose
+// first run finished (or whose ops process died just after).
+func finishedMove(m *gizzard.Map, source, node string) (gizzard.Migration, bool) {
+	var found gizzard.Migration
+	if _, ok := m.Shards[source]; ok {
+		return found, false
+	}
+	for _, g := range m.Migrations {
+		if g.Kind == gizzard.MigrateMove && g.Source == source && g.State == gizzard.MigrationDone && (node == "" || g.DestNode == node) && g.Updated.After(found.Updated) {
+			found = g
+		}
+	}
+	return found, found.ID != ""
+}
+
 func planString(g gizzard.Migration) string {
 	if g.Kind == gizzard.MigrateSplit {
 		return fmt.Sprintf("split %s at %#016x: copy the upper part from %s on %s into %s on %s, under a new tree %s", g.Root, g.SplitAt, g.Source, g.SourceNode, g.Dest, g.DestNode, g.NewRoot)
@@ -179,6 +195,13 @@ migration of SHARD is already under way, this command resumes it.`,
 					d.say(g.ID, "resuming at %s", g.State)
 					return d.run(ctx, g.ID)
 				}
+			}
+			if g, ok := finishedMove(m, args[0], to); ok {
+				d.say(g.ID, "%s already: %s", g.State, describeMigration(g))
+				if g.State == gizzard.MigrationCancelled {
+					return fmt.Errorf("migration %s of %s was cancelled; run the command again once the shard is back in the map", g.ID, args[0])
+				}
+				return nil
 			}
 			if to == "" {
 				return errors.New("--to NODE is required for a new migration")

@@ -69,6 +69,11 @@ type progress struct {
 	lastOut                  time.Time        // when the last line was written
 	drawn                    bool             // something has been written
 	done                     bool
+	// first is the first update: the final rates count from it, so that
+	// records copied by an earlier run (a resumed copy) are not counted
+	// as this run's.
+	first    progressSample
+	hasFirst bool
 }
 
 // newProgress returns a progress writing to w, drawn in place when
@@ -120,6 +125,9 @@ func (p *progress) update(records, bytes uint64) {
 	}
 	p.records, p.bytes = records, bytes
 	sample := progressSample{at: t, records: records, bytes: bytes}
+	if !p.hasFirst {
+		p.first, p.hasFirst = sample, true
+	}
 	if n := len(p.window); n >= 2 && t.Sub(p.window[n-2].at) < progressSampleGap {
 		// Updates come faster than the window needs: the newest sample
 		// replaces the last, so the window holds a bounded number.
@@ -212,6 +220,9 @@ type progressState struct {
 
 // snapshot computes the state at t. While running, the rates are over the
 // window; once final, over the whole copy.
+// minRateSpan is the shortest time a rate is measured over.
+const minRateSpan = 200 * time.Millisecond
+
 func (p *progress) snapshot(final bool, t time.Time) progressState {
 	s := progressState{
 		records: p.records, bytes: p.bytes,
@@ -221,12 +232,13 @@ func (p *progress) snapshot(final bool, t time.Time) progressState {
 	var from, to progressSample
 	if final {
 		s.elapsed = max(t.Sub(p.start), 0)
-		from = progressSample{at: p.start}
+		from = p.first
 		to = progressSample{at: t, records: p.records, bytes: p.bytes}
 	} else if len(p.window) > 0 {
 		from, to = p.window[0], p.window[len(p.window)-1]
 	}
-	if dt := to.at.Sub(from.at).Seconds(); dt > 0 && to.records >= from.records && to.bytes >= from.bytes {
+	// A rate over less than minRateSpan says nothing (a copy of one page).
+	if dt := to.at.Sub(from.at).Seconds(); dt >= minRateSpan.Seconds() && to.records >= from.records && to.bytes >= from.bytes {
 		s.rateOK = true
 		s.recRate = float64(to.records-from.records) / dt
 		s.byteRate = float64(to.bytes-from.bytes) / dt

@@ -63,6 +63,15 @@ func (s *siteNode) start(t *testing.T) {
 // then every tree gets a readable replica on every other node.
 func startSite(t *testing.T, n int) []*siteNode {
 	t.Helper()
+	nodes := startNodes(t, n)
+	replicateEverywhere(t, nodes)
+	return nodes
+}
+
+// startNodes starts n nodes with 4 trees: node-0 founds the site and holds
+// every tree's only replica; the others join it.
+func startNodes(t *testing.T, n int) []*siteNode {
+	t.Helper()
 	dir := t.TempDir()
 	var nodes []*siteNode
 	for i := range n {
@@ -74,6 +83,13 @@ func startSite(t *testing.T, n int) []*siteNode {
 		s.start(t)
 		nodes = append(nodes, s)
 	}
+	return nodes
+}
+
+// replicateEverywhere gives every tree a readable replica on every node
+// but node-0.
+func replicateEverywhere(t *testing.T, nodes []*siteNode) {
+	t.Helper()
 	ctx := t.Context()
 	mr, err := nodes[0].ns.GetMap(ctx, &pb.GetMapRequest{})
 	if err != nil {
@@ -98,7 +114,6 @@ func startSite(t *testing.T, n int) []*siteNode {
 		t.Fatal(err)
 	}
 	waitVersion(t, nodes, pr.Version)
-	return nodes
 }
 
 // waitVersion waits until every running node routes with version v or later.
