@@ -271,7 +271,9 @@ func rangesString(rs []*pb.HashRange) string {
 	return strings.Join(parts, ", ")
 }
 
-// setState is the step that moves g to state, from the state it has.
+// setState is the step that moves g to state, from the state it has. It
+// comes first in its change, so that a driver that lost a race fails on it
+// (ErrStateMoved) rather than on a step the winner already took.
 func setState(g gizzard.Migration, state gizzard.MigrationState, note string) gizzard.Step {
 	from := g.State
 	g.State = state
@@ -285,10 +287,10 @@ func setState(g gizzard.Migration, state gizzard.MigrationState, note string) gi
 // this change on, every write of the tree also goes to Dest.
 func attachSteps(g gizzard.Migration) []gizzard.Step {
 	return []gizzard.Step{
+		setState(g, gizzard.MigrationCopying, ""),
 		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: g.Dest, Kind: gizzard.KindPhysical, Node: g.DestNode}},
 		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: g.Wrapper, Kind: gizzard.KindWriteOnly, Children: []gizzard.Link{{Child: g.Dest, Weight: 1}}}},
 		{Op: gizzard.OpAddLink, Parent: g.Root, Child: g.Wrapper, Weight: 1},
-		setState(g, gizzard.MigrationCopying, ""),
 	}
 }
 
@@ -297,6 +299,7 @@ func attachSteps(g gizzard.Migration) []gizzard.Step {
 // split points the upper ranges' forwardings at the new tree.
 func cutoverSteps(m *gizzard.Map, g gizzard.Migration) ([]gizzard.Step, error) {
 	steps := []gizzard.Step{
+		setState(g, gizzard.MigrationCutover, ""),
 		{Op: gizzard.OpRemoveLink, Parent: g.Wrapper, Child: g.Dest},
 	}
 	switch g.Kind {
@@ -332,13 +335,13 @@ func cutoverSteps(m *gizzard.Map, g gizzard.Migration) ([]gizzard.Step, error) {
 			steps = append(steps, gizzard.Step{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: r.Table, Base: g.SplitAt, Root: g.NewRoot}})
 		}
 	}
-	return append(steps, setState(g, gizzard.MigrationCutover, "")), nil
+	return steps, nil
 }
 
 // cleanupSteps take a moved Source out of the map; a split changes nothing
 // but the state (its source keeps serving the lower ranges).
 func cleanupSteps(g gizzard.Migration) []gizzard.Step {
-	var steps []gizzard.Step
+	steps := []gizzard.Step{setState(g, gizzard.MigrationCleanup, "")}
 	if g.Kind == gizzard.MigrateMove {
 		steps = append(steps,
 			gizzard.Step{Op: gizzard.OpRemoveLink, Parent: g.Root, Child: g.SourceWrapper},
@@ -347,7 +350,7 @@ func cleanupSteps(g gizzard.Migration) []gizzard.Step {
 			gizzard.Step{Op: gizzard.OpDeleteShard, ShardID: g.Source},
 		)
 	}
-	return append(steps, setState(g, gizzard.MigrationCleanup, ""))
+	return steps
 }
 
 // ErrCannotCancel is returned for a migration past the point of return.
@@ -355,7 +358,7 @@ var ErrCannotCancel = errors.New("ops: the migration can no longer be cancelled"
 
 // cancelSteps roll g back to the layout it started from.
 func cancelSteps(g gizzard.Migration, note string) ([]gizzard.Step, error) {
-	var steps []gizzard.Step
+	steps := []gizzard.Step{setState(g, gizzard.MigrationCancelled, note)}
 	switch g.State {
 	case gizzard.MigrationPlanned:
 	case gizzard.MigrationCopying, gizzard.MigrationCopied, gizzard.MigrationVerified:
@@ -380,7 +383,7 @@ func cancelSteps(g gizzard.Migration, note string) ([]gizzard.Step, error) {
 	default:
 		return nil, fmt.Errorf("%w: %s is %s", ErrCannotCancel, g.ID, g.State)
 	}
-	return append(steps, setState(g, gizzard.MigrationCancelled, note)), nil
+	return steps, nil
 }
 
 // driver carries migrations on.

@@ -347,3 +347,121 @@ func TestMigrateCancelAtEachStep(t *testing.T) {
 	w.stop()
 	w.check(t, nodes[1])
 }
+
+// TestMigrateVerifyFindsDivergence injects a record into the destination
+// behind the router's back: verification names the key and refuses the
+// cutover; --force goes past it.
+func TestMigrateVerifyFindsDivergence(t *testing.T) {
+	nodes := startSite(t, 2)
+	addr := nodes[0].addr
+	w := startWorkload(t, nodes, 2, 1)
+	defer w.stop()
+	w.waitWrites(t, 300)
+
+	s := newSession(&options{addr: addr, timeout: 10 * time.Second, who: "erin@test"}, io.Discard, io.Discard)
+	defer s.close()
+	var log strings.Builder
+	d := &driver{s: s, out: &log, poll: 50 * time.Millisecond, mu: &sync.Mutex{}, stopAt: gizzard.MigrationCopied}
+	m, err := s.siteMap(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := planMove(m, "default-000", "node-1", "", "0", false, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.startMigration(t.Context(), d, g); !errors.Is(err, errStopped) {
+		t.Fatalf("driver: %v\n%s", err, log.String())
+	}
+	// An old version, so that it is not taken for a write in flight.
+	old := &pb.Version{Hlc: uint64(time.Now().Add(-time.Hour).UnixMilli()) << 16, Site: 0}
+	if _, err := nodes[1].data.Put(t.Context(), &pb.PutRequest{Table: "statuses", Key: []byte("stray"), Value: []byte("x"), Shard: g.Dest, Version: old}); err != nil {
+		t.Fatal(err)
+	}
+	d.stopAt = ""
+	err = d.run(t.Context(), g.ID)
+	if !errors.Is(err, errVerifyFailed) {
+		t.Fatalf("run after a divergence: %v\n%s", err, log.String())
+	}
+	if !strings.Contains(log.String(), `content statuses "stray": source missing, destination`) {
+		t.Fatalf("the report does not name the stray key:\n%s", log.String())
+	}
+	if st := getMap(t, nodes[0]).Migrations[g.ID].State; st != gizzard.MigrationCopied {
+		t.Fatalf("state after a failed verification: %s, want copied", st)
+	}
+	out := mustOps(t, "--addr", addr, "migrate", "resume", g.ID, "--force")
+	if !strings.Contains(out, "done: moved default-000") {
+		t.Fatalf("resume --force:\n%s", out)
+	}
+	if note := getMap(t, nodes[0]).Migrations[g.ID].Note; !strings.Contains(note, "forced past a failed verification") {
+		t.Fatalf("note after --force: %q", note)
+	}
+	w.stop()
+	w.check(t, nodes[2])
+}
+
+// TestMigratePauseResume pauses a throttled copy from another ops process:
+// the copy stops where it is and goes on from there once resumed.
+func TestMigratePauseResume(t *testing.T) {
+	nodes := startSite(t, 2)
+	addr := nodes[0].addr
+	w := startWorkload(t, nodes, 2, 1)
+	defer w.stop()
+	w.waitWrites(t, 2000)
+	m := getMap(t, nodes[0])
+	g, err := planMove(m, "default-001", "node-2", "", "", false, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	var out string
+	go func() {
+		var err error
+		out, _, err = runOps(t, "--addr", addr, "migrate", "default-001", "--to", "node-2", "--rate", "300rec/s", "--poll", "20ms")
+		done <- err
+	}()
+	var id string
+	admin := adminOf(t, nodes[2])
+	copied := func() uint64 {
+		p, err := admin.CopyState(t.Context(), &pb.CopyStateRequest{MigrationId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Records
+	}
+	checkFor(t, 30*time.Second, func() error {
+		for _, x := range getMap(t, nodes[0]).ActiveMigrations() {
+			if x.Source == g.Source && x.State == gizzard.MigrationCopying {
+				id = x.ID
+				if copied() > 0 {
+					return nil
+				}
+			}
+		}
+		return errors.New("no copy under way yet")
+	})
+	mustOps(t, "--addr", addr, "migrate", "pause", id)
+	// Once the driver has stopped the copy, the cursor stays put.
+	var at uint64
+	checkFor(t, 10*time.Second, func() error {
+		a := copied()
+		time.Sleep(300 * time.Millisecond) // at 300 rec/s a running copy moves in this time
+		if b := copied(); a != b {
+			return fmt.Errorf("copy still moving: %d then %d", a, b)
+		}
+		at = a
+		return nil
+	})
+	if st := getMap(t, nodes[0]).Migrations[id]; !st.Paused || st.State != gizzard.MigrationCopying {
+		t.Fatalf("after pause: %+v", st)
+	}
+	out2 := mustOps(t, "--addr", addr, "migrate", "resume", id, "--rate", "0")
+	if err := <-done; err != nil {
+		t.Fatalf("first driver: %v\n%s", err, out)
+	}
+	if !strings.Contains(out2+out, "done: moved default-001") || !strings.Contains(out2+out, fmt.Sprintf("copy resumes after %d records", at)) {
+		t.Fatalf("after resume:\n%s\n%s", out, out2)
+	}
+	w.stop()
+	w.check(t, nodes[1])
+}
