@@ -17,6 +17,11 @@ type metrics struct {
 	latency   *prometheus.HistogramVec
 	mutations *prometheus.CounterVec
 	collected prometheus.Counter
+	// Migration copies: records and bytes exported (as a source) and
+	// imported (as a destination), and copies running into this node.
+	exported, exportedBytes prometheus.Counter
+	copied, copiedBytes     prometheus.Counter
+	copies                  prometheus.Gauge
 }
 
 func newMetrics(reg *prometheus.Registry, store *shard.Store) *metrics {
@@ -38,8 +43,29 @@ func newMetrics(reg *prometheus.Registry, store *shard.Store) *metrics {
 			Name: "aviary_shard_tombstones_collected_total",
 			Help: "Tombstones deleted after their grace period.",
 		}),
+		exported: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aviary_migration_exported_records_total",
+			Help: "Records this node sent as the source of migration copies.",
+		}),
+		exportedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aviary_migration_exported_bytes_total",
+			Help: "Key and value bytes this node sent as the source of migration copies.",
+		}),
+		copied: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aviary_migration_copied_records_total",
+			Help: "Records this node applied as the destination of migration copies.",
+		}),
+		copiedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aviary_migration_copied_bytes_total",
+			Help: "Key and value bytes this node applied as the destination of migration copies.",
+		}),
+		copies: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aviary_migration_copies_running",
+			Help: "Migration copies running into this node.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.mutations, m.collected, storeCollector{store})
+	reg.MustRegister(m.requests, m.latency, m.mutations, m.collected, storeCollector{store},
+		m.exported, m.exportedBytes, m.copied, m.copiedBytes, m.copies)
 	return m
 }
 

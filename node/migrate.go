@@ -115,6 +115,8 @@ func (a *adminServer) ExportShard(r *pb.ExportShardRequest, stream pb.ShardAdmin
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
+		a.n.metrics.exported.Add(float64(len(muts)))
+		a.n.metrics.exportedBytes.Add(float64(resp.PageBytes))
 		if done {
 			return nil
 		}
@@ -209,6 +211,8 @@ func (a *adminServer) CopyShard(r *pb.CopyShardRequest, stream pb.ShardAdmin_Cop
 		return status.Errorf(codes.Aborted, "migration %q is already copying on this node (another driver?)", r.MigrationId)
 	}
 	defer n.copies.stop(r.MigrationId)
+	n.metrics.copies.Inc()
+	defer n.metrics.copies.Dec()
 
 	st, err := n.copyState(r.MigrationId)
 	if err != nil {
@@ -264,6 +268,8 @@ func (a *adminServer) CopyShard(r *pb.CopyShardRequest, stream pb.ShardAdmin_Cop
 		}
 		runRecords += uint64(len(muts))
 		runBytes += page.PageBytes
+		n.metrics.copied.Add(float64(len(muts)))
+		n.metrics.copiedBytes.Add(float64(page.PageBytes))
 		prog.Records, prog.Bytes, prog.Done = st.Records, st.Bytes, st.Done
 		if st.Done {
 			if err := n.store.Sync(ctx); err != nil {
