@@ -77,7 +77,9 @@ const (
 	// OpSetMigration creates or updates the migration record Migration.
 	// Expect is the state it must be in now (a compare-and-swap); empty
 	// means it must not exist yet. Its Created and Updated are set from
-	// the change's At.
+	// the change's At. A step that changes the state keeps the record's
+	// Paused, Force and Rate (an operator's); one that keeps the state
+	// sets them.
 	OpSetMigration Op = "set_migration"
 	// OpRemoveMigration removes the migration record MigrationID.
 	OpRemoveMigration Op = "remove_migration"

@@ -166,6 +166,13 @@ func (a *applier) setMigration(g *Migration, expect MigrationState, at time.Time
 		n.Created = at
 	} else {
 		n.Created = cur.Created
+		if n.State != cur.State {
+			// A driver's step: it may carry a copy of the record read
+			// before an operator paused, forced or throttled it. Those
+			// are the operator's to change, in an update that keeps the
+			// state.
+			n.Paused, n.Force, n.Rate = cur.Paused, cur.Force, cur.Rate
+		}
 	}
 	n.Updated = at
 	if err := validMigration(n); err != nil {
@@ -235,11 +242,24 @@ func (m *Map) ActiveMigrations() []Migration {
 // the replica that serves reads next holds every acknowledged write.
 func (m *Map) Syncing(root string) bool {
 	for _, g := range m.Migrations {
-		if g.Root == root && (g.State == MigrationVerified || g.State == MigrationCutover) {
+		if (g.State == MigrationVerified || g.State == MigrationCutover) && m.TreeRoot(g.Root) == root {
 			return true
 		}
 	}
 	return false
+}
+
+// TreeRoot returns the root of the tree that holds shard id: id itself
+// when no link points to it.
+func (m *Map) TreeRoot(id string) string {
+	for range len(m.Shards) + 1 { // bounded, even if the map had a cycle
+		p := m.Parent(id)
+		if p == "" {
+			return id
+		}
+		id = p
+	}
+	return id
 }
 
 // Fencing. A router stamps every write with the map version it routed it

@@ -107,3 +107,35 @@ func TestMigrationRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestSyncingNestedAndOperatorFields(t *testing.T) {
+	m := baseMap(t)
+	// r -> inner (replicating) -> p3: a migration of p3 has Root "inner".
+	mustApply(t, m, createPhysical("p3", "n3"), createLogical(KindReplicating, "inner", link("p3", 1)), addLink("r", "inner", 1))
+	g := Migration{ID: "mig", Kind: MigrateMove, Root: "inner", Source: "p3", SourceNode: "n3", Dest: "p3.1", DestNode: "n1", Wrapper: "p3.1-wo", State: MigrationPlanned}
+	step := func(g Migration, expect MigrationState) {
+		t.Helper()
+		mustApply(t, m, Step{Op: OpSetMigration, Migration: &g, Expect: expect})
+	}
+	step(g, "")
+	if m.TreeRoot("p3") != "r" || m.TreeRoot("inner") != "r" || m.TreeRoot("r") != "r" {
+		t.Fatalf("tree roots: %s %s %s", m.TreeRoot("p3"), m.TreeRoot("inner"), m.TreeRoot("r"))
+	}
+	before := m.Fence("p1")
+	stale := g // the driver's copy, read before the operator paused it
+	paused := g
+	paused.Paused, paused.Rate = true, "1MB/s"
+	step(paused, MigrationPlanned)
+	stale.State = MigrationVerified
+	step(stale, MigrationPlanned)
+	got := m.Migrations["mig"]
+	if !got.Paused || got.Rate != "1MB/s" {
+		t.Fatalf("a driver's step dropped the operator's pause or rate: %+v", got)
+	}
+	if !m.Syncing("r") || m.Syncing("inner") {
+		t.Fatalf("Syncing: tree r %v, inner %v; want true, false", m.Syncing("r"), m.Syncing("inner"))
+	}
+	if m.Fence("p1") == before {
+		t.Fatal("entering verified did not fence the tree's leaves")
+	}
+}

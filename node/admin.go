@@ -134,28 +134,40 @@ func (a *adminServer) ListJobs(ctx context.Context, r *pb.ListJobsRequest) (*pb.
 	if limit <= 0 {
 		limit = 1000
 	}
+	resp := &pb.ListJobsResponse{JournalSeq: a.n.store.JournalSeq()}
+	want := func(j shard.Job) bool {
+		return (len(r.Targets) == 0 || slices.Contains(r.Targets, j.Target)) && (r.MaxSeq == 0 || j.Seq <= r.MaxSeq)
+	}
+	filtered := len(r.Targets) > 0 || r.MaxSeq > 0
+	page := limit + 1
+	if filtered {
+		page = max(page, 1000)
+	}
 	var jobs []shard.Job
 	var afterSeq uint64
 	var afterTarget string
 	for len(jobs) <= limit {
-		page, err := a.n.store.Jobs(r.ErrorQueue, afterSeq, afterTarget, limit+1)
+		got, err := a.n.store.Jobs(r.ErrorQueue, afterSeq, afterTarget, page)
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		for _, j := range page {
-			if r.Target == "" || j.Target == r.Target {
+		for _, j := range got {
+			if r.MaxSeq > 0 && j.Seq > r.MaxSeq {
+				got = nil // jobs come in sequence order: no more to find
+				break
+			}
+			if want(j) {
 				jobs = append(jobs, j)
 			}
 			afterSeq, afterTarget = j.Seq, j.Target
 		}
-		if len(page) <= limit || r.Target == "" {
+		if len(got) < page || !filtered {
 			break
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, toStatus(err)
 		}
 	}
-	resp := &pb.ListJobsResponse{}
 	if len(jobs) > limit {
 		jobs, resp.Truncated = jobs[:limit], true
 	}

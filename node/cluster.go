@@ -171,11 +171,19 @@ func (n *Node) reconcile(ctx context.Context) {
 		if err != nil {
 			return
 		}
-		after = m.Version
 		if err := n.applyMap(ctx, m); err != nil {
-			n.log.Error("cannot apply the shard map", "map_version", m.Version, "err", err)
+			// Not applied: try again (this map or a newer one) shortly.
+			n.log.Error("cannot apply the shard map; retrying", "map_version", m.Version, "err", err)
+			t := time.NewTimer(time.Second)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
 			continue
 		}
+		after = m.Version
 		n.fence.install(m)
 		n.routedVersion.Store(m.Version)
 		if cur, ok := m.Nodes[n.cfg.NodeID]; ok && cur == n.self() && !n.ready.Load() {

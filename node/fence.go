@@ -34,9 +34,7 @@ func (f *fence) install(m *gizzard.Map) {
 	if m.Version > f.version {
 		f.version, f.fences = m.Version, fs
 		f.m.Store(m)
-		if f.changed != nil {
-			close(f.changed)
-		}
+		close(f.changed)
 		f.changed = make(chan struct{})
 	}
 }
@@ -44,13 +42,12 @@ func (f *fence) install(m *gizzard.Map) {
 // current returns the installed map (nil before the first) and a channel
 // closed when a newer one is installed.
 func (f *fence) current() (*gizzard.Map, <-chan struct{}) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.changed == nil {
-		f.changed = make(chan struct{})
-	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
 	return f.m.Load(), f.changed
 }
+
+func newFence() *fence { return &fence{changed: make(chan struct{})} }
 
 // installed returns the version of the map whose fences are installed.
 func (f *fence) installed() uint64 {

@@ -62,7 +62,7 @@ type Node struct {
 	ready         atomic.Bool
 	readyCh       chan struct{} // closed when ready is set
 	// fence admits writes by the fences of the map applied last.
-	fence fence
+	fence *fence
 	// copies are the migration copies running into this node.
 	copies copies
 
@@ -80,7 +80,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, hlc: ids.NewHLC(cfg.Clock, cfg.MaxClockSkew), readyCh: make(chan struct{})}
+	n := &Node{cfg: cfg, log: cfg.Logger, hlc: ids.NewHLC(cfg.Clock, cfg.MaxClockSkew), readyCh: make(chan struct{}), fence: newFence()}
 	if n.ids, err = ids.NewGenerator(cfg.SiteID, cfg.WorkerID, cfg.Clock); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}

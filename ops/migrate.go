@@ -357,7 +357,7 @@ func cleanupSteps(g gizzard.Migration) []gizzard.Step {
 var ErrCannotCancel = errors.New("ops: the migration can no longer be cancelled")
 
 // cancelSteps roll g back to the layout it started from.
-func cancelSteps(g gizzard.Migration, note string) ([]gizzard.Step, error) {
+func cancelSteps(m *gizzard.Map, g gizzard.Migration, note string) ([]gizzard.Step, error) {
 	steps := []gizzard.Step{setState(g, gizzard.MigrationCancelled, note)}
 	switch g.State {
 	case gizzard.MigrationPlanned:
@@ -378,12 +378,22 @@ func cancelSteps(g gizzard.Migration, note string) ([]gizzard.Step, error) {
 			gizzard.Step{Op: gizzard.OpRemoveLink, Parent: g.Root, Child: g.SourceWrapper},
 			gizzard.Step{Op: gizzard.OpRemoveLink, Parent: g.SourceWrapper, Child: g.Source},
 			gizzard.Step{Op: gizzard.OpDeleteShard, ShardID: g.SourceWrapper},
-			gizzard.Step{Op: gizzard.OpAddLink, Parent: g.Root, Child: g.Source, Weight: 1},
+			gizzard.Step{Op: gizzard.OpAddLink, Parent: g.Root, Child: g.Source, Weight: linkWeightOf(m, g.Root, g.SourceWrapper)},
 		)
 	default:
 		return nil, fmt.Errorf("%w: %s is %s", ErrCannotCancel, g.ID, g.State)
 	}
 	return steps, nil
+}
+
+// linkWeightOf returns the weight of parent's link to child (1 if none).
+func linkWeightOf(m *gizzard.Map, parent, child string) int {
+	for _, l := range m.Shards[parent].Children {
+		if l.Child == child {
+			return l.Weight
+		}
+	}
+	return 1
 }
 
 // driver carries migrations on.
@@ -541,6 +551,15 @@ func (d *driver) run(ctx context.Context, id string) error {
 				return fmt.Errorf("%s: %w", id, err)
 			}
 		case gizzard.MigrationCutover:
+			// A node still on an older map reads from the source, which
+			// gets every write until cleanup: take it out only once every
+			// node reads from the destination.
+			if err := d.awaitAll(ctx, lastChange(m, fmt.Sprintf("set_migration %q", g.ID))); err != nil {
+				if e := fail("wait for every node to cut over", err); e != nil {
+					return e
+				}
+				continue
+			}
 			if g.Kind == gizzard.MigrateMove {
 				d.say(id, "cleanup: %s leaves the map", g.Source)
 			}
@@ -723,15 +742,24 @@ func (d *driver) awaitSite(ctx context.Context, v uint64) error {
 	}
 }
 
-// drain waits until the destination holds every acknowledged write: once
+// drain waits until the destination holds every acknowledged write. Once
 // every node routes by the map that made the tree's writes need every
-// replica (the verified state), no node may still hold a job for the
-// destination. A node that cannot be reached may hold one: drain waits.
+// replica (the verified change, which also fences the tree's leaves), a
+// write acknowledged under an older map may still owe a delivery to some
+// leaf of the tree: a job in some node's journal, up to the journal's
+// position at that moment. drain waits until no node holds such a job,
+// pending or in the error queue, for any leaf of the tree (a fenced job is
+// routed again to every leaf, the destination included). Every node must
+// answer: one that is down may hold such a job.
 func (d *driver) drain(ctx context.Context, m *gizzard.Map, g gizzard.Migration) error {
-	if err := d.awaitSite(ctx, lastChange(m, fmt.Sprintf("set_migration %q", g.ID))); err != nil {
+	if err := d.awaitAll(ctx, lastChange(m, fmt.Sprintf("set_migration %q", g.ID))); err != nil {
 		return err
 	}
-	target := g.DestNode + "/" + g.Dest
+	var targets []string
+	for _, l := range leavesUnder(m, m.TreeRoot(g.Root)) {
+		targets = append(targets, l.Node+"/"+l.ID)
+	}
+	marks := map[string]uint64{}
 	last := time.Now()
 	for {
 		var pending []string
@@ -740,21 +768,61 @@ func (d *driver) drain(ctx context.Context, m *gizzard.Map, g gizzard.Migration)
 			if err != nil {
 				return err
 			}
-			rctx, cancel := d.s.rpcCtx(ctx)
-			r, err := a.ListJobs(rctx, &pb.ListJobsRequest{Target: target, Limit: 1})
-			cancel()
-			switch {
-			case err != nil:
-				pending = append(pending, fmt.Sprintf("%s (unreachable: %s)", id, describeStatus(err, d.s.o.timeout)))
-			case len(r.Jobs) > 0:
-				pending = append(pending, fmt.Sprintf("%s (jobs from seq %d)", id, r.Jobs[0].Seq))
+			for _, errorQueue := range []bool{false, true} {
+				rctx, cancel := d.s.rpcCtx(ctx)
+				r, err := a.ListJobs(rctx, &pb.ListJobsRequest{Targets: targets, MaxSeq: marks[id], Limit: 1, ErrorQueue: errorQueue})
+				cancel()
+				if err != nil {
+					pending = append(pending, fmt.Sprintf("%s (unreachable: %s)", id, describeStatus(err, d.s.o.timeout)))
+					break
+				}
+				if _, ok := marks[id]; !ok {
+					// Jobs past this position were routed by the new map.
+					marks[id] = max(r.JournalSeq, 1)
+					r.Jobs = slices.DeleteFunc(r.Jobs, func(j *pb.Job) bool { return j.Seq > marks[id] })
+				}
+				if len(r.Jobs) > 0 {
+					what := "jobs"
+					if errorQueue {
+						what = "error-queue jobs (ops errors list; retry them)"
+					}
+					pending = append(pending, fmt.Sprintf("%s (%s for %s from seq %d)", id, what, r.Jobs[0].Target, r.Jobs[0].Seq))
+				}
 			}
 		}
 		if len(pending) == 0 {
 			return nil
 		}
 		if time.Since(last) > 10*time.Second {
-			d.say(g.ID, "waiting for writes bound for %s: %s", target, strings.Join(pending, ", "))
+			d.say(g.ID, "waiting for writes owed to the tree's replicas: %s", strings.Join(pending, ", "))
+			last = time.Now()
+		}
+		if err := pause(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// awaitAll waits until every node of the site routes with map version v
+// or newer; unlike awaitSite, a node that cannot be reached is waited for.
+func (d *driver) awaitAll(ctx context.Context, v uint64) error {
+	last := time.Now()
+	for {
+		m, err := d.s.siteMap(ctx)
+		if err != nil {
+			return err
+		}
+		var behind []string
+		for _, p := range d.s.probeAll(ctx, m) {
+			if !p.Reachable || p.MapVersion < v {
+				behind = append(behind, fmt.Sprintf("%s (at %d%s)", p.Node, p.MapVersion, map[bool]string{true: "", false: ", unreachable"}[p.Reachable]))
+			}
+		}
+		if len(behind) == 0 {
+			return nil
+		}
+		if time.Since(last) > 10*time.Second {
+			d.say("site", "waiting for %s to apply map version %d", strings.Join(behind, ", "), v)
 			last = time.Now()
 		}
 		if err := pause(ctx, 50*time.Millisecond); err != nil {

@@ -103,14 +103,14 @@ func (s *session) updateMigration(ctx context.Context, id string, edit func(*giz
 // cancelMigration rolls id back and drops what its destination copied.
 func (s *session) cancelMigration(ctx context.Context, d *driver, id, note string) error {
 	for {
-		_, g, err := d.migration(ctx, id)
+		m, g, err := d.migration(ctx, id)
 		if err != nil {
 			return err
 		}
 		if g.State == gizzard.MigrationCancelled {
 			return fmt.Errorf("migration %s is cancelled already", id)
 		}
-		steps, err := cancelSteps(g, note)
+		steps, err := cancelSteps(m, g, note)
 		if err != nil {
 			return err
 		}
@@ -128,8 +128,7 @@ func (s *session) cancelMigration(ctx context.Context, d *driver, id, note strin
 		if err := d.awaitSite(ctx, v); err != nil {
 			return err
 		}
-		m, err := s.siteMap(ctx)
-		if err != nil {
+		if m, err = s.siteMap(ctx); err != nil {
 			return err
 		}
 		if err := d.dropData(ctx, m, g.DestNode, g.Dest); err != nil {
@@ -570,18 +569,19 @@ migrations (see ops migrate), --parallel at a time.`,
 				var wg sync.WaitGroup
 				for i, mv := range batch {
 					cur, err := s.siteMap(ctx)
-					if err != nil {
-						return err
+					if err == nil {
+						var g gizzard.Migration
+						if g, err = planMove(cur, mv.Shard, mv.To, "", f.rate, f.force, time.Now()); err == nil {
+							if _, _, err = d.change(ctx, []gizzard.Step{{Op: gizzard.OpSetMigration, Migration: &g}}); err == nil {
+								d.say(g.ID, "planned: %s", planString(g))
+								wg.Go(func() { errs[i] = d.run(ctx, g.ID) })
+								continue
+							}
+						}
 					}
-					g, err := planMove(cur, mv.Shard, mv.To, "", f.rate, f.force, time.Now())
-					if err != nil {
-						return fmt.Errorf("move %d (%s): %w", start+i+1, mv, err)
-					}
-					if _, _, err := d.change(ctx, []gizzard.Step{{Op: gizzard.OpSetMigration, Migration: &g}}); err != nil {
-						return err
-					}
-					d.say(g.ID, "planned: %s", planString(g))
-					wg.Go(func() { errs[i] = d.run(ctx, g.ID) })
+					// Let the moves already started finish before giving up.
+					errs[i] = fmt.Errorf("move %d (%s): %w", start+i+1, mv, err)
+					break
 				}
 				wg.Wait()
 				if err := errors.Join(errs...); err != nil {

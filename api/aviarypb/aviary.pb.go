@@ -2251,8 +2251,10 @@ type ListJobsRequest struct {
 	ErrorQueue bool                   `protobuf:"varint,1,opt,name=error_queue,json=errorQueue,proto3" json:"error_queue,omitempty"`
 	// Most jobs returned; 0 means 1000.
 	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
-	// Only jobs for this target ("node/shard"); empty: every job.
-	Target        string `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	// Only jobs for these targets ("node/shard"); none: every job.
+	Targets []string `protobuf:"bytes,3,rep,name=targets,proto3" json:"targets,omitempty"`
+	// Only jobs of journal entries up to this sequence number; 0: all.
+	MaxSeq        uint64 `protobuf:"varint,4,opt,name=max_seq,json=maxSeq,proto3" json:"max_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2301,11 +2303,18 @@ func (x *ListJobsRequest) GetLimit() int32 {
 	return 0
 }
 
-func (x *ListJobsRequest) GetTarget() string {
+func (x *ListJobsRequest) GetTargets() []string {
 	if x != nil {
-		return x.Target
+		return x.Targets
 	}
-	return ""
+	return nil
+}
+
+func (x *ListJobsRequest) GetMaxSeq() uint64 {
+	if x != nil {
+		return x.MaxSeq
+	}
+	return 0
 }
 
 type Job struct {
@@ -2397,7 +2406,9 @@ type ListJobsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Jobs  []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
 	// Whether more jobs exist than were returned.
-	Truncated     bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	Truncated bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	// The sequence number of the node's newest journal entry.
+	JournalSeq    uint64 `protobuf:"varint,3,opt,name=journal_seq,json=journalSeq,proto3" json:"journal_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2444,6 +2455,13 @@ func (x *ListJobsResponse) GetTruncated() bool {
 		return x.Truncated
 	}
 	return false
+}
+
+func (x *ListJobsResponse) GetJournalSeq() uint64 {
+	if x != nil {
+		return x.JournalSeq
+	}
+	return 0
 }
 
 type JobRef struct {
@@ -4529,12 +4547,13 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\x12ExportPageResponse\x121\n" +
 	"\tmutations\x18\x01 \x03(\v2\x13.aviary.v1.MutationR\tmutations\x12\x12\n" +
 	"\x04next\x18\x02 \x01(\fR\x04next\x12\x12\n" +
-	"\x04done\x18\x03 \x01(\bR\x04done\"`\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\"{\n" +
 	"\x0fListJobsRequest\x12\x1f\n" +
 	"\verror_queue\x18\x01 \x01(\bR\n" +
 	"errorQueue\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x16\n" +
-	"\x06target\x18\x03 \x01(\tR\x06target\"\xb2\x01\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x18\n" +
+	"\atargets\x18\x03 \x03(\tR\atargets\x12\x17\n" +
+	"\amax_seq\x18\x04 \x01(\x04R\x06maxSeq\"\xb2\x01\n" +
 	"\x03Job\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x1a\n" +
@@ -4543,10 +4562,12 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"last_error\x18\x04 \x01(\tR\tlastError\x12$\n" +
 	"\x0efailed_unix_ms\x18\x05 \x01(\x03R\ffailedUnixMs\x12 \n" +
 	"\fnext_unix_ms\x18\x06 \x01(\x03R\n" +
-	"nextUnixMs\"T\n" +
+	"nextUnixMs\"u\n" +
 	"\x10ListJobsResponse\x12\"\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x0e.aviary.v1.JobR\x04jobs\x12\x1c\n" +
-	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"2\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated\x12\x1f\n" +
+	"\vjournal_seq\x18\x03 \x01(\x04R\n" +
+	"journalSeq\"2\n" +
 	"\x06JobRef\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\"\x12\n" +

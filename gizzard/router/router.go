@@ -256,6 +256,12 @@ func (r *Router) Write(ctx context.Context, muts []shard.Mutation, c Consistency
 		}
 		res, err = r.write(ctx, muts, c)
 	}
+	if fe, ok := ParseFenced(err); ok {
+		// Still fenced (the map keeps moving, or this node lags): the
+		// write is journaled and its jobs are routed again; say so, as
+		// not-enough-replicas, which clients retry.
+		err = fmt.Errorf("%w (its shard moved while it was routed; the write is journaled and will be delivered): %v", ErrNotEnoughReplicas, fe)
+	}
 	result := "ok"
 	switch {
 	case err == nil:
