@@ -83,6 +83,12 @@ const (
 	OpSetMigration Op = "set_migration"
 	// OpRemoveMigration removes the migration record MigrationID.
 	OpRemoveMigration Op = "remove_migration"
+	// OpAddSite adds Site (name and id new); an empty state means active.
+	OpAddSite Op = "add_site"
+	// OpUpdateSite replaces the existing site Site.Name (its id stays).
+	OpUpdateSite Op = "update_site"
+	// OpRemoveSite removes the site SiteName.
+	OpRemoveSite Op = "remove_site"
 )
 
 // Step is one operation of a Change. Only the fields its Op needs are set.
@@ -102,6 +108,8 @@ type Step struct {
 	// Expect is the state OpSetMigration requires the migration to be in.
 	Expect      MigrationState `json:"expect,omitempty"`
 	MigrationID string         `json:"migration_id,omitempty"`
+	Site        *Site          `json:"site,omitempty"`
+	SiteName    string         `json:"site_name,omitempty"`
 }
 
 // String describes the step for the audit log and error messages, for
@@ -181,6 +189,13 @@ func (s Step) String() string {
 		return what
 	case OpRemoveMigration:
 		return fmt.Sprintf("remove_migration %q", s.MigrationID)
+	case OpAddSite, OpUpdateSite:
+		if s.Site == nil {
+			return string(s.Op) + " (no site)"
+		}
+		return fmt.Sprintf("%s %q (id %d, nats %q, %s)", s.Op, s.Site.Name, s.Site.ID, s.Site.NATSURL, s.Site.State)
+	case OpRemoveSite:
+		return fmt.Sprintf("remove_site %q", s.SiteName)
 	}
 	return fmt.Sprintf("op %q", s.Op)
 }
@@ -307,12 +322,14 @@ const (
 	fMigration
 	fExpect
 	fMigrationID
+	fSite
+	fSiteName
 )
 
 // fieldNames are the JSON names of the fields, in bit order.
 func fieldNames(f field) []string {
 	var names []string
-	for i, n := range [...]string{"node", "node_id", "table", "shard", "shard_id", "parent", "child", "new_child", "weight", "forwarding", "migration", "expect", "migration_id"} {
+	for i, n := range [...]string{"node", "node_id", "table", "shard", "shard_id", "parent", "child", "new_child", "weight", "forwarding", "migration", "expect", "migration_id", "site", "site_name"} {
 		if f&(1<<i) != 0 {
 			names = append(names, n)
 		}
@@ -345,6 +362,10 @@ func (op Op) fields() (field, bool) {
 		return fMigration | fExpect, true
 	case OpRemoveMigration:
 		return fMigrationID, true
+	case OpAddSite, OpUpdateSite:
+		return fSite, true
+	case OpRemoveSite:
+		return fSiteName, true
 	}
 	return 0, false
 }
@@ -361,6 +382,7 @@ func (s Step) fields() field {
 		{s.Child != "", fChild}, {s.NewChild != "", fNewChild}, {s.Weight != 0, fWeight},
 		{s.Forwarding != nil, fForwarding}, {s.Migration != nil, fMigration},
 		{s.Expect != "", fExpect}, {s.MigrationID != "", fMigrationID},
+		{s.Site != nil, fSite}, {s.SiteName != "", fSiteName},
 	} {
 		if x.set {
 			f |= x.f
@@ -410,6 +432,12 @@ func (a *applier) step(s Step) error {
 		return a.setMigration(s.Migration, s.Expect, a.at)
 	case OpRemoveMigration:
 		return a.removeMigration(s.MigrationID)
+	case OpAddSite:
+		return a.addSite(s.Site, false)
+	case OpUpdateSite:
+		return a.addSite(s.Site, true)
+	case OpRemoveSite:
+		return a.removeSite(s.SiteName)
 	}
 	panic("gizzard: op " + string(s.Op) + " has fields but no handler")
 }

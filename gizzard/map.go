@@ -130,6 +130,8 @@ type Map struct {
 	// Migrations holds the online migrations, active and recently
 	// finished, by id.
 	Migrations map[string]Migration `json:"migrations,omitempty"`
+	// Sites lists every site of the deployment, this one included, by name.
+	Sites map[string]Site `json:"sites,omitempty"`
 }
 
 // NewMap returns an empty map at version 0.
@@ -166,6 +168,7 @@ func (m *Map) Clone() *Map {
 		Audit:       slices.Clone(m.Audit),
 		Fences:      maps.Clone(m.Fences),
 		Migrations:  maps.Clone(m.Migrations),
+		Sites:       maps.Clone(m.Sites),
 	}
 	for id, s := range c.Shards {
 		s.Children = slices.Clone(s.Children)
@@ -371,6 +374,20 @@ func (m *Map) validateShape() error {
 		if err := ValidName(id); err != nil {
 			return fmt.Errorf("fence: %w", err)
 		}
+	}
+	siteIDs := map[uint32]string{}
+	for _, name := range sortedKeys(m.Sites) {
+		st := m.Sites[name]
+		if err := validSite(st); err != nil {
+			return err
+		}
+		if st.Name != name {
+			return fmt.Errorf("site %q is keyed %q", st.Name, name)
+		}
+		if o, ok := siteIDs[st.ID]; ok {
+			return fmt.Errorf("sites %q and %q share id %d", o, name, st.ID)
+		}
+		siteIDs[st.ID] = name
 	}
 	for _, id := range sortedKeys(m.Migrations) {
 		g := m.Migrations[id]

@@ -1,0 +1,48 @@
+package gizzard
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestSites(t *testing.T) {
+	m := baseMap(t)
+	add := func(op Op, s Site) error { return m.Apply(change(Step{Op: op, Site: &s})) }
+	if err := add(OpAddSite, Site{Name: "east", ID: 1, NATSURL: "nats://127.0.0.1:4222"}); err != nil {
+		t.Fatal(err)
+	}
+	if m.Sites["east"].State != SiteActive {
+		t.Fatalf("a new site's state: %q", m.Sites["east"].State)
+	}
+	for _, c := range []struct {
+		op   Op
+		s    Site
+		want string
+	}{
+		{OpAddSite, Site{Name: "west", ID: 1, NATSURL: "nats://x"}, "taken by site"},
+		{OpAddSite, Site{Name: "east", ID: 2, NATSURL: "nats://x"}, "exists already"},
+		{OpAddSite, Site{Name: "west", ID: 32, NATSURL: "nats://x"}, "above 31"},
+		{OpAddSite, Site{Name: "we st", ID: 3, NATSURL: "nats://x"}, "site name"},
+		{OpUpdateSite, Site{Name: "east", ID: 2, NATSURL: "nats://y"}, "never changes"},
+		{OpUpdateSite, Site{Name: "north", ID: 4, NATSURL: "nats://y"}, "does not exist"},
+	} {
+		if err := add(c.op, c.s); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s %+v: %v, want %q", c.op, c.s, err, c.want)
+		}
+	}
+	if err := add(OpUpdateSite, Site{Name: "east", ID: 1, NATSURL: "nats://10.0.0.1:4222"}); err != nil {
+		t.Fatal(err)
+	}
+	if s, ok := m.SiteByID(1); !ok || s.NATSURL != "nats://10.0.0.1:4222" {
+		t.Fatalf("SiteByID(1) = %+v, %v", s, ok)
+	}
+	if err := m.Apply(change(Step{Op: OpRemoveSite, SiteName: "east"})); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Sites) != 0 {
+		t.Fatalf("sites after remove: %v", m.Sites)
+	}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
