@@ -3729,7 +3729,10 @@ type StatusResponse struct {
 	// Raft voters: node id -> raft address.
 	Voters map[string]string `protobuf:"bytes,7,rep,name=voters,proto3" json:"voters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Whether the node is part of the map and holds its shards (serving).
-	Ready         bool `protobuf:"varint,8,opt,name=ready,proto3" json:"ready,omitempty"`
+	Ready bool `protobuf:"varint,8,opt,name=ready,proto3" json:"ready,omitempty"`
+	// This node's site: its name in the site map and its id.
+	SiteName      string `protobuf:"bytes,9,opt,name=site_name,json=siteName,proto3" json:"site_name,omitempty"`
+	SiteId        uint32 `protobuf:"varint,10,opt,name=site_id,json=siteId,proto3" json:"site_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3820,6 +3823,652 @@ func (x *StatusResponse) GetReady() bool {
 	return false
 }
 
+func (x *StatusResponse) GetSiteName() string {
+	if x != nil {
+		return x.SiteName
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetSiteId() uint32 {
+	if x != nil {
+		return x.SiteId
+	}
+	return 0
+}
+
+// ReplicationMessage is what a node publishes to its site's replication
+// stream (subject aviary.repl.<site>.<node>): an outbox entry or a
+// heartbeat.
+type ReplicationMessage struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	OriginSite uint32                 `protobuf:"varint,1,opt,name=origin_site,json=originSite,proto3" json:"origin_site,omitempty"`
+	OriginNode string                 `protobuf:"bytes,2,opt,name=origin_node,json=originNode,proto3" json:"origin_node,omitempty"`
+	// The entry's journal sequence on the origin node (a heartbeat: the
+	// highest published so far).
+	Seq uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	// The sequence of the entry published before this one by the same node (0
+	// for the first), so that a receiver detects a missing entry.
+	PrevSeq uint64 `protobuf:"varint,4,opt,name=prev_seq,json=prevSeq,proto3" json:"prev_seq,omitempty"`
+	// When the origin accepted the entry, or sent the heartbeat (Unix ms).
+	AtUnixMs int64 `protobuf:"varint,5,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	// The entry's versioned mutations, without shards (empty for a heartbeat).
+	Mutations     []*Mutation `protobuf:"bytes,6,rep,name=mutations,proto3" json:"mutations,omitempty"`
+	Heartbeat     bool        `protobuf:"varint,7,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicationMessage) Reset() {
+	*x = ReplicationMessage{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicationMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicationMessage) ProtoMessage() {}
+
+func (x *ReplicationMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicationMessage.ProtoReflect.Descriptor instead.
+func (*ReplicationMessage) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *ReplicationMessage) GetOriginSite() uint32 {
+	if x != nil {
+		return x.OriginSite
+	}
+	return 0
+}
+
+func (x *ReplicationMessage) GetOriginNode() string {
+	if x != nil {
+		return x.OriginNode
+	}
+	return ""
+}
+
+func (x *ReplicationMessage) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ReplicationMessage) GetPrevSeq() uint64 {
+	if x != nil {
+		return x.PrevSeq
+	}
+	return 0
+}
+
+func (x *ReplicationMessage) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
+	}
+	return 0
+}
+
+func (x *ReplicationMessage) GetMutations() []*Mutation {
+	if x != nil {
+		return x.Mutations
+	}
+	return nil
+}
+
+func (x *ReplicationMessage) GetHeartbeat() bool {
+	if x != nil {
+		return x.Heartbeat
+	}
+	return false
+}
+
+type ApplyRemoteRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	OriginSite uint32                 `protobuf:"varint,1,opt,name=origin_site,json=originSite,proto3" json:"origin_site,omitempty"`
+	OriginNode string                 `protobuf:"bytes,2,opt,name=origin_node,json=originNode,proto3" json:"origin_node,omitempty"`
+	// Entries of that origin, in sequence order. Heartbeats among them only
+	// update freshness.
+	Entries []*ReplicationMessage `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
+	// Apply even if entries are missing before the first (after a reported
+	// gap that an operator accepted).
+	AllowGap bool `protobuf:"varint,4,opt,name=allow_gap,json=allowGap,proto3" json:"allow_gap,omitempty"`
+	// Messages still pending for this path at the source, as the relay's
+	// consumer sees them (for status).
+	Pending       uint64 `protobuf:"varint,5,opt,name=pending,proto3" json:"pending,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyRemoteRequest) Reset() {
+	*x = ApplyRemoteRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyRemoteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyRemoteRequest) ProtoMessage() {}
+
+func (x *ApplyRemoteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyRemoteRequest.ProtoReflect.Descriptor instead.
+func (*ApplyRemoteRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *ApplyRemoteRequest) GetOriginSite() uint32 {
+	if x != nil {
+		return x.OriginSite
+	}
+	return 0
+}
+
+func (x *ApplyRemoteRequest) GetOriginNode() string {
+	if x != nil {
+		return x.OriginNode
+	}
+	return ""
+}
+
+func (x *ApplyRemoteRequest) GetEntries() []*ReplicationMessage {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *ApplyRemoteRequest) GetAllowGap() bool {
+	if x != nil {
+		return x.AllowGap
+	}
+	return false
+}
+
+func (x *ApplyRemoteRequest) GetPending() uint64 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+type ApplyRemoteResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The highest origin sequence applied so far for the origin node.
+	Watermark uint64 `protobuf:"varint,1,opt,name=watermark,proto3" json:"watermark,omitempty"`
+	// Entries applied by this call, and skipped as already applied.
+	Applied uint32 `protobuf:"varint,2,opt,name=applied,proto3" json:"applied,omitempty"`
+	Skipped uint32 `protobuf:"varint,3,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	// Incoming mutations that lost to a newer version (conflicts).
+	Conflicts     uint32 `protobuf:"varint,4,opt,name=conflicts,proto3" json:"conflicts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyRemoteResponse) Reset() {
+	*x = ApplyRemoteResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyRemoteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyRemoteResponse) ProtoMessage() {}
+
+func (x *ApplyRemoteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyRemoteResponse.ProtoReflect.Descriptor instead.
+func (*ApplyRemoteResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *ApplyRemoteResponse) GetWatermark() uint64 {
+	if x != nil {
+		return x.Watermark
+	}
+	return 0
+}
+
+func (x *ApplyRemoteResponse) GetApplied() uint32 {
+	if x != nil {
+		return x.Applied
+	}
+	return 0
+}
+
+func (x *ApplyRemoteResponse) GetSkipped() uint32 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
+func (x *ApplyRemoteResponse) GetConflicts() uint32 {
+	if x != nil {
+		return x.Conflicts
+	}
+	return 0
+}
+
+type ReplicationStatusRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Most conflicts returned, newest first; 0 means 100.
+	Conflicts     int32 `protobuf:"varint,1,opt,name=conflicts,proto3" json:"conflicts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicationStatusRequest) Reset() {
+	*x = ReplicationStatusRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicationStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicationStatusRequest) ProtoMessage() {}
+
+func (x *ReplicationStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicationStatusRequest.ProtoReflect.Descriptor instead.
+func (*ReplicationStatusRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *ReplicationStatusRequest) GetConflicts() int32 {
+	if x != nil {
+		return x.Conflicts
+	}
+	return 0
+}
+
+type OriginStatus struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	OriginSite     uint32                 `protobuf:"varint,1,opt,name=origin_site,json=originSite,proto3" json:"origin_site,omitempty"`
+	OriginSiteName string                 `protobuf:"bytes,2,opt,name=origin_site_name,json=originSiteName,proto3" json:"origin_site_name,omitempty"`
+	OriginNode     string                 `protobuf:"bytes,3,opt,name=origin_node,json=originNode,proto3" json:"origin_node,omitempty"`
+	Watermark      uint64                 `protobuf:"varint,4,opt,name=watermark,proto3" json:"watermark,omitempty"`
+	// The origin time of the newest applied entry, and of the newest
+	// heartbeat heard; when this node last heard from the path.
+	AppliedAtUnixMs   int64 `protobuf:"varint,5,opt,name=applied_at_unix_ms,json=appliedAtUnixMs,proto3" json:"applied_at_unix_ms,omitempty"`
+	HeartbeatAtUnixMs int64 `protobuf:"varint,6,opt,name=heartbeat_at_unix_ms,json=heartbeatAtUnixMs,proto3" json:"heartbeat_at_unix_ms,omitempty"`
+	HeardUnixMs       int64 `protobuf:"varint,7,opt,name=heard_unix_ms,json=heardUnixMs,proto3" json:"heard_unix_ms,omitempty"`
+	// The origin's newest published sequence, per its heartbeat.
+	PublishedSeq   uint64 `protobuf:"varint,8,opt,name=published_seq,json=publishedSeq,proto3" json:"published_seq,omitempty"`
+	Pending        uint64 `protobuf:"varint,9,opt,name=pending,proto3" json:"pending,omitempty"`
+	AppliedEntries uint64 `protobuf:"varint,10,opt,name=applied_entries,json=appliedEntries,proto3" json:"applied_entries,omitempty"`
+	Conflicts      uint64 `protobuf:"varint,11,opt,name=conflicts,proto3" json:"conflicts,omitempty"`
+	// The last gap seen ("" if none): what was expected and what came.
+	Gap           string `protobuf:"bytes,12,opt,name=gap,proto3" json:"gap,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OriginStatus) Reset() {
+	*x = OriginStatus{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OriginStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OriginStatus) ProtoMessage() {}
+
+func (x *OriginStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OriginStatus.ProtoReflect.Descriptor instead.
+func (*OriginStatus) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *OriginStatus) GetOriginSite() uint32 {
+	if x != nil {
+		return x.OriginSite
+	}
+	return 0
+}
+
+func (x *OriginStatus) GetOriginSiteName() string {
+	if x != nil {
+		return x.OriginSiteName
+	}
+	return ""
+}
+
+func (x *OriginStatus) GetOriginNode() string {
+	if x != nil {
+		return x.OriginNode
+	}
+	return ""
+}
+
+func (x *OriginStatus) GetWatermark() uint64 {
+	if x != nil {
+		return x.Watermark
+	}
+	return 0
+}
+
+func (x *OriginStatus) GetAppliedAtUnixMs() int64 {
+	if x != nil {
+		return x.AppliedAtUnixMs
+	}
+	return 0
+}
+
+func (x *OriginStatus) GetHeartbeatAtUnixMs() int64 {
+	if x != nil {
+		return x.HeartbeatAtUnixMs
+	}
+	return 0
+}
+
+func (x *OriginStatus) GetHeardUnixMs() int64 {
+	if x != nil {
+		return x.HeardUnixMs
+	}
+	return 0
+}
+
+func (x *OriginStatus) GetPublishedSeq() uint64 {
+	if x != nil {
+		return x.PublishedSeq
+	}
+	return 0
+}
+
+func (x *OriginStatus) GetPending() uint64 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *OriginStatus) GetAppliedEntries() uint64 {
+	if x != nil {
+		return x.AppliedEntries
+	}
+	return 0
+}
+
+func (x *OriginStatus) GetConflicts() uint64 {
+	if x != nil {
+		return x.Conflicts
+	}
+	return 0
+}
+
+func (x *OriginStatus) GetGap() string {
+	if x != nil {
+		return x.Gap
+	}
+	return ""
+}
+
+type Conflict struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Table string                 `protobuf:"bytes,1,opt,name=table,proto3" json:"table,omitempty"`
+	// The content key, or the index owner and id.
+	Key   []byte `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Owner uint64 `protobuf:"varint,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	Id    uint64 `protobuf:"varint,4,opt,name=id,proto3" json:"id,omitempty"`
+	// The incoming version that lost.
+	Loser         *Version `protobuf:"bytes,5,opt,name=loser,proto3" json:"loser,omitempty"`
+	OriginSite    uint32   `protobuf:"varint,6,opt,name=origin_site,json=originSite,proto3" json:"origin_site,omitempty"`
+	AtUnixMs      int64    `protobuf:"varint,7,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Conflict) Reset() {
+	*x = Conflict{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Conflict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Conflict) ProtoMessage() {}
+
+func (x *Conflict) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Conflict.ProtoReflect.Descriptor instead.
+func (*Conflict) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *Conflict) GetTable() string {
+	if x != nil {
+		return x.Table
+	}
+	return ""
+}
+
+func (x *Conflict) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *Conflict) GetOwner() uint64 {
+	if x != nil {
+		return x.Owner
+	}
+	return 0
+}
+
+func (x *Conflict) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Conflict) GetLoser() *Version {
+	if x != nil {
+		return x.Loser
+	}
+	return nil
+}
+
+func (x *Conflict) GetOriginSite() uint32 {
+	if x != nil {
+		return x.OriginSite
+	}
+	return 0
+}
+
+func (x *Conflict) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
+	}
+	return 0
+}
+
+type ReplicationStatusResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Origins   []*OriginStatus        `protobuf:"bytes,1,rep,name=origins,proto3" json:"origins,omitempty"`
+	Conflicts []*Conflict            `protobuf:"bytes,2,rep,name=conflicts,proto3" json:"conflicts,omitempty"`
+	// This node's outbox: entries kept for other sites, and the oldest.
+	OutboxEntries   uint64 `protobuf:"varint,3,opt,name=outbox_entries,json=outboxEntries,proto3" json:"outbox_entries,omitempty"`
+	OutboxOldestSeq uint64 `protobuf:"varint,4,opt,name=outbox_oldest_seq,json=outboxOldestSeq,proto3" json:"outbox_oldest_seq,omitempty"`
+	// This node's published position and the sites' watermarks of it.
+	PublishedSeq   uint64            `protobuf:"varint,5,opt,name=published_seq,json=publishedSeq,proto3" json:"published_seq,omitempty"`
+	SiteWatermarks map[string]uint64 `protobuf:"bytes,6,rep,name=site_watermarks,json=siteWatermarks,proto3" json:"site_watermarks,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Whether the node reaches its site's NATS.
+	NatsConnected bool   `protobuf:"varint,7,opt,name=nats_connected,json=natsConnected,proto3" json:"nats_connected,omitempty"`
+	NatsUrl       string `protobuf:"bytes,8,opt,name=nats_url,json=natsUrl,proto3" json:"nats_url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicationStatusResponse) Reset() {
+	*x = ReplicationStatusResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicationStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicationStatusResponse) ProtoMessage() {}
+
+func (x *ReplicationStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicationStatusResponse.ProtoReflect.Descriptor instead.
+func (*ReplicationStatusResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *ReplicationStatusResponse) GetOrigins() []*OriginStatus {
+	if x != nil {
+		return x.Origins
+	}
+	return nil
+}
+
+func (x *ReplicationStatusResponse) GetConflicts() []*Conflict {
+	if x != nil {
+		return x.Conflicts
+	}
+	return nil
+}
+
+func (x *ReplicationStatusResponse) GetOutboxEntries() uint64 {
+	if x != nil {
+		return x.OutboxEntries
+	}
+	return 0
+}
+
+func (x *ReplicationStatusResponse) GetOutboxOldestSeq() uint64 {
+	if x != nil {
+		return x.OutboxOldestSeq
+	}
+	return 0
+}
+
+func (x *ReplicationStatusResponse) GetPublishedSeq() uint64 {
+	if x != nil {
+		return x.PublishedSeq
+	}
+	return 0
+}
+
+func (x *ReplicationStatusResponse) GetSiteWatermarks() map[string]uint64 {
+	if x != nil {
+		return x.SiteWatermarks
+	}
+	return nil
+}
+
+func (x *ReplicationStatusResponse) GetNatsConnected() bool {
+	if x != nil {
+		return x.NatsConnected
+	}
+	return false
+}
+
+func (x *ReplicationStatusResponse) GetNatsUrl() string {
+	if x != nil {
+		return x.NatsUrl
+	}
+	return ""
+}
+
 type ApplyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Every mutation names its shard and carries its version.
@@ -3832,7 +4481,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[60]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3844,7 +4493,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[60]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3857,7 +4506,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{60}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ApplyRequest) GetMutations() []*Mutation {
@@ -3883,7 +4532,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3895,7 +4544,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3908,7 +4557,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{61}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ApplyResponse) GetOutcomes() []Outcome {
@@ -3922,16 +4571,21 @@ func (x *ApplyResponse) GetOutcomes() []Outcome {
 type JournalEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Versioned mutations, without shards.
-	Mutations     []*Mutation            `protobuf:"bytes,1,rep,name=mutations,proto3" json:"mutations,omitempty"`
-	Targets       []*JournalEntry_Target `protobuf:"bytes,2,rep,name=targets,proto3" json:"targets,omitempty"`
-	MapVersion    uint64                 `protobuf:"varint,3,opt,name=map_version,json=mapVersion,proto3" json:"map_version,omitempty"`
+	Mutations  []*Mutation            `protobuf:"bytes,1,rep,name=mutations,proto3" json:"mutations,omitempty"`
+	Targets    []*JournalEntry_Target `protobuf:"bytes,2,rep,name=targets,proto3" json:"targets,omitempty"`
+	MapVersion uint64                 `protobuf:"varint,3,opt,name=map_version,json=mapVersion,proto3" json:"map_version,omitempty"`
+	// Set on a write applied from another site (by a relay): where it was
+	// first accepted. Such an entry is never published again.
+	OriginSite    uint32 `protobuf:"varint,4,opt,name=origin_site,json=originSite,proto3" json:"origin_site,omitempty"`
+	OriginNode    string `protobuf:"bytes,5,opt,name=origin_node,json=originNode,proto3" json:"origin_node,omitempty"`
+	OriginSeq     uint64 `protobuf:"varint,6,opt,name=origin_seq,json=originSeq,proto3" json:"origin_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JournalEntry) Reset() {
 	*x = JournalEntry{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[62]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3943,7 +4597,7 @@ func (x *JournalEntry) String() string {
 func (*JournalEntry) ProtoMessage() {}
 
 func (x *JournalEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[62]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3956,7 +4610,7 @@ func (x *JournalEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JournalEntry.ProtoReflect.Descriptor instead.
 func (*JournalEntry) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{62}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *JournalEntry) GetMutations() []*Mutation {
@@ -3980,6 +4634,27 @@ func (x *JournalEntry) GetMapVersion() uint64 {
 	return 0
 }
 
+func (x *JournalEntry) GetOriginSite() uint32 {
+	if x != nil {
+		return x.OriginSite
+	}
+	return 0
+}
+
+func (x *JournalEntry) GetOriginNode() string {
+	if x != nil {
+		return x.OriginNode
+	}
+	return ""
+}
+
+func (x *JournalEntry) GetOriginSeq() uint64 {
+	if x != nil {
+		return x.OriginSeq
+	}
+	return 0
+}
+
 type MultiGetResponse_Item struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -3992,7 +4667,7 @@ type MultiGetResponse_Item struct {
 
 func (x *MultiGetResponse_Item) Reset() {
 	*x = MultiGetResponse_Item{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[63]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4004,7 +4679,7 @@ func (x *MultiGetResponse_Item) String() string {
 func (*MultiGetResponse_Item) ProtoMessage() {}
 
 func (x *MultiGetResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[63]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4059,7 +4734,7 @@ type CountResponse_Month struct {
 
 func (x *CountResponse_Month) Reset() {
 	*x = CountResponse_Month{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[64]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4071,7 +4746,7 @@ func (x *CountResponse_Month) String() string {
 func (*CountResponse_Month) ProtoMessage() {}
 
 func (x *CountResponse_Month) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[64]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4111,7 +4786,7 @@ type Mutation_Put struct {
 
 func (x *Mutation_Put) Reset() {
 	*x = Mutation_Put{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[65]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4123,7 +4798,7 @@ func (x *Mutation_Put) String() string {
 func (*Mutation_Put) ProtoMessage() {}
 
 func (x *Mutation_Put) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[65]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4162,7 +4837,7 @@ type Mutation_Delete struct {
 
 func (x *Mutation_Delete) Reset() {
 	*x = Mutation_Delete{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[66]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4174,7 +4849,7 @@ func (x *Mutation_Delete) String() string {
 func (*Mutation_Delete) ProtoMessage() {}
 
 func (x *Mutation_Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[66]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4208,7 +4883,7 @@ type Mutation_Append struct {
 
 func (x *Mutation_Append) Reset() {
 	*x = Mutation_Append{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[67]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4220,7 +4895,7 @@ func (x *Mutation_Append) String() string {
 func (*Mutation_Append) ProtoMessage() {}
 
 func (x *Mutation_Append) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[67]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4267,7 +4942,7 @@ type Mutation_Remove struct {
 
 func (x *Mutation_Remove) Reset() {
 	*x = Mutation_Remove{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[68]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4279,7 +4954,7 @@ func (x *Mutation_Remove) String() string {
 func (*Mutation_Remove) ProtoMessage() {}
 
 func (x *Mutation_Remove) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[68]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4321,7 +4996,7 @@ type JournalEntry_Target struct {
 
 func (x *JournalEntry_Target) Reset() {
 	*x = JournalEntry_Target{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4333,7 +5008,7 @@ func (x *JournalEntry_Target) String() string {
 func (*JournalEntry_Target) ProtoMessage() {}
 
 func (x *JournalEntry_Target) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4346,7 +5021,7 @@ func (x *JournalEntry_Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JournalEntry_Target.ProtoReflect.Descriptor instead.
 func (*JournalEntry_Target) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{62, 0}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{69, 0}
 }
 
 func (x *JournalEntry_Target) GetNode() string {
@@ -4630,7 +5305,7 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\tgrpc_addr\x18\x03 \x01(\tR\bgrpcAddr\"(\n" +
 	"\fJoinResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\"\x0f\n" +
-	"\rStatusRequest\"\xdd\x02\n" +
+	"\rStatusRequest\"\x93\x03\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1f\n" +
@@ -4641,21 +5316,94 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\tleader_id\x18\x05 \x01(\tR\bleaderId\x12(\n" +
 	"\x10leader_raft_addr\x18\x06 \x01(\tR\x0eleaderRaftAddr\x12=\n" +
 	"\x06voters\x18\a \x03(\v2%.aviary.v1.StatusResponse.VotersEntryR\x06voters\x12\x14\n" +
-	"\x05ready\x18\b \x01(\bR\x05ready\x1a9\n" +
+	"\x05ready\x18\b \x01(\bR\x05ready\x12\x1b\n" +
+	"\tsite_name\x18\t \x01(\tR\bsiteName\x12\x17\n" +
+	"\asite_id\x18\n" +
+	" \x01(\rR\x06siteId\x1a9\n" +
 	"\vVotersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf2\x01\n" +
+	"\x12ReplicationMessage\x12\x1f\n" +
+	"\vorigin_site\x18\x01 \x01(\rR\n" +
+	"originSite\x12\x1f\n" +
+	"\vorigin_node\x18\x02 \x01(\tR\n" +
+	"originNode\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12\x19\n" +
+	"\bprev_seq\x18\x04 \x01(\x04R\aprevSeq\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\x121\n" +
+	"\tmutations\x18\x06 \x03(\v2\x13.aviary.v1.MutationR\tmutations\x12\x1c\n" +
+	"\theartbeat\x18\a \x01(\bR\theartbeat\"\xc6\x01\n" +
+	"\x12ApplyRemoteRequest\x12\x1f\n" +
+	"\vorigin_site\x18\x01 \x01(\rR\n" +
+	"originSite\x12\x1f\n" +
+	"\vorigin_node\x18\x02 \x01(\tR\n" +
+	"originNode\x127\n" +
+	"\aentries\x18\x03 \x03(\v2\x1d.aviary.v1.ReplicationMessageR\aentries\x12\x1b\n" +
+	"\tallow_gap\x18\x04 \x01(\bR\ballowGap\x12\x18\n" +
+	"\apending\x18\x05 \x01(\x04R\apending\"\x85\x01\n" +
+	"\x13ApplyRemoteResponse\x12\x1c\n" +
+	"\twatermark\x18\x01 \x01(\x04R\twatermark\x12\x18\n" +
+	"\aapplied\x18\x02 \x01(\rR\aapplied\x12\x18\n" +
+	"\askipped\x18\x03 \x01(\rR\askipped\x12\x1c\n" +
+	"\tconflicts\x18\x04 \x01(\rR\tconflicts\"8\n" +
+	"\x18ReplicationStatusRequest\x12\x1c\n" +
+	"\tconflicts\x18\x01 \x01(\x05R\tconflicts\"\xb2\x03\n" +
+	"\fOriginStatus\x12\x1f\n" +
+	"\vorigin_site\x18\x01 \x01(\rR\n" +
+	"originSite\x12(\n" +
+	"\x10origin_site_name\x18\x02 \x01(\tR\x0eoriginSiteName\x12\x1f\n" +
+	"\vorigin_node\x18\x03 \x01(\tR\n" +
+	"originNode\x12\x1c\n" +
+	"\twatermark\x18\x04 \x01(\x04R\twatermark\x12+\n" +
+	"\x12applied_at_unix_ms\x18\x05 \x01(\x03R\x0fappliedAtUnixMs\x12/\n" +
+	"\x14heartbeat_at_unix_ms\x18\x06 \x01(\x03R\x11heartbeatAtUnixMs\x12\"\n" +
+	"\rheard_unix_ms\x18\a \x01(\x03R\vheardUnixMs\x12#\n" +
+	"\rpublished_seq\x18\b \x01(\x04R\fpublishedSeq\x12\x18\n" +
+	"\apending\x18\t \x01(\x04R\apending\x12'\n" +
+	"\x0fapplied_entries\x18\n" +
+	" \x01(\x04R\x0eappliedEntries\x12\x1c\n" +
+	"\tconflicts\x18\v \x01(\x04R\tconflicts\x12\x10\n" +
+	"\x03gap\x18\f \x01(\tR\x03gap\"\xc1\x01\n" +
+	"\bConflict\x12\x14\n" +
+	"\x05table\x18\x01 \x01(\tR\x05table\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\x04R\x05owner\x12\x0e\n" +
+	"\x02id\x18\x04 \x01(\x04R\x02id\x12(\n" +
+	"\x05loser\x18\x05 \x01(\v2\x12.aviary.v1.VersionR\x05loser\x12\x1f\n" +
+	"\vorigin_site\x18\x06 \x01(\rR\n" +
+	"originSite\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\a \x01(\x03R\batUnixMs\"\xe1\x03\n" +
+	"\x19ReplicationStatusResponse\x121\n" +
+	"\aorigins\x18\x01 \x03(\v2\x17.aviary.v1.OriginStatusR\aorigins\x121\n" +
+	"\tconflicts\x18\x02 \x03(\v2\x13.aviary.v1.ConflictR\tconflicts\x12%\n" +
+	"\x0eoutbox_entries\x18\x03 \x01(\x04R\routboxEntries\x12*\n" +
+	"\x11outbox_oldest_seq\x18\x04 \x01(\x04R\x0foutboxOldestSeq\x12#\n" +
+	"\rpublished_seq\x18\x05 \x01(\x04R\fpublishedSeq\x12a\n" +
+	"\x0fsite_watermarks\x18\x06 \x03(\v28.aviary.v1.ReplicationStatusResponse.SiteWatermarksEntryR\x0esiteWatermarks\x12%\n" +
+	"\x0enats_connected\x18\a \x01(\bR\rnatsConnected\x12\x19\n" +
+	"\bnats_url\x18\b \x01(\tR\anatsUrl\x1aA\n" +
+	"\x13SiteWatermarksEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"b\n" +
 	"\fApplyRequest\x121\n" +
 	"\tmutations\x18\x01 \x03(\v2\x13.aviary.v1.MutationR\tmutations\x12\x1f\n" +
 	"\vmap_version\x18\x02 \x01(\x04R\n" +
 	"mapVersion\"?\n" +
 	"\rApplyResponse\x12.\n" +
-	"\boutcomes\x18\x01 \x03(\x0e2\x12.aviary.v1.OutcomeR\boutcomes\"\xee\x01\n" +
+	"\boutcomes\x18\x01 \x03(\x0e2\x12.aviary.v1.OutcomeR\boutcomes\"\xcf\x02\n" +
 	"\fJournalEntry\x121\n" +
 	"\tmutations\x18\x01 \x03(\v2\x13.aviary.v1.MutationR\tmutations\x128\n" +
 	"\atargets\x18\x02 \x03(\v2\x1e.aviary.v1.JournalEntry.TargetR\atargets\x12\x1f\n" +
 	"\vmap_version\x18\x03 \x01(\x04R\n" +
-	"mapVersion\x1aP\n" +
+	"mapVersion\x12\x1f\n" +
+	"\vorigin_site\x18\x04 \x01(\rR\n" +
+	"originSite\x12\x1f\n" +
+	"\vorigin_node\x18\x05 \x01(\tR\n" +
+	"originNode\x12\x1d\n" +
+	"\n" +
+	"origin_seq\x18\x06 \x01(\x04R\toriginSeq\x1aP\n" +
 	"\x06Target\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\tR\x05shard\x12\x1c\n" +
@@ -4714,9 +5462,11 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\x05Watch\x12\x17.aviary.v1.WatchRequest\x1a\x16.aviary.v1.MapResponse0\x01\x12@\n" +
 	"\aPropose\x12\x19.aviary.v1.ProposeRequest\x1a\x1a.aviary.v1.ProposeResponse\x127\n" +
 	"\x04Join\x12\x16.aviary.v1.JoinRequest\x1a\x17.aviary.v1.JoinResponse\x12=\n" +
-	"\x06Status\x12\x18.aviary.v1.StatusRequest\x1a\x19.aviary.v1.StatusResponse2E\n" +
+	"\x06Status\x12\x18.aviary.v1.StatusRequest\x1a\x19.aviary.v1.StatusResponse2\xf3\x01\n" +
 	"\aReplica\x12:\n" +
-	"\x05Apply\x12\x17.aviary.v1.ApplyRequest\x1a\x18.aviary.v1.ApplyResponseB2Z0github.com/aviarydb/aviary/api/aviarypb;aviarypbb\x06proto3"
+	"\x05Apply\x12\x17.aviary.v1.ApplyRequest\x1a\x18.aviary.v1.ApplyResponse\x12L\n" +
+	"\vApplyRemote\x12\x1d.aviary.v1.ApplyRemoteRequest\x1a\x1e.aviary.v1.ApplyRemoteResponse\x12^\n" +
+	"\x11ReplicationStatus\x12#.aviary.v1.ReplicationStatusRequest\x1a$.aviary.v1.ReplicationStatusResponseB2Z0github.com/aviarydb/aviary/api/aviarypb;aviarypbb\x06proto3"
 
 var (
 	file_aviary_v1_aviary_proto_rawDescOnce sync.Once
@@ -4731,7 +5481,7 @@ func file_aviary_v1_aviary_proto_rawDescGZIP() []byte {
 }
 
 var file_aviary_v1_aviary_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_aviary_v1_aviary_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
+var file_aviary_v1_aviary_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
 var file_aviary_v1_aviary_proto_goTypes = []any{
 	(Consistency)(0),                  // 0: aviary.v1.Consistency
 	(Outcome)(0),                      // 1: aviary.v1.Outcome
@@ -4796,17 +5546,25 @@ var file_aviary_v1_aviary_proto_goTypes = []any{
 	(*JoinResponse)(nil),              // 60: aviary.v1.JoinResponse
 	(*StatusRequest)(nil),             // 61: aviary.v1.StatusRequest
 	(*StatusResponse)(nil),            // 62: aviary.v1.StatusResponse
-	(*ApplyRequest)(nil),              // 63: aviary.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 64: aviary.v1.ApplyResponse
-	(*JournalEntry)(nil),              // 65: aviary.v1.JournalEntry
-	(*MultiGetResponse_Item)(nil),     // 66: aviary.v1.MultiGetResponse.Item
-	(*CountResponse_Month)(nil),       // 67: aviary.v1.CountResponse.Month
-	(*Mutation_Put)(nil),              // 68: aviary.v1.Mutation.Put
-	(*Mutation_Delete)(nil),           // 69: aviary.v1.Mutation.Delete
-	(*Mutation_Append)(nil),           // 70: aviary.v1.Mutation.Append
-	(*Mutation_Remove)(nil),           // 71: aviary.v1.Mutation.Remove
-	nil,                               // 72: aviary.v1.StatusResponse.VotersEntry
-	(*JournalEntry_Target)(nil),       // 73: aviary.v1.JournalEntry.Target
+	(*ReplicationMessage)(nil),        // 63: aviary.v1.ReplicationMessage
+	(*ApplyRemoteRequest)(nil),        // 64: aviary.v1.ApplyRemoteRequest
+	(*ApplyRemoteResponse)(nil),       // 65: aviary.v1.ApplyRemoteResponse
+	(*ReplicationStatusRequest)(nil),  // 66: aviary.v1.ReplicationStatusRequest
+	(*OriginStatus)(nil),              // 67: aviary.v1.OriginStatus
+	(*Conflict)(nil),                  // 68: aviary.v1.Conflict
+	(*ReplicationStatusResponse)(nil), // 69: aviary.v1.ReplicationStatusResponse
+	(*ApplyRequest)(nil),              // 70: aviary.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 71: aviary.v1.ApplyResponse
+	(*JournalEntry)(nil),              // 72: aviary.v1.JournalEntry
+	(*MultiGetResponse_Item)(nil),     // 73: aviary.v1.MultiGetResponse.Item
+	(*CountResponse_Month)(nil),       // 74: aviary.v1.CountResponse.Month
+	(*Mutation_Put)(nil),              // 75: aviary.v1.Mutation.Put
+	(*Mutation_Delete)(nil),           // 76: aviary.v1.Mutation.Delete
+	(*Mutation_Append)(nil),           // 77: aviary.v1.Mutation.Append
+	(*Mutation_Remove)(nil),           // 78: aviary.v1.Mutation.Remove
+	nil,                               // 79: aviary.v1.StatusResponse.VotersEntry
+	nil,                               // 80: aviary.v1.ReplicationStatusResponse.SiteWatermarksEntry
+	(*JournalEntry_Target)(nil),       // 81: aviary.v1.JournalEntry.Target
 }
 var file_aviary_v1_aviary_proto_depIdxs = []int32{
 	3,  // 0: aviary.v1.PutRequest.version:type_name -> aviary.v1.Version
@@ -4820,15 +5578,15 @@ var file_aviary_v1_aviary_proto_depIdxs = []int32{
 	3,  // 8: aviary.v1.WriteResult.version:type_name -> aviary.v1.Version
 	1,  // 9: aviary.v1.WriteResult.outcome:type_name -> aviary.v1.Outcome
 	3,  // 10: aviary.v1.GetResponse.version:type_name -> aviary.v1.Version
-	66, // 11: aviary.v1.MultiGetResponse.items:type_name -> aviary.v1.MultiGetResponse.Item
+	73, // 11: aviary.v1.MultiGetResponse.items:type_name -> aviary.v1.MultiGetResponse.Item
 	3,  // 12: aviary.v1.Entry.version:type_name -> aviary.v1.Version
 	14, // 13: aviary.v1.RangeResponse.entries:type_name -> aviary.v1.Entry
-	67, // 14: aviary.v1.CountResponse.months:type_name -> aviary.v1.CountResponse.Month
+	74, // 14: aviary.v1.CountResponse.months:type_name -> aviary.v1.CountResponse.Month
 	3,  // 15: aviary.v1.Mutation.version:type_name -> aviary.v1.Version
-	68, // 16: aviary.v1.Mutation.put:type_name -> aviary.v1.Mutation.Put
-	69, // 17: aviary.v1.Mutation.delete:type_name -> aviary.v1.Mutation.Delete
-	70, // 18: aviary.v1.Mutation.append:type_name -> aviary.v1.Mutation.Append
-	71, // 19: aviary.v1.Mutation.remove:type_name -> aviary.v1.Mutation.Remove
+	75, // 16: aviary.v1.Mutation.put:type_name -> aviary.v1.Mutation.Put
+	76, // 17: aviary.v1.Mutation.delete:type_name -> aviary.v1.Mutation.Delete
+	77, // 18: aviary.v1.Mutation.append:type_name -> aviary.v1.Mutation.Append
+	78, // 19: aviary.v1.Mutation.remove:type_name -> aviary.v1.Mutation.Remove
 	18, // 20: aviary.v1.WriteRequest.mutations:type_name -> aviary.v1.Mutation
 	0,  // 21: aviary.v1.WriteRequest.consistency:type_name -> aviary.v1.Consistency
 	8,  // 22: aviary.v1.WriteResponse.results:type_name -> aviary.v1.WriteResult
@@ -4843,81 +5601,91 @@ var file_aviary_v1_aviary_proto_depIdxs = []int32{
 	2,  // 31: aviary.v1.TableInfo.kind:type_name -> aviary.v1.TableKind
 	2,  // 32: aviary.v1.CreateTableRequest.kind:type_name -> aviary.v1.TableKind
 	46, // 33: aviary.v1.ListTablesResponse.tables:type_name -> aviary.v1.TableInfo
-	72, // 34: aviary.v1.StatusResponse.voters:type_name -> aviary.v1.StatusResponse.VotersEntry
-	18, // 35: aviary.v1.ApplyRequest.mutations:type_name -> aviary.v1.Mutation
-	1,  // 36: aviary.v1.ApplyResponse.outcomes:type_name -> aviary.v1.Outcome
-	18, // 37: aviary.v1.JournalEntry.mutations:type_name -> aviary.v1.Mutation
-	73, // 38: aviary.v1.JournalEntry.targets:type_name -> aviary.v1.JournalEntry.Target
-	3,  // 39: aviary.v1.MultiGetResponse.Item.version:type_name -> aviary.v1.Version
-	4,  // 40: aviary.v1.Data.Put:input_type -> aviary.v1.PutRequest
-	9,  // 41: aviary.v1.Data.Get:input_type -> aviary.v1.GetRequest
-	11, // 42: aviary.v1.Data.MultiGet:input_type -> aviary.v1.MultiGetRequest
-	5,  // 43: aviary.v1.Data.Delete:input_type -> aviary.v1.DeleteRequest
-	6,  // 44: aviary.v1.Data.Append:input_type -> aviary.v1.AppendRequest
-	7,  // 45: aviary.v1.Data.Remove:input_type -> aviary.v1.RemoveRequest
-	13, // 46: aviary.v1.Data.Range:input_type -> aviary.v1.RangeRequest
-	16, // 47: aviary.v1.Data.Count:input_type -> aviary.v1.CountRequest
-	19, // 48: aviary.v1.Data.Write:input_type -> aviary.v1.WriteRequest
-	39, // 49: aviary.v1.ShardAdmin.CreateShard:input_type -> aviary.v1.CreateShardRequest
-	40, // 50: aviary.v1.ShardAdmin.DropShard:input_type -> aviary.v1.DropShardRequest
-	42, // 51: aviary.v1.ShardAdmin.ListShards:input_type -> aviary.v1.ListShardsRequest
-	44, // 52: aviary.v1.ShardAdmin.DigestShard:input_type -> aviary.v1.DigestShardRequest
-	47, // 53: aviary.v1.ShardAdmin.CreateTable:input_type -> aviary.v1.CreateTableRequest
-	48, // 54: aviary.v1.ShardAdmin.ListTables:input_type -> aviary.v1.ListTablesRequest
-	50, // 55: aviary.v1.ShardAdmin.DropMonths:input_type -> aviary.v1.DropMonthsRequest
-	52, // 56: aviary.v1.ShardAdmin.CollectTombstones:input_type -> aviary.v1.CollectTombstonesRequest
-	21, // 57: aviary.v1.ShardAdmin.ExportPage:input_type -> aviary.v1.ExportPageRequest
-	23, // 58: aviary.v1.ShardAdmin.ExportShard:input_type -> aviary.v1.ExportShardRequest
-	25, // 59: aviary.v1.ShardAdmin.CopyShard:input_type -> aviary.v1.CopyShardRequest
-	26, // 60: aviary.v1.ShardAdmin.CopyState:input_type -> aviary.v1.CopyStateRequest
-	28, // 61: aviary.v1.ShardAdmin.DigestData:input_type -> aviary.v1.DigestDataRequest
-	29, // 62: aviary.v1.ShardAdmin.PurgeShard:input_type -> aviary.v1.PurgeShardRequest
-	32, // 63: aviary.v1.ShardAdmin.ListJobs:input_type -> aviary.v1.ListJobsRequest
-	35, // 64: aviary.v1.ShardAdmin.RetryJob:input_type -> aviary.v1.JobRef
-	35, // 65: aviary.v1.ShardAdmin.DropJob:input_type -> aviary.v1.JobRef
-	54, // 66: aviary.v1.Nameserver.GetMap:input_type -> aviary.v1.GetMapRequest
-	55, // 67: aviary.v1.Nameserver.Watch:input_type -> aviary.v1.WatchRequest
-	57, // 68: aviary.v1.Nameserver.Propose:input_type -> aviary.v1.ProposeRequest
-	59, // 69: aviary.v1.Nameserver.Join:input_type -> aviary.v1.JoinRequest
-	61, // 70: aviary.v1.Nameserver.Status:input_type -> aviary.v1.StatusRequest
-	63, // 71: aviary.v1.Replica.Apply:input_type -> aviary.v1.ApplyRequest
-	8,  // 72: aviary.v1.Data.Put:output_type -> aviary.v1.WriteResult
-	10, // 73: aviary.v1.Data.Get:output_type -> aviary.v1.GetResponse
-	12, // 74: aviary.v1.Data.MultiGet:output_type -> aviary.v1.MultiGetResponse
-	8,  // 75: aviary.v1.Data.Delete:output_type -> aviary.v1.WriteResult
-	8,  // 76: aviary.v1.Data.Append:output_type -> aviary.v1.WriteResult
-	8,  // 77: aviary.v1.Data.Remove:output_type -> aviary.v1.WriteResult
-	15, // 78: aviary.v1.Data.Range:output_type -> aviary.v1.RangeResponse
-	17, // 79: aviary.v1.Data.Count:output_type -> aviary.v1.CountResponse
-	20, // 80: aviary.v1.Data.Write:output_type -> aviary.v1.WriteResponse
-	38, // 81: aviary.v1.ShardAdmin.CreateShard:output_type -> aviary.v1.ShardInfo
-	41, // 82: aviary.v1.ShardAdmin.DropShard:output_type -> aviary.v1.DropShardResponse
-	43, // 83: aviary.v1.ShardAdmin.ListShards:output_type -> aviary.v1.ListShardsResponse
-	45, // 84: aviary.v1.ShardAdmin.DigestShard:output_type -> aviary.v1.DigestShardResponse
-	46, // 85: aviary.v1.ShardAdmin.CreateTable:output_type -> aviary.v1.TableInfo
-	49, // 86: aviary.v1.ShardAdmin.ListTables:output_type -> aviary.v1.ListTablesResponse
-	51, // 87: aviary.v1.ShardAdmin.DropMonths:output_type -> aviary.v1.DropMonthsResponse
-	53, // 88: aviary.v1.ShardAdmin.CollectTombstones:output_type -> aviary.v1.CollectTombstonesResponse
-	31, // 89: aviary.v1.ShardAdmin.ExportPage:output_type -> aviary.v1.ExportPageResponse
-	24, // 90: aviary.v1.ShardAdmin.ExportShard:output_type -> aviary.v1.ExportShardResponse
-	27, // 91: aviary.v1.ShardAdmin.CopyShard:output_type -> aviary.v1.CopyProgress
-	27, // 92: aviary.v1.ShardAdmin.CopyState:output_type -> aviary.v1.CopyProgress
-	45, // 93: aviary.v1.ShardAdmin.DigestData:output_type -> aviary.v1.DigestShardResponse
-	30, // 94: aviary.v1.ShardAdmin.PurgeShard:output_type -> aviary.v1.PurgeShardResponse
-	34, // 95: aviary.v1.ShardAdmin.ListJobs:output_type -> aviary.v1.ListJobsResponse
-	36, // 96: aviary.v1.ShardAdmin.RetryJob:output_type -> aviary.v1.RetryJobResponse
-	37, // 97: aviary.v1.ShardAdmin.DropJob:output_type -> aviary.v1.DropJobResponse
-	56, // 98: aviary.v1.Nameserver.GetMap:output_type -> aviary.v1.MapResponse
-	56, // 99: aviary.v1.Nameserver.Watch:output_type -> aviary.v1.MapResponse
-	58, // 100: aviary.v1.Nameserver.Propose:output_type -> aviary.v1.ProposeResponse
-	60, // 101: aviary.v1.Nameserver.Join:output_type -> aviary.v1.JoinResponse
-	62, // 102: aviary.v1.Nameserver.Status:output_type -> aviary.v1.StatusResponse
-	64, // 103: aviary.v1.Replica.Apply:output_type -> aviary.v1.ApplyResponse
-	72, // [72:104] is the sub-list for method output_type
-	40, // [40:72] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	79, // 34: aviary.v1.StatusResponse.voters:type_name -> aviary.v1.StatusResponse.VotersEntry
+	18, // 35: aviary.v1.ReplicationMessage.mutations:type_name -> aviary.v1.Mutation
+	63, // 36: aviary.v1.ApplyRemoteRequest.entries:type_name -> aviary.v1.ReplicationMessage
+	3,  // 37: aviary.v1.Conflict.loser:type_name -> aviary.v1.Version
+	67, // 38: aviary.v1.ReplicationStatusResponse.origins:type_name -> aviary.v1.OriginStatus
+	68, // 39: aviary.v1.ReplicationStatusResponse.conflicts:type_name -> aviary.v1.Conflict
+	80, // 40: aviary.v1.ReplicationStatusResponse.site_watermarks:type_name -> aviary.v1.ReplicationStatusResponse.SiteWatermarksEntry
+	18, // 41: aviary.v1.ApplyRequest.mutations:type_name -> aviary.v1.Mutation
+	1,  // 42: aviary.v1.ApplyResponse.outcomes:type_name -> aviary.v1.Outcome
+	18, // 43: aviary.v1.JournalEntry.mutations:type_name -> aviary.v1.Mutation
+	81, // 44: aviary.v1.JournalEntry.targets:type_name -> aviary.v1.JournalEntry.Target
+	3,  // 45: aviary.v1.MultiGetResponse.Item.version:type_name -> aviary.v1.Version
+	4,  // 46: aviary.v1.Data.Put:input_type -> aviary.v1.PutRequest
+	9,  // 47: aviary.v1.Data.Get:input_type -> aviary.v1.GetRequest
+	11, // 48: aviary.v1.Data.MultiGet:input_type -> aviary.v1.MultiGetRequest
+	5,  // 49: aviary.v1.Data.Delete:input_type -> aviary.v1.DeleteRequest
+	6,  // 50: aviary.v1.Data.Append:input_type -> aviary.v1.AppendRequest
+	7,  // 51: aviary.v1.Data.Remove:input_type -> aviary.v1.RemoveRequest
+	13, // 52: aviary.v1.Data.Range:input_type -> aviary.v1.RangeRequest
+	16, // 53: aviary.v1.Data.Count:input_type -> aviary.v1.CountRequest
+	19, // 54: aviary.v1.Data.Write:input_type -> aviary.v1.WriteRequest
+	39, // 55: aviary.v1.ShardAdmin.CreateShard:input_type -> aviary.v1.CreateShardRequest
+	40, // 56: aviary.v1.ShardAdmin.DropShard:input_type -> aviary.v1.DropShardRequest
+	42, // 57: aviary.v1.ShardAdmin.ListShards:input_type -> aviary.v1.ListShardsRequest
+	44, // 58: aviary.v1.ShardAdmin.DigestShard:input_type -> aviary.v1.DigestShardRequest
+	47, // 59: aviary.v1.ShardAdmin.CreateTable:input_type -> aviary.v1.CreateTableRequest
+	48, // 60: aviary.v1.ShardAdmin.ListTables:input_type -> aviary.v1.ListTablesRequest
+	50, // 61: aviary.v1.ShardAdmin.DropMonths:input_type -> aviary.v1.DropMonthsRequest
+	52, // 62: aviary.v1.ShardAdmin.CollectTombstones:input_type -> aviary.v1.CollectTombstonesRequest
+	21, // 63: aviary.v1.ShardAdmin.ExportPage:input_type -> aviary.v1.ExportPageRequest
+	23, // 64: aviary.v1.ShardAdmin.ExportShard:input_type -> aviary.v1.ExportShardRequest
+	25, // 65: aviary.v1.ShardAdmin.CopyShard:input_type -> aviary.v1.CopyShardRequest
+	26, // 66: aviary.v1.ShardAdmin.CopyState:input_type -> aviary.v1.CopyStateRequest
+	28, // 67: aviary.v1.ShardAdmin.DigestData:input_type -> aviary.v1.DigestDataRequest
+	29, // 68: aviary.v1.ShardAdmin.PurgeShard:input_type -> aviary.v1.PurgeShardRequest
+	32, // 69: aviary.v1.ShardAdmin.ListJobs:input_type -> aviary.v1.ListJobsRequest
+	35, // 70: aviary.v1.ShardAdmin.RetryJob:input_type -> aviary.v1.JobRef
+	35, // 71: aviary.v1.ShardAdmin.DropJob:input_type -> aviary.v1.JobRef
+	54, // 72: aviary.v1.Nameserver.GetMap:input_type -> aviary.v1.GetMapRequest
+	55, // 73: aviary.v1.Nameserver.Watch:input_type -> aviary.v1.WatchRequest
+	57, // 74: aviary.v1.Nameserver.Propose:input_type -> aviary.v1.ProposeRequest
+	59, // 75: aviary.v1.Nameserver.Join:input_type -> aviary.v1.JoinRequest
+	61, // 76: aviary.v1.Nameserver.Status:input_type -> aviary.v1.StatusRequest
+	70, // 77: aviary.v1.Replica.Apply:input_type -> aviary.v1.ApplyRequest
+	64, // 78: aviary.v1.Replica.ApplyRemote:input_type -> aviary.v1.ApplyRemoteRequest
+	66, // 79: aviary.v1.Replica.ReplicationStatus:input_type -> aviary.v1.ReplicationStatusRequest
+	8,  // 80: aviary.v1.Data.Put:output_type -> aviary.v1.WriteResult
+	10, // 81: aviary.v1.Data.Get:output_type -> aviary.v1.GetResponse
+	12, // 82: aviary.v1.Data.MultiGet:output_type -> aviary.v1.MultiGetResponse
+	8,  // 83: aviary.v1.Data.Delete:output_type -> aviary.v1.WriteResult
+	8,  // 84: aviary.v1.Data.Append:output_type -> aviary.v1.WriteResult
+	8,  // 85: aviary.v1.Data.Remove:output_type -> aviary.v1.WriteResult
+	15, // 86: aviary.v1.Data.Range:output_type -> aviary.v1.RangeResponse
+	17, // 87: aviary.v1.Data.Count:output_type -> aviary.v1.CountResponse
+	20, // 88: aviary.v1.Data.Write:output_type -> aviary.v1.WriteResponse
+	38, // 89: aviary.v1.ShardAdmin.CreateShard:output_type -> aviary.v1.ShardInfo
+	41, // 90: aviary.v1.ShardAdmin.DropShard:output_type -> aviary.v1.DropShardResponse
+	43, // 91: aviary.v1.ShardAdmin.ListShards:output_type -> aviary.v1.ListShardsResponse
+	45, // 92: aviary.v1.ShardAdmin.DigestShard:output_type -> aviary.v1.DigestShardResponse
+	46, // 93: aviary.v1.ShardAdmin.CreateTable:output_type -> aviary.v1.TableInfo
+	49, // 94: aviary.v1.ShardAdmin.ListTables:output_type -> aviary.v1.ListTablesResponse
+	51, // 95: aviary.v1.ShardAdmin.DropMonths:output_type -> aviary.v1.DropMonthsResponse
+	53, // 96: aviary.v1.ShardAdmin.CollectTombstones:output_type -> aviary.v1.CollectTombstonesResponse
+	31, // 97: aviary.v1.ShardAdmin.ExportPage:output_type -> aviary.v1.ExportPageResponse
+	24, // 98: aviary.v1.ShardAdmin.ExportShard:output_type -> aviary.v1.ExportShardResponse
+	27, // 99: aviary.v1.ShardAdmin.CopyShard:output_type -> aviary.v1.CopyProgress
+	27, // 100: aviary.v1.ShardAdmin.CopyState:output_type -> aviary.v1.CopyProgress
+	45, // 101: aviary.v1.ShardAdmin.DigestData:output_type -> aviary.v1.DigestShardResponse
+	30, // 102: aviary.v1.ShardAdmin.PurgeShard:output_type -> aviary.v1.PurgeShardResponse
+	34, // 103: aviary.v1.ShardAdmin.ListJobs:output_type -> aviary.v1.ListJobsResponse
+	36, // 104: aviary.v1.ShardAdmin.RetryJob:output_type -> aviary.v1.RetryJobResponse
+	37, // 105: aviary.v1.ShardAdmin.DropJob:output_type -> aviary.v1.DropJobResponse
+	56, // 106: aviary.v1.Nameserver.GetMap:output_type -> aviary.v1.MapResponse
+	56, // 107: aviary.v1.Nameserver.Watch:output_type -> aviary.v1.MapResponse
+	58, // 108: aviary.v1.Nameserver.Propose:output_type -> aviary.v1.ProposeResponse
+	60, // 109: aviary.v1.Nameserver.Join:output_type -> aviary.v1.JoinResponse
+	62, // 110: aviary.v1.Nameserver.Status:output_type -> aviary.v1.StatusResponse
+	71, // 111: aviary.v1.Replica.Apply:output_type -> aviary.v1.ApplyResponse
+	65, // 112: aviary.v1.Replica.ApplyRemote:output_type -> aviary.v1.ApplyRemoteResponse
+	69, // 113: aviary.v1.Replica.ReplicationStatus:output_type -> aviary.v1.ReplicationStatusResponse
+	80, // [80:114] is the sub-list for method output_type
+	46, // [46:80] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_aviary_v1_aviary_proto_init() }
@@ -4937,7 +5705,7 @@ func file_aviary_v1_aviary_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aviary_v1_aviary_proto_rawDesc), len(file_aviary_v1_aviary_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   71,
+			NumMessages:   79,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

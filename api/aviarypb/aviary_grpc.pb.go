@@ -1525,7 +1525,9 @@ var Nameserver_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Replica_Apply_FullMethodName = "/aviary.v1.Replica/Apply"
+	Replica_Apply_FullMethodName             = "/aviary.v1.Replica/Apply"
+	Replica_ApplyRemote_FullMethodName       = "/aviary.v1.Replica/ApplyRemote"
+	Replica_ReplicationStatus_FullMethodName = "/aviary.v1.Replica/ReplicationStatus"
 )
 
 // ReplicaClient is the client API for Replica service.
@@ -1537,6 +1539,17 @@ const (
 // not for services, which write through Data.
 type ReplicaClient interface {
 	Apply(ctx context.Context, in *ApplyRequest, opts ...grpc.CallOption) (*ApplyResponse, error)
+	// ApplyRemote applies writes that another site accepted, in order, through
+	// this node's router, as remote-origin writes (never published again). The
+	// highest applied origin sequence of (origin_site, origin_node) is stored
+	// in the same batch as the data it covers, so entries at or below it are
+	// skipped: applying is exactly-once in effect. An entry whose prev_seq is
+	// above that watermark means the relay missed entries: FailedPrecondition
+	// "gap: ..." (unless allow_gap). Heartbeats update the path's freshness.
+	ApplyRemote(ctx context.Context, in *ApplyRemoteRequest, opts ...grpc.CallOption) (*ApplyRemoteResponse, error)
+	// ReplicationStatus reports, per origin (site, node), what this node has
+	// applied and heard, and the conflicts it recorded.
+	ReplicationStatus(ctx context.Context, in *ReplicationStatusRequest, opts ...grpc.CallOption) (*ReplicationStatusResponse, error)
 }
 
 type replicaClient struct {
@@ -1557,6 +1570,26 @@ func (c *replicaClient) Apply(ctx context.Context, in *ApplyRequest, opts ...grp
 	return out, nil
 }
 
+func (c *replicaClient) ApplyRemote(ctx context.Context, in *ApplyRemoteRequest, opts ...grpc.CallOption) (*ApplyRemoteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApplyRemoteResponse)
+	err := c.cc.Invoke(ctx, Replica_ApplyRemote_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *replicaClient) ReplicationStatus(ctx context.Context, in *ReplicationStatusRequest, opts ...grpc.CallOption) (*ReplicationStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplicationStatusResponse)
+	err := c.cc.Invoke(ctx, Replica_ReplicationStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplicaServer is the server API for Replica service.
 // All implementations must embed UnimplementedReplicaServer
 // for forward compatibility.
@@ -1566,6 +1599,17 @@ func (c *replicaClient) Apply(ctx context.Context, in *ApplyRequest, opts ...grp
 // not for services, which write through Data.
 type ReplicaServer interface {
 	Apply(context.Context, *ApplyRequest) (*ApplyResponse, error)
+	// ApplyRemote applies writes that another site accepted, in order, through
+	// this node's router, as remote-origin writes (never published again). The
+	// highest applied origin sequence of (origin_site, origin_node) is stored
+	// in the same batch as the data it covers, so entries at or below it are
+	// skipped: applying is exactly-once in effect. An entry whose prev_seq is
+	// above that watermark means the relay missed entries: FailedPrecondition
+	// "gap: ..." (unless allow_gap). Heartbeats update the path's freshness.
+	ApplyRemote(context.Context, *ApplyRemoteRequest) (*ApplyRemoteResponse, error)
+	// ReplicationStatus reports, per origin (site, node), what this node has
+	// applied and heard, and the conflicts it recorded.
+	ReplicationStatus(context.Context, *ReplicationStatusRequest) (*ReplicationStatusResponse, error)
 	mustEmbedUnimplementedReplicaServer()
 }
 
@@ -1578,6 +1622,12 @@ type UnimplementedReplicaServer struct{}
 
 func (UnimplementedReplicaServer) Apply(context.Context, *ApplyRequest) (*ApplyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Apply not implemented")
+}
+func (UnimplementedReplicaServer) ApplyRemote(context.Context, *ApplyRemoteRequest) (*ApplyRemoteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApplyRemote not implemented")
+}
+func (UnimplementedReplicaServer) ReplicationStatus(context.Context, *ReplicationStatusRequest) (*ReplicationStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplicationStatus not implemented")
 }
 func (UnimplementedReplicaServer) mustEmbedUnimplementedReplicaServer() {}
 func (UnimplementedReplicaServer) testEmbeddedByValue()                 {}
@@ -1618,6 +1668,42 @@ func _Replica_Apply_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Replica_ApplyRemote_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApplyRemoteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplicaServer).ApplyRemote(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Replica_ApplyRemote_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplicaServer).ApplyRemote(ctx, req.(*ApplyRemoteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Replica_ReplicationStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplicationStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplicaServer).ReplicationStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Replica_ReplicationStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplicaServer).ReplicationStatus(ctx, req.(*ReplicationStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Replica_ServiceDesc is the grpc.ServiceDesc for Replica service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1628,6 +1714,14 @@ var Replica_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Apply",
 			Handler:    _Replica_Apply_Handler,
+		},
+		{
+			MethodName: "ApplyRemote",
+			Handler:    _Replica_ApplyRemote_Handler,
+		},
+		{
+			MethodName: "ReplicationStatus",
+			Handler:    _Replica_ReplicationStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
