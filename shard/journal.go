@@ -20,8 +20,9 @@ import (
 //	0 'j' seq target       a job: target must still apply entry seq
 //	0 'E' seq target       a job moved to the error queue
 //
-// An entry is deleted with its last job. Targets are opaque strings (the
-// router uses "node/shard").
+// An entry is deleted with its last job, unless it also holds an outbox
+// marker (see outbox.go): then it is deleted once it has neither. Targets are
+// opaque strings (the router uses "node/shard").
 const (
 	metaJournal  byte = 'J'
 	metaJob      byte = 'j'
@@ -57,12 +58,24 @@ func (s *Store) loadJournalSeq() error {
 		return err
 	}
 	defer it.Close()
+	var last uint64
 	if it.Last() {
-		s.journal.seq.Store(binary.BigEndian.Uint64(it.Key()[len(p):]))
+		last = binary.BigEndian.Uint64(it.Key()[len(p):])
 	}
 	// Error-queue entries keep their journal entry; their seqs are below
 	// the last entry's, so the counter above is already past them.
-	return it.Error()
+	if err := it.Error(); err != nil {
+		return err
+	}
+	// Entries trimmed from the outbox were seen by remote sites, which
+	// remember their seqs: never assign those again, even once the journal
+	// is empty.
+	floor, err := s.loadOutbox()
+	if err != nil {
+		return err
+	}
+	s.journal.seq.Store(max(last, floor))
+	return nil
 }
 
 // JournalAppend durably records an entry and one job per target, and returns
@@ -79,16 +92,6 @@ func (s *Store) JournalAppend(ctx context.Context, data []byte, targets []string
 	return seq, nil
 }
 
-// countJobs records that entry seq has n jobs.
-func (s *Store) countJobs(seq uint64, n int) {
-	s.journal.mu.Lock()
-	defer s.journal.mu.Unlock()
-	if s.journal.jobs == nil {
-		s.journal.jobs = map[uint64]int{}
-	}
-	s.journal.jobs[seq] = n
-}
-
 // JournalSeq returns the last journal sequence number assigned.
 func (s *Store) JournalSeq() uint64 { return s.journal.seq.Load() }
 
@@ -96,25 +99,10 @@ func (s *Store) JournalSeq() uint64 { return s.journal.seq.Load() }
 // store) and, if targets is not empty, records the entry with one job per
 // target, all in one atomic batch and one fsync: the router's write path
 // when some replicas are local. It returns the outcomes of muts and the
-// entry's sequence number (0 if no entry was recorded).
+// entry's sequence number (0 if no entry was recorded). It is ApplyLogged
+// without LogOptions.
 func (s *Store) ApplyJournaled(ctx context.Context, muts []Mutation, entry []byte, targets []string) ([]Outcome, uint64, error) {
-	if len(targets) == 0 {
-		outs, err := s.Apply(ctx, muts)
-		return outs, 0, err
-	}
-	var seq uint64
-	outs, err := s.apply(ctx, muts, true, func(b *pebble.Batch) {
-		seq = s.journal.seq.Add(1)
-		s.countJobs(seq, len(targets)) // before any job can finish
-		_ = b.Set(journalKey(seq), entry, nil)
-		for _, t := range targets {
-			_ = b.Set(jobKey(metaJob, seq, t), []byte("{}"), nil)
-		}
-	})
-	if err != nil {
-		return nil, 0, err
-	}
-	return outs, seq, nil
+	return s.ApplyLogged(ctx, muts, entry, targets, LogOptions{})
 }
 
 // JournalEntry returns an entry's bytes.
@@ -178,7 +166,8 @@ func (s *Store) removeJob(kind byte, seq uint64, target string) error {
 			return err
 		}
 	}
-	if last {
+	// An entry still owed to a remote site stays: TrimOutbox deletes it.
+	if last && !s.journal.outbox.has(seq) {
 		_ = b.Delete(journalKey(seq), nil)
 	}
 	return b.Commit(pebble.NoSync)

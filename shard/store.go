@@ -67,6 +67,9 @@ type Store struct {
 		// scan for the entry's others. Entries of earlier processes are
 		// absent and checked by a scan.
 		jobs map[uint64]int
+		// outbox holds the seqs of the entries with an outbox marker
+		// (outbox.go), loaded at Open.
+		outbox outboxSet
 	}
 
 	// scans counts long reads (digests, tombstone collection) that hold a
