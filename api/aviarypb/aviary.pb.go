@@ -4576,9 +4576,11 @@ type JournalEntry struct {
 	MapVersion uint64                 `protobuf:"varint,3,opt,name=map_version,json=mapVersion,proto3" json:"map_version,omitempty"`
 	// Set on a write applied from another site (by a relay): where it was
 	// first accepted. Such an entry is never published again.
-	OriginSite    uint32 `protobuf:"varint,4,opt,name=origin_site,json=originSite,proto3" json:"origin_site,omitempty"`
-	OriginNode    string `protobuf:"bytes,5,opt,name=origin_node,json=originNode,proto3" json:"origin_node,omitempty"`
-	OriginSeq     uint64 `protobuf:"varint,6,opt,name=origin_seq,json=originSeq,proto3" json:"origin_seq,omitempty"`
+	OriginSite uint32 `protobuf:"varint,4,opt,name=origin_site,json=originSite,proto3" json:"origin_site,omitempty"`
+	OriginNode string `protobuf:"bytes,5,opt,name=origin_node,json=originNode,proto3" json:"origin_node,omitempty"`
+	OriginSeq  uint64 `protobuf:"varint,6,opt,name=origin_seq,json=originSeq,proto3" json:"origin_seq,omitempty"`
+	// When the router accepted the write (Unix ms).
+	AtUnixMs      int64 `protobuf:"varint,7,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4651,6 +4653,13 @@ func (x *JournalEntry) GetOriginNode() string {
 func (x *JournalEntry) GetOriginSeq() uint64 {
 	if x != nil {
 		return x.OriginSeq
+	}
+	return 0
+}
+
+func (x *JournalEntry) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
 	}
 	return 0
 }
@@ -5392,7 +5401,7 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\vmap_version\x18\x02 \x01(\x04R\n" +
 	"mapVersion\"?\n" +
 	"\rApplyResponse\x12.\n" +
-	"\boutcomes\x18\x01 \x03(\x0e2\x12.aviary.v1.OutcomeR\boutcomes\"\xcf\x02\n" +
+	"\boutcomes\x18\x01 \x03(\x0e2\x12.aviary.v1.OutcomeR\boutcomes\"\xed\x02\n" +
 	"\fJournalEntry\x121\n" +
 	"\tmutations\x18\x01 \x03(\v2\x13.aviary.v1.MutationR\tmutations\x128\n" +
 	"\atargets\x18\x02 \x03(\v2\x1e.aviary.v1.JournalEntry.TargetR\atargets\x12\x1f\n" +
@@ -5403,7 +5412,9 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\vorigin_node\x18\x05 \x01(\tR\n" +
 	"originNode\x12\x1d\n" +
 	"\n" +
-	"origin_seq\x18\x06 \x01(\x04R\toriginSeq\x1aP\n" +
+	"origin_seq\x18\x06 \x01(\x04R\toriginSeq\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\a \x01(\x03R\batUnixMs\x1aP\n" +
 	"\x06Target\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\tR\x05shard\x12\x1c\n" +

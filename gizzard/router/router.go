@@ -107,6 +107,10 @@ type Config struct {
 	// WaitMap, if set, returns a map at version v or newer once this node
 	// has one (default: polling Map).
 	WaitMap func(ctx context.Context, v uint64) (*gizzard.Map, error)
+	// Outbox: every locally-originated write is journaled and kept in the
+	// store's outbox until the other sites have applied it (the node
+	// publishes it to its site's replication stream).
+	Outbox bool
 }
 
 // metrics are the router's Prometheus metrics.
@@ -240,7 +244,34 @@ type delivery struct {
 // Write routes, journals and applies versioned mutations (their Shard
 // fields are ignored) and acknowledges per c.
 func (r *Router) Write(ctx context.Context, muts []shard.Mutation, c Consistency) ([]Result, error) {
-	res, err := r.write(ctx, muts, c)
+	return r.route(ctx, muts, c, writeOptions{})
+}
+
+// Origin names where a write applied from another site was first
+// accepted: the site, the node, and the entry's sequence in that node's
+// journal.
+type Origin struct {
+	Site uint32
+	Node string
+	Seq  uint64
+}
+
+// WriteRemote routes a write another site accepted (its mutations keep
+// their versions): like Write, but its journal entry records the origin
+// and is never published again, and state (import-state records, such as a
+// relay's watermark) is stored in the same batch as the write.
+func (r *Router) WriteRemote(ctx context.Context, muts []shard.Mutation, c Consistency, origin Origin, state map[string][]byte) ([]Result, error) {
+	return r.route(ctx, muts, c, writeOptions{origin: &origin, state: state})
+}
+
+// writeOptions are what distinguishes a remote-origin write.
+type writeOptions struct {
+	origin *Origin
+	state  map[string][]byte
+}
+
+func (r *Router) route(ctx context.Context, muts []shard.Mutation, c Consistency, o writeOptions) ([]Result, error) {
+	res, err := r.write(ctx, muts, c, o)
 	// A node refused the write because a change moved its shard after the
 	// map it was routed by: route it again by a map at least that new. The
 	// mutations keep their versions, so a replica that took the first try
@@ -254,7 +285,7 @@ func (r *Router) Write(ctx context.Context, muts []shard.Mutation, c Consistency
 		if _, werr := r.waitMap(ctx, fe.Fence); werr != nil {
 			break
 		}
-		res, err = r.write(ctx, muts, c)
+		res, err = r.write(ctx, muts, c, o)
 	}
 	if fe, ok := ParseFenced(err); ok {
 		// Still fenced (the map keeps moving, or this node lags): the
@@ -350,8 +381,11 @@ func plan(m *gizzard.Map, muts []shard.Mutation) ([]*target, []Result, error) {
 
 // encodeEntry encodes the journal entry of muts routed to targets by the
 // map at version v.
-func encodeEntry(v uint64, muts []shard.Mutation, targets []*target) ([]byte, error) {
-	entry := &pb.JournalEntry{MapVersion: v}
+func encodeEntry(v uint64, muts []shard.Mutation, targets []*target, origin *Origin, at time.Time) ([]byte, error) {
+	entry := &pb.JournalEntry{MapVersion: v, AtUnixMs: at.UnixMilli()}
+	if origin != nil {
+		entry.OriginSite, entry.OriginNode, entry.OriginSeq = origin.Site, origin.Node, origin.Seq
+	}
 	for i := range muts {
 		p := ToProto(&muts[i])
 		p.Shard = ""
@@ -390,7 +424,7 @@ func (r *Router) admit(shards []string, v uint64) (release func(), err error) {
 	return r.cfg.Admit(shards, v)
 }
 
-func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency) ([]Result, error) {
+func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency, o writeOptions) ([]Result, error) {
 	m := r.cfg.Map()
 	targets, res, err := plan(m, muts)
 	if err != nil {
@@ -414,9 +448,13 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 			remoteKeys = append(remoteKeys, Target(t.leaf))
 		}
 	}
+	// The entry is journaled when a replica is remote (its jobs need it)
+	// and, for a locally-originated write, when it must be published to
+	// the other sites (the outbox keeps it until they have applied it).
+	outbox := r.cfg.Outbox && o.origin == nil
 	var data []byte
-	if len(remote) > 0 {
-		if data, err = encodeEntry(m.Version, muts, targets); err != nil {
+	if len(remote) > 0 || outbox {
+		if data, err = encodeEntry(m.Version, muts, targets, o.origin, r.cfg.Clock.Now()); err != nil {
 			return nil, err
 		}
 	}
@@ -428,7 +466,7 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 	if err != nil {
 		return nil, err
 	}
-	localOuts, seq, err := r.cfg.Store.ApplyJournaled(ctx, localMuts, data, remoteKeys)
+	localOuts, seq, err := r.cfg.Store.ApplyLogged(ctx, localMuts, data, remoteKeys, shard.LogOptions{Outbox: outbox, State: o.state})
 	release()
 	if err != nil {
 		return nil, err
@@ -767,7 +805,7 @@ func (r *Router) reroute(j shard.Job, fe *FencedError) error {
 		keys[i] = Target(t.leaf)
 	}
 	if len(targets) > 0 {
-		data, err := encodeEntry(m.Version, muts, targets)
+		data, err := encodeEntry(m.Version, muts, targets, nil, r.cfg.Clock.Now())
 		if err != nil {
 			return err
 		}
