@@ -30,6 +30,9 @@ func (n *Node) seedChange() gizzard.Change {
 	c := gizzard.Change{Who: "node " + n.cfg.NodeID, From: n.GRPCAddr(), Steps: []gizzard.Step{{
 		Op: gizzard.OpAddNode, Node: &gizzard.Node{ID: n.cfg.NodeID, GRPCAddr: n.GRPCAddr(), RaftAddr: n.ns.Addr()},
 	}}}
+	c.Steps = append(c.Steps, gizzard.Step{Op: gizzard.OpAddSite, Site: &gizzard.Site{
+		Name: n.cfg.SiteName, ID: n.cfg.SiteID, NATSURL: n.repl.url(), State: gizzard.SiteActive,
+	}})
 	for _, t := range n.cfg.Tables {
 		c.Steps = append(c.Steps, gizzard.Step{Op: gizzard.OpCreateTable, Table: &gizzard.Table{Name: t.Name, Kind: gizzard.TableKind(t.Kind.String())}})
 	}
@@ -386,6 +389,8 @@ func (s *nameserverServer) Status(ctx context.Context, _ *pb.StatusRequest) (*pb
 		NodeId:         s.n.cfg.NodeID,
 		GrpcAddr:       s.n.GRPCAddr(),
 		MapVersion:     s.n.routedVersion.Load(),
+		SiteName:       s.n.cfg.SiteName,
+		SiteId:         s.n.cfg.SiteID,
 		RaftState:      s.n.ns.State(),
 		Ready:          s.n.ready.Load(),
 		LeaderId:       id,

@@ -79,6 +79,23 @@ type Config struct {
 	// Pprof serves Go's profiler under /debug/pprof/ on the HTTP address.
 	Pprof bool
 
+	// NATSURL is the NATS (JetStream) of the site's replication stream.
+	// Empty: a node that founds a site embeds a nats-server listening on
+	// NATSAddr, and a joining node uses the one in the site map. NATSOff
+	// disables replication.
+	NATSURL string
+	// NATSAddr is the embedded nats-server's client address. Default
+	// 127.0.0.1:0 (any free port); cmd/node's default is 127.0.0.1:7393.
+	NATSAddr string
+	// ReplicationMaxAge and ReplicationMaxBytes bound the site's stream
+	// (JetStream limits; the outbox, not the stream, is what guarantees
+	// delivery). Defaults 168h and 1 GiB.
+	ReplicationMaxAge   time.Duration
+	ReplicationMaxBytes int64
+	// HeartbeatInterval is how often each node heartbeats on the stream.
+	// Default 1s.
+	HeartbeatInterval time.Duration
+
 	// Logger receives the node's logs. Default: discards.
 	Logger *slog.Logger
 	// Clock gives wall time. Default ids.SystemClock.
@@ -129,6 +146,18 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 15 * time.Second
+	}
+	if c.NATSAddr == "" {
+		c.NATSAddr = "127.0.0.1:0"
+	}
+	if c.ReplicationMaxAge == 0 {
+		c.ReplicationMaxAge = 168 * time.Hour
+	}
+	if c.ReplicationMaxBytes == 0 {
+		c.ReplicationMaxBytes = 1 << 30
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -65,6 +65,8 @@ type Node struct {
 	fence *fence
 	// copies are the migration copies running into this node.
 	copies copies
+	// repl is the node's side of cross-site replication.
+	repl *replicator
 
 	grpcLis, httpLis net.Listener
 	grpcSrv          *grpc.Server
@@ -133,6 +135,10 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	closers = append(closers, func() { _ = n.ns.Close() })
+	if err := n.startNATS(); err != nil {
+		return nil, err
+	}
+	closers = append(closers, n.stopNATS)
 	n.router = router.New(router.Config{
 		NodeID:         cfg.NodeID,
 		Store:          n.store,
@@ -144,6 +150,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Registry:       reg,
 		Admit:          n.fence.admit,
 		WaitMap:        n.waitMap,
+		Outbox:         n.replicating(),
 	})
 
 	n.grpcSrv = grpc.NewServer(netx.ServerOptions(grpc.ChainUnaryInterceptor(n.metrics.unary))...)
@@ -215,7 +222,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}()
 	bg, stopBG := context.WithCancel(context.Background())
-	for _, f := range []func(context.Context){n.gcLoop, n.reconcile, func(ctx context.Context) {
+	for _, f := range []func(context.Context){n.gcLoop, n.reconcile, n.repl.run, func(ctx context.Context) {
 		if err := n.membership(ctx); err != nil && ctx.Err() == nil {
 			n.log.Error("cannot join the site", "err", err)
 		}
@@ -275,6 +282,7 @@ func (n *Node) Run(ctx context.Context) error {
 		runErr = errors.Join(runErr, err)
 	}
 	n.remotes.close()
+	n.stopNATS()
 	if err := n.store.Close(); err != nil {
 		runErr = errors.Join(runErr, fmt.Errorf("node: close store: %w", err))
 	}
@@ -299,7 +307,7 @@ func (n *Node) gcLoop(ctx context.Context) {
 }
 
 func (n *Node) collectTombstones(ctx context.Context) (int, error) {
-	horizon := ids.MakeTimestamp(n.cfg.Clock.Now().Add(-n.cfg.TombstoneGrace).UnixMilli(), 0)
+	horizon := n.tombstoneHorizon(ids.MakeTimestamp(n.cfg.Clock.Now().Add(-n.cfg.TombstoneGrace).UnixMilli(), 0))
 	start := time.Now()
 	c, err := n.store.CollectTombstones(ctx, horizon)
 	n.metrics.collected.Add(float64(c))

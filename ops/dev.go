@@ -28,7 +28,7 @@ const modulePath = "github.com/aviarydb/aviary"
 const siteFile = "site.json"
 
 // Dev site limits: a node's worker id is its index (at most 31), and its
-// three ports are base+10i, +1 and +2.
+// four ports are base+10i, +1, +2 and +3 (node 0's embedded nats-server).
 const (
 	maxDevNodes = 32
 	portStride  = 10
@@ -164,7 +164,8 @@ directory) into DIR/bin/node, unless --bin names a binary, and start a site of
 --nodes node processes in the background, each in its own process group, with
 its data in DIR/node-i and its output in DIR/node-i/log. Node i listens on
 127.0.0.1 at base+10i (gRPC), base+10i+1 (HTTP) and base+10i+2 (raft); node 0
-founds the site with --shards shard trees, the others join it.
+founds the site with --shards shard trees and embeds the site's nats-server
+(replication stream) on base+3; the others join it.
 
 dev up waits until every node is in the map and ready, then, with --replicas
 above 1, adds readable replicas of every shard tree rep-* on the next nodes,
@@ -181,7 +182,7 @@ records the site in DIR/site.json and refuses to start over a running site.`,
 	fl := cmd.Flags()
 	fl.IntVar(&f.nodes, "nodes", f.nodes, "number of node processes")
 	fl.IntVar(&f.replicas, "replicas", f.replicas, "readable replicas of every shard tree (at most --nodes)")
-	fl.IntVar(&f.basePort, "base-port", f.basePort, "first port; node i uses base+10i to base+10i+2")
+	fl.IntVar(&f.basePort, "base-port", f.basePort, "first port; node i uses base+10i to base+10i+3")
 	fl.IntVar(&f.shards, "shards", f.shards, "shard trees the site is seeded with")
 	fl.StringVar(&f.bin, "bin", "", "node binary to run instead of building cmd/node")
 	fl.BoolVar(&f.race, "race", false, "build the node with the race detector (go build -race)")
@@ -251,6 +252,8 @@ func (s *session) devUp(ctx context.Context, f devUpFlags) (err error) {
 		args := []string{
 			"--data-dir", n.DataDir, "--grpc-addr", n.GRPCAddr, "--http-addr", n.HTTPAddr, "--raft-addr", n.RaftAddr,
 			"--node-id", n.ID, "--worker-id", strconv.Itoa(i), "--shards", strconv.Itoa(f.shards), "--log-format", "text",
+			// node-0 embeds the site's nats-server: on the port after its raft port.
+			"--nats-addr", natsAddr(n.RaftAddr),
 		}
 		if i > 0 {
 			args = append(args, "--join", site.Nodes[0].GRPCAddr)
@@ -711,4 +714,15 @@ running or the nodes do not agree.`,
 			return nil
 		}),
 	}
+}
+
+// natsAddr is the embedded nats-server address of a dev node: the port
+// after its raft port.
+func natsAddr(raft string) string {
+	host, port, err := net.SplitHostPort(raft)
+	if err != nil {
+		return "127.0.0.1:0"
+	}
+	p, _ := strconv.Atoi(port)
+	return net.JoinHostPort(host, strconv.Itoa(p+1))
 }

@@ -32,7 +32,7 @@ func freeBasePort(t *testing.T, nodes int) int {
 		}
 		free := true
 		for i := 0; i < nodes && free; i++ {
-			for j := range 3 {
+			for j := range 4 {
 				l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(base+portStride*i+j)))
 				if err != nil {
 					free = false

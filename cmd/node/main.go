@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/aviarydb/aviary/internal/envflag"
 	"github.com/aviarydb/aviary/node"
@@ -90,7 +91,11 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.StringVar(&cfg.Join, "join", "", "gRPC address of any node of an existing site to join; empty founds a new one-node site")
 	f.DurationVar(&cfg.ReplicaTimeout, "replica-timeout", cfg.ReplicaTimeout, "bound on one write to one replica; a replica that misses it is retried from the journal")
 	f.Uint32Var(&cfg.SiteID, "site-id", cfg.SiteID, "this site's number in ids and versions (0-31)")
-	f.StringVar(&cfg.SiteName, "site-name", cfg.SiteName, "this site's name, for logs")
+	f.StringVar(&cfg.SiteName, "site-name", cfg.SiteName, "this site's name in the site map (other sites' relays know it by it)")
+	f.StringVar(&cfg.NATSURL, "nats-url", "", `NATS (JetStream) of this site's replication stream; empty: a node founding a site embeds a nats-server on --nats-addr, a joining node uses its site's; "off" disables replication`)
+	f.StringVar(&cfg.NATSAddr, "nats-addr", "127.0.0.1:7393", "client address of the embedded nats-server (port 0 picks a free one)")
+	f.DurationVar(&cfg.ReplicationMaxAge, "replication-max-age", 168*time.Hour, "the replication stream keeps messages this long (the outbox, not the stream, guarantees delivery)")
+	f.Int64Var(&cfg.ReplicationMaxBytes, "replication-max-bytes", 1<<30, "the replication stream keeps at most this many bytes")
 	f.Uint32Var(&cfg.WorkerID, "worker-id", cfg.WorkerID, "this node's number within its site, in ids (0-31)")
 	f.IntVar(&cfg.DefaultShards, "shards", cfg.DefaultShards, "shard trees a new site's map is seeded with; every table is forwarded evenly over them by key hash")
 	f.StringVar(&tables, "tables", formatTables(node.DefaultTables), "tables a new site's map is seeded with, as name:content or name:index, comma separated")

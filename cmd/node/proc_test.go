@@ -152,5 +152,5 @@ func (p *proc) dial(t *testing.T) (pb.DataClient, *grpc.ClientConn) {
 // nodeCmd is the binary with a data dir and ephemeral loopback ports.
 func nodeCmd(t *testing.T, dir string) *exec.Cmd {
 	return exec.CommandContext(context.Background(), nodeBinary(t),
-		"--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--log-format", "json")
+		"--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0", "--log-format", "json")
 }

@@ -45,7 +45,7 @@ func freeAddr(t *testing.T) string {
 
 func (s *siteNode) start(t *testing.T) {
 	t.Helper()
-	args := []string{"--data-dir", s.dir, "--grpc-addr", s.grpc, "--http-addr", s.http, "--raft-addr", s.raft,
+	args := []string{"--data-dir", s.dir, "--grpc-addr", s.grpc, "--http-addr", s.http, "--raft-addr", s.raft, "--nats-addr", "127.0.0.1:0",
 		"--node-id", s.id, "--worker-id", fmt.Sprint(s.worker), "--shards", "4", "--log-format", "json", "--replica-timeout", "2s"}
 	if s.join != "" {
 		args = append(args, "--join", s.join)
