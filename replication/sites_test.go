@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // site is a one-node site run in-process, with its embedded NATS, and the
@@ -439,4 +440,92 @@ func TestClockSkew(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("a version a minute ahead: %v, want InvalidArgument", err)
 	}
+}
+
+// TestGapIsRepaired lets site A's stream drop messages (a 1s age limit)
+// while B's relay is down: when it returns it finds the gap, reports it,
+// asks A to publish the missing entries again from its outbox, and B
+// converges.
+func TestGapIsRepaired(t *testing.T) {
+	a := startSiteWith(t, node.Config{SiteName: "site-a", SiteID: 1, ReplicationMaxAge: time.Second})
+	b := startSite(t, "site-b", 2)
+	sites := []*site{a, b}
+	link(t, sites)
+	h := &history{last: map[string]version{}, del: map[string]bool{}}
+	var mu sync.Mutex
+	var errs []error
+	seed := testSeed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	write(ctx, sites[:1], seed, h, &errs, &mu).Wait()
+	cancel()
+	waitFor(t, 30*time.Second, func() error { return converged(t, sites, h) })
+	b.stopRelay()
+	ctx, cancel = context.WithTimeout(context.Background(), 500*time.Millisecond)
+	write(ctx, sites[:1], seed+1, h, &errs, &mu).Wait()
+	cancel()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the stream has dropped what B has not consumed.
+	waitFor(t, 30*time.Second, func() error {
+		st, err := a.rep.ReplicationStatus(t.Context(), &pb.ReplicationStatusRequest{})
+		if err != nil {
+			return err
+		}
+		if st.OutboxEntries == 0 {
+			return errors.New("A's outbox is empty: nothing kept for B")
+		}
+		return expired(t, a, st.OutboxOldestSeq)
+	})
+	b.startRelay(t, sites)
+	waitFor(t, 60*time.Second, func() error { return converged(t, sites, h) })
+	st, err := b.rep.ReplicationStatus(t.Context(), &pb.ReplicationStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gaps := 0
+	for _, o := range st.Origins {
+		if o.Gap != "" {
+			gaps++
+		}
+	}
+	if gaps == 0 {
+		t.Errorf("B reports no gap: %v", st.Origins)
+	}
+	if got := b.relay.Status(); len(got) != 1 || got[0].Gaps == 0 {
+		t.Errorf("B's relay counted no gap: %+v", got)
+	}
+}
+
+// expired reports nil once A's stream no longer holds the message of
+// outbox entry seq (its first message is newer).
+func expired(t *testing.T, a *site, seq uint64) error {
+	nc, js, err := natsx.Connect(t.Context(), a.url, "test")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	s, err := js.Stream(t.Context(), replication.StreamName(a.name))
+	if err != nil {
+		return err
+	}
+	first, err := s.Info(t.Context())
+	if err != nil {
+		return err
+	}
+	msg, err := s.GetMsg(t.Context(), first.State.FirstSeq)
+	if err != nil {
+		return err
+	}
+	var m pb.ReplicationMessage
+	if err := proto.Unmarshal(msg.Data, &m); err != nil {
+		return err
+	}
+	if !m.Heartbeat && m.Seq <= seq {
+		return fmt.Errorf("the stream still holds entry %d", m.Seq)
+	}
+	if m.Heartbeat && m.Seq < seq {
+		return fmt.Errorf("the stream still holds a heartbeat of %d", m.Seq)
+	}
+	return nil
 }
