@@ -310,7 +310,7 @@ func (p *path) process(ctx context.Context, s *session, msgs []jetstream.Msg) ti
 	p.mu.Unlock()
 
 	groups := p.decode(msgs)
-	held := 0 // messages of the batch not acknowledged yet
+	held := 0 // messages of the batch not acknowledged (nakked ones included)
 	for _, g := range groups {
 		held += len(g.items)
 	}
@@ -361,7 +361,7 @@ func (p *path) process(ctx context.Context, s *session, msgs []jetstream.Msg) ti
 			wait = max(wait, p.backoff)
 			p.backoff = min(2*p.backoff, maxBackoff)
 		}
-		held -= len(g.items)
+		// Nakked messages stay held: delivered and unacknowledged.
 	}
 	if !failed {
 		p.backoff = minBackoff
