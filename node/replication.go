@@ -459,6 +459,10 @@ func (s *replicaServer) ApplyRemote(ctx context.Context, req *pb.ApplyRemoteRequ
 	if err := n.repl.loadWatermark(os, o); err != nil {
 		return nil, toStatus(err)
 	}
+	// Another node of this site applied up to here (the relay failed over
+	// from it): what it applied is in its journal, on its way to the
+	// replicas.
+	os.watermark = max(os.watermark, req.SiteWatermark)
 	resp := &pb.ApplyRemoteResponse{}
 	now := time.Now().UnixMilli()
 	var chunk []shard.Mutation

@@ -56,6 +56,8 @@ type pathState struct {
 type watermark struct {
 	want, put uint64
 	putAt     time.Time
+	// loaded: want includes what the bucket held when the path started.
+	loaded bool
 }
 
 type repair struct {
@@ -333,6 +335,7 @@ func (p *path) process(ctx context.Context, s *session, msgs []jetstream.Msg) ti
 			}
 		}
 		req.Pending = last.pending
+		req.SiteWatermark = p.siteWatermark(ctx, s, g.node)
 
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), applyTimeout)
 		start := time.Now()
@@ -451,8 +454,39 @@ func (p *path) applied(g *group, resp *pb.ApplyRemoteResponse) {
 		w = &watermark{}
 		p.wms[g.node] = w
 	}
-	w.want = resp.Watermark
+	w.want = max(w.want, resp.Watermark)
 	delete(p.repairs, g.node)
+}
+
+// siteWatermark is the highest sequence of origin node this site is known
+// to have applied: what this relay was told, or, after a restart, what a
+// relay of this site put in the source's watermark bucket. A node the
+// relay fails over to adopts it instead of reporting a gap.
+func (p *path) siteWatermark(ctx context.Context, s *session, node string) uint64 {
+	w := p.wms[node]
+	if w == nil {
+		w = &watermark{}
+		p.wms[node] = w
+	}
+	if !w.loaded {
+		pctx, cancel := context.WithTimeout(ctx, natsTimeout)
+		defer cancel()
+		kv, err := p.bucket(pctx, s, WatermarkBucket)
+		if err != nil {
+			return w.want
+		}
+		e, err := kv.Get(pctx, WatermarkKey(p.src.Name, node, p.r.cfg.LocalSite))
+		switch {
+		case err == nil:
+			if v, perr := strconv.ParseUint(string(e.Value()), 10, 64); perr == nil {
+				w.want, w.put = max(w.want, v), max(w.put, v)
+			}
+			w.loaded = true
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			w.loaded = true
+		}
+	}
+	return w.want
 }
 
 func (st *pathState) origin(node string) *PathOrigin {

@@ -3950,7 +3950,12 @@ type ApplyRemoteRequest struct {
 	AllowGap bool `protobuf:"varint,4,opt,name=allow_gap,json=allowGap,proto3" json:"allow_gap,omitempty"`
 	// Messages still pending for this path at the source, as the relay's
 	// consumer sees them (for status).
-	Pending       uint64 `protobuf:"varint,5,opt,name=pending,proto3" json:"pending,omitempty"`
+	Pending uint64 `protobuf:"varint,5,opt,name=pending,proto3" json:"pending,omitempty"`
+	// The highest origin sequence this site is known to have applied (the
+	// watermark the relay reported to the origin): entries up to it are
+	// journaled on some node of this site. A node whose own watermark is
+	// lower (the relay failed over to it) adopts it.
+	SiteWatermark uint64 `protobuf:"varint,6,opt,name=site_watermark,json=siteWatermark,proto3" json:"site_watermark,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4016,6 +4021,13 @@ func (x *ApplyRemoteRequest) GetAllowGap() bool {
 func (x *ApplyRemoteRequest) GetPending() uint64 {
 	if x != nil {
 		return x.Pending
+	}
+	return 0
+}
+
+func (x *ApplyRemoteRequest) GetSiteWatermark() uint64 {
+	if x != nil {
+		return x.SiteWatermark
 	}
 	return 0
 }
@@ -5342,7 +5354,7 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\n" +
 	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\x121\n" +
 	"\tmutations\x18\x06 \x03(\v2\x13.aviary.v1.MutationR\tmutations\x12\x1c\n" +
-	"\theartbeat\x18\a \x01(\bR\theartbeat\"\xc6\x01\n" +
+	"\theartbeat\x18\a \x01(\bR\theartbeat\"\xed\x01\n" +
 	"\x12ApplyRemoteRequest\x12\x1f\n" +
 	"\vorigin_site\x18\x01 \x01(\rR\n" +
 	"originSite\x12\x1f\n" +
@@ -5350,7 +5362,8 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"originNode\x127\n" +
 	"\aentries\x18\x03 \x03(\v2\x1d.aviary.v1.ReplicationMessageR\aentries\x12\x1b\n" +
 	"\tallow_gap\x18\x04 \x01(\bR\ballowGap\x12\x18\n" +
-	"\apending\x18\x05 \x01(\x04R\apending\"\x85\x01\n" +
+	"\apending\x18\x05 \x01(\x04R\apending\x12%\n" +
+	"\x0esite_watermark\x18\x06 \x01(\x04R\rsiteWatermark\"\x85\x01\n" +
 	"\x13ApplyRemoteResponse\x12\x1c\n" +
 	"\twatermark\x18\x01 \x01(\x04R\twatermark\x12\x18\n" +
 	"\aapplied\x18\x02 \x01(\rR\aapplied\x12\x18\n" +
