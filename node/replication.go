@@ -542,6 +542,9 @@ func (s *replicaServer) ApplyRemote(ctx context.Context, req *pb.ApplyRemoteRequ
 	if err := flush(); err != nil {
 		return nil, err
 	}
+	if resp.Applied > 0 {
+		os.st.Gap = "" // entries follow again
+	}
 	os.st.Watermark = os.watermark
 	os.st.OriginSiteName = siteName
 	os.st.HeardUnixMs = now

@@ -45,13 +45,17 @@ var ErrSiteRunning = errors.New("ops: a dev site is running")
 // a dev site.
 var ErrNoSite = errors.New("ops: no dev site")
 
-// devSite is the record of a dev site, DIR/site.json.
+// devSite is the record of a dev site, DIR/site.json. A deployment of
+// several sites (dev up --sites) lists them in Sites, each with its nodes
+// and relay, and leaves Nodes empty.
 type devSite struct {
-	Dir        string    `json:"dir"`
-	Binary     string    `json:"binary"`
-	StartedAt  time.Time `json:"started_at"`
-	MapVersion uint64    `json:"map_version,omitempty"`
-	Nodes      []devNode `json:"nodes"`
+	Dir         string       `json:"dir"`
+	Binary      string       `json:"binary"`
+	RelayBinary string       `json:"relay_binary,omitempty"`
+	StartedAt   time.Time    `json:"started_at"`
+	MapVersion  uint64       `json:"map_version,omitempty"`
+	Nodes       []devNode    `json:"nodes"`
+	Sites       []devSubsite `json:"sites,omitempty"`
 }
 
 // devNode is one node process of a dev site.
@@ -95,10 +99,10 @@ func (d *devSite) write() error {
 	return nil
 }
 
-// live returns the nodes whose process runs.
+// live returns the processes (nodes and relays) that run.
 func (d *devSite) live() []devNode {
 	var out []devNode
-	for _, n := range d.Nodes {
+	for _, n := range d.procs() {
 		if processAlive(n.PID) {
 			out = append(out, n)
 		}
@@ -114,10 +118,12 @@ func newDevCommand(o *options) *cobra.Command {
 		Long: `Run a site of several node processes on this machine, for development and
 demos: "dev up" builds cmd/node and starts the site, "dev status" checks it
 and "dev down" stops it. The site lives in --dir: one data directory and log
-per node, and site.json with the pids and addresses.`,
+per node, and site.json with the pids and addresses. "dev up --sites 3" starts
+three such sites linked by cross-site replication, each with its relay.`,
 		Example: `  ops dev up --nodes 3 --replicas 3
   ops dev status
-  ops dev down --wipe`,
+  ops dev down --wipe
+  ops dev up --sites 3`,
 		RunE: groupRunE,
 	}
 	cmd.PersistentFlags().StringVar(&dir, "dir", "./aviary-dev", "directory of the dev site")
@@ -129,16 +135,21 @@ per node, and site.json with the pids and addresses.`,
 // devUpFlags are the settings of dev up.
 type devUpFlags struct {
 	dir       string
+	sites     int
 	nodes     int
 	replicas  int
 	basePort  int
 	shards    int
 	bin       string
+	relayBin  string
 	race      bool
 	readyWait time.Duration
 }
 
 func (f devUpFlags) validate() error {
+	if f.sites != 1 {
+		return f.validateSites()
+	}
 	switch {
 	case f.nodes < 1 || f.nodes > maxDevNodes:
 		return fmt.Errorf("--nodes %d: must be in [1, %d]", f.nodes, maxDevNodes)
@@ -155,9 +166,10 @@ func (f devUpFlags) validate() error {
 }
 
 func newDevUpCommand(o *options, dir *string) *cobra.Command {
-	f := devUpFlags{nodes: 3, replicas: 3, basePort: 7400, shards: 8, readyWait: time.Minute}
-	cmd := &cobra.Command{
-		Use:   "up [--nodes 3] [--replicas 3] [--dir ./aviary-dev] [--base-port 7400] [--shards 8]",
+	f := devUpFlags{sites: 1, nodes: 3, replicas: 3, basePort: 7400, shards: 8, readyWait: time.Minute}
+	var cmd *cobra.Command
+	cmd = &cobra.Command{
+		Use:   "up [--sites 1] [--nodes 3] [--replicas 3] [--dir ./aviary-dev] [--base-port 7400] [--shards 8]",
 		Short: "Build cmd/node and start a local site in the background",
 		Long: `Build cmd/node (go build, from the module root found above the current
 directory) into DIR/bin/node, unless --bin names a binary, and start a site of
@@ -170,22 +182,49 @@ founds the site with --shards shard trees and embeds the site's nats-server
 dev up waits until every node is in the map and ready, then, with --replicas
 above 1, adds readable replicas of every shard tree rep-* on the next nodes,
 round robin, in one change (the site is empty, so nothing needs copying). It
-records the site in DIR/site.json and refuses to start over a running site.`,
+records the site in DIR/site.json and refuses to start over a running site.
+
+With --sites S above 1 it starts S sites instead, named site-a, site-b, ...
+with site ids 1 to S, each of --nodes nodes (default 1) with --replicas
+readable replicas (default --nodes, at most 3), and links them: every site's
+map lists every other site with the NATS URL of its embedded nats-server.
+Then it builds cmd/relay into DIR/bin/relay (unless --relay-bin names one) and
+starts one relay per site, which applies the other sites' streams through
+that site's nodes. Site s (0 for site-a) has the ports base+100s to
+base+100s+99: its node i listens at base+100s+10i (gRPC), +1 (HTTP) and +2
+(raft), node 0's nats-server at base+100s+3, and the relay's HTTP (/metrics,
+/healthz, /status) at base+100s+90; so at most 9 nodes per site. With the
+default base 7400: site-a 7400-7499, site-b 7500-7599, site-c 7600-7699.
+Node i of site X keeps its data and log in DIR/site-X/node-i, the relay its
+log in DIR/site-X/relay/log.`,
 		Example: `  ops dev up
-  ops dev up --nodes 5 --replicas 3 --dir /tmp/aviary --base-port 17400`,
+  ops dev up --nodes 5 --replicas 3 --dir /tmp/aviary --base-port 17400
+  ops dev up --sites 3              # 3 sites of 1 node, 3 relays
+  ops dev up --sites 3 --nodes 3    # 3 sites of 3 nodes`,
 		Args: cobra.NoArgs,
 		RunE: o.runner(func(ctx context.Context, s *session, _ []string) error {
 			f.dir = *dir
-			return s.devUp(ctx, f)
+			if f.sites == 1 {
+				return s.devUp(ctx, f)
+			}
+			if !cmd.Flags().Changed("nodes") {
+				f.nodes = 1
+			}
+			if !cmd.Flags().Changed("replicas") {
+				f.replicas = min(f.nodes, 3)
+			}
+			return s.devUpSites(ctx, f)
 		}),
 	}
 	fl := cmd.Flags()
-	fl.IntVar(&f.nodes, "nodes", f.nodes, "number of node processes")
-	fl.IntVar(&f.replicas, "replicas", f.replicas, "readable replicas of every shard tree (at most --nodes)")
-	fl.IntVar(&f.basePort, "base-port", f.basePort, "first port; node i uses base+10i to base+10i+3")
+	fl.IntVar(&f.sites, "sites", f.sites, "number of sites, each with its nodes and relay (ports: see above)")
+	fl.IntVar(&f.nodes, "nodes", f.nodes, "number of node processes (of each site; default 1 with --sites above 1)")
+	fl.IntVar(&f.replicas, "replicas", f.replicas, "readable replicas of every shard tree (at most --nodes; default --nodes, at most 3, with --sites above 1)")
+	fl.IntVar(&f.basePort, "base-port", f.basePort, "first port; node i uses base+10i to base+10i+3 (with --sites, base+100s+10i for site s)")
 	fl.IntVar(&f.shards, "shards", f.shards, "shard trees the site is seeded with")
 	fl.StringVar(&f.bin, "bin", "", "node binary to run instead of building cmd/node")
-	fl.BoolVar(&f.race, "race", false, "build the node with the race detector (go build -race)")
+	fl.StringVar(&f.relayBin, "relay-bin", "", "relay binary to run instead of building cmd/relay (with --sites above 1)")
+	fl.BoolVar(&f.race, "race", false, "build the node (and relay) with the race detector (go build -race)")
 	fl.DurationVar(&f.readyWait, "ready-timeout", f.readyWait, "how long to wait for the nodes to be ready")
 	return cmd
 }
@@ -249,16 +288,7 @@ func (s *session) devUp(ctx context.Context, f devUpFlags) (err error) {
 	}()
 	start := func(i int) error {
 		n := &site.Nodes[i]
-		args := []string{
-			"--data-dir", n.DataDir, "--grpc-addr", n.GRPCAddr, "--http-addr", n.HTTPAddr, "--raft-addr", n.RaftAddr,
-			"--node-id", n.ID, "--worker-id", strconv.Itoa(i), "--shards", strconv.Itoa(f.shards), "--log-format", "text",
-			// node-0 embeds the site's nats-server: on the port after its raft port.
-			"--nats-addr", natsAddr(n.RaftAddr),
-		}
-		if i > 0 {
-			args = append(args, "--join", site.Nodes[0].GRPCAddr)
-		}
-		pid, err := startProcess(site.Binary, args, n.Log)
+		pid, err := startProcess(site.Binary, devNodeArgs(site.Nodes, i, f.shards), n.Log)
 		if err != nil {
 			return err
 		}
@@ -282,25 +312,8 @@ func (s *session) devUp(ctx context.Context, f devUpFlags) (err error) {
 		return err
 	}
 	if f.replicas > 1 {
-		m, err := s.getMap(ctx, site.Nodes[0].GRPCAddr)
-		if err != nil {
+		if v, err = s.addDevReplicas(ctx, site.Nodes, f.replicas, deadline); err != nil {
 			return err
-		}
-		ids := make([]string, len(site.Nodes))
-		for i, n := range site.Nodes {
-			ids[i] = n.ID
-		}
-		steps, err := devReplicaSteps(m, ids, f.replicas)
-		if err != nil {
-			return err
-		}
-		if len(steps) > 0 {
-			if v, err = s.proposeAt(ctx, site.Nodes[0].GRPCAddr, steps); err != nil {
-				return err
-			}
-			if v, err = s.waitDevSite(ctx, site.Nodes, v, deadline); err != nil {
-				return err
-			}
 		}
 	}
 	site.MapVersion = v
@@ -308,6 +321,48 @@ func (s *session) devUp(ctx context.Context, f devUpFlags) (err error) {
 		return err
 	}
 	return s.printDevUp(site, f)
+}
+
+// devNodeArgs is the command line of node i of nodes: node 0 founds the
+// site, the others join it.
+func devNodeArgs(nodes []devNode, i, shards int) []string {
+	n := nodes[i]
+	args := []string{
+		"--data-dir", n.DataDir, "--grpc-addr", n.GRPCAddr, "--http-addr", n.HTTPAddr, "--raft-addr", n.RaftAddr,
+		"--node-id", n.ID, "--worker-id", strconv.Itoa(i), "--shards", strconv.Itoa(shards), "--log-format", "text",
+		// node-0 embeds the site's nats-server: on the port after its raft port.
+		"--nats-addr", natsAddr(n.RaftAddr),
+	}
+	if i > 0 {
+		args = append(args, "--join", nodes[0].GRPCAddr)
+	}
+	return args
+}
+
+// addDevReplicas gives every shard tree rep-* of the site of nodes
+// readable replicas on the next nodes (devReplicaSteps), waits until
+// every node routes with the new map and returns its version.
+func (s *session) addDevReplicas(ctx context.Context, nodes []devNode, replicas int, deadline time.Time) (uint64, error) {
+	m, err := s.getMap(ctx, nodes[0].GRPCAddr)
+	if err != nil {
+		return 0, err
+	}
+	ids := make([]string, len(nodes))
+	for i, n := range nodes {
+		ids[i] = n.ID
+	}
+	steps, err := devReplicaSteps(m, ids, replicas)
+	if err != nil {
+		return 0, err
+	}
+	if len(steps) == 0 {
+		return m.Version, nil
+	}
+	v, err := s.proposeAt(ctx, nodes[0].GRPCAddr, steps)
+	if err != nil {
+		return 0, err
+	}
+	return s.waitDevSite(ctx, nodes, v, deadline)
 }
 
 // portsFree checks that the nodes' ports can be bound now.
@@ -327,13 +382,19 @@ func portsFree(nodes []devNode) error {
 // nodeBinary returns bin, or builds cmd/node into DIR/bin/node (with the
 // race detector if race).
 func (s *session) nodeBinary(ctx context.Context, dir, bin string, race bool) (string, error) {
+	return s.devBinary(ctx, dir, "node", "--bin", bin, race)
+}
+
+// devBinary returns bin (given by flag), or builds cmd/NAME into
+// DIR/bin/NAME (with the race detector if race).
+func (s *session) devBinary(ctx context.Context, dir, name, flag, bin string, race bool) (string, error) {
 	if bin != "" {
 		abs, err := filepath.Abs(bin)
 		if err != nil {
-			return "", fmt.Errorf("ops: --bin: %w", err)
+			return "", fmt.Errorf("ops: %s: %w", flag, err)
 		}
 		if _, err := os.Stat(abs); err != nil {
-			return "", fmt.Errorf("ops: --bin: %w", err)
+			return "", fmt.Errorf("ops: %s: %w", flag, err)
 		}
 		return abs, nil
 	}
@@ -341,13 +402,13 @@ func (s *session) nodeBinary(ctx context.Context, dir, bin string, race bool) (s
 	if err != nil {
 		return "", err
 	}
-	out := filepath.Join(dir, "bin", "node")
+	out := filepath.Join(dir, "bin", name)
 	args := []string{"build", "-o", out}
 	if race {
 		args = append(args, "-race")
 	}
-	args = append(args, "./cmd/node")
-	fmt.Fprintf(s.errOut, "building ./cmd/node in %s: go %s\n", root, strings.Join(args, " "))
+	args = append(args, "./cmd/"+name)
+	fmt.Fprintf(s.errOut, "building ./cmd/%s in %s: go %s\n", name, root, strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
@@ -570,7 +631,7 @@ func stopNodes(ctx context.Context, nodes []devNode, grace time.Duration) []stop
 // looksLikeDevDir reports whether dir holds what dev up creates, so that
 // --wipe never removes an unrelated directory.
 func looksLikeDevDir(dir string) bool {
-	for _, p := range []string{siteFile, filepath.Join("bin", "node"), "node-0"} {
+	for _, p := range []string{siteFile, filepath.Join("bin", "node"), "node-0", filepath.Join("bin", "relay"), devSiteName(0)} {
 		if _, err := os.Stat(filepath.Join(dir, p)); err == nil {
 			return true
 		}
@@ -585,7 +646,8 @@ func newDevDownCommand(o *options, dir *string) *cobra.Command {
 		Short: "Stop a local site started by dev up",
 		Long: `Stop the node processes of the dev site in --dir: SIGTERM to each, up to 20s
 for it to shut down gracefully, then SIGKILL. Removes DIR/site.json, and with
---wipe the whole directory: data, logs and binary.`,
+--wipe the whole directory: data, logs and binary. A deployment of several
+sites (dev up --sites) has its relays stopped first, then its nodes.`,
 		Example: `  ops dev down
   ops dev down --dir /tmp/aviary --wipe`,
 		Args: cobra.NoArgs,
@@ -608,7 +670,16 @@ for it to shut down gracefully, then SIGKILL. Removes DIR/site.json, and with
 			if err != nil {
 				return err
 			}
-			outcomes := stopNodes(ctx, site.Nodes, stopGrace)
+			header := "NODE"
+			var outcomes []stopOutcome
+			if len(site.Sites) > 0 {
+				// Relays first: they apply through the nodes.
+				header = "PROCESS"
+				outcomes = stopNodes(ctx, site.relayProcs(), stopGrace)
+				outcomes = append(outcomes, stopNodes(ctx, site.siteNodeProcs(), stopGrace)...)
+			} else {
+				outcomes = stopNodes(ctx, site.Nodes, stopGrace)
+			}
 			if err := os.Remove(filepath.Join(d, siteFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("ops: %w", err)
 			}
@@ -617,7 +688,7 @@ for it to shut down gracefully, then SIGKILL. Removes DIR/site.json, and with
 					return fmt.Errorf("ops: wipe: %w", err)
 				}
 			}
-			t := newTable("NODE", "PID", "OUTCOME")
+			t := newTable(header, "PID", "OUTCOME")
 			for _, oc := range outcomes {
 				t.add(oc.ID, strconv.Itoa(oc.PID), oc.Outcome)
 			}
@@ -640,7 +711,10 @@ func newDevStatusCommand(o *options, dir *string) *cobra.Command {
 		Short: "Show whether the nodes of a dev site run and agree",
 		Long: `Show the node processes of the dev site in --dir and whether each runs, then
 ping the site through a running node. The exit status is 1 if a node is not
-running or the nodes do not agree.`,
+running or the nodes do not agree. For a deployment of several sites (dev up
+--sites) it shows every site's nodes, its relay (running, and its /healthz),
+and pings each site; a relay that is not running or not healthy is an error
+too.`,
 		Example: `  ops dev status
   ops dev status --dir /tmp/aviary --json`,
 		Args: cobra.NoArgs,
@@ -655,6 +729,9 @@ running or the nodes do not agree.`,
 			}
 			if err != nil {
 				return err
+			}
+			if len(site.Sites) > 0 {
+				return s.devStatusSites(ctx, site)
 			}
 			type procRow struct {
 				devNode

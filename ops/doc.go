@@ -22,12 +22,26 @@
 // promoted by swapping the wrapper for its leaf, and removed with its
 // wrapper, each in one change.
 //
+// # Migrations
+//
+// migrate, split and rebalance move data online; each step of a migration is
+// one change of the map, made as a compare-and-swap on the migration's state,
+// so any ops process carries on a migration another one left (see
+// docs/migration.md). migrations lists them; migrate pause, resume and
+// cancel control them.
+//
+// # Sites and replication
+//
+// sites lists and changes the site map; relay status and conflicts show
+// cross-site replication as the site's nodes see it (docs/replication.md).
+//
 // # Development sites
 //
 // dev up builds cmd/node and starts a site of several node processes on
 // loopback ports, each in its own process group so that it outlives the ops
-// process; DIR/site.json records their pids and addresses for dev status
-// and dev down.
+// process; with --sites it starts several sites and a relay (cmd/relay) for
+// each; DIR/site.json records their pids and addresses for dev status and
+// dev down.
 //
 // NewCommand returns the command tree; cmd/ops is its thin main.
 package ops

@@ -53,6 +53,7 @@ Global flags can also be set by environment variables named AVIARY_OPS_ and
 the flag name in capitals (--addr: AVIARY_OPS_ADDR). A flag given on the
 command line wins.`,
 		Example: `  ops dev up                          # a local three-node site
+  ops dev up --sites 3                # three one-node sites with their relays
   ops --addr 127.0.0.1:7400 tree show
   AVIARY_OPS_ADDR=10.0.0.5:7390 ops ping --wait 5s`,
 		SilenceUsage:  true,

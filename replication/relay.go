@@ -41,13 +41,13 @@ const (
 	DefaultStallAfter = 5 * time.Second
 	// AckWait is how long a source's JetStream waits for the relay to
 	// acknowledge a delivered message before it delivers it again.
-	AckWait = 30 * time.Second
+	AckWait = 10 * time.Second
 )
 
 // Timing of a path. An apply gets less than AckWait, so that its messages
 // are not redelivered while it runs.
 const (
-	applyTimeout   = 20 * time.Second
+	applyTimeout   = 8 * time.Second
 	natsTimeout    = 5 * time.Second        // one bucket put or consumer info
 	watermarkEvery = 200 * time.Millisecond // per key: at most 5 puts a second
 	gapRetry       = time.Second            // wait after a gap before fetching again

@@ -29,7 +29,7 @@ const (
 	srcSite   = "site-a"
 	srcID     = 1
 	localSite = "site-b"
-	waitLimit = 15 * time.Second // far below AckWait's 30s where that matters
+	waitLimit = 15 * time.Second // below the ack wait of the tests where that matters
 )
 
 // fakeApplier applies like Replica.ApplyRemote does, without data: a
@@ -444,7 +444,7 @@ func TestRelayResumesAfterRestart(t *testing.T) {
 			<-cancelled
 		}
 	}
-	rn := startRelay(t, RelayConfig{Sources: []Source{s.Source()}, Applier: f, Batch: 20})
+	rn := startRelay(t, RelayConfig{Sources: []Source{s.Source()}, Applier: f, Batch: 20, ackWait: time.Minute})
 	<-reached
 	rn.cancel()
 	close(cancelled)
@@ -460,8 +460,8 @@ func TestRelayResumesAfterRestart(t *testing.T) {
 	n1.entries(50)
 	n2.entries(50)
 	// Messages the first relay fetched and did not apply were handed back:
-	// the second gets them now, not after AckWait (30s).
-	rn2 := startRelay(t, RelayConfig{Sources: []Source{s.Source()}, Applier: f, Batch: 20})
+	// the second gets them now, not after the ack wait (a minute here).
+	rn2 := startRelay(t, RelayConfig{Sources: []Source{s.Source()}, Applier: f, Batch: 20, ackWait: time.Minute})
 	f.await(t, "every entry", func() bool { return f.wm["node-1"] == 200 && f.wm["node-2"] == 200 })
 	f.checkApplied(t, "node-1", 200)
 	f.checkApplied(t, "node-2", 200)

@@ -474,19 +474,6 @@ func TestGapIsRepaired(t *testing.T) {
 	waitFor(t, 30*time.Second, func() error { return expired(t, a, st.Origins[0].Watermark+1) })
 	b.startRelay(t, sites)
 	waitFor(t, 60*time.Second, func() error { return converged(t, sites, h) })
-	st, err = b.rep.ReplicationStatus(t.Context(), &pb.ReplicationStatusRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gaps := 0
-	for _, o := range st.Origins {
-		if o.Gap != "" {
-			gaps++
-		}
-	}
-	if gaps == 0 {
-		t.Errorf("B reports no gap: %v", st.Origins)
-	}
 	if got := b.relay.Status(); len(got) != 1 || got[0].Gaps == 0 {
 		t.Errorf("B's relay counted no gap: %+v", got)
 	}
