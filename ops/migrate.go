@@ -353,6 +353,23 @@ func cleanupSteps(g gizzard.Migration) []gizzard.Step {
 	return steps
 }
 
+// uncutSteps undo a move's cutover: the source serves reads again and the
+// destination goes back behind its write_only wrapper, both still written;
+// the migration is verified again.
+func uncutSteps(m *gizzard.Map, g gizzard.Migration) []gizzard.Step {
+	w := linkWeightOf(m, g.Root, g.Dest)
+	return []gizzard.Step{
+		setState(g, gizzard.MigrationVerified, "cutover undone for a cancel"),
+		{Op: gizzard.OpRemoveLink, Parent: g.SourceWrapper, Child: g.Source},
+		{Op: gizzard.OpReplaceChild, Parent: g.Root, Child: g.SourceWrapper, NewChild: g.Source},
+		{Op: gizzard.OpDeleteShard, ShardID: g.SourceWrapper},
+		{Op: gizzard.OpSetWeight, Parent: g.Root, Child: g.Source, Weight: linkWeightOf(m, g.Root, g.SourceWrapper)},
+		{Op: gizzard.OpRemoveLink, Parent: g.Root, Child: g.Dest},
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: g.Wrapper, Kind: gizzard.KindWriteOnly, Children: []gizzard.Link{{Child: g.Dest, Weight: 1}}}},
+		{Op: gizzard.OpAddLink, Parent: g.Root, Child: g.Wrapper, Weight: w},
+	}
+}
+
 // ErrCannotCancel is returned for a migration past the point of return.
 var ErrCannotCancel = errors.New("ops: the migration can no longer be cancelled")
 

@@ -110,6 +110,30 @@ func (s *session) cancelMigration(ctx context.Context, d *driver, id, note strin
 		if g.State == gizzard.MigrationCancelled {
 			return fmt.Errorf("migration %s is cancelled already", id)
 		}
+		if g.State == gizzard.MigrationCutover && g.Kind == gizzard.MigrateMove {
+			// Nodes still on the cutover map read from the destination:
+			// first give reads back to the source while both copies are
+			// still written (paused, so that no driver cuts over again),
+			// and drop the destination only once every node reads from
+			// the source.
+			if !g.Paused {
+				if _, err := s.updateMigration(ctx, id, func(g *gizzard.Migration) error { g.Paused = true; return nil }); err != nil {
+					return err
+				}
+				continue
+			}
+			v, ok, err := d.change(ctx, uncutSteps(m, g))
+			if err != nil {
+				return err
+			}
+			if ok {
+				d.say(id, "cutover undone: %s serves reads again (map version %d); waiting for every node before dropping %s", g.Source, v, g.Dest)
+				if err := d.awaitAll(ctx, v); err != nil {
+					return err
+				}
+			}
+			continue
+		}
 		steps, err := cancelSteps(m, g, note)
 		if err != nil {
 			return err
