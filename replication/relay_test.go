@@ -250,10 +250,9 @@ func awaitValue(t *testing.T, kv jetstream.KeyValue, key, want string) {
 
 // origin publishes one node's entries with their sequence chain.
 type origin struct {
-	s          *source
-	node       string
-	seq, prev  uint64
-	lastOrigin time.Time
+	s         *source
+	node      string
+	seq, prev uint64
 }
 
 func (o *origin) entries(n int) {
