@@ -27,7 +27,7 @@ import (
 // "ops rebalance": it reads the migration's state and carries it on.
 
 // DefaultRate is the copy throttle when --rate is not given.
-const DefaultRate = "16MB/s"
+const DefaultRate = "2MB/s"
 
 // rateLimit is a copy throttle: bytes and records per second, 0 = none.
 type rateLimit struct {

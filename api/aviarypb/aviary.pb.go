@@ -1695,10 +1695,11 @@ type ExportShardResponse struct {
 	Next []byte `protobuf:"bytes,2,opt,name=next,proto3" json:"next,omitempty"`
 	Done bool   `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
 	// In the first message only: the snapshot's selected records and their
-	// key and value bytes (all of them, not just those after the cursor).
+	// stored bytes (key, value, table name and record header; all of them,
+	// not just those after the cursor).
 	TotalRecords uint64 `protobuf:"varint,4,opt,name=total_records,json=totalRecords,proto3" json:"total_records,omitempty"`
 	TotalBytes   uint64 `protobuf:"varint,5,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
-	// Key and value bytes of this page.
+	// Stored bytes of this page, counted as total_bytes is.
 	PageBytes     uint64 `protobuf:"varint,6,opt,name=page_bytes,json=pageBytes,proto3" json:"page_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1925,7 +1926,8 @@ func (x *CopyStateRequest) GetMigrationId() string {
 
 type CopyProgress struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Records and key and value bytes copied so far, in every run.
+	// Records and stored bytes (as ExportShardResponse counts them) copied
+	// so far, in every run.
 	Records uint64 `protobuf:"varint,1,opt,name=records,proto3" json:"records,omitempty"`
 	Bytes   uint64 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	// The source's size, as measured by the current run's snapshot.

@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/aviarydb/aviary/ops"
 )
 
 // TestSmoke runs every workload against an in-process node and raw Pebble
@@ -101,6 +103,13 @@ func TestValidate(t *testing.T) {
 		{"--replicas", "1,1"},
 		{"--replicas", ""},
 		{"--workloads", "router", "--addr", "127.0.0.1:1"},
+		{"--workloads", "migrate", "--addr", "127.0.0.1:1"},
+		{"--workloads", "migrate", "--migrate-records", "0"},
+		{"--workloads", "migrate", "--migrate-writers", "0"},
+		{"--workloads", "migrate", "--migrate-value-bytes", "0"},
+		{"--workloads", "migrate", "--migrate-rates", "fast"},
+		{"--workloads", "migrate", "--migrate-rates", "8MB/s,8MB/s"},
+		{"--workloads", "migrate", "--migrate-rates", ""},
 	} {
 		cmd := newCommand()
 		var out bytes.Buffer
@@ -200,6 +209,114 @@ func TestSmokeRouter(t *testing.T) {
 		t.Errorf("%s: %d changes timed (want %d), p50 %dns p99 %dns max %dns", propagationName, p.Ops, propagationChanges, p.P50Ns, p.P99Ns, p.MaxNs)
 	case p.OpsPerSec != nil:
 		t.Errorf("%s: ops/s %v, want none", propagationName, *p.OpsPerSec)
+	}
+	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
+		t.Errorf("temporary data left in %s: %v %v", dir, ents, err)
+	}
+}
+
+// TestSmokeMigrate runs the migrate workload with a small shard and short
+// windows, and checks that the unthrottled move and the throttled one
+// finished and copied what they should, that the foreground rows ran
+// without errors, that the ratio and the targets are printed, and that the
+// temporary data is removed.
+func TestSmokeMigrate(t *testing.T) {
+	const records = 2000
+	dir := t.TempDir()
+	var out bytes.Buffer
+	cmd := newCommand()
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs([]string{
+		"--dir", dir, "--workloads", "migrate", "--migrate-records", fmt.Sprint(records), "--migrate-writers", "4",
+		"--conns", "1", "--duration", "1s", "--warmup", "200ms", "--json",
+	})
+	err := cmd.Execute()
+	t.Logf("output:\n%s", out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	type row struct {
+		Type, Workload, Target, Rate, State, Error string
+		Nodes                                      int
+		Ops, Errors, Records, Bytes                uint64
+		OpsPerSec                                  *float64 `json:"ops_per_sec"`
+		P99Ns                                      int64    `json:"p99_ns"`
+		CopySec                                    float64  `json:"copy_sec"`
+		MBPerSec                                   float64  `json:"mb_per_sec"`
+		UnderLoad                                  bool     `json:"under_load"`
+		P99Ratio                                   *float64 `json:"p99_ratio"`
+		WindowSec                                  float64  `json:"window_sec"`
+		MigrationOverlapSec                        float64  `json:"migration_overlap_sec"`
+		CopyMBPerSec                               *float64 `json:"copy_mb_per_sec"`
+	}
+	byType := map[string][]row{}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if !strings.HasPrefix(line, "{") {
+			continue
+		}
+		var r row
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("bad JSON line %q: %v", line, err)
+		}
+		byType[r.Type] = append(byType[r.Type], r)
+	}
+
+	copies := byType["copy"]
+	if len(copies) != 2 {
+		t.Fatalf("%d copy lines, want 2 (unthrottled, %s)", len(copies), ops.DefaultRate)
+	}
+	for i, want := range []struct {
+		rate      string
+		underLoad bool
+	}{{"0", false}, {ops.DefaultRate, true}} {
+		c := copies[i]
+		switch {
+		case c.Rate != want.rate || c.UnderLoad != want.underLoad:
+			t.Errorf("copy %d: rate %q under load %v, want %q %v", i, c.Rate, c.UnderLoad, want.rate, want.underLoad)
+		case c.State != "done" || c.Error != "":
+			t.Errorf("copy %s: state %q, error %q", c.Rate, c.State, c.Error)
+		case c.Records < records || c.Bytes < records*(keyLen+100):
+			t.Errorf("copy %s: %d records, %d bytes: want at least %d records of %d bytes", c.Rate, c.Records, c.Bytes, records, keyLen+100)
+		case c.CopySec <= 0 || c.MBPerSec <= 0:
+			t.Errorf("copy %s: %vs, %v MB/s: want both positive", c.Rate, c.CopySec, c.MBPerSec)
+		}
+	}
+	if c := copies[0]; c.Records != records {
+		t.Errorf("unthrottled copy: %d records, loaded %d", c.Records, records)
+	}
+	results := map[string]row{}
+	for _, r := range byType["result"] {
+		results[r.Workload+"/"+r.Target] = r
+	}
+	for _, target := range []string{"idle", ops.DefaultRate} {
+		r, ok := results[migratePutName+"/"+target]
+		switch {
+		case !ok:
+			t.Errorf("%s %s: no result", migratePutName, target)
+		case r.Errors != 0:
+			t.Errorf("%s %s: %d errors", migratePutName, target, r.Errors)
+		case r.Ops == 0 || r.OpsPerSec == nil || *r.OpsPerSec <= 0 || r.P99Ns <= 0:
+			t.Errorf("%s %s: ops %d, ops/s %v, p99 %dns: want all positive", migratePutName, target, r.Ops, r.OpsPerSec, r.P99Ns)
+		case r.Nodes != migrateNodes:
+			t.Errorf("%s %s: nodes %d", migratePutName, target, r.Nodes)
+		}
+		if !strings.Contains(out.String(), "\n"+padRight(migratePutName, len(migrateCopyName))+" "+padRight(target, 7)) {
+			t.Errorf("%s %s: no table row", migratePutName, target)
+		}
+	}
+	if ws := byType["migrate_window"]; len(ws) != 1 || ws[0].P99Ratio == nil || *ws[0].P99Ratio <= 0 ||
+		ws[0].WindowSec <= 0 || ws[0].MigrationOverlapSec <= 0 || ws[0].MigrationOverlapSec > ws[0].WindowSec {
+		t.Errorf("migrate_window lines: %+v", ws)
+	}
+	if ts := byType["targets"]; len(ts) != 1 || ts[0].CopyMBPerSec == nil || *ts[0].CopyMBPerSec <= 0 {
+		t.Errorf("targets lines: %+v", ts)
+	}
+	for _, want := range []string{"ratio   p99 " + ops.DefaultRate + "/idle = ", "# targets: unthrottled copy >= 50 MB/s: ", "\nmigrate-copy unlimited "} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("no %q in the output", want)
+		}
 	}
 	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
 		t.Errorf("temporary data left in %s: %v %v", dir, ents, err)

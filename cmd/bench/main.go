@@ -43,6 +43,45 @@
 //     3 nodes", latency only. Each site is shut down (every node's Run
 //     cancelled and awaited) and its data removed before the next starts.
 //     router ignores --raw and cannot be used with --addr.
+//   - migrate (not run by default): online shard migration (ops migrate,
+//     run in this process) on a fresh in-process 2-node site whose map is
+//     seeded with 2 shard trees over every table, both on node-0. First
+//     --migrate-records records of 17-byte keys and --migrate-value-bytes
+//     random bytes are loaded into the tree rep-000 (physical shard
+//     default-000) through node-0's router: Writes of up to 1000 Puts whose
+//     keys were drawn at random and kept if the map forwards their hash to
+//     rep-000. Then "ops migrate default-000 --to node-1 --rate 0" runs with
+//     no other load: row "migrate-copy unlimited" gives the records and MB
+//     (10^6 bytes as the copy counts them: key, value, table name and a
+//     15-byte header per record; "kv MB/s" counts keys and values alone)
+//     the destination reports (ShardAdmin.CopyState), the copy phase's time
+//     (from the audit log: from the change that sets the migration's state
+//     copying, which attaches the destination, to the one that sets
+//     copied, just after the last page), the time the whole ops command
+//     took, and records/s and MB/s over the copy phase; a comment line
+//     gives the time in every state. Then, for each --migrate-rates value
+//     R (default ops.DefaultRate), --migrate-writers clients write durable
+//     single Puts of random keys (so over every tree, half on the one that
+//     moves) through --conns connections to each node for --warmup and
+//     --duration with the site idle ("migrate-put idle"), then again with
+//     "ops migrate <rep-000's shard> --to <the other node> --rate R"
+//     started as the measurement starts ("migrate-put R"), and the ratio of
+//     their p99s (and of p50 and ops/s) is printed, with how much of the
+//     window the migration and its copy covered, and the copy row of that
+//     migration. A line "# targets:" ends it: unthrottled copy >= 50 MB/s,
+//     foreground p99 during a migration <= 2x idle. migrate ignores --raw,
+//     --concurrency, --keys and --value-bytes and cannot be used with --addr.
+//   - relay (not run by default): cross-site replication. Three in-process
+//     one-node sites, each with its embedded nats-server and its relay.
+//     --relay-writers clients write durable Puts of 100-byte values at
+//     site-a at --relay-rate writes/s (paced) for --duration; one write in
+//     10 is read at site-b every millisecond until it is there: its lag,
+//     from the acknowledgement at site-a to the read at site-b. Then each
+//     --relay-steps rate in turn, until site-a no longer reaches 95% of it
+//     or the lag p99 passes 1s: the highest sustained rate. Then raw
+//     JetStream publish+consume of 200,000 256-byte messages on site-a's
+//     nats-server, and the ratio sustained/raw. Targets: lag p99 < 100ms at
+//     3,000 writes/s; sustained >= 30% of raw JetStream.
 //
 // Unless --raw=false, put, batch100 and get are also run against bare Pebble
 // in a fresh directory next to the node's data (so on the same disk), with
@@ -65,6 +104,14 @@
 // and those of the router workload with:
 //
 //	go run ./cmd/bench --workloads router --duration 10s
+//
+// and those of the migrate workload with:
+//
+//	go run ./cmd/bench --workloads migrate
+//
+// and those of the relay workload with:
+//
+//	go run ./cmd/bench --workloads relay
 package main
 
 import (
@@ -90,6 +137,7 @@ import (
 	"github.com/aviarydb/aviary/internal/envflag"
 	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/node"
+	"github.com/aviarydb/aviary/ops"
 	"github.com/aviarydb/aviary/shard"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -118,6 +166,17 @@ type config struct {
 	JSON            bool
 	Raw             bool
 	Replicas        []int // router: replica counts, one site each
+	// migrate: the records loaded into the moved shard, their value size,
+	// the foreground writers and the throttles measured.
+	MigrateRecords    int
+	MigrateValueBytes int
+	MigrateWriters    int
+	MigrateRates      []string
+	// relay: the steady rate at site A, the rates tried for the highest
+	// sustained one, the writers at A.
+	RelayRate    int
+	RelaySteps   []int
+	RelayWriters int
 }
 
 func (c *config) validate() error {
@@ -138,10 +197,16 @@ func (c *config) validate() error {
 		return fmt.Errorf("--owners %d: must be at least 1", c.Owners)
 	case c.EntriesPerOwner < 1:
 		return fmt.Errorf("--entries-per-owner %d: must be at least 1", c.EntriesPerOwner)
+	case c.MigrateRecords < 1:
+		return fmt.Errorf("--migrate-records %d: must be at least 1", c.MigrateRecords)
+	case c.MigrateValueBytes < 1 || c.MigrateValueBytes > maxLoadBatchBytes-keyLen:
+		return fmt.Errorf("--migrate-value-bytes %d: must be from 1 to %d", c.MigrateValueBytes, maxLoadBatchBytes-keyLen)
+	case c.MigrateWriters < 1:
+		return fmt.Errorf("--migrate-writers %d: must be at least 1", c.MigrateWriters)
 	}
-	all := strings.Join(append(workloadNames[:len(workloadNames):len(workloadNames)], routerWorkload), ",")
+	all := strings.Join(append(workloadNames[:len(workloadNames):len(workloadNames)], routerWorkload, migrateWorkload, relayWorkload), ",")
 	for _, w := range c.Workloads {
-		if _, ok := workloadByName(w); !ok && w != routerWorkload {
+		if _, ok := workloadByName(w); !ok && w != routerWorkload && w != migrateWorkload && w != relayWorkload {
 			return fmt.Errorf("--workloads: unknown workload %q: want some of %s", w, all)
 		}
 	}
@@ -161,6 +226,35 @@ func (c *config) validate() error {
 	}
 	if router, _ := hasRouter(c.Workloads); router && c.Addr != "" {
 		return fmt.Errorf("--workloads %s: starts its own in-process sites; it cannot measure --addr %s", routerWorkload, c.Addr)
+	}
+	if slices.Contains(c.Workloads, relayWorkload) {
+		if c.Addr != "" {
+			return fmt.Errorf("--workloads %s: starts its own in-process sites; it cannot measure --addr %s", relayWorkload, c.Addr)
+		}
+		if c.RelayRate < 1 || c.RelayWriters < 1 {
+			return fmt.Errorf("--relay-rate %d, --relay-writers %d: must be at least 1", c.RelayRate, c.RelayWriters)
+		}
+		for _, r := range c.RelaySteps {
+			if r < 1 {
+				return fmt.Errorf("--relay-steps: %d: rates must be at least 1", r)
+			}
+		}
+	}
+	if slices.Contains(c.Workloads, migrateWorkload) {
+		if c.Addr != "" {
+			return fmt.Errorf("--workloads %s: starts its own in-process site; it cannot measure --addr %s", migrateWorkload, c.Addr)
+		}
+		if len(c.MigrateRates) == 0 {
+			return fmt.Errorf("--migrate-rates: none given: want copy throttles such as %s", ops.DefaultRate)
+		}
+		for i, r := range c.MigrateRates {
+			if _, err := parseCopyRate(r); err != nil {
+				return fmt.Errorf("--migrate-rates: %w", err)
+			}
+			if slices.Contains(c.MigrateRates[:i], r) {
+				return fmt.Errorf("--migrate-rates: %s given twice", r)
+			}
+		}
 	}
 	return nil
 }
@@ -183,6 +277,17 @@ and measures durable Puts routed by all 3 nodes with consistency ONE and
 ALL, the throughput ratios r=R/r=<first>, and (on the site with the most
 replicas) how long a shard map change takes to reach every node.
 
+The migrate workload (not run by default) starts a fresh in-process 2-node
+site with 2 shard trees, loads --migrate-records records (values of
+--migrate-value-bytes bytes) into the tree rep-000 (shard default-000 on node-0)
+through the router, times an unthrottled online migration of that shard to
+node-1 (ops migrate --rate 0, with no other load: records, MB and MB/s of
+its copy phase, and the whole migration's time), then for each
+--migrate-rates value measures --migrate-writers durable Puts over all the
+trees for --duration with the site idle and again while the shard moves
+back at that rate, and prints the p99 ratio migrating/idle and whether the
+targets are met (copy >= 50 MB/s unthrottled, p99 <= 2x idle).
+
 Without --addr the node runs in this process, in a temporary directory under
 --dir, and is removed at the end. SIGINT stops early and prints what was
 measured.
@@ -192,6 +297,8 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 		Example: `  go run ./cmd/bench --duration 5s
   go run ./cmd/bench --workloads get --keys 100000 --json
   go run ./cmd/bench --workloads router --duration 10s
+  go run ./cmd/bench --workloads migrate
+  go run ./cmd/bench --workloads migrate --migrate-rates 16MB/s,8MB/s,4MB/s
   go run ./cmd/bench --addr 127.0.0.1:7390 --dir /var/lib/aviary-bench`,
 		SilenceUsage: true,
 		Args:         cobra.NoArgs,
@@ -220,7 +327,7 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.DurationVar(&cfg.Warmup, "warmup", time.Second, "unmeasured warmup before each measurement")
 	f.IntVar(&cfg.Concurrency, "concurrency", 64, "concurrent clients, each looping until the deadline")
 	f.IntVar(&cfg.Conns, "conns", 4, "gRPC connections; clients are spread over them round-robin")
-	f.StringSliceVar(&cfg.Workloads, "workloads", workloadNames, "workloads to run, comma separated: put, batch100, get, range20, router (not by default: a 3-node site per --replicas value)")
+	f.StringSliceVar(&cfg.Workloads, "workloads", workloadNames, "workloads to run, comma separated: put, batch100, get, range20, router (not by default: a 3-node site per --replicas value), migrate (not by default: online migration on a 2-node site)")
 	f.IntVar(&cfg.Keys, "keys", 1000000, "keys preloaded for get")
 	f.IntVar(&cfg.ValueBytes, "value-bytes", 128, "bytes of every value written (random, so incompressible)")
 	f.IntVar(&cfg.Owners, "owners", 10000, "owners preloaded for range20")
@@ -228,6 +335,13 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.BoolVar(&cfg.JSON, "json", false, "also print the results as JSON lines at the end")
 	f.BoolVar(&cfg.Raw, "raw", true, "also run the raw Pebble baselines and print the ratios node/raw")
 	f.IntSliceVar(&cfg.Replicas, "replicas", []int{1, 3}, "router: replicas per shard tree to measure, comma separated, each 1 to 3; a fresh 3-node site for each")
+	f.IntVar(&cfg.MigrateRecords, "migrate-records", 1000000, "migrate: records loaded into the shard that moves")
+	f.IntVar(&cfg.MigrateValueBytes, "migrate-value-bytes", 100, "migrate: bytes of every value loaded and written (random, so incompressible)")
+	f.IntVar(&cfg.MigrateWriters, "migrate-writers", 16, "migrate: concurrent foreground writers (durable single Puts) measured idle and during each throttled migration")
+	f.StringSliceVar(&cfg.MigrateRates, "migrate-rates", []string{ops.DefaultRate}, "migrate: copy throttles (ops migrate --rate) to measure foreground writes under, comma separated, e.g. 16MB/s,8MB/s,4MB/s")
+	f.IntVar(&cfg.RelayRate, "relay-rate", 3000, "relay: steady writes/s at site-a whose lag to site-b is measured")
+	f.IntSliceVar(&cfg.RelaySteps, "relay-steps", []int{2000, 3000, 4000, 6000, 8000, 11000, 15000, 20000}, "relay: rising writes/s tried for the highest rate site-b keeps up with")
+	f.IntVar(&cfg.RelayWriters, "relay-writers", 64, "relay: concurrent writers at site-a")
 	envflag.Bind(f, "AVIARY_BENCH_")
 	return cmd
 }
@@ -325,6 +439,9 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 	if router {
 		b.wcol = max(b.wcol, len(propagationName), len(routerPutName))
 	}
+	if slices.Contains(cfg.Workloads, migrateWorkload) {
+		b.wcol = max(b.wcol, len(migrateCopyName), len(migratePutName))
+	}
 	if b.root, err = os.MkdirTemp(cfg.Dir, "aviary-bench-"); err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
@@ -336,7 +453,7 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 
 	addr, nodeDesc := cfg.Addr, "external, at "+cfg.Addr
 	if !others {
-		nodeDesc = "" // router only: it starts its own sites
+		nodeDesc = "" // router or migrate only: they start their own sites
 	}
 	if others && addr == "" {
 		ncfg := node.Config{DataDir: filepath.Join(b.root, "node"), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0"}
@@ -388,6 +505,21 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 		}
 		if name == routerWorkload {
 			if err := b.runRouter(ctx); err != nil {
+				shutdownErrs = append(shutdownErrs, err)
+			}
+			continue
+		}
+		if name == migrateWorkload {
+			if err := b.runMigrate(ctx); err != nil {
+				shutdownErrs = append(shutdownErrs, err)
+			}
+			continue
+		}
+		if name == relayWorkload {
+			var buf strings.Builder
+			err := runRelay(ctx, relayConfig{Rate: cfg.RelayRate, Duration: cfg.Duration, Steps: cfg.RelaySteps, Writers: cfg.RelayWriters, RawMsgs: 200_000}, &buf)
+			b.printf("%s", buf.String())
+			if err != nil {
 				shutdownErrs = append(shutdownErrs, err)
 			}
 			continue
@@ -581,10 +713,12 @@ type jsonEnv struct {
 	GOMAXPROCS int    `json:"gomaxprocs"`
 	CPUs       int    `json:"cpus"`
 	CPUModel   string `json:"cpu_model,omitempty"`
+	LoadAvg    string `json:"load_avg,omitempty"`
 	Dir        string `json:"dir"`
 	Filesystem string `json:"filesystem"`
 	Node       string `json:"node"`
-	Site       string `json:"site,omitempty"` // router
+	Site       string `json:"site,omitempty"`    // router
+	Migrate    string `json:"migrate,omitempty"` // migrate
 	Pebble     string `json:"pebble"`
 }
 
@@ -594,7 +728,7 @@ func (b *bench) header(cmdline, settings, nodeDesc string, others bool) {
 	env := jsonEnv{
 		Type: "env", Command: cmdline, Settings: settings,
 		Go:         fmt.Sprintf("%s %s/%s", runtime.Version(), runtime.GOOS, runtime.GOARCH),
-		GOMAXPROCS: runtime.GOMAXPROCS(0), CPUs: runtime.NumCPU(), CPUModel: cpuModel(),
+		GOMAXPROCS: runtime.GOMAXPROCS(0), CPUs: runtime.NumCPU(), CPUModel: cpuModel(), LoadAvg: loadAvg(),
 		Dir: b.root, Filesystem: filesystem(b.root), Node: nodeDesc, Pebble: moduleVersion("github.com/cockroachdb/pebble/v2"),
 	}
 	if router, _ := hasRouter(b.cfg.Workloads); router {
@@ -602,6 +736,17 @@ func (b *bench) header(cmdline, settings, nodeDesc string, others bool) {
 			"the others join), every tree with that many replicas, %d MiB cache per node; clients over %d connections to each node, "+
 			"consistency ONE and ALL; map propagation: %d changes through node-1",
 			joinInts(b.cfg.Replicas), siteNodes, filepath.Join(b.root, "site-r<replicas>"), siteShards, cacheBytes()>>20, b.cfg.Conns, propagationChanges)
+	}
+	if slices.Contains(b.cfg.Workloads, migrateWorkload) {
+		env.Migrate = fmt.Sprintf("a fresh in-process %d-node site in %s (node-0 founds it with %d shard trees over every table, node-1 joins), %d MiB cache per node; "+
+			"%d records of %d-byte keys and %d-byte values loaded into %s (%s on node-0) through node-0's router; "+
+			"copy: ops migrate %s --to node-1 --rate %s with no other load, its copy phase timed from the change that sets state copying to the one that sets copied (audit log), "+
+			"MB = 10^6 bytes as the copy counts them (key, value, table name, 15-byte header); "+
+			"then per --migrate-rates value (%s): %d writers of durable single Puts of random keys (over all trees) through %d connections to each node, "+
+			"%s warmup and %s measured idle, then again while the shard moves to the other node at that rate (ops migrate starts as the measurement starts, after the warmup)",
+			migrateNodes, filepath.Join(b.root, "site-migrate"), migrateShards, cacheBytes()>>20,
+			b.cfg.MigrateRecords, keyLen, b.cfg.MigrateValueBytes, migrateTree, migrateSource, migrateSource, unthrottled,
+			strings.Join(b.cfg.MigrateRates, ","), b.cfg.MigrateWriters, b.cfg.Conns, b.cfg.Warmup, b.cfg.Duration)
 	}
 	cpus := fmt.Sprintf("GOMAXPROCS %d, %d CPUs", env.GOMAXPROCS, env.CPUs)
 	if env.CPUModel != "" {
@@ -611,6 +756,9 @@ func (b *bench) header(cmdline, settings, nodeDesc string, others bool) {
 	b.printf("# command:    %s\n", env.Command)
 	b.printf("# settings:   %s\n", env.Settings)
 	b.printf("# go:         %s, %s\n", env.Go, cpus)
+	if env.LoadAvg != "" {
+		b.printf("# load:       %s (1, 5, 15 minutes) at the start: other processes share the machine\n", env.LoadAvg)
+	}
 	b.printf("# data dir:   %s\n", env.Dir)
 	b.printf("# filesystem: %s\n", env.Filesystem)
 	if env.Node != "" {
@@ -618,6 +766,9 @@ func (b *bench) header(cmdline, settings, nodeDesc string, others bool) {
 	}
 	if env.Site != "" {
 		b.printf("# site:       %s\n", env.Site)
+	}
+	if env.Migrate != "" {
+		b.printf("# migrate:    %s\n", env.Migrate)
 	}
 	if b.cfg.Raw && others {
 		b.printf("# raw:        pebble %s in %s, FormatNewest, %d MiB cache, %d MiB memtable, writes with pebble.Sync\n",
@@ -627,8 +778,10 @@ func (b *bench) header(cmdline, settings, nodeDesc string, others bool) {
 	if env.Site != "" {
 		conns += fmt.Sprintf(" (router: to each of the %d nodes, %d in all)", siteNodes, siteNodes*b.cfg.Conns)
 	}
-	b.printf("# clients:    %d over %s; %s warmup, then %s per workload and target; %d-byte random values\n",
-		b.cfg.Concurrency, conns, b.cfg.Warmup, b.cfg.Duration, b.cfg.ValueBytes)
+	if others || env.Site != "" {
+		b.printf("# clients:    %d over %s; %s warmup, then %s per workload and target; %d-byte random values\n",
+			b.cfg.Concurrency, conns, b.cfg.Warmup, b.cfg.Duration, b.cfg.ValueBytes)
+	}
 	b.printf("# latency is per operation (batch100: per 100-Put Write; map-propagation: per change, from Propose until on every node); ops/s counts successful operations\n")
 	b.records = append(b.records, env)
 }
@@ -683,6 +836,19 @@ func cpuModel() string {
 		}
 	}
 	return ""
+}
+
+// loadAvg is the 1, 5 and 15 minute load averages from /proc/loadavg, or "".
+func loadAvg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // moduleVersion is the version of a module built into this binary.

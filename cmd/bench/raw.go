@@ -116,7 +116,7 @@ func (b *bench) rawGet(ctx context.Context, r *rawDB) (func(int) opFunc, error) 
 		}
 		return bt.Commit(pebble.NoSync)
 	}
-	if err := b.preload(ctx, "get (raw)", b.cfg.Keys, preloadBatch, fill); err != nil {
+	if err := b.preload(ctx, "get (raw)", b.cfg.Keys, preloadBatch, b.cfg.Concurrency, fill); err != nil {
 		return nil, err
 	}
 	if err := r.db.Flush(); err != nil {

@@ -53,8 +53,7 @@ var consistencies = []struct {
 	{pb.Consistency_CONSISTENCY_ALL, "ALL"},
 }
 
-// site is an in-process site of siteNodes nodes: node-0 founds it, the
-// others join it.
+// site is an in-process site: node-0 founds it, the others join it.
 type site struct {
 	dir   string
 	nodes []*node.Node
@@ -64,10 +63,11 @@ type site struct {
 	admin []pb.ShardAdminClient
 }
 
-// startSite starts a site with its data under dir, one node after another
-// (each ready before the next starts), and returns once every node is
-// ready. On error whatever was started is stopped.
-func startSite(ctx context.Context, dir string) (s *site, err error) {
+// startSite starts a site of nodes nodes whose map is seeded with shards
+// shard trees (all on node-0), with its data under dir, one node after
+// another (each ready before the next starts), and returns once every node
+// is ready. On error whatever was started is stopped.
+func startSite(ctx context.Context, dir string, nodes, shards int) (s *site, err error) {
 	s = &site{dir: dir}
 	defer func() {
 		if err != nil {
@@ -75,7 +75,7 @@ func startSite(ctx context.Context, dir string) (s *site, err error) {
 			s = nil
 		}
 	}()
-	for i := range siteNodes {
+	for i := range nodes {
 		cfg := node.Config{
 			DataDir:       filepath.Join(dir, fmt.Sprintf("node-%d", i)),
 			NodeID:        fmt.Sprintf("node-%d", i),
@@ -83,7 +83,7 @@ func startSite(ctx context.Context, dir string) (s *site, err error) {
 			GRPCAddr:      "127.0.0.1:0",
 			HTTPAddr:      "127.0.0.1:0",
 			RaftAddr:      "127.0.0.1:0",
-			DefaultShards: siteShards,
+			DefaultShards: shards,
 		}
 		if i > 0 {
 			cfg.Join = s.nodes[0].GRPCAddr()
@@ -312,7 +312,7 @@ func (b *bench) routerSite(ctx context.Context, r int, prop bool) (_ map[string]
 		}
 	}
 	start := time.Now()
-	s, err := startSite(ctx, dir)
+	s, err := startSite(ctx, dir, siteNodes, siteShards)
 	if err != nil {
 		setupFailed(err)
 		return nil, os.RemoveAll(dir)
@@ -543,9 +543,12 @@ func (b *bench) siteRatio(label string, r, base int, num, den *result) {
 }
 
 // hasRouter reports whether the router workload is selected, and whether any
-// other is.
+// workload of the single node (not router, not migrate, which start their
+// own sites) is.
 func hasRouter(workloads []string) (router, others bool) {
 	router = slices.Contains(workloads, routerWorkload)
-	others = slices.ContainsFunc(workloads, func(w string) bool { return w != routerWorkload })
+	others = slices.ContainsFunc(workloads, func(w string) bool {
+		return w != routerWorkload && w != migrateWorkload && w != relayWorkload
+	})
 	return router, others
 }

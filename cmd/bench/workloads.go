@@ -201,20 +201,20 @@ func entryID(now time.Time, owner uint64, j int) uint64 {
 	return uint64(ids.NewID(t, 0, ids.MaxWorker, uint32(j)))
 }
 
-// preload runs fill over [0, total) in chunks of chunk items from conc
+// preload runs fill over [0, total) in chunks of chunk items from workers
 // goroutines, printing progress every 5 seconds and the total time. It stops
 // at the first error.
-func (b *bench) preload(ctx context.Context, what string, total, chunk int, fill func(ctx context.Context, worker, lo, hi int) error) error {
+func (b *bench) preload(ctx context.Context, what string, total, chunk, workers int, fill func(ctx context.Context, worker, lo, hi int) error) error {
 	if total == 0 {
 		return nil
 	}
 	start := time.Now()
-	b.printf("# %s: preloading %d items in batches of %d from %d clients\n", what, total, chunk, b.cfg.Concurrency)
+	b.printf("# %s: preloading %d items in batches of %d from %d clients\n", what, total, chunk, workers)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var next, done atomic.Int64
 	var wg sync.WaitGroup
-	for w := 0; w < b.cfg.Concurrency; w++ {
+	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -330,7 +330,7 @@ func (b *bench) nodeGet(ctx context.Context) (func(int) opFunc, error) {
 		_, err := b.client(w).Write(ctx, req)
 		return err
 	}
-	if err := b.preload(ctx, "get (node)", b.cfg.Keys, preloadBatch, fill); err != nil {
+	if err := b.preload(ctx, "get (node)", b.cfg.Keys, preloadBatch, b.cfg.Concurrency, fill); err != nil {
 		return nil, err
 	}
 	return func(w int) opFunc {
@@ -369,7 +369,7 @@ func (b *bench) nodeRange20(ctx context.Context) (func(int) opFunc, error) {
 		_, err := b.client(w).Write(ctx, req)
 		return err
 	}
-	if err := b.preload(ctx, "range20 (node)", b.cfg.Owners*per, preloadBatch, fill); err != nil {
+	if err := b.preload(ctx, "range20 (node)", b.cfg.Owners*per, preloadBatch, b.cfg.Concurrency, fill); err != nil {
 		return nil, err
 	}
 	want := min(rangeLimit, per)
