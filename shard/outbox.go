@@ -106,6 +106,13 @@ func (s *Store) ApplyLogged(ctx context.Context, muts []Mutation, entry []byte, 
 		if seq != 0 {
 			s.abandonEntry(seq)
 		}
+	}
+	if seq != 0 && o.Outbox {
+		s.journal.mu.Lock()
+		delete(s.journal.committing, seq)
+		s.journal.mu.Unlock()
+	}
+	if err != nil {
 		return nil, 0, err
 	}
 	return outs, seq, nil
@@ -127,6 +134,10 @@ func (s *Store) beginEntry(jobs int, outbox bool) uint64 {
 	}
 	if outbox {
 		s.journal.outbox.add(seq)
+		if s.journal.committing == nil {
+			s.journal.committing = map[uint64]struct{}{}
+		}
+		s.journal.committing[seq] = struct{}{}
 	}
 	return seq
 }
@@ -171,6 +182,18 @@ func (s *Store) OutboxEntries(after uint64, limit int) ([]OutboxEntry, error) {
 	if s.mu.closed {
 		return nil, ErrClosed
 	}
+	// Entries at or past the lowest one still committing stay out: they
+	// may become visible out of order. Everything below it is visible (or
+	// abandoned) before the snapshot is taken.
+	bound := uint64(math.MaxUint64)
+	s.journal.mu.Lock()
+	for seq := range s.journal.committing {
+		bound = min(bound, seq)
+	}
+	s.journal.mu.Unlock()
+	if bound <= after+1 {
+		return nil, nil
+	}
 	// A snapshot: a marker read and its entry are of one instant, even if
 	// TrimOutbox runs meanwhile.
 	snap := s.db.NewSnapshot()
@@ -188,6 +211,9 @@ func (s *Store) OutboxEntries(after uint64, limit int) ([]OutboxEntry, error) {
 			return nil, fmt.Errorf("shard: corrupt outbox key %x", it.Key())
 		}
 		seq := binary.BigEndian.Uint64(k)
+		if seq >= bound {
+			break
+		}
 		v, closer, err := snap.Get(journalKey(seq))
 		if errors.Is(err, pebble.ErrNotFound) {
 			return nil, fmt.Errorf("shard: outbox marker %d without its journal entry", seq)

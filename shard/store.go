@@ -70,6 +70,11 @@ type Store struct {
 		// outbox holds the seqs of the entries with an outbox marker
 		// (outbox.go), loaded at Open.
 		outbox outboxSet
+		// committing holds the seqs of outbox entries whose batch is not
+		// yet known to be visible: OutboxEntries returns nothing at or
+		// past the lowest, so that a later entry visible first is not
+		// published (and its position passed) before an earlier one.
+		committing map[uint64]struct{}
 	}
 
 	// scans counts long reads (digests, tombstone collection) that hold a
