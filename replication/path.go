@@ -353,12 +353,24 @@ func (p *path) process(ctx context.Context, s *session, msgs []jetstream.Msg) ti
 			continue
 		}
 		failed = true
-		nakAll(g.items)
-		nakked += len(g.items)
 		if isGap, w, ok := parseGap(err); isGap {
-			p.gap(ctx, s, g, err, w, ok, held)
+			if p.gap(ctx, s, g, err, w, ok, held) {
+				// The origin publishes everything after w again, these
+				// included: acknowledge them, so that the consumer
+				// delivers the republished entries instead of these
+				// again and again ahead of them.
+				for _, it := range g.items {
+					_ = it.msg.Ack()
+				}
+				held -= len(g.items)
+			} else {
+				nakAll(g.items)
+				nakked += len(g.items)
+			}
 			wait = max(wait, gapRetry)
 		} else {
+			nakAll(g.items)
+			nakked += len(g.items)
 			p.fail(fmt.Errorf("apply %d messages of %s/%s: %w", len(g.items), p.src.Name, g.node, err))
 			p.log.Warn("apply failed; retrying", "origin_node", g.node, "messages", len(g.items), "err", err, "in", p.backoff)
 			wait = max(wait, p.backoff)
@@ -503,15 +515,16 @@ func (st *pathState) origin(node string) *PathOrigin {
 // still unacknowledged (a relay stopped without handing them back), they
 // will be delivered again after AckWait and may fill it; otherwise the
 // path asks the origin node, through the source's republish bucket, to
-// publish again after w.
-func (p *path) gap(ctx context.Context, s *session, g *group, gerr error, w uint64, ok bool, held int) {
+// publish again after w. It reports whether a repair is asked for (now or
+// before): the group's messages are then covered by the republish.
+func (p *path) gap(ctx context.Context, s *session, g *group, gerr error, w uint64, ok bool, held int) bool {
 	if ctx.Err() != nil {
-		return // stopping; the next relay finds the gap again
+		return false // stopping; the next relay finds the gap again
 	}
 	if waiting, n := p.redeliveryPending(ctx, s, held); waiting {
 		p.log.Info("entries are missing; waiting for messages delivered earlier and not acknowledged, which come again after the ack wait",
 			"origin_node", g.node, "unacknowledged", n, "ack_wait", p.r.cfg.ackWait, "gap", gerr)
-		return
+		return false
 	}
 	p.mu.Lock()
 	p.st.origin(g.node).Gap = gerr.Error()
@@ -519,11 +532,11 @@ func (p *path) gap(ctx context.Context, s *session, g *group, gerr error, w uint
 	if !ok {
 		p.fail(fmt.Errorf("a gap without a watermark, cannot ask for a repair: %w", gerr))
 		p.log.Error("gap in the source's entries; its message names no watermark, so no repair is asked for", "origin_node", g.node, "err", gerr)
-		return
+		return false
 	}
 	last, asked := p.repairs[g.node]
 	if asked && last.from == w && time.Since(last.at) < republishEvery {
-		return // asked already; waiting for the origin
+		return true // asked already; waiting for the origin
 	}
 	if !asked || last.from != w {
 		p.mu.Lock()
@@ -545,7 +558,9 @@ func (p *path) gap(ctx context.Context, s *session, g *group, gerr error, w uint
 		delete(p.repairs, g.node) // ask again on the next gap
 		p.fail(fmt.Errorf("ask %s/%s for a repair: %w", p.src.Name, g.node, err))
 		p.log.Error("cannot ask for a repair", "origin_node", g.node, "err", err)
+		return false
 	}
+	return true
 }
 
 // redeliveryPending reports whether the consumer has more messages
