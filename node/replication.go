@@ -106,6 +106,9 @@ func (n *Node) startNATS() error {
 	srv, err := natsx.StartServer(natsx.ServerConfig{
 		Dir: n.cfg.DataDir + "/nats", Host: host, Port: port, ServerName: "aviary-" + replication.Token(n.cfg.SiteName) + "-" + replication.Token(n.cfg.NodeID),
 		MaxStoreBytes: n.cfg.ReplicationMaxBytes * 2, Logger: n.log.With("component", "nats"),
+		// An outbox entry is one write batch, up to MaxBatchBytes, plus
+		// its envelope: the default 1 MiB would refuse a large one.
+		MaxPayload: int32(min(2*n.cfg.Limits.MaxBatchBytes+(1<<20), 64<<20)),
 	})
 	if err != nil {
 		return fmt.Errorf("node: embedded nats: %w", err)
@@ -241,8 +244,17 @@ func (r *replicator) session(ctx context.Context, url string) error {
 		// Repairs asked for by relays that found a gap: publish again
 		// after their watermark (the outbox still holds those entries).
 		if from, ok := r.republishRequest(ctx, rp); ok && from < pos {
-			n.log.Warn("republishing outbox entries for a relay that found a gap", "after", from, "was_at", pos)
-			pos, prev = from, from
+			// Entries up to the floor are trimmed: the chain says so
+			// (the first entry sent names the floor as its previous), so
+			// the relay keeps reporting the gap rather than skip them.
+			floor := n.store.OutboxFloor()
+			if floor > from {
+				n.log.Error("a relay asked for outbox entries that are trimmed already; they cannot be sent again: repair that site's data",
+					"after", from, "trimmed_up_to", floor)
+			} else {
+				n.log.Warn("republishing outbox entries for a relay that found a gap", "after", from, "was_at", pos)
+			}
+			pos, prev = max(from, floor), max(from, floor)
 		}
 		for {
 			entries, err := n.store.OutboxEntries(pos, publishBatch)
@@ -467,6 +479,7 @@ func (s *replicaServer) ApplyRemote(ctx context.Context, req *pb.ApplyRemoteRequ
 	now := time.Now().UnixMilli()
 	var chunk []shard.Mutation
 	var chunkSeq uint64
+	chunkBytes := 0
 	var chunkAt int64
 	flush := func() error {
 		if len(chunk) == 0 {
@@ -489,7 +502,7 @@ func (s *replicaServer) ApplyRemote(ctx context.Context, req *pb.ApplyRemoteRequ
 		}
 		os.watermark = chunkSeq
 		os.st.AppliedAtUnixMs = chunkAt
-		chunk = chunk[:0]
+		chunk, chunkBytes = chunk[:0], 0
 		return nil
 	}
 	for _, e := range req.Entries {
@@ -514,11 +527,16 @@ func (s *replicaServer) ApplyRemote(ctx context.Context, req *pb.ApplyRemoteRequ
 			os.st.Gap = fmt.Sprintf("applied up to %d, entry %d follows %d", os.watermark, e.Seq, e.PrevSeq)
 			return nil, gapError(o, siteName, os.watermark, e.Seq, e.PrevSeq)
 		}
-		if len(chunk)+len(e.Mutations) > n.cfg.Limits.MaxBatchMutations {
+		size := 0
+		for _, p := range e.Mutations {
+			size += proto.Size(p)
+		}
+		if len(chunk)+len(e.Mutations) > n.cfg.Limits.MaxBatchMutations || chunkBytes+size > n.cfg.Limits.MaxBatchBytes/2 {
 			if err := flush(); err != nil {
 				return nil, err
 			}
 		}
+		chunkBytes += size
 		for i, p := range e.Mutations {
 			var m shard.Mutation
 			if err := router.FromProto(p, &m); err != nil {

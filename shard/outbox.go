@@ -491,3 +491,11 @@ func (o *outboxSet) compact() {
 		o.seqs, o.head = slices.Clone(o.seqs[o.head:]), 0
 	}
 }
+
+// OutboxFloor returns the highest seq TrimOutbox has removed: entries up to
+// it can no longer be listed, nor published again.
+func (s *Store) OutboxFloor() uint64 {
+	s.journal.mu.Lock()
+	defer s.journal.mu.Unlock()
+	return s.journal.outbox.floor
+}

@@ -46,6 +46,9 @@ type ServerConfig struct {
 	// free disk and of the machine's memory.
 	MaxStoreBytes  int64
 	MaxMemoryBytes int64
+	// MaxPayload is the largest message the server accepts (0: the
+	// server's default, 1 MiB; at most 64 MiB).
+	MaxPayload int32
 	// MonitorPort, if not 0, serves nats-server's monitoring endpoints
 	// over HTTP on 127.0.0.1 (whatever Host is): -1 picks a free port, a
 	// positive value is the port. 0, the default, serves none.
@@ -113,6 +116,7 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		StoreDir:               cfg.Dir,
 		JetStreamMaxStore:      cfg.MaxStoreBytes,
 		JetStreamMaxMemory:     cfg.MaxMemoryBytes,
+		MaxPayload:             cfg.MaxPayload,
 		DisableJetStreamBanner: true,
 	}
 	if cfg.MonitorPort != 0 {
