@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
@@ -222,7 +223,7 @@ sites apply them, and their watermarks.`,
 					wms = append(wms, fmt.Sprintf("%s=%d", site, r.Status.SiteWatermarks[site]))
 				}
 				outbox.add(r.Node, nats+" "+r.Status.NatsUrl, strconv.FormatUint(r.Status.OutboxEntries, 10),
-					strconv.FormatUint(r.Status.OutboxOldestSeq, 10), strconv.FormatUint(r.Status.PublishedSeq, 10), dash(fmt.Sprint(wms)))
+					strconv.FormatUint(r.Status.OutboxOldestSeq, 10), strconv.FormatUint(r.Status.PublishedSeq, 10), dash(strings.Join(wms, ", ")))
 			}
 			if len(paths.rows) == 1 {
 				fmt.Fprintln(s.out, "no replication path has applied anything here yet (is the relay running? ops sites lists the sites)")
