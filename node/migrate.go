@@ -300,18 +300,10 @@ func pace(ctx context.Context, start time.Time, records, bytes uint64, rateRecor
 	if rateBytes > 0 {
 		due = max(due, time.Duration(float64(bytes)/rateBytes*float64(time.Second)))
 	}
-	wait := time.Until(start.Add(due))
-	if wait <= 0 {
-		return nil
+	if wait := time.Until(start.Add(due)); wait > 0 {
+		return sleepCtx(ctx, wait)
 	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return nil
 }
 
 func (a *adminServer) DigestData(ctx context.Context, r *pb.DigestDataRequest) (*pb.DigestShardResponse, error) {

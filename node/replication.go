@@ -243,18 +243,13 @@ func (r *replicator) session(ctx context.Context, url string) error {
 		}
 		// Repairs asked for by relays that found a gap: publish again
 		// after their watermark (the outbox still holds those entries).
-		if from, ok := r.republishRequest(ctx, rp); ok && from < pos {
-			// Entries up to the floor are trimmed: the chain says so
-			// (the first entry sent names the floor as its previous), so
-			// the relay keeps reporting the gap rather than skip them.
-			floor := n.store.OutboxFloor()
-			if floor > from {
-				n.log.Error("a relay asked for outbox entries that are trimmed already; they cannot be sent again: repair that site's data",
-					"after", from, "trimmed_up_to", floor)
-			} else {
-				n.log.Warn("republishing outbox entries for a relay that found a gap", "after", from, "was_at", pos)
+		// Looked for once a second, with the trim: listing the bucket is a
+		// round trip to NATS.
+		now := time.Now()
+		if now.Sub(lastTrim) >= time.Second {
+			if from, ok := r.republishRequest(ctx, rp); ok && from < pos {
+				pos, prev = r.republishFrom(from, pos)
 			}
-			pos, prev = max(from, floor), max(from, floor)
 		}
 		for {
 			entries, err := n.store.OutboxEntries(pos, publishBatch)
@@ -277,7 +272,6 @@ func (r *replicator) session(ctx context.Context, url string) error {
 			}
 		}
 		r.published.Store(pos)
-		now := time.Now()
 		if now.Sub(lastBeat) >= n.cfg.HeartbeatInterval {
 			hb := &pb.ReplicationMessage{OriginSite: n.cfg.SiteID, OriginNode: node, Seq: pos, PrevSeq: pos, AtUnixMs: n.cfg.Clock.Now().UnixMilli(), Heartbeat: true}
 			b, _ := proto.Marshal(hb)
@@ -294,6 +288,22 @@ func (r *replicator) session(ctx context.Context, url string) error {
 			lastTrim = now
 		}
 	}
+}
+
+// republishFrom returns where to publish from again for a relay that has
+// applied up to from. Entries up to the outbox floor are trimmed: the chain
+// says so (the first entry sent names the floor as its previous), so the
+// relay keeps reporting the gap rather than skip them.
+func (r *replicator) republishFrom(from, pos uint64) (next, prev uint64) {
+	n := r.n
+	floor := n.store.OutboxFloor()
+	if floor > from {
+		n.log.Error("a relay asked for outbox entries that are trimmed already; they cannot be sent again: repair that site's data",
+			"after", from, "trimmed_up_to", floor)
+	} else {
+		n.log.Warn("republishing outbox entries for a relay that found a gap", "after", from, "was_at", pos)
+	}
+	return max(from, floor), max(from, floor)
 }
 
 // publishEntries publishes outbox entries in order and waits for every

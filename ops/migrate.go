@@ -733,7 +733,12 @@ func rateString(r string) string {
 // awaitSite waits until every reachable node of the site routes with map
 // version v or newer. A node that cannot be reached is skipped: it loads
 // the newest map before it serves again.
-func (d *driver) awaitSite(ctx context.Context, v uint64) error {
+func (d *driver) awaitSite(ctx context.Context, v uint64) error { return d.await(ctx, v, false) }
+
+// awaitAll is awaitSite where a node that cannot be reached is waited for.
+func (d *driver) awaitAll(ctx context.Context, v uint64) error { return d.await(ctx, v, true) }
+
+func (d *driver) await(ctx context.Context, v uint64, all bool) error {
 	last := time.Now()
 	for {
 		m, err := d.s.siteMap(ctx)
@@ -742,8 +747,11 @@ func (d *driver) awaitSite(ctx context.Context, v uint64) error {
 		}
 		var behind []string
 		for _, p := range d.s.probeAll(ctx, m) {
-			if p.Reachable && p.MapVersion < v {
+			switch {
+			case p.Reachable && p.MapVersion < v:
 				behind = append(behind, fmt.Sprintf("%s (at %d)", p.Node, p.MapVersion))
+			case !p.Reachable && all:
+				behind = append(behind, fmt.Sprintf("%s (unreachable)", p.Node))
 			}
 		}
 		if len(behind) == 0 {
@@ -812,34 +820,6 @@ func (d *driver) drain(ctx context.Context, m *gizzard.Map, g gizzard.Migration)
 		}
 		if time.Since(last) > 10*time.Second {
 			d.say(g.ID, "waiting for writes owed to the tree's replicas: %s", strings.Join(pending, ", "))
-			last = time.Now()
-		}
-		if err := pause(ctx, 50*time.Millisecond); err != nil {
-			return err
-		}
-	}
-}
-
-// awaitAll waits until every node of the site routes with map version v
-// or newer; unlike awaitSite, a node that cannot be reached is waited for.
-func (d *driver) awaitAll(ctx context.Context, v uint64) error {
-	last := time.Now()
-	for {
-		m, err := d.s.siteMap(ctx)
-		if err != nil {
-			return err
-		}
-		var behind []string
-		for _, p := range d.s.probeAll(ctx, m) {
-			if !p.Reachable || p.MapVersion < v {
-				behind = append(behind, fmt.Sprintf("%s (at %d%s)", p.Node, p.MapVersion, map[bool]string{true: "", false: ", unreachable"}[p.Reachable]))
-			}
-		}
-		if len(behind) == 0 {
-			return nil
-		}
-		if time.Since(last) > 10*time.Second {
-			d.say("site", "waiting for %s to apply map version %d", strings.Join(behind, ", "), v)
 			last = time.Now()
 		}
 		if err := pause(ctx, 50*time.Millisecond); err != nil {

@@ -9,7 +9,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/aviarydb/aviary/internal/envflag"
+	"github.com/aviarydb/aviary/internal/logx"
 	"github.com/aviarydb/aviary/node"
 	"github.com/aviarydb/aviary/shard"
 	"github.com/spf13/cobra"
@@ -59,7 +59,7 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 			return envflag.Apply(cmd.Flags())
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			logger, err := newLogger(logFormat, logLevel)
+			logger, err := logx.New(logFormat, logLevel)
 			if err != nil {
 				return err
 			}
@@ -116,21 +116,6 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	envflag.Bind(f, "AVIARY_")
 	return cmd
-}
-
-func newLogger(format, level string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
 func formatTables(ts []shard.TableInfo) string {

@@ -25,6 +25,7 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/internal/envflag"
+	"github.com/aviarydb/aviary/internal/logx"
 	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/replication"
 	"github.com/prometheus/client_golang/prometheus"
@@ -119,7 +120,7 @@ flag name in capitals with '-' as '_' (--http-addr: AVIARY_RELAY_HTTP_ADDR).`,
 			return envflag.Apply(cmd.Flags())
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			logger, err := newLogger(o.logFormat, o.logLevel)
+			logger, err := logx.New(o.logFormat, o.logLevel)
 			if err != nil {
 				return err
 			}
@@ -164,21 +165,6 @@ func (o *options) check() error {
 		return fmt.Errorf("--stall-after %s: must be positive", o.stallAfter)
 	}
 	return nil
-}
-
-func newLogger(format, level string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
 // run relays until ctx ends.

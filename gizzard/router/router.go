@@ -31,6 +31,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
@@ -150,6 +151,7 @@ type Router struct {
 	wake    chan struct{}
 	coal    coalescers
 	wg      sync.WaitGroup
+	trees   treeCache
 
 	// startSeq is the journal's last sequence number when the router
 	// started: older jobs were left by a previous process. A newer job
@@ -318,19 +320,64 @@ type target struct {
 	readable bool
 }
 
-// treeInfo is what plan learns once per tree of a write.
+// treeInfo is what plan learns of a tree from a map: where its writes go,
+// which of those leaves serve reads, whether it is syncing.
 type treeInfo struct {
 	plan     gizzard.WritePlan
 	readable map[gizzard.Leaf]bool
 	syncing  bool
+	err      error // the tree refuses writes, or the map has no route
+}
+
+func newTreeInfo(m *gizzard.Map, root string) *treeInfo {
+	p, err := m.PlanWrite(root)
+	if err != nil {
+		return &treeInfo{err: fmt.Errorf("%w: tree %q: %w", ErrNoRoute, root, err)}
+	}
+	if len(p.Rejected) > 0 {
+		rj := p.Rejected[0]
+		return &treeInfo{err: fmt.Errorf("%w: shard %q is %s (%s)", ErrRefused, rj.Shard, rj.Kind, rj.Reason)}
+	}
+	t := &treeInfo{plan: p, readable: map[gizzard.Leaf]bool{}, syncing: m.Syncing(root)}
+	if leaves, err := m.PlanRead(root, 0); err == nil {
+		for _, l := range leaves {
+			t.readable[l] = true
+		}
+	}
+	return t
+}
+
+// treeCache keeps the treeInfo of every tree routed to, for one map: a
+// published map never changes, so it is computed once per tree and map
+// version rather than on every write.
+type treeCache struct {
+	cur atomic.Pointer[treesOf]
+}
+
+type treesOf struct {
+	m     *gizzard.Map
+	trees sync.Map // root -> *treeInfo
+}
+
+func (c *treeCache) get(m *gizzard.Map, root string) (*treeInfo, error) {
+	cur := c.cur.Load()
+	if cur == nil || cur.m != m {
+		cur = &treesOf{m: m}
+		c.cur.Store(cur)
+	}
+	v, ok := cur.trees.Load(root)
+	if !ok {
+		v, _ = cur.trees.LoadOrStore(root, newTreeInfo(m, root))
+	}
+	t := v.(*treeInfo)
+	return t, t.err
 }
 
 // plan routes muts by m: the leaves they go to and a result per mutation.
-func plan(m *gizzard.Map, muts []shard.Mutation) ([]*target, []Result, error) {
+func plan(m *gizzard.Map, muts []shard.Mutation, trees *treeCache) ([]*target, []Result, error) {
 	res := make([]Result, len(muts))
 	var targets []*target
 	byLeaf := map[gizzard.Leaf]*target{}
-	trees := map[string]*treeInfo{}
 	for i := range muts {
 		mu := &muts[i]
 		if _, ok := m.Tables[mu.Table]; !ok {
@@ -343,23 +390,9 @@ func plan(m *gizzard.Map, muts []shard.Mutation) ([]*target, []Result, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: table %q: %w", ErrNoRoute, mu.Table, err)
 		}
-		tree := trees[fw.Root]
-		if tree == nil {
-			p, err := m.PlanWrite(fw.Root)
-			if err != nil {
-				return nil, nil, fmt.Errorf("%w: tree %q: %w", ErrNoRoute, fw.Root, err)
-			}
-			if len(p.Rejected) > 0 {
-				rj := p.Rejected[0]
-				return nil, nil, fmt.Errorf("%w: shard %q is %s (%s)", ErrRefused, rj.Shard, rj.Kind, rj.Reason)
-			}
-			tree = &treeInfo{plan: p, readable: map[gizzard.Leaf]bool{}, syncing: m.Syncing(fw.Root)}
-			if leaves, err := m.PlanRead(fw.Root, 0); err == nil {
-				for _, l := range leaves {
-					tree.readable[l] = true
-				}
-			}
-			trees[fw.Root] = tree
+		tree, err := trees.get(m, fw.Root)
+		if err != nil {
+			return nil, nil, err
 		}
 		p := tree.plan
 		res[i] = Result{Root: fw.Root, Replicas: len(p.Targets), Dropped: p.Dropped && len(p.Targets) == 0, syncing: tree.syncing}
@@ -426,7 +459,7 @@ func (r *Router) admit(shards []string, v uint64) (release func(), err error) {
 
 func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency, o writeOptions) ([]Result, error) {
 	m := r.cfg.Map()
-	targets, res, err := plan(m, muts)
+	targets, res, err := plan(m, muts, &r.trees)
 	if err != nil {
 		return nil, err
 	}
@@ -796,7 +829,7 @@ func (r *Router) reroute(j shard.Job, fe *FencedError) error {
 	if err != nil {
 		return err
 	}
-	targets, _, err := plan(m, muts)
+	targets, _, err := plan(m, muts, &r.trees)
 	if err != nil {
 		return err
 	}
