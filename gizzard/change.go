@@ -35,8 +35,8 @@ type Op string
 const (
 	// OpAddNode adds Node. Its id must be new.
 	OpAddNode Op = "add_node"
-	// OpUpdateNode replaces the addresses of the existing node Node.ID (a
-	// node that restarted on other ports).
+	// OpUpdateNode replaces the addresses and roles of the existing node
+	// Node.ID (a node that restarted on other ports or with other roles).
 	OpUpdateNode Op = "update_node"
 	// OpRemoveNode removes the node NodeID, which must hold no shard.
 	OpRemoveNode Op = "remove_node"

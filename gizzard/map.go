@@ -55,6 +55,9 @@ type Node struct {
 	ID       string `json:"id"`
 	GRPCAddr string `json:"grpc_addr"`
 	RaftAddr string `json:"raft_addr"`
+	// Timeline says the node holds home timelines: it is on the site's
+	// timeline rings.
+	Timeline bool `json:"timeline,omitempty"`
 }
 
 // Link is a parent's edge to one child. Weight (at least 1) is the child's

@@ -28,7 +28,7 @@ func defaultShardName(i int) string { return fmt.Sprintf("default-%03d", i) }
 // here), each table forwarded evenly over them by hash.
 func (n *Node) seedChange() gizzard.Change {
 	c := gizzard.Change{Who: "node " + n.cfg.NodeID, From: n.GRPCAddr(), Steps: []gizzard.Step{{
-		Op: gizzard.OpAddNode, Node: &gizzard.Node{ID: n.cfg.NodeID, GRPCAddr: n.GRPCAddr(), RaftAddr: n.ns.Addr()},
+		Op: gizzard.OpAddNode, Node: &gizzard.Node{ID: n.cfg.NodeID, GRPCAddr: n.GRPCAddr(), RaftAddr: n.ns.Addr(), Timeline: n.cfg.Timeline},
 	}}}
 	c.Steps = append(c.Steps, gizzard.Step{Op: gizzard.OpAddSite, Site: &gizzard.Site{
 		Name: n.cfg.SiteName, ID: n.cfg.SiteID, NATSURL: n.repl.url(), State: gizzard.SiteActive,
@@ -75,7 +75,7 @@ func (n *Node) membership(ctx context.Context) error {
 
 // self is this node as the map should list it.
 func (n *Node) self() gizzard.Node {
-	return gizzard.Node{ID: n.cfg.NodeID, GRPCAddr: n.GRPCAddr(), RaftAddr: n.ns.Addr()}
+	return gizzard.Node{ID: n.cfg.NodeID, GRPCAddr: n.GRPCAddr(), RaftAddr: n.ns.Addr(), Timeline: n.cfg.Timeline}
 }
 
 func (n *Node) tryMembership(ctx context.Context) error {
@@ -121,7 +121,7 @@ func (n *Node) joinVia(ctx context.Context, addr string) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err = pb.NewNameserverClient(cli).Join(cctx, &pb.JoinRequest{NodeId: n.cfg.NodeID, RaftAddr: n.ns.Addr(), GrpcAddr: n.GRPCAddr()})
+	_, err = pb.NewNameserverClient(cli).Join(cctx, &pb.JoinRequest{NodeId: n.cfg.NodeID, RaftAddr: n.ns.Addr(), GrpcAddr: n.GRPCAddr(), Timeline: n.cfg.Timeline})
 	if err != nil {
 		return fmt.Errorf("join via %s: %w", addr, err)
 	}
@@ -188,6 +188,9 @@ func (n *Node) reconcile(ctx context.Context) {
 		}
 		after = m.Version
 		n.fence.install(m)
+		if err := n.timelines.SetMembers(timelineMembers(m, n.cfg.SiteID)); err != nil {
+			n.log.Error("cannot place timelines on the map's timeline nodes", "map_version", m.Version, "err", err)
+		}
 		n.routedVersion.Store(m.Version)
 		if cur, ok := m.Nodes[n.cfg.NodeID]; ok && cur == n.self() && !n.ready.Load() {
 			n.ready.Store(true)
@@ -362,7 +365,7 @@ func (s *nameserverServer) Join(ctx context.Context, r *pb.JoinRequest) (*pb.Joi
 		return nil, nsStatus(err)
 	}
 	m := s.n.ns.Map()
-	node := gizzard.Node{ID: r.NodeId, GRPCAddr: r.GrpcAddr, RaftAddr: r.RaftAddr}
+	node := gizzard.Node{ID: r.NodeId, GRPCAddr: r.GrpcAddr, RaftAddr: r.RaftAddr, Timeline: r.Timeline}
 	op := gizzard.OpAddNode
 	if cur, ok := m.Nodes[r.NodeId]; ok {
 		if cur == node {

@@ -20,14 +20,17 @@ const (
 )
 
 // DefaultTables is the table set a new node creates: content tables for
-// statuses and users, index tables for per-user timelines and the follow
-// graph.
+// statuses and users, index tables for per-user timelines (what each user
+// posted), the follow graph, and the home timelines' fan-out queue and
+// celebrity set (package timeline/home).
 var DefaultTables = []shard.TableInfo{
 	{Name: "statuses", Kind: shard.KindContent},
 	{Name: "users", Kind: shard.KindContent},
 	{Name: "user_timeline", Kind: shard.KindIndex},
 	{Name: "following", Kind: shard.KindIndex},
 	{Name: "followers", Kind: shard.KindIndex},
+	{Name: "fanout", Kind: shard.KindIndex},
+	{Name: "celebrities", Kind: shard.KindIndex},
 }
 
 // Config configures a Node. Zero fields take the defaults of EnsureDefaults.
@@ -95,6 +98,16 @@ type Config struct {
 	// HeartbeatInterval is how often each node heartbeats on the stream.
 	// Default 1s.
 	HeartbeatInterval time.Duration
+
+	// Timeline gives the node the timeline role: it holds home timelines
+	// in memory, on the site's three timeline rings, and works its share of
+	// the fan-out queue. Every node serves the Timelines service's user
+	// calls either way. cmd/node's default is true.
+	Timeline bool
+	// Timelines configures the home timelines (capacity, celebrity
+	// threshold, fan-out partitions, hedging); zero fields take the
+	// defaults of timeline.Options and home.Config.
+	Timelines TimelineConfig
 
 	// Logger receives the node's logs. Default: discards.
 	Logger *slog.Logger
@@ -195,4 +208,19 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("node: invalid config: %w", err)
 	}
 	return nil
+}
+
+// TimelineConfig configures a node's home timelines.
+type TimelineConfig struct {
+	// Capacity is the most entries of one timeline. Default 800.
+	Capacity int
+	// CelebrityFollowers: authors with more followers are merged in at read
+	// time instead of pushed. Default 10000.
+	CelebrityFollowers int
+	// FanoutPartitions is the fan-out queue partitions per site; every node
+	// of a site must use the same. Default 16.
+	FanoutPartitions int
+	// HedgeMin and HedgeMax bound the delay after which a timeline read is
+	// sent to the next replica too. Defaults 1ms and 50ms.
+	HedgeMin, HedgeMax time.Duration
 }

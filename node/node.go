@@ -37,6 +37,7 @@ import (
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/shard"
+	"github.com/aviarydb/aviary/timeline/home"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -67,6 +68,8 @@ type Node struct {
 	copies copies
 	// repl is the node's side of cross-site replication.
 	repl *replicator
+	// timelines serves home timelines.
+	timelines *home.Service
 
 	grpcLis, httpLis net.Listener
 	grpcSrv          *grpc.Server
@@ -153,11 +156,16 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Outbox:         n.replicating(),
 	})
 
+	if err := n.newTimelines(reg); err != nil {
+		return nil, fmt.Errorf("node: timelines: %w", err)
+	}
+
 	n.grpcSrv = grpc.NewServer(netx.ServerOptions(grpc.ChainUnaryInterceptor(n.metrics.unary))...)
 	pb.RegisterDataServer(n.grpcSrv, &dataServer{n: n})
 	pb.RegisterShardAdminServer(n.grpcSrv, &adminServer{n: n})
 	pb.RegisterNameserverServer(n.grpcSrv, &nameserverServer{n: n})
 	pb.RegisterReplicaServer(n.grpcSrv, &replicaServer{n: n})
+	pb.RegisterTimelinesServer(n.grpcSrv, n.timelines)
 	n.health = health.NewServer()
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(n.grpcSrv, n.health)
@@ -222,7 +230,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}()
 	bg, stopBG := context.WithCancel(context.Background())
-	for _, f := range []func(context.Context){n.gcLoop, n.reconcile, n.repl.run, func(ctx context.Context) {
+	for _, f := range []func(context.Context){n.gcLoop, n.reconcile, n.repl.run, n.timelines.Run, func(ctx context.Context) {
 		if err := n.membership(ctx); err != nil && ctx.Err() == nil {
 			n.log.Error("cannot join the site", "err", err)
 		}

@@ -43,6 +43,14 @@ type testNode struct {
 // test.
 func startNode(t *testing.T, cfg Config) *testNode {
 	t.Helper()
+	tn := launchNode(t, cfg)
+	tn.waitServing(t)
+	return tn
+}
+
+// launchNode is startNode without waiting for the node to serve.
+func launchNode(t *testing.T, cfg Config) *testNode {
+	t.Helper()
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
@@ -80,7 +88,12 @@ func startNode(t *testing.T, cfg Config) *testNode {
 			t.Errorf("node run: %v", err)
 		}
 	})
-	tn := &testNode{n: n, data: pb.NewDataClient(cc), admin: pb.NewShardAdminClient(cc), hc: healthpb.NewHealthClient(cc), ns: pb.NewNameserverClient(cc), conn: cc, stop: stop}
+	return &testNode{n: n, data: pb.NewDataClient(cc), admin: pb.NewShardAdminClient(cc), hc: healthpb.NewHealthClient(cc), ns: pb.NewNameserverClient(cc), conn: cc, stop: stop}
+}
+
+// waitServing waits until the node's health service says SERVING.
+func (tn *testNode) waitServing(t *testing.T) {
+	t.Helper()
 	waitFor(t, 10*time.Second, func() error {
 		r, err := tn.hc.Check(t.Context(), &healthpb.HealthCheckRequest{})
 		if err != nil {
@@ -91,7 +104,6 @@ func startNode(t *testing.T, cfg Config) *testNode {
 		}
 		return nil
 	})
-	return tn
 }
 
 // waitFor polls fn until it returns nil or the deadline passes.

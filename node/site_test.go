@@ -32,7 +32,7 @@ type site struct {
 	nodes []*testNode
 }
 
-func newSite(t *testing.T) *site {
+func newSite(t *testing.T, opts ...func(*Config)) *site {
 	t.Helper()
 	s := &site{}
 	dir := t.TempDir()
@@ -40,6 +40,9 @@ func newSite(t *testing.T) *site {
 		cfg := Config{
 			DataDir: filepath.Join(dir, string(rune('a'+i))), NodeID: "node-" + string(rune('0'+i)), WorkerID: uint32(i),
 			RaftAddr: freeAddr(t), DefaultShards: 2, ReplicaTimeout: time.Second,
+		}
+		for _, o := range opts {
+			o(&cfg)
 		}
 		if i > 0 {
 			cfg.Join = s.nodes[0].n.GRPCAddr()

@@ -20,12 +20,23 @@
 // if the entries arrive in different orders (removes aside).
 //
 // A Store holds many timelines keyed by owner. It adds entries only to
-// timelines it holds: Replace installs a whole timeline (rebuilt from the
-// durable index, copied from a sibling replica by read-repair, or empty for
-// a new owner) and Drop forgets one. A push for an owner not held is
-// skipped rather than starting a timeline that would hold only the entries
-// since and look whole; Has tells "held, maybe empty" from "not held
+// timelines it holds or has reserved: Replace installs a whole timeline
+// (rebuilt from the durable index, copied from a sibling replica by
+// read-repair, or empty for a new owner), Merge adds entries to one (or
+// installs them, if it is not held) and Drop forgets one. A push for an
+// owner not held is skipped rather than starting a timeline that would
+// hold only the entries since and look whole; PushManyMissing reports the
+// owners it skipped, and Has tells "held, maybe empty" from "not held
 // here", which is what a reader needs to decide to repair or rebuild.
+//
+// A rebuild races with pushes: an entry pushed after the rebuild read the
+// index and before it installed its result would be lost. So a rebuild
+// first calls Reserve, which makes the owner pending: an empty timeline
+// that takes pushes and removes but that readers (Has, Len, Range, Get,
+// Each) see as not held. Merge or Replace of the rebuilt entries then
+// holds the union of both; Unreserve forgets the owner if the rebuild
+// fails. Merge into a held timeline leaves what Push of its entries would,
+// so a sibling's copy or a late rebuild is safe to merge at any time.
 //
 // Range reads like the index does: max_id inclusive, since_id exclusive, 0
 // for an open bound, newest first, up to limit (clamped to [1, Capacity]).
@@ -43,8 +54,10 @@
 //
 // Owners are spread over Options.Shards independently locked maps by a hash
 // of the owner, so concurrent calls for different owners rarely wait; a
-// lock is held for one map lookup and one list operation (Range allocates
-// its result under it).
+// lock is held for one map lookup and one list operation (Range and Get
+// allocate their result under it, Merge a larger buffer if it needs one).
+// Each lists a shard's owners under its lock, then takes it again for each
+// timeline only to copy it, and calls its function with no lock held.
 //
 // # Placement
 //
@@ -86,15 +99,26 @@
 //	Push, late         O(log n) search + O(min(i, n-i))      0                     45-90 ns (within
 //	                   moves, i its position                                       64 of the newest)
 //	PushMany, k owners k × Push, one lock at a time          0                     65-110 ns per owner
+//	PushManyMissing    as PushMany                           0, unless missing
+//	                                                         grows
 //	Range              O(log n) for a bounded max_id or a    1, the result         220-530 ns for the
 //	                   since_id inside the page, + O(limit)                        newest 20; 540-750
 //	                                                                               at a max_id cursor
+//	Get                O(n)                                  1, the result
+//	Each               O(S + owners + entries), one lock     1 per timeline, its
+//	                   at a time                             copy (+ a list of
+//	                                                         owners, reused)
 //	Remove             O(log n) + O(min(i, n-i))             0
 //	Len, Has           O(1)                                  0
 //	Replace            O(k log k) sort outside the lock      2, the list and its
-//	                                                         buffer (3 if entries
+//	                   (+ O(n + k) merge of a pending one)   buffer (3 if entries
 //	                                                         are dropped)
-//	Drop               O(1)                                  0
+//	Merge              O(k log k) sort outside the lock      1, the sorted entries,
+//	                   + O(n + k) merge under it             + 1 if a larger buffer
+//	                                                         is needed (as Replace
+//	                                                         if not held)
+//	Reserve, k owners  O(k), one lock at a time              1 per owner reserved
+//	Drop, Unreserve    O(1)                                  0
 //	Owners, Bytes      O(S), each shard's lock in turn       0
 //	NewRings           O(3 P log P)                          O(P)
 //	Replicas           3 × O(log P) + a short walk           0                     175-200 ns, 10 nodes

@@ -61,11 +61,71 @@ func statusIDs(entries []Entry) []uint64 {
 // timeline per owner, ascending by StatusID.
 type model struct {
 	capacity int
-	held     map[uint64][]Entry
+	held     map[uint64][]Entry // held and pending timelines
+	pending  map[uint64]bool
 }
 
 func newModel(capacity int) *model {
-	return &model{capacity: capacity, held: make(map[uint64][]Entry)}
+	return &model{capacity: capacity, held: make(map[uint64][]Entry), pending: make(map[uint64]bool)}
+}
+
+// view returns owner's timeline as readers see it, newest first (nil if
+// empty), and whether it is held (not pending).
+func (m *model) view(owner uint64) ([]Entry, bool) {
+	tl, ok := m.held[owner]
+	if !ok || m.pending[owner] || len(tl) == 0 {
+		return nil, ok && !m.pending[owner]
+	}
+	out := slices.Clone(tl)
+	slices.Reverse(out)
+	return out, true
+}
+
+func (m *model) reserve(owner uint64) {
+	if _, ok := m.held[owner]; !ok {
+		m.held[owner] = []Entry{}
+		m.pending[owner] = true
+	}
+}
+
+func (m *model) unreserve(owner uint64) bool {
+	if !m.pending[owner] {
+		return false
+	}
+	m.drop(owner)
+	return true
+}
+
+func (m *model) drop(owner uint64) bool {
+	_, ok := m.held[owner]
+	delete(m.held, owner)
+	delete(m.pending, owner)
+	return ok
+}
+
+// merge pushes entries one by one into a held or pending timeline, or
+// installs them, and returns how many ids it holds afterwards that it did
+// not before.
+func (m *model) merge(owner uint64, entries []Entry) int {
+	before := make(map[uint64]bool)
+	if tl, ok := m.held[owner]; ok {
+		for _, x := range tl {
+			before[x.StatusID] = true
+		}
+	} else {
+		m.held[owner] = []Entry{}
+	}
+	for _, x := range entries {
+		m.push(owner, x)
+	}
+	delete(m.pending, owner)
+	added := 0
+	for _, x := range m.held[owner] {
+		if !before[x.StatusID] {
+			added++
+		}
+	}
+	return added
 }
 
 // push adds x, then keeps the newest capacity entries; x was added if it
@@ -89,11 +149,12 @@ func (m *model) push(owner uint64, x Entry) bool {
 	return true
 }
 
+// replace installs entries, or merges them into a pending timeline.
 func (m *model) replace(owner uint64, entries []Entry) {
-	m.held[owner] = []Entry{}
-	for _, x := range entries {
-		m.push(owner, x)
+	if !m.pending[owner] {
+		m.held[owner] = []Entry{}
 	}
+	m.merge(owner, entries)
 }
 
 func (m *model) remove(owner, id uint64) bool {
@@ -110,6 +171,9 @@ func (m *model) remove(owner, id uint64) bool {
 func (m *model) rangeDesc(owner, maxID, sinceID uint64, limit int) []Entry {
 	limit = min(max(limit, 1), m.capacity)
 	var out []Entry
+	if m.pending[owner] {
+		return nil
+	}
 	tl := m.held[owner]
 	for i := len(tl) - 1; i >= 0 && len(out) < limit; i-- {
 		id := tl[i].StatusID
@@ -123,3 +187,25 @@ func (m *model) rangeDesc(owner, maxID, sinceID uint64, limit int) []Entry {
 // newRand returns a generator for one goroutine of a test, seeded from the
 // test's generator.
 func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, seed)) }
+
+// checkBytes checks each shard's Bytes total against its timelines'
+// buffers, and each timeline's invariants.
+func checkBytes(t testing.TB, s *Store) {
+	t.Helper()
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		var want int64
+		for owner, l := range sh.mu.timelines {
+			want += bufBytes(l)
+			if l.n > len(l.buf) || len(l.buf) > s.capacity || (len(l.buf) > 0 && l.head >= len(l.buf)) {
+				t.Errorf("owner %d: n=%d head=%d len(buf)=%d capacity %d", owner, l.n, l.head, len(l.buf), s.capacity)
+			}
+		}
+		got := sh.mu.bytes
+		sh.mu.Unlock()
+		if got != want {
+			t.Fatalf("shard %d: bytes %d, want %d", i, got, want)
+		}
+	}
+}

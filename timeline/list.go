@@ -26,6 +26,9 @@ type list struct {
 	buf  []packed
 	head int // physical index of logical 0; 0 <= head < len(buf), or 0
 	n    int // number of entries; n <= len(buf)
+	// pending marks a timeline reserved by Store.Reserve and not yet
+	// installed: it takes pushes but readers see it as not held.
+	pending bool
 }
 
 // phys returns the physical index of logical index i, for 0 <= i <
@@ -163,10 +166,76 @@ func (l *list) appendRange(dst []Entry, lo, hi int) []Entry {
 	return dst
 }
 
-// newList returns a list holding the newest capacity entries of es with
-// distinct non-zero ids; of entries with equal ids it keeps the first. es
-// is not modified. The buffer is exactly as long as the list.
-func newList(es []Entry, capacity int) *list {
+// merge adds ps, which must be sorted by ascending id with distinct
+// non-zero ids (as sortedEntries returns them), and keeps the newest
+// capacity entries of the union; of equal ids the list's entry is kept.
+// The result is what inserting the entries of ps one by one would leave,
+// in O(n + len(ps)) rather than up to O(n) moves per entry. merge returns
+// the number of entries of ps that the list holds afterwards and did not
+// before.
+//
+// The union is written from the newest down. When it fits in the buffer
+// it is written in place, with head advanced past the old entries that do
+// not survive, so a write never lands on an old entry still to be read
+// (the dropped ones are not read again: their slots may be written);
+// otherwise the buffer is replaced by one of at least twice its size (at
+// least minBuf, at most capacity) that fits it.
+func (l *list) merge(ps []packed, capacity int) (added int) {
+	// Count the union's size m and how many of it come from each side.
+	m, kept := 0, 0 // kept counts the list's own entries of the union
+	for i, j := l.n-1, len(ps)-1; m < capacity && (i >= 0 || j >= 0); m++ {
+		switch {
+		case j < 0 || (i >= 0 && l.at(i).id() > ps[j].id()):
+			i--
+			kept++
+		case i < 0 || l.at(i).id() < ps[j].id():
+			j--
+			added++
+		default: // equal ids: the list's entry is kept
+			i--
+			j--
+			kept++
+		}
+	}
+	if added == 0 {
+		return 0 // the union's newest capacity are the list's entries
+	}
+	lo := l.n - kept // the list's entries below lo are dropped
+	dst, head := l.buf, l.phys(lo)
+	if m > len(l.buf) {
+		dst, head = make([]packed, max(m, min(max(2*len(l.buf), minBuf), capacity))), 0
+	}
+	i, j := l.n-1, len(ps)-1
+	for w := m - 1; w >= 0; w-- {
+		var p packed
+		switch {
+		case j < 0 || (i >= lo && l.at(i).id() > ps[j].id()):
+			p = *l.at(i)
+			i--
+		case i < lo || l.at(i).id() < ps[j].id():
+			p = ps[j]
+			j--
+		default:
+			p = *l.at(i)
+			i--
+			j--
+		}
+		k := head + w
+		if k >= len(dst) {
+			k -= len(dst)
+		}
+		dst[k] = p
+	}
+	l.buf, l.head, l.n = dst, head, m
+	return added
+}
+
+// sortedEntries returns the newest capacity entries of es with distinct
+// non-zero ids, packed and sorted by ascending id; of entries with equal
+// ids it keeps the first. es is not modified. The result starts at the
+// start of its array, which is exactly as long as the result if nothing
+// was dropped.
+func sortedEntries(es []Entry, capacity int) []packed {
 	ps := make([]packed, 0, len(es))
 	for _, e := range es {
 		if e.StatusID != 0 {
@@ -177,12 +246,26 @@ func newList(es []Entry, capacity int) *list {
 	slices.SortStableFunc(ps, func(a, b packed) int { return cmp.Compare(a.id(), b.id()) })
 	ps = slices.CompactFunc(ps, func(a, b packed) bool { return a.id() == b.id() })
 	if len(ps) > capacity {
-		ps = ps[len(ps)-capacity:]
+		ps = ps[:copy(ps, ps[len(ps)-capacity:])]
 	}
+	return ps
+}
+
+// all returns the entries newest first, nil if there are none.
+func (l *list) all() []Entry {
+	if l.n == 0 {
+		return nil
+	}
+	return l.appendRange(make([]Entry, 0, l.n), 0, l.n)
+}
+
+// newList returns a list holding ps, as sortedEntries returns it. The
+// buffer is exactly as long as the list: ps's array if it is, else a copy.
+func newList(ps []packed) *list {
 	l := &list{n: len(ps)}
 	switch {
-	case len(ps) == len(es):
-		l.buf = ps // nothing was dropped: ps is its whole array
+	case len(ps) == cap(ps):
+		l.buf = ps
 	case len(ps) > 0:
 		l.buf = make([]packed, len(ps))
 		copy(l.buf, ps)

@@ -359,7 +359,9 @@ func TestBytesEstimate(t *testing.T) {
 
 // TestModel runs random operations against a Store and a plainly written
 // model and compares every answer and, after each operation, the
-// timeline it touched.
+// timeline it touched as readers see it. Owners are reserved, merged into
+// and installed over at random, so pending timelines meet every other
+// operation.
 func TestModel(t *testing.T) {
 	rng := testRand(t)
 	for _, capacity := range []int{1, 2, 3, 5, 8, 13, 64} {
@@ -373,7 +375,7 @@ func TestModel(t *testing.T) {
 				owner := rng.Uint64N(owners)
 				var op string
 				switch r := rng.IntN(100); {
-				case r < 55:
+				case r < 45:
 					op = "push"
 					batch := make([]Entry, 1+rng.IntN(3))
 					want := 0
@@ -386,20 +388,32 @@ func TestModel(t *testing.T) {
 					if got := s.Push(owner, batch...); got != want {
 						t.Fatalf("step %d: Push(%d, %v) = %d, want %d", step, owner, statusIDs(batch), got, want)
 					}
-				case r < 65:
+				case r < 55:
 					op = "pushmany"
 					x := e(randID())
 					targets := []uint64{owner, rng.Uint64N(owners), rng.Uint64N(owners)}
 					want := 0
+					var wantMissing []uint64
 					for _, o := range targets {
 						if m.push(o, x) {
 							want++
 						}
+						if _, ok := m.held[o]; !ok && x.StatusID != 0 {
+							wantMissing = append(wantMissing, o)
+						}
 					}
-					if got := s.PushMany(targets, x); got != want {
-						t.Fatalf("step %d: PushMany(%v, %d) = %d, want %d", step, targets, x.StatusID, got, want)
+					var got int
+					var missing []uint64
+					if rng.IntN(2) == 0 {
+						got = s.PushMany(targets, x)
+						wantMissing = nil
+					} else {
+						got, missing = s.PushManyMissing(targets, x, nil)
 					}
-				case r < 80:
+					if got != want || !slices.Equal(missing, wantMissing) {
+						t.Fatalf("step %d: PushMany(%v, %d) = %d %v, want %d %v", step, targets, x.StatusID, got, missing, want, wantMissing)
+					}
+				case r < 67:
 					op = "remove"
 					id := randID()
 					_, held := m.held[owner]
@@ -407,7 +421,7 @@ func TestModel(t *testing.T) {
 					if got := s.Remove(owner, id); got != want {
 						t.Fatalf("step %d: Remove(%d, %d) = %v, want %v", step, owner, id, got, want)
 					}
-				case r < 88:
+				case r < 75:
 					op = "range"
 					maxID, sinceID := randID(), randID()
 					if rng.IntN(3) == 0 {
@@ -421,7 +435,7 @@ func TestModel(t *testing.T) {
 					if !slices.Equal(got, want) {
 						t.Fatalf("step %d: Range(%d, %d, %d, %d) = %v, want %v", step, owner, maxID, sinceID, limit, statusIDs(got), statusIDs(want))
 					}
-				case r < 96:
+				case r < 82:
 					op = "replace"
 					batch := make([]Entry, rng.IntN(2*capacity+1))
 					for i := range batch {
@@ -429,26 +443,48 @@ func TestModel(t *testing.T) {
 					}
 					s.Replace(owner, batch)
 					m.replace(owner, batch)
+				case r < 89:
+					op = "merge"
+					batch := make([]Entry, rng.IntN(2*capacity+1))
+					for i := range batch {
+						batch[i] = e(randID())
+					}
+					if got, want := s.Merge(owner, batch), m.merge(owner, batch); got != want {
+						t.Fatalf("step %d: Merge(%d, %v) = %d, want %d", step, owner, statusIDs(batch), got, want)
+					}
+				case r < 95:
+					op = "reserve"
+					other := rng.Uint64N(owners)
+					s.Reserve(owner, other)
+					m.reserve(owner)
+					m.reserve(other)
+				case r < 97:
+					op = "unreserve"
+					if got, want := s.Unreserve(owner), m.unreserve(owner); got != want {
+						t.Fatalf("step %d: Unreserve(%d) = %v, want %v", step, owner, got, want)
+					}
 				default:
 					op = "drop"
-					_, held := m.held[owner]
-					delete(m.held, owner)
-					if got := s.Drop(owner); got != held {
-						t.Fatalf("step %d: Drop(%d) = %v, want %v", step, owner, got, held)
+					if got, want := s.Drop(owner), m.drop(owner); got != want {
+						t.Fatalf("step %d: Drop(%d) = %v, want %v", step, owner, got, want)
 					}
 				}
-				_, held := m.held[owner]
-				want := slices.Clone(m.held[owner])
-				slices.Reverse(want)
+				want, held := m.view(owner)
 				got := s.Range(owner, 0, 0, capacity)
-				if s.Has(owner) != held || s.Len(owner) != len(want) || !slices.Equal(got, want) {
-					t.Fatalf("step %d (%s): owner %d held=%v len=%d %v, want held=%v %v",
-						step, op, owner, s.Has(owner), s.Len(owner), statusIDs(got), held, statusIDs(want))
+				all, allHeld := s.Get(owner)
+				if s.Has(owner) != held || s.Len(owner) != len(want) || !slices.Equal(got, want) ||
+					allHeld != held || !slices.Equal(all, want) || (want == nil && all != nil) {
+					t.Fatalf("step %d (%s): owner %d held=%v len=%d %v, Get %v %v, want held=%v %v",
+						step, op, owner, s.Has(owner), s.Len(owner), statusIDs(got), allHeld, statusIDs(all), held, statusIDs(want))
+				}
+				if step%1000 == 0 {
+					checkBytes(t, s)
 				}
 			}
 			if s.Owners() != len(m.held) {
 				t.Fatalf("Owners = %d, want %d", s.Owners(), len(m.held))
 			}
+			checkBytes(t, s)
 		})
 	}
 }
@@ -555,4 +591,371 @@ func cmpID(a, b Entry) int {
 		return 1
 	}
 	return 0
+}
+
+// TestReserve checks what a pending timeline takes and how readers see
+// it, and that Reserve leaves held and pending owners alone.
+func TestReserve(t *testing.T) {
+	s := newTestStore(t, Options{Capacity: 3})
+	s.Replace(1, es(10))
+	s.Reserve(1, 2, 2, 3)
+	if got, _ := s.Get(1); !s.Has(1) || !slices.Equal(statusIDs(got), []uint64{10}) {
+		t.Fatalf("Reserve changed a held timeline: %v", statusIDs(got))
+	}
+	if s.Owners() != 3 || s.Bytes() != int64(3*timelineOverhead+1*EntrySize) {
+		t.Fatalf("Owners = %d, Bytes = %d: pending timelines must count", s.Owners(), s.Bytes())
+	}
+	if n := s.Push(2, es(5, 6, 7, 8, 6, 0)...); n != 4 { // 8 drops 5
+		t.Fatalf("Push to pending = %d, want 4", n)
+	}
+	if n := s.PushMany([]uint64{2, 3, 4}, e(9)); n != 2 {
+		t.Fatalf("PushMany = %d, want 2 (pending 2 and 3)", n)
+	}
+	if !s.Remove(2, 7) || s.Remove(2, 7) {
+		t.Fatal("Remove from pending")
+	}
+	got, held := s.Get(2)
+	if s.Has(2) || s.Len(2) != 0 || s.Range(2, 0, 0, 10) != nil || got != nil || held {
+		t.Fatal("a pending timeline looks held to readers")
+	}
+	s.Reserve(2) // still pending, entries kept
+	if s.Merge(2, nil) != 0 {
+		t.Fatal("Merge of nothing added")
+	}
+	if got, held := s.Get(2); !held || !slices.Equal(statusIDs(got), []uint64{9, 8}) { // 9 dropped 6
+		t.Fatalf("after Merge: %v held=%v, want [9 8]", statusIDs(got), held)
+	}
+	if !s.Drop(3) || s.Drop(3) || s.Owners() != 2 {
+		t.Fatal("Drop of a pending timeline")
+	}
+	checkBytes(t, s)
+}
+
+func TestUnreserve(t *testing.T) {
+	s := newTestStore(t, Options{})
+	s.Replace(1, es(1))
+	s.Reserve(1, 2)
+	s.Push(2, e(5))
+	for _, tc := range []struct {
+		owner uint64
+		want  bool
+	}{{1, false}, {3, false}, {2, true}, {2, false}} {
+		if got := s.Unreserve(tc.owner); got != tc.want {
+			t.Errorf("Unreserve(%d) = %v, want %v", tc.owner, got, tc.want)
+		}
+	}
+	if !s.Has(1) || s.Owners() != 1 || s.Push(2, e(6)) != 0 {
+		t.Fatal("Unreserve dropped a held timeline or kept a pending one")
+	}
+	checkBytes(t, s)
+}
+
+// TestRebuildRace plays a rebuild that races with pushes: the rebuild
+// reads the durable index, pushes arrive, then the rebuild's result
+// (which lacks them, and may hold entries older than them or newer than
+// some) is installed with Merge or Replace. Nothing pushed is lost, and
+// the timeline is what pushes of everything would give.
+func TestRebuildRace(t *testing.T) {
+	for _, install := range []string{"merge", "replace"} {
+		for _, tc := range []struct {
+			name            string
+			rebuilt, pushed []uint64
+			want            []uint64 // capacity 4
+		}{
+			{"pushes newer", []uint64{1, 2, 3}, []uint64{4, 5}, []uint64{5, 4, 3, 2}},
+			{"pushes interleaved", []uint64{2, 4, 6}, []uint64{3, 5}, []uint64{6, 5, 4, 3}},
+			{"overlap", []uint64{1, 2, 3}, []uint64{3, 4}, []uint64{4, 3, 2, 1}},
+			{"no pushes", []uint64{1, 2}, nil, []uint64{2, 1}},
+			{"empty rebuild", nil, []uint64{7, 8}, []uint64{8, 7}},
+			{"pushes older, dropped", []uint64{5, 6, 7, 8, 9}, []uint64{1}, []uint64{9, 8, 7, 6}},
+		} {
+			t.Run(install+"/"+tc.name, func(t *testing.T) {
+				s := newTestStore(t, Options{Capacity: 4})
+				const owner = 1
+				s.Reserve(owner)
+				rebuilt := es(tc.rebuilt...) // read before the pushes
+				for _, id := range tc.pushed {
+					s.PushMany([]uint64{owner}, e(id))
+				}
+				if install == "merge" {
+					s.Merge(owner, rebuilt)
+				} else {
+					s.Replace(owner, rebuilt)
+				}
+				got, held := s.Get(owner)
+				if !held || !slices.Equal(statusIDs(got), tc.want) {
+					t.Fatalf("%v held=%v, want %v", statusIDs(got), held, tc.want)
+				}
+				// Once held, Replace replaces.
+				s.Replace(owner, es(1))
+				if got, _ := s.Get(owner); !slices.Equal(statusIDs(got), []uint64{1}) {
+					t.Fatalf("Replace of a held timeline left %v", statusIDs(got))
+				}
+				checkBytes(t, s)
+			})
+		}
+	}
+}
+
+func TestMerge(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		state     string // "held", "pending" or "none"
+		initial   []uint64
+		merge     []uint64
+		wantAdded int
+		want      []uint64 // capacity 4
+	}{
+		{"none installs", "none", nil, []uint64{3, 1, 0, 2, 3}, 3, []uint64{3, 2, 1}},
+		{"none bounded", "none", nil, []uint64{1, 2, 3, 4, 5, 6}, 4, []uint64{6, 5, 4, 3}},
+		{"none empty", "none", nil, nil, 0, nil},
+		{"held union", "held", []uint64{2, 4}, []uint64{1, 3, 4}, 2, []uint64{4, 3, 2, 1}},
+		{"held bounded", "held", []uint64{2, 4, 6, 8}, []uint64{9, 1, 5}, 2, []uint64{9, 8, 6, 5}},
+		{"held all older", "held", []uint64{5, 6, 7, 8}, []uint64{1, 2}, 0, []uint64{8, 7, 6, 5}},
+		{"held nothing new", "held", []uint64{5, 6}, []uint64{6, 0, 5}, 0, []uint64{6, 5}},
+		{"held replaced whole", "held", []uint64{1, 2}, []uint64{7, 8, 9, 10}, 4, []uint64{10, 9, 8, 7}},
+		{"pending union", "pending", []uint64{9}, []uint64{1, 2, 3}, 3, []uint64{9, 3, 2, 1}},
+		{"pending empty merge", "pending", nil, nil, 0, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newTestStore(t, Options{Capacity: 4})
+			const owner = 1
+			switch tc.state {
+			case "held":
+				s.Replace(owner, es(tc.initial...))
+			case "pending":
+				s.Reserve(owner)
+				s.Push(owner, es(tc.initial...)...)
+			}
+			in := es(tc.merge...)
+			orig := slices.Clone(in)
+			if got := s.Merge(owner, in); got != tc.wantAdded {
+				t.Errorf("Merge = %d, want %d", got, tc.wantAdded)
+			}
+			if !slices.Equal(in, orig) {
+				t.Fatal("Merge modified its input")
+			}
+			got, held := s.Get(owner)
+			if !held || !slices.Equal(statusIDs(got), tc.want) {
+				t.Fatalf("%v held=%v, want %v", statusIDs(got), held, tc.want)
+			}
+			checkBytes(t, s)
+		})
+	}
+}
+
+// TestMergeEqualsPush checks that Merge into a held timeline leaves what
+// Push of the same entries does, over random timelines and entries.
+func TestMergeEqualsPush(t *testing.T) {
+	rng := testRand(t)
+	for trial := range 2000 {
+		capacity := 1 + rng.IntN(40)
+		idSpace := uint64(3 * capacity)
+		randEntries := func(n int) []Entry {
+			out := make([]Entry, n)
+			for i := range out {
+				out[i] = e(rng.Uint64N(idSpace + 1))
+			}
+			return out
+		}
+		a := newTestStore(t, Options{Capacity: capacity, Shards: 1})
+		b := newTestStore(t, Options{Capacity: capacity, Shards: 1})
+		initial, pushed, merged := randEntries(rng.IntN(capacity+1)), randEntries(rng.IntN(2*capacity)), randEntries(rng.IntN(2*capacity+1))
+		for _, s := range []*Store{a, b} {
+			s.Replace(1, initial)
+			s.Push(1, pushed...) // a ring that starts anywhere
+		}
+		a.Merge(1, merged)
+		b.Push(1, merged...)
+		got, _ := a.Get(1)
+		want, _ := b.Get(1)
+		if !slices.Equal(got, want) {
+			t.Fatalf("trial %d, capacity %d: Merge of %v into %v = %v, Push = %v",
+				trial, capacity, statusIDs(merged), statusIDs(initial), statusIDs(got), statusIDs(want))
+		}
+		checkBytes(t, a)
+	}
+}
+
+// TestMergeOrderIndependent merges two random entry sets into a timeline
+// that is held, pending (with pushes of its own) or neither, in both
+// orders, and checks that the results are equal: a sibling's copy and a
+// rebuild's result can be applied in any order.
+func TestMergeOrderIndependent(t *testing.T) {
+	rng := testRand(t)
+	for trial := range 2000 {
+		capacity := 1 + rng.IntN(30)
+		idSpace := uint64(3 * capacity)
+		randEntries := func() []Entry {
+			out := make([]Entry, rng.IntN(2*capacity+1))
+			for i := range out {
+				out[i] = e(rng.Uint64N(idSpace + 1))
+			}
+			return out
+		}
+		initial, x, y := randEntries(), randEntries(), randEntries()
+		state := rng.IntN(3)
+		var results [2][]Entry
+		for k, order := range [2][2][]Entry{{x, y}, {y, x}} {
+			s := newTestStore(t, Options{Capacity: capacity, Shards: 1})
+			switch state {
+			case 0:
+				s.Replace(1, initial)
+			case 1:
+				s.Reserve(1)
+				s.Push(1, initial...)
+			}
+			for _, batch := range order {
+				s.Merge(1, batch)
+			}
+			var held bool
+			results[k], held = s.Get(1)
+			if !held {
+				t.Fatalf("trial %d: not held after Merge", trial)
+			}
+		}
+		if !slices.Equal(results[0], results[1]) {
+			t.Fatalf("trial %d (state %d, capacity %d): initial %v; merging %v then %v = %v, the other order %v",
+				trial, state, capacity, statusIDs(initial), statusIDs(x), statusIDs(y), statusIDs(results[0]), statusIDs(results[1]))
+		}
+	}
+}
+
+func TestPushManyMissing(t *testing.T) {
+	s := newTestStore(t, Options{Shards: 4})
+	s.Replace(1, nil)
+	s.Replace(2, es(1))
+	s.Reserve(3)
+	prefix := []uint64{100}
+	for _, tc := range []struct {
+		name        string
+		owners      []uint64
+		id          uint64
+		wantAdded   int
+		wantMissing []uint64 // after prefix
+	}{
+		{"mixed", []uint64{4, 1, 2, 3, 5, 4}, 10, 3, []uint64{4, 5, 4}},
+		{"all held", []uint64{1, 2, 3}, 11, 3, nil},
+		{"already there", []uint64{1, 6}, 11, 0, []uint64{6}},
+		{"none", nil, 12, 0, nil},
+		{"id 0", []uint64{1, 7}, 0, 0, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			added, missing := s.PushManyMissing(tc.owners, e(tc.id), slices.Clone(prefix))
+			if added != tc.wantAdded || !slices.Equal(missing, append(slices.Clone(prefix), tc.wantMissing...)) {
+				t.Fatalf("PushManyMissing(%v, %d) = %d %v, want %d %v+%v", tc.owners, tc.id, added, missing, tc.wantAdded, prefix, tc.wantMissing)
+			}
+		})
+	}
+	if got, _ := s.PushManyMissing([]uint64{9}, e(13), nil); got != 0 || s.Owners() != 3 {
+		t.Fatal("PushManyMissing created a timeline")
+	}
+}
+
+func TestEach(t *testing.T) {
+	s := newTestStore(t, Options{Shards: 4})
+	want := make(map[uint64][]uint64)
+	for o := range uint64(50) {
+		switch o % 3 {
+		case 0:
+			s.Replace(o, es(o+1, o+2))
+			want[o] = []uint64{o + 2, o + 1}
+		case 1:
+			s.Replace(o, nil)
+			want[o] = nil
+		case 2:
+			s.Reserve(o)
+			s.Push(o, e(o))
+		}
+	}
+	seen := make(map[uint64][]uint64)
+	s.Each(func(owner uint64, entries []Entry) bool {
+		if _, dup := seen[owner]; dup {
+			t.Errorf("owner %d visited twice", owner)
+		}
+		seen[owner] = statusIDs(entries)
+		if len(entries) == 0 && entries != nil {
+			t.Errorf("owner %d: empty timeline as %#v, want nil", owner, entries)
+		}
+		if len(entries) > 0 {
+			entries[0].StatusID = 0 // the copy is fn's
+		}
+		s.Push(owner, e(1000)) // fn may call the Store
+		return true
+	})
+	if len(seen) != len(want) {
+		t.Fatalf("visited %d owners, want %d", len(seen), len(want))
+	}
+	for o, ids := range want {
+		if got, ok := seen[o]; !ok || !slices.Equal(got, ids) {
+			t.Errorf("owner %d: %v (visited %v), want %v", o, got, ok, ids)
+		}
+		if got, _ := s.Get(o); len(got) == 0 || got[0].StatusID != 1000 || (len(ids) > 0 && got[1].StatusID != ids[0]) {
+			t.Errorf("owner %d after Each: %v", o, statusIDs(got))
+		}
+	}
+	calls := 0
+	s.Each(func(uint64, []Entry) bool { calls++; return calls < 5 })
+	if calls != 5 {
+		t.Fatalf("Each went on after false: %d calls", calls)
+	}
+}
+
+// TestEachConcurrent runs Each while timelines are pushed to, reserved,
+// merged and dropped, and checks that each copy is a timeline: bounded,
+// strictly descending and never an owner that was only ever pending.
+func TestEachConcurrent(t *testing.T) {
+	rng := testRand(t)
+	const (
+		capacity = 30
+		owners   = 200
+	)
+	s := newTestStore(t, Options{Capacity: capacity, Shards: 8})
+	for o := range uint64(owners) {
+		if o%2 == 0 {
+			s.Replace(o, nil)
+		}
+	}
+	seed := rng.Uint64()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		r := newRand(seed)
+		for id := uint64(1); ; id++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			o := r.Uint64N(owners/2) * 2 // the even owners: held
+			switch r.IntN(10) {
+			case 0:
+				s.Merge(o, es(id, id+r.Uint64N(50)))
+			case 1:
+				s.Reserve(o+1, o) // odd owners: only ever pending
+			default:
+				s.PushMany([]uint64{o, o + 1}, e(id))
+			}
+		}
+	})
+	for range 50 {
+		visited := 0
+		s.Each(func(owner uint64, entries []Entry) bool {
+			visited++
+			if owner%2 == 1 {
+				t.Errorf("pending owner %d visited", owner)
+			}
+			if len(entries) > capacity || !slices.IsSortedFunc(entries, func(a, b Entry) int { return -cmpID(a, b) }) ||
+				len(slices.CompactFunc(slices.Clone(entries), func(a, b Entry) bool { return a.StatusID == b.StatusID })) != len(entries) {
+				t.Errorf("owner %d: %v is not a bounded, strictly descending timeline", owner, statusIDs(entries))
+			}
+			return true
+		})
+		if visited != owners/2 {
+			t.Errorf("visited %d owners, want %d", visited, owners/2)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	checkBytes(t, s)
 }

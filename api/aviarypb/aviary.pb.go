@@ -3580,10 +3580,12 @@ func (x *ProposeResponse) GetVersion() uint64 {
 }
 
 type JoinRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	RaftAddr      string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
-	GrpcAddr      string                 `protobuf:"bytes,3,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	NodeId   string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	RaftAddr string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	GrpcAddr string                 `protobuf:"bytes,3,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	// The node holds home timelines (is on the timeline rings).
+	Timeline      bool `protobuf:"varint,4,opt,name=timeline,proto3" json:"timeline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3637,6 +3639,13 @@ func (x *JoinRequest) GetGrpcAddr() string {
 		return x.GrpcAddr
 	}
 	return ""
+}
+
+func (x *JoinRequest) GetTimeline() bool {
+	if x != nil {
+		return x.Timeline
+	}
+	return false
 }
 
 type JoinResponse struct {
@@ -4678,6 +4687,1466 @@ func (x *JournalEntry) GetAtUnixMs() int64 {
 	return 0
 }
 
+// TimelineEntry is one entry of a home timeline.
+type TimelineEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StatusId      uint64                 `protobuf:"varint,1,opt,name=status_id,json=statusId,proto3" json:"status_id,omitempty"`
+	AuthorId      uint64                 `protobuf:"varint,2,opt,name=author_id,json=authorId,proto3" json:"author_id,omitempty"`
+	Flags         uint32                 `protobuf:"fixed32,3,opt,name=flags,proto3" json:"flags,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimelineEntry) Reset() {
+	*x = TimelineEntry{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimelineEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimelineEntry) ProtoMessage() {}
+
+func (x *TimelineEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimelineEntry.ProtoReflect.Descriptor instead.
+func (*TimelineEntry) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *TimelineEntry) GetStatusId() uint64 {
+	if x != nil {
+		return x.StatusId
+	}
+	return 0
+}
+
+func (x *TimelineEntry) GetAuthorId() uint64 {
+	if x != nil {
+		return x.AuthorId
+	}
+	return 0
+}
+
+func (x *TimelineEntry) GetFlags() uint32 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+type PostRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	AuthorId uint64                 `protobuf:"varint,1,opt,name=author_id,json=authorId,proto3" json:"author_id,omitempty"`
+	// 0: the node assigns a new time-ordered id.
+	StatusId      uint64 `protobuf:"varint,2,opt,name=status_id,json=statusId,proto3" json:"status_id,omitempty"`
+	Flags         uint32 `protobuf:"fixed32,3,opt,name=flags,proto3" json:"flags,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PostRequest) Reset() {
+	*x = PostRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PostRequest) ProtoMessage() {}
+
+func (x *PostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PostRequest.ProtoReflect.Descriptor instead.
+func (*PostRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *PostRequest) GetAuthorId() uint64 {
+	if x != nil {
+		return x.AuthorId
+	}
+	return 0
+}
+
+func (x *PostRequest) GetStatusId() uint64 {
+	if x != nil {
+		return x.StatusId
+	}
+	return 0
+}
+
+func (x *PostRequest) GetFlags() uint32 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+type PostResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StatusId      uint64                 `protobuf:"varint,1,opt,name=status_id,json=statusId,proto3" json:"status_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PostResponse) Reset() {
+	*x = PostResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PostResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PostResponse) ProtoMessage() {}
+
+func (x *PostResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PostResponse.ProtoReflect.Descriptor instead.
+func (*PostResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *PostResponse) GetStatusId() uint64 {
+	if x != nil {
+		return x.StatusId
+	}
+	return 0
+}
+
+type FollowRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	FollowerId    uint64                 `protobuf:"varint,1,opt,name=follower_id,json=followerId,proto3" json:"follower_id,omitempty"`
+	FolloweeId    uint64                 `protobuf:"varint,2,opt,name=followee_id,json=followeeId,proto3" json:"followee_id,omitempty"`
+	Unfollow      bool                   `protobuf:"varint,3,opt,name=unfollow,proto3" json:"unfollow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FollowRequest) Reset() {
+	*x = FollowRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FollowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FollowRequest) ProtoMessage() {}
+
+func (x *FollowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FollowRequest.ProtoReflect.Descriptor instead.
+func (*FollowRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *FollowRequest) GetFollowerId() uint64 {
+	if x != nil {
+		return x.FollowerId
+	}
+	return 0
+}
+
+func (x *FollowRequest) GetFolloweeId() uint64 {
+	if x != nil {
+		return x.FolloweeId
+	}
+	return 0
+}
+
+func (x *FollowRequest) GetUnfollow() bool {
+	if x != nil {
+		return x.Unfollow
+	}
+	return false
+}
+
+type FollowResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FollowResponse) Reset() {
+	*x = FollowResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FollowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FollowResponse) ProtoMessage() {}
+
+func (x *FollowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FollowResponse.ProtoReflect.Descriptor instead.
+func (*FollowResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{74}
+}
+
+type PushRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entry         *TimelineEntry         `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	Owners        []uint64               `protobuf:"varint,2,rep,packed,name=owners,proto3" json:"owners,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushRequest) Reset() {
+	*x = PushRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushRequest) ProtoMessage() {}
+
+func (x *PushRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushRequest.ProtoReflect.Descriptor instead.
+func (*PushRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *PushRequest) GetEntry() *TimelineEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+func (x *PushRequest) GetOwners() []uint64 {
+	if x != nil {
+		return x.Owners
+	}
+	return nil
+}
+
+type PushResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Timeline replicas the entry was added to (new to them).
+	Added uint32 `protobuf:"varint,1,opt,name=added,proto3" json:"added,omitempty"`
+	// Timeline replicas that could not be reached.
+	Failed        uint32 `protobuf:"varint,2,opt,name=failed,proto3" json:"failed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushResponse) Reset() {
+	*x = PushResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushResponse) ProtoMessage() {}
+
+func (x *PushResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushResponse.ProtoReflect.Descriptor instead.
+func (*PushResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *PushResponse) GetAdded() uint32 {
+	if x != nil {
+		return x.Added
+	}
+	return 0
+}
+
+func (x *PushResponse) GetFailed() uint32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+type TimelineQuery struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Owner uint64                 `protobuf:"varint,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Only entries with status_id <= max_id (0: no upper bound).
+	MaxId uint64 `protobuf:"varint,2,opt,name=max_id,json=maxId,proto3" json:"max_id,omitempty"`
+	// Only entries with status_id > since_id (0: no lower bound).
+	SinceId uint64 `protobuf:"varint,3,opt,name=since_id,json=sinceId,proto3" json:"since_id,omitempty"`
+	// Most entries returned; 0 means 20, at most the timeline capacity.
+	Limit         int32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimelineQuery) Reset() {
+	*x = TimelineQuery{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimelineQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimelineQuery) ProtoMessage() {}
+
+func (x *TimelineQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimelineQuery.ProtoReflect.Descriptor instead.
+func (*TimelineQuery) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *TimelineQuery) GetOwner() uint64 {
+	if x != nil {
+		return x.Owner
+	}
+	return 0
+}
+
+func (x *TimelineQuery) GetMaxId() uint64 {
+	if x != nil {
+		return x.MaxId
+	}
+	return 0
+}
+
+func (x *TimelineQuery) GetSinceId() uint64 {
+	if x != nil {
+		return x.SinceId
+	}
+	return 0
+}
+
+func (x *TimelineQuery) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ReadRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Queries       []*TimelineQuery       `protobuf:"bytes,1,rep,name=queries,proto3" json:"queries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadRequest) Reset() {
+	*x = ReadRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadRequest) ProtoMessage() {}
+
+func (x *ReadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
+func (*ReadRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *ReadRequest) GetQueries() []*TimelineQuery {
+	if x != nil {
+		return x.Queries
+	}
+	return nil
+}
+
+type TimelineResult struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Owner   uint64                 `protobuf:"varint,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	Entries []*TimelineEntry       `protobuf:"bytes,2,rep,name=entries,proto3" json:"entries,omitempty"`
+	// The node whose replica answered ("" if the timeline was rebuilt).
+	Node string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	// The timeline was rebuilt from the index for this read.
+	Rebuilt       bool `protobuf:"varint,4,opt,name=rebuilt,proto3" json:"rebuilt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimelineResult) Reset() {
+	*x = TimelineResult{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimelineResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimelineResult) ProtoMessage() {}
+
+func (x *TimelineResult) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimelineResult.ProtoReflect.Descriptor instead.
+func (*TimelineResult) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *TimelineResult) GetOwner() uint64 {
+	if x != nil {
+		return x.Owner
+	}
+	return 0
+}
+
+func (x *TimelineResult) GetEntries() []*TimelineEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *TimelineResult) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *TimelineResult) GetRebuilt() bool {
+	if x != nil {
+		return x.Rebuilt
+	}
+	return false
+}
+
+type ReadResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*TimelineResult      `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadResponse) Reset() {
+	*x = ReadResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadResponse) ProtoMessage() {}
+
+func (x *ReadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
+func (*ReadResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *ReadResponse) GetResults() []*TimelineResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type TimelineRemoveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StatusId      uint64                 `protobuf:"varint,1,opt,name=status_id,json=statusId,proto3" json:"status_id,omitempty"`
+	Owners        []uint64               `protobuf:"varint,2,rep,packed,name=owners,proto3" json:"owners,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimelineRemoveRequest) Reset() {
+	*x = TimelineRemoveRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimelineRemoveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimelineRemoveRequest) ProtoMessage() {}
+
+func (x *TimelineRemoveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimelineRemoveRequest.ProtoReflect.Descriptor instead.
+func (*TimelineRemoveRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *TimelineRemoveRequest) GetStatusId() uint64 {
+	if x != nil {
+		return x.StatusId
+	}
+	return 0
+}
+
+func (x *TimelineRemoveRequest) GetOwners() []uint64 {
+	if x != nil {
+		return x.Owners
+	}
+	return nil
+}
+
+type TimelineRemoveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Removed       uint32                 `protobuf:"varint,1,opt,name=removed,proto3" json:"removed,omitempty"`
+	Failed        uint32                 `protobuf:"varint,2,opt,name=failed,proto3" json:"failed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimelineRemoveResponse) Reset() {
+	*x = TimelineRemoveResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimelineRemoveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimelineRemoveResponse) ProtoMessage() {}
+
+func (x *TimelineRemoveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimelineRemoveResponse.ProtoReflect.Descriptor instead.
+func (*TimelineRemoveResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{82}
+}
+
+func (x *TimelineRemoveResponse) GetRemoved() uint32 {
+	if x != nil {
+		return x.Removed
+	}
+	return 0
+}
+
+func (x *TimelineRemoveResponse) GetFailed() uint32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+type LengthRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Owner         uint64                 `protobuf:"varint,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LengthRequest) Reset() {
+	*x = LengthRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LengthRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LengthRequest) ProtoMessage() {}
+
+func (x *LengthRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LengthRequest.ProtoReflect.Descriptor instead.
+func (*LengthRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{83}
+}
+
+func (x *LengthRequest) GetOwner() uint64 {
+	if x != nil {
+		return x.Owner
+	}
+	return 0
+}
+
+type LengthResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Length        uint32                 `protobuf:"varint,1,opt,name=length,proto3" json:"length,omitempty"`
+	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LengthResponse) Reset() {
+	*x = LengthResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LengthResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LengthResponse) ProtoMessage() {}
+
+func (x *LengthResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LengthResponse.ProtoReflect.Descriptor instead.
+func (*LengthResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{84}
+}
+
+func (x *LengthResponse) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *LengthResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+// Delivery is one entry for some timelines.
+type Delivery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entry         *TimelineEntry         `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	Owners        []uint64               `protobuf:"varint,2,rep,packed,name=owners,proto3" json:"owners,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Delivery) Reset() {
+	*x = Delivery{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Delivery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Delivery) ProtoMessage() {}
+
+func (x *Delivery) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
+func (*Delivery) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{85}
+}
+
+func (x *Delivery) GetEntry() *TimelineEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+func (x *Delivery) GetOwners() []uint64 {
+	if x != nil {
+		return x.Owners
+	}
+	return nil
+}
+
+type ReplicaPushRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Deliveries    []*Delivery            `protobuf:"bytes,1,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaPushRequest) Reset() {
+	*x = ReplicaPushRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaPushRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaPushRequest) ProtoMessage() {}
+
+func (x *ReplicaPushRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaPushRequest.ProtoReflect.Descriptor instead.
+func (*ReplicaPushRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *ReplicaPushRequest) GetDeliveries() []*Delivery {
+	if x != nil {
+		return x.Deliveries
+	}
+	return nil
+}
+
+type ReplicaPushResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Added uint32                 `protobuf:"varint,1,opt,name=added,proto3" json:"added,omitempty"`
+	// Owners of the request this node does not hold (nothing was added to
+	// them): candidates for a refill.
+	Missing       []uint64 `protobuf:"varint,2,rep,packed,name=missing,proto3" json:"missing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaPushResponse) Reset() {
+	*x = ReplicaPushResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[87]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaPushResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaPushResponse) ProtoMessage() {}
+
+func (x *ReplicaPushResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[87]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaPushResponse.ProtoReflect.Descriptor instead.
+func (*ReplicaPushResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{87}
+}
+
+func (x *ReplicaPushResponse) GetAdded() uint32 {
+	if x != nil {
+		return x.Added
+	}
+	return 0
+}
+
+func (x *ReplicaPushResponse) GetMissing() []uint64 {
+	if x != nil {
+		return x.Missing
+	}
+	return nil
+}
+
+type ReplicaReadRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Queries       []*TimelineQuery       `protobuf:"bytes,1,rep,name=queries,proto3" json:"queries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaReadRequest) Reset() {
+	*x = ReplicaReadRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[88]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaReadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaReadRequest) ProtoMessage() {}
+
+func (x *ReplicaReadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[88]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaReadRequest.ProtoReflect.Descriptor instead.
+func (*ReplicaReadRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{88}
+}
+
+func (x *ReplicaReadRequest) GetQueries() []*TimelineQuery {
+	if x != nil {
+		return x.Queries
+	}
+	return nil
+}
+
+type ReplicaTimeline struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Owner uint64                 `protobuf:"varint,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Whether this node holds the timeline (false: entries is empty and says
+	// nothing).
+	Held          bool             `protobuf:"varint,2,opt,name=held,proto3" json:"held,omitempty"`
+	Entries       []*TimelineEntry `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
+	Length        uint32           `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaTimeline) Reset() {
+	*x = ReplicaTimeline{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[89]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaTimeline) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaTimeline) ProtoMessage() {}
+
+func (x *ReplicaTimeline) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[89]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaTimeline.ProtoReflect.Descriptor instead.
+func (*ReplicaTimeline) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{89}
+}
+
+func (x *ReplicaTimeline) GetOwner() uint64 {
+	if x != nil {
+		return x.Owner
+	}
+	return 0
+}
+
+func (x *ReplicaTimeline) GetHeld() bool {
+	if x != nil {
+		return x.Held
+	}
+	return false
+}
+
+func (x *ReplicaTimeline) GetEntries() []*TimelineEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *ReplicaTimeline) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+type ReplicaReadResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*ReplicaTimeline     `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaReadResponse) Reset() {
+	*x = ReplicaReadResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[90]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaReadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaReadResponse) ProtoMessage() {}
+
+func (x *ReplicaReadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[90]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaReadResponse.ProtoReflect.Descriptor instead.
+func (*ReplicaReadResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{90}
+}
+
+func (x *ReplicaReadResponse) GetResults() []*ReplicaTimeline {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type ReplicaRemoveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StatusId      uint64                 `protobuf:"varint,1,opt,name=status_id,json=statusId,proto3" json:"status_id,omitempty"`
+	Owners        []uint64               `protobuf:"varint,2,rep,packed,name=owners,proto3" json:"owners,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaRemoveRequest) Reset() {
+	*x = ReplicaRemoveRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[91]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaRemoveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaRemoveRequest) ProtoMessage() {}
+
+func (x *ReplicaRemoveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[91]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaRemoveRequest.ProtoReflect.Descriptor instead.
+func (*ReplicaRemoveRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{91}
+}
+
+func (x *ReplicaRemoveRequest) GetStatusId() uint64 {
+	if x != nil {
+		return x.StatusId
+	}
+	return 0
+}
+
+func (x *ReplicaRemoveRequest) GetOwners() []uint64 {
+	if x != nil {
+		return x.Owners
+	}
+	return nil
+}
+
+type ReplicaRemoveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Removed       uint32                 `protobuf:"varint,1,opt,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaRemoveResponse) Reset() {
+	*x = ReplicaRemoveResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[92]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaRemoveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaRemoveResponse) ProtoMessage() {}
+
+func (x *ReplicaRemoveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[92]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaRemoveResponse.ProtoReflect.Descriptor instead.
+func (*ReplicaRemoveResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{92}
+}
+
+func (x *ReplicaRemoveResponse) GetRemoved() uint32 {
+	if x != nil {
+		return x.Removed
+	}
+	return 0
+}
+
+type ReplicaMergeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Timelines     []*ReplicaTimeline     `protobuf:"bytes,1,rep,name=timelines,proto3" json:"timelines,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaMergeRequest) Reset() {
+	*x = ReplicaMergeRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[93]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaMergeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaMergeRequest) ProtoMessage() {}
+
+func (x *ReplicaMergeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[93]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaMergeRequest.ProtoReflect.Descriptor instead.
+func (*ReplicaMergeRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{93}
+}
+
+func (x *ReplicaMergeRequest) GetTimelines() []*ReplicaTimeline {
+	if x != nil {
+		return x.Timelines
+	}
+	return nil
+}
+
+type ReplicaMergeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaMergeResponse) Reset() {
+	*x = ReplicaMergeResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[94]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaMergeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaMergeResponse) ProtoMessage() {}
+
+func (x *ReplicaMergeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[94]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaMergeResponse.ProtoReflect.Descriptor instead.
+func (*ReplicaMergeResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{94}
+}
+
+type ReplicaReserveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Owners        []uint64               `protobuf:"varint,1,rep,packed,name=owners,proto3" json:"owners,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaReserveRequest) Reset() {
+	*x = ReplicaReserveRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[95]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaReserveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaReserveRequest) ProtoMessage() {}
+
+func (x *ReplicaReserveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[95]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaReserveRequest.ProtoReflect.Descriptor instead.
+func (*ReplicaReserveRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{95}
+}
+
+func (x *ReplicaReserveRequest) GetOwners() []uint64 {
+	if x != nil {
+		return x.Owners
+	}
+	return nil
+}
+
+type ReplicaReserveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaReserveResponse) Reset() {
+	*x = ReplicaReserveResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[96]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaReserveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaReserveResponse) ProtoMessage() {}
+
+func (x *ReplicaReserveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[96]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaReserveResponse.ProtoReflect.Descriptor instead.
+func (*ReplicaReserveResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{96}
+}
+
+type ReplicaExportRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node asking: timelines whose replicas include it are sent.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// The timeline nodes of the rings, by id.
+	RingNodes     []string `protobuf:"bytes,2,rep,name=ring_nodes,json=ringNodes,proto3" json:"ring_nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaExportRequest) Reset() {
+	*x = ReplicaExportRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[97]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaExportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaExportRequest) ProtoMessage() {}
+
+func (x *ReplicaExportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[97]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaExportRequest.ProtoReflect.Descriptor instead.
+func (*ReplicaExportRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{97}
+}
+
+func (x *ReplicaExportRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ReplicaExportRequest) GetRingNodes() []string {
+	if x != nil {
+		return x.RingNodes
+	}
+	return nil
+}
+
+type ReplicaExportResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Timelines     []*ReplicaTimeline     `protobuf:"bytes,1,rep,name=timelines,proto3" json:"timelines,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaExportResponse) Reset() {
+	*x = ReplicaExportResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[98]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaExportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaExportResponse) ProtoMessage() {}
+
+func (x *ReplicaExportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[98]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaExportResponse.ProtoReflect.Descriptor instead.
+func (*ReplicaExportResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{98}
+}
+
+func (x *ReplicaExportResponse) GetTimelines() []*ReplicaTimeline {
+	if x != nil {
+		return x.Timelines
+	}
+	return nil
+}
+
 type MultiGetResponse_Item struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -4690,7 +6159,7 @@ type MultiGetResponse_Item struct {
 
 func (x *MultiGetResponse_Item) Reset() {
 	*x = MultiGetResponse_Item{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4702,7 +6171,7 @@ func (x *MultiGetResponse_Item) String() string {
 func (*MultiGetResponse_Item) ProtoMessage() {}
 
 func (x *MultiGetResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4757,7 +6226,7 @@ type CountResponse_Month struct {
 
 func (x *CountResponse_Month) Reset() {
 	*x = CountResponse_Month{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[71]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4769,7 +6238,7 @@ func (x *CountResponse_Month) String() string {
 func (*CountResponse_Month) ProtoMessage() {}
 
 func (x *CountResponse_Month) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[71]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4809,7 +6278,7 @@ type Mutation_Put struct {
 
 func (x *Mutation_Put) Reset() {
 	*x = Mutation_Put{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[72]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4821,7 +6290,7 @@ func (x *Mutation_Put) String() string {
 func (*Mutation_Put) ProtoMessage() {}
 
 func (x *Mutation_Put) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[72]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4860,7 +6329,7 @@ type Mutation_Delete struct {
 
 func (x *Mutation_Delete) Reset() {
 	*x = Mutation_Delete{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[73]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4872,7 +6341,7 @@ func (x *Mutation_Delete) String() string {
 func (*Mutation_Delete) ProtoMessage() {}
 
 func (x *Mutation_Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[73]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4906,7 +6375,7 @@ type Mutation_Append struct {
 
 func (x *Mutation_Append) Reset() {
 	*x = Mutation_Append{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[74]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4918,7 +6387,7 @@ func (x *Mutation_Append) String() string {
 func (*Mutation_Append) ProtoMessage() {}
 
 func (x *Mutation_Append) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[74]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4965,7 +6434,7 @@ type Mutation_Remove struct {
 
 func (x *Mutation_Remove) Reset() {
 	*x = Mutation_Remove{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[75]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4977,7 +6446,7 @@ func (x *Mutation_Remove) String() string {
 func (*Mutation_Remove) ProtoMessage() {}
 
 func (x *Mutation_Remove) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[75]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5019,7 +6488,7 @@ type JournalEntry_Target struct {
 
 func (x *JournalEntry_Target) Reset() {
 	*x = JournalEntry_Target{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[78]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5031,7 +6500,7 @@ func (x *JournalEntry_Target) String() string {
 func (*JournalEntry_Target) ProtoMessage() {}
 
 func (x *JournalEntry_Target) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[78]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5321,11 +6790,12 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\vchange_json\x18\x01 \x01(\fR\n" +
 	"changeJson\"+\n" +
 	"\x0fProposeResponse\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\x04R\aversion\"`\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\"|\n" +
 	"\vJoinRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1b\n" +
-	"\tgrpc_addr\x18\x03 \x01(\tR\bgrpcAddr\"(\n" +
+	"\tgrpc_addr\x18\x03 \x01(\tR\bgrpcAddr\x12\x1a\n" +
+	"\btimeline\x18\x04 \x01(\bR\btimeline\"(\n" +
 	"\fJoinResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\"\x0f\n" +
 	"\rStatusRequest\"\x93\x03\n" +
@@ -5433,7 +6903,91 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\x06Target\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\tR\x05shard\x12\x1c\n" +
-	"\tmutations\x18\x03 \x03(\rR\tmutations*P\n" +
+	"\tmutations\x18\x03 \x03(\rR\tmutations\"_\n" +
+	"\rTimelineEntry\x12\x1b\n" +
+	"\tstatus_id\x18\x01 \x01(\x04R\bstatusId\x12\x1b\n" +
+	"\tauthor_id\x18\x02 \x01(\x04R\bauthorId\x12\x14\n" +
+	"\x05flags\x18\x03 \x01(\aR\x05flags\"]\n" +
+	"\vPostRequest\x12\x1b\n" +
+	"\tauthor_id\x18\x01 \x01(\x04R\bauthorId\x12\x1b\n" +
+	"\tstatus_id\x18\x02 \x01(\x04R\bstatusId\x12\x14\n" +
+	"\x05flags\x18\x03 \x01(\aR\x05flags\"+\n" +
+	"\fPostResponse\x12\x1b\n" +
+	"\tstatus_id\x18\x01 \x01(\x04R\bstatusId\"m\n" +
+	"\rFollowRequest\x12\x1f\n" +
+	"\vfollower_id\x18\x01 \x01(\x04R\n" +
+	"followerId\x12\x1f\n" +
+	"\vfollowee_id\x18\x02 \x01(\x04R\n" +
+	"followeeId\x12\x1a\n" +
+	"\bunfollow\x18\x03 \x01(\bR\bunfollow\"\x10\n" +
+	"\x0eFollowResponse\"U\n" +
+	"\vPushRequest\x12.\n" +
+	"\x05entry\x18\x01 \x01(\v2\x18.aviary.v1.TimelineEntryR\x05entry\x12\x16\n" +
+	"\x06owners\x18\x02 \x03(\x04R\x06owners\"<\n" +
+	"\fPushResponse\x12\x14\n" +
+	"\x05added\x18\x01 \x01(\rR\x05added\x12\x16\n" +
+	"\x06failed\x18\x02 \x01(\rR\x06failed\"m\n" +
+	"\rTimelineQuery\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\x04R\x05owner\x12\x15\n" +
+	"\x06max_id\x18\x02 \x01(\x04R\x05maxId\x12\x19\n" +
+	"\bsince_id\x18\x03 \x01(\x04R\asinceId\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\x05R\x05limit\"A\n" +
+	"\vReadRequest\x122\n" +
+	"\aqueries\x18\x01 \x03(\v2\x18.aviary.v1.TimelineQueryR\aqueries\"\x88\x01\n" +
+	"\x0eTimelineResult\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\x04R\x05owner\x122\n" +
+	"\aentries\x18\x02 \x03(\v2\x18.aviary.v1.TimelineEntryR\aentries\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x18\n" +
+	"\arebuilt\x18\x04 \x01(\bR\arebuilt\"C\n" +
+	"\fReadResponse\x123\n" +
+	"\aresults\x18\x01 \x03(\v2\x19.aviary.v1.TimelineResultR\aresults\"L\n" +
+	"\x15TimelineRemoveRequest\x12\x1b\n" +
+	"\tstatus_id\x18\x01 \x01(\x04R\bstatusId\x12\x16\n" +
+	"\x06owners\x18\x02 \x03(\x04R\x06owners\"J\n" +
+	"\x16TimelineRemoveResponse\x12\x18\n" +
+	"\aremoved\x18\x01 \x01(\rR\aremoved\x12\x16\n" +
+	"\x06failed\x18\x02 \x01(\rR\x06failed\"%\n" +
+	"\rLengthRequest\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\x04R\x05owner\"<\n" +
+	"\x0eLengthResponse\x12\x16\n" +
+	"\x06length\x18\x01 \x01(\rR\x06length\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\"R\n" +
+	"\bDelivery\x12.\n" +
+	"\x05entry\x18\x01 \x01(\v2\x18.aviary.v1.TimelineEntryR\x05entry\x12\x16\n" +
+	"\x06owners\x18\x02 \x03(\x04R\x06owners\"I\n" +
+	"\x12ReplicaPushRequest\x123\n" +
+	"\n" +
+	"deliveries\x18\x01 \x03(\v2\x13.aviary.v1.DeliveryR\n" +
+	"deliveries\"E\n" +
+	"\x13ReplicaPushResponse\x12\x14\n" +
+	"\x05added\x18\x01 \x01(\rR\x05added\x12\x18\n" +
+	"\amissing\x18\x02 \x03(\x04R\amissing\"H\n" +
+	"\x12ReplicaReadRequest\x122\n" +
+	"\aqueries\x18\x01 \x03(\v2\x18.aviary.v1.TimelineQueryR\aqueries\"\x87\x01\n" +
+	"\x0fReplicaTimeline\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\x04R\x05owner\x12\x12\n" +
+	"\x04held\x18\x02 \x01(\bR\x04held\x122\n" +
+	"\aentries\x18\x03 \x03(\v2\x18.aviary.v1.TimelineEntryR\aentries\x12\x16\n" +
+	"\x06length\x18\x04 \x01(\rR\x06length\"K\n" +
+	"\x13ReplicaReadResponse\x124\n" +
+	"\aresults\x18\x01 \x03(\v2\x1a.aviary.v1.ReplicaTimelineR\aresults\"K\n" +
+	"\x14ReplicaRemoveRequest\x12\x1b\n" +
+	"\tstatus_id\x18\x01 \x01(\x04R\bstatusId\x12\x16\n" +
+	"\x06owners\x18\x02 \x03(\x04R\x06owners\"1\n" +
+	"\x15ReplicaRemoveResponse\x12\x18\n" +
+	"\aremoved\x18\x01 \x01(\rR\aremoved\"O\n" +
+	"\x13ReplicaMergeRequest\x128\n" +
+	"\ttimelines\x18\x01 \x03(\v2\x1a.aviary.v1.ReplicaTimelineR\ttimelines\"\x16\n" +
+	"\x14ReplicaMergeResponse\"/\n" +
+	"\x15ReplicaReserveRequest\x12\x16\n" +
+	"\x06owners\x18\x01 \x03(\x04R\x06owners\"\x18\n" +
+	"\x16ReplicaReserveResponse\"I\n" +
+	"\x14ReplicaExportRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1d\n" +
+	"\n" +
+	"ring_nodes\x18\x02 \x03(\tR\tringNodes\"Q\n" +
+	"\x15ReplicaExportResponse\x128\n" +
+	"\ttimelines\x18\x01 \x03(\v2\x1a.aviary.v1.ReplicaTimelineR\ttimelines*P\n" +
 	"\vConsistency\x12\x17\n" +
 	"\x13CONSISTENCY_DEFAULT\x10\x00\x12\x13\n" +
 	"\x0fCONSISTENCY_ONE\x10\x01\x12\x13\n" +
@@ -5492,7 +7046,20 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\aReplica\x12:\n" +
 	"\x05Apply\x12\x17.aviary.v1.ApplyRequest\x1a\x18.aviary.v1.ApplyResponse\x12L\n" +
 	"\vApplyRemote\x12\x1d.aviary.v1.ApplyRemoteRequest\x1a\x1e.aviary.v1.ApplyRemoteResponse\x12^\n" +
-	"\x11ReplicationStatus\x12#.aviary.v1.ReplicationStatusRequest\x1a$.aviary.v1.ReplicationStatusResponseB2Z0github.com/aviarydb/aviary/api/aviarypb;aviarypbb\x06proto3"
+	"\x11ReplicationStatus\x12#.aviary.v1.ReplicationStatusRequest\x1a$.aviary.v1.ReplicationStatusResponse2\xf1\x06\n" +
+	"\tTimelines\x127\n" +
+	"\x04Post\x12\x16.aviary.v1.PostRequest\x1a\x17.aviary.v1.PostResponse\x12=\n" +
+	"\x06Follow\x12\x18.aviary.v1.FollowRequest\x1a\x19.aviary.v1.FollowResponse\x127\n" +
+	"\x04Push\x12\x16.aviary.v1.PushRequest\x1a\x17.aviary.v1.PushResponse\x127\n" +
+	"\x04Read\x12\x16.aviary.v1.ReadRequest\x1a\x17.aviary.v1.ReadResponse\x12M\n" +
+	"\x06Remove\x12 .aviary.v1.TimelineRemoveRequest\x1a!.aviary.v1.TimelineRemoveResponse\x12=\n" +
+	"\x06Length\x12\x18.aviary.v1.LengthRequest\x1a\x19.aviary.v1.LengthResponse\x12L\n" +
+	"\vReplicaPush\x12\x1d.aviary.v1.ReplicaPushRequest\x1a\x1e.aviary.v1.ReplicaPushResponse\x12L\n" +
+	"\vReplicaRead\x12\x1d.aviary.v1.ReplicaReadRequest\x1a\x1e.aviary.v1.ReplicaReadResponse\x12R\n" +
+	"\rReplicaRemove\x12\x1f.aviary.v1.ReplicaRemoveRequest\x1a .aviary.v1.ReplicaRemoveResponse\x12O\n" +
+	"\fReplicaMerge\x12\x1e.aviary.v1.ReplicaMergeRequest\x1a\x1f.aviary.v1.ReplicaMergeResponse\x12U\n" +
+	"\x0eReplicaReserve\x12 .aviary.v1.ReplicaReserveRequest\x1a!.aviary.v1.ReplicaReserveResponse\x12T\n" +
+	"\rReplicaExport\x12\x1f.aviary.v1.ReplicaExportRequest\x1a .aviary.v1.ReplicaExportResponse0\x01B2Z0github.com/aviarydb/aviary/api/aviarypb;aviarypbb\x06proto3"
 
 var (
 	file_aviary_v1_aviary_proto_rawDescOnce sync.Once
@@ -5507,7 +7074,7 @@ func file_aviary_v1_aviary_proto_rawDescGZIP() []byte {
 }
 
 var file_aviary_v1_aviary_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_aviary_v1_aviary_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
+var file_aviary_v1_aviary_proto_msgTypes = make([]protoimpl.MessageInfo, 108)
 var file_aviary_v1_aviary_proto_goTypes = []any{
 	(Consistency)(0),                  // 0: aviary.v1.Consistency
 	(Outcome)(0),                      // 1: aviary.v1.Outcome
@@ -5582,136 +7149,200 @@ var file_aviary_v1_aviary_proto_goTypes = []any{
 	(*ApplyRequest)(nil),              // 70: aviary.v1.ApplyRequest
 	(*ApplyResponse)(nil),             // 71: aviary.v1.ApplyResponse
 	(*JournalEntry)(nil),              // 72: aviary.v1.JournalEntry
-	(*MultiGetResponse_Item)(nil),     // 73: aviary.v1.MultiGetResponse.Item
-	(*CountResponse_Month)(nil),       // 74: aviary.v1.CountResponse.Month
-	(*Mutation_Put)(nil),              // 75: aviary.v1.Mutation.Put
-	(*Mutation_Delete)(nil),           // 76: aviary.v1.Mutation.Delete
-	(*Mutation_Append)(nil),           // 77: aviary.v1.Mutation.Append
-	(*Mutation_Remove)(nil),           // 78: aviary.v1.Mutation.Remove
-	nil,                               // 79: aviary.v1.StatusResponse.VotersEntry
-	nil,                               // 80: aviary.v1.ReplicationStatusResponse.SiteWatermarksEntry
-	(*JournalEntry_Target)(nil),       // 81: aviary.v1.JournalEntry.Target
+	(*TimelineEntry)(nil),             // 73: aviary.v1.TimelineEntry
+	(*PostRequest)(nil),               // 74: aviary.v1.PostRequest
+	(*PostResponse)(nil),              // 75: aviary.v1.PostResponse
+	(*FollowRequest)(nil),             // 76: aviary.v1.FollowRequest
+	(*FollowResponse)(nil),            // 77: aviary.v1.FollowResponse
+	(*PushRequest)(nil),               // 78: aviary.v1.PushRequest
+	(*PushResponse)(nil),              // 79: aviary.v1.PushResponse
+	(*TimelineQuery)(nil),             // 80: aviary.v1.TimelineQuery
+	(*ReadRequest)(nil),               // 81: aviary.v1.ReadRequest
+	(*TimelineResult)(nil),            // 82: aviary.v1.TimelineResult
+	(*ReadResponse)(nil),              // 83: aviary.v1.ReadResponse
+	(*TimelineRemoveRequest)(nil),     // 84: aviary.v1.TimelineRemoveRequest
+	(*TimelineRemoveResponse)(nil),    // 85: aviary.v1.TimelineRemoveResponse
+	(*LengthRequest)(nil),             // 86: aviary.v1.LengthRequest
+	(*LengthResponse)(nil),            // 87: aviary.v1.LengthResponse
+	(*Delivery)(nil),                  // 88: aviary.v1.Delivery
+	(*ReplicaPushRequest)(nil),        // 89: aviary.v1.ReplicaPushRequest
+	(*ReplicaPushResponse)(nil),       // 90: aviary.v1.ReplicaPushResponse
+	(*ReplicaReadRequest)(nil),        // 91: aviary.v1.ReplicaReadRequest
+	(*ReplicaTimeline)(nil),           // 92: aviary.v1.ReplicaTimeline
+	(*ReplicaReadResponse)(nil),       // 93: aviary.v1.ReplicaReadResponse
+	(*ReplicaRemoveRequest)(nil),      // 94: aviary.v1.ReplicaRemoveRequest
+	(*ReplicaRemoveResponse)(nil),     // 95: aviary.v1.ReplicaRemoveResponse
+	(*ReplicaMergeRequest)(nil),       // 96: aviary.v1.ReplicaMergeRequest
+	(*ReplicaMergeResponse)(nil),      // 97: aviary.v1.ReplicaMergeResponse
+	(*ReplicaReserveRequest)(nil),     // 98: aviary.v1.ReplicaReserveRequest
+	(*ReplicaReserveResponse)(nil),    // 99: aviary.v1.ReplicaReserveResponse
+	(*ReplicaExportRequest)(nil),      // 100: aviary.v1.ReplicaExportRequest
+	(*ReplicaExportResponse)(nil),     // 101: aviary.v1.ReplicaExportResponse
+	(*MultiGetResponse_Item)(nil),     // 102: aviary.v1.MultiGetResponse.Item
+	(*CountResponse_Month)(nil),       // 103: aviary.v1.CountResponse.Month
+	(*Mutation_Put)(nil),              // 104: aviary.v1.Mutation.Put
+	(*Mutation_Delete)(nil),           // 105: aviary.v1.Mutation.Delete
+	(*Mutation_Append)(nil),           // 106: aviary.v1.Mutation.Append
+	(*Mutation_Remove)(nil),           // 107: aviary.v1.Mutation.Remove
+	nil,                               // 108: aviary.v1.StatusResponse.VotersEntry
+	nil,                               // 109: aviary.v1.ReplicationStatusResponse.SiteWatermarksEntry
+	(*JournalEntry_Target)(nil),       // 110: aviary.v1.JournalEntry.Target
 }
 var file_aviary_v1_aviary_proto_depIdxs = []int32{
-	3,  // 0: aviary.v1.PutRequest.version:type_name -> aviary.v1.Version
-	0,  // 1: aviary.v1.PutRequest.consistency:type_name -> aviary.v1.Consistency
-	3,  // 2: aviary.v1.DeleteRequest.version:type_name -> aviary.v1.Version
-	0,  // 3: aviary.v1.DeleteRequest.consistency:type_name -> aviary.v1.Consistency
-	3,  // 4: aviary.v1.AppendRequest.version:type_name -> aviary.v1.Version
-	0,  // 5: aviary.v1.AppendRequest.consistency:type_name -> aviary.v1.Consistency
-	3,  // 6: aviary.v1.RemoveRequest.version:type_name -> aviary.v1.Version
-	0,  // 7: aviary.v1.RemoveRequest.consistency:type_name -> aviary.v1.Consistency
-	3,  // 8: aviary.v1.WriteResult.version:type_name -> aviary.v1.Version
-	1,  // 9: aviary.v1.WriteResult.outcome:type_name -> aviary.v1.Outcome
-	3,  // 10: aviary.v1.GetResponse.version:type_name -> aviary.v1.Version
-	73, // 11: aviary.v1.MultiGetResponse.items:type_name -> aviary.v1.MultiGetResponse.Item
-	3,  // 12: aviary.v1.Entry.version:type_name -> aviary.v1.Version
-	14, // 13: aviary.v1.RangeResponse.entries:type_name -> aviary.v1.Entry
-	74, // 14: aviary.v1.CountResponse.months:type_name -> aviary.v1.CountResponse.Month
-	3,  // 15: aviary.v1.Mutation.version:type_name -> aviary.v1.Version
-	75, // 16: aviary.v1.Mutation.put:type_name -> aviary.v1.Mutation.Put
-	76, // 17: aviary.v1.Mutation.delete:type_name -> aviary.v1.Mutation.Delete
-	77, // 18: aviary.v1.Mutation.append:type_name -> aviary.v1.Mutation.Append
-	78, // 19: aviary.v1.Mutation.remove:type_name -> aviary.v1.Mutation.Remove
-	18, // 20: aviary.v1.WriteRequest.mutations:type_name -> aviary.v1.Mutation
-	0,  // 21: aviary.v1.WriteRequest.consistency:type_name -> aviary.v1.Consistency
-	8,  // 22: aviary.v1.WriteResponse.results:type_name -> aviary.v1.WriteResult
-	22, // 23: aviary.v1.ExportShardRequest.ranges:type_name -> aviary.v1.HashRange
-	18, // 24: aviary.v1.ExportShardResponse.mutations:type_name -> aviary.v1.Mutation
-	22, // 25: aviary.v1.CopyShardRequest.ranges:type_name -> aviary.v1.HashRange
-	22, // 26: aviary.v1.DigestDataRequest.ranges:type_name -> aviary.v1.HashRange
-	22, // 27: aviary.v1.PurgeShardRequest.ranges:type_name -> aviary.v1.HashRange
-	18, // 28: aviary.v1.ExportPageResponse.mutations:type_name -> aviary.v1.Mutation
-	33, // 29: aviary.v1.ListJobsResponse.jobs:type_name -> aviary.v1.Job
-	38, // 30: aviary.v1.ListShardsResponse.shards:type_name -> aviary.v1.ShardInfo
-	2,  // 31: aviary.v1.TableInfo.kind:type_name -> aviary.v1.TableKind
-	2,  // 32: aviary.v1.CreateTableRequest.kind:type_name -> aviary.v1.TableKind
-	46, // 33: aviary.v1.ListTablesResponse.tables:type_name -> aviary.v1.TableInfo
-	79, // 34: aviary.v1.StatusResponse.voters:type_name -> aviary.v1.StatusResponse.VotersEntry
-	18, // 35: aviary.v1.ReplicationMessage.mutations:type_name -> aviary.v1.Mutation
-	63, // 36: aviary.v1.ApplyRemoteRequest.entries:type_name -> aviary.v1.ReplicationMessage
-	3,  // 37: aviary.v1.Conflict.loser:type_name -> aviary.v1.Version
-	67, // 38: aviary.v1.ReplicationStatusResponse.origins:type_name -> aviary.v1.OriginStatus
-	68, // 39: aviary.v1.ReplicationStatusResponse.conflicts:type_name -> aviary.v1.Conflict
-	80, // 40: aviary.v1.ReplicationStatusResponse.site_watermarks:type_name -> aviary.v1.ReplicationStatusResponse.SiteWatermarksEntry
-	18, // 41: aviary.v1.ApplyRequest.mutations:type_name -> aviary.v1.Mutation
-	1,  // 42: aviary.v1.ApplyResponse.outcomes:type_name -> aviary.v1.Outcome
-	18, // 43: aviary.v1.JournalEntry.mutations:type_name -> aviary.v1.Mutation
-	81, // 44: aviary.v1.JournalEntry.targets:type_name -> aviary.v1.JournalEntry.Target
-	3,  // 45: aviary.v1.MultiGetResponse.Item.version:type_name -> aviary.v1.Version
-	4,  // 46: aviary.v1.Data.Put:input_type -> aviary.v1.PutRequest
-	9,  // 47: aviary.v1.Data.Get:input_type -> aviary.v1.GetRequest
-	11, // 48: aviary.v1.Data.MultiGet:input_type -> aviary.v1.MultiGetRequest
-	5,  // 49: aviary.v1.Data.Delete:input_type -> aviary.v1.DeleteRequest
-	6,  // 50: aviary.v1.Data.Append:input_type -> aviary.v1.AppendRequest
-	7,  // 51: aviary.v1.Data.Remove:input_type -> aviary.v1.RemoveRequest
-	13, // 52: aviary.v1.Data.Range:input_type -> aviary.v1.RangeRequest
-	16, // 53: aviary.v1.Data.Count:input_type -> aviary.v1.CountRequest
-	19, // 54: aviary.v1.Data.Write:input_type -> aviary.v1.WriteRequest
-	39, // 55: aviary.v1.ShardAdmin.CreateShard:input_type -> aviary.v1.CreateShardRequest
-	40, // 56: aviary.v1.ShardAdmin.DropShard:input_type -> aviary.v1.DropShardRequest
-	42, // 57: aviary.v1.ShardAdmin.ListShards:input_type -> aviary.v1.ListShardsRequest
-	44, // 58: aviary.v1.ShardAdmin.DigestShard:input_type -> aviary.v1.DigestShardRequest
-	47, // 59: aviary.v1.ShardAdmin.CreateTable:input_type -> aviary.v1.CreateTableRequest
-	48, // 60: aviary.v1.ShardAdmin.ListTables:input_type -> aviary.v1.ListTablesRequest
-	50, // 61: aviary.v1.ShardAdmin.DropMonths:input_type -> aviary.v1.DropMonthsRequest
-	52, // 62: aviary.v1.ShardAdmin.CollectTombstones:input_type -> aviary.v1.CollectTombstonesRequest
-	21, // 63: aviary.v1.ShardAdmin.ExportPage:input_type -> aviary.v1.ExportPageRequest
-	23, // 64: aviary.v1.ShardAdmin.ExportShard:input_type -> aviary.v1.ExportShardRequest
-	25, // 65: aviary.v1.ShardAdmin.CopyShard:input_type -> aviary.v1.CopyShardRequest
-	26, // 66: aviary.v1.ShardAdmin.CopyState:input_type -> aviary.v1.CopyStateRequest
-	28, // 67: aviary.v1.ShardAdmin.DigestData:input_type -> aviary.v1.DigestDataRequest
-	29, // 68: aviary.v1.ShardAdmin.PurgeShard:input_type -> aviary.v1.PurgeShardRequest
-	32, // 69: aviary.v1.ShardAdmin.ListJobs:input_type -> aviary.v1.ListJobsRequest
-	35, // 70: aviary.v1.ShardAdmin.RetryJob:input_type -> aviary.v1.JobRef
-	35, // 71: aviary.v1.ShardAdmin.DropJob:input_type -> aviary.v1.JobRef
-	54, // 72: aviary.v1.Nameserver.GetMap:input_type -> aviary.v1.GetMapRequest
-	55, // 73: aviary.v1.Nameserver.Watch:input_type -> aviary.v1.WatchRequest
-	57, // 74: aviary.v1.Nameserver.Propose:input_type -> aviary.v1.ProposeRequest
-	59, // 75: aviary.v1.Nameserver.Join:input_type -> aviary.v1.JoinRequest
-	61, // 76: aviary.v1.Nameserver.Status:input_type -> aviary.v1.StatusRequest
-	70, // 77: aviary.v1.Replica.Apply:input_type -> aviary.v1.ApplyRequest
-	64, // 78: aviary.v1.Replica.ApplyRemote:input_type -> aviary.v1.ApplyRemoteRequest
-	66, // 79: aviary.v1.Replica.ReplicationStatus:input_type -> aviary.v1.ReplicationStatusRequest
-	8,  // 80: aviary.v1.Data.Put:output_type -> aviary.v1.WriteResult
-	10, // 81: aviary.v1.Data.Get:output_type -> aviary.v1.GetResponse
-	12, // 82: aviary.v1.Data.MultiGet:output_type -> aviary.v1.MultiGetResponse
-	8,  // 83: aviary.v1.Data.Delete:output_type -> aviary.v1.WriteResult
-	8,  // 84: aviary.v1.Data.Append:output_type -> aviary.v1.WriteResult
-	8,  // 85: aviary.v1.Data.Remove:output_type -> aviary.v1.WriteResult
-	15, // 86: aviary.v1.Data.Range:output_type -> aviary.v1.RangeResponse
-	17, // 87: aviary.v1.Data.Count:output_type -> aviary.v1.CountResponse
-	20, // 88: aviary.v1.Data.Write:output_type -> aviary.v1.WriteResponse
-	38, // 89: aviary.v1.ShardAdmin.CreateShard:output_type -> aviary.v1.ShardInfo
-	41, // 90: aviary.v1.ShardAdmin.DropShard:output_type -> aviary.v1.DropShardResponse
-	43, // 91: aviary.v1.ShardAdmin.ListShards:output_type -> aviary.v1.ListShardsResponse
-	45, // 92: aviary.v1.ShardAdmin.DigestShard:output_type -> aviary.v1.DigestShardResponse
-	46, // 93: aviary.v1.ShardAdmin.CreateTable:output_type -> aviary.v1.TableInfo
-	49, // 94: aviary.v1.ShardAdmin.ListTables:output_type -> aviary.v1.ListTablesResponse
-	51, // 95: aviary.v1.ShardAdmin.DropMonths:output_type -> aviary.v1.DropMonthsResponse
-	53, // 96: aviary.v1.ShardAdmin.CollectTombstones:output_type -> aviary.v1.CollectTombstonesResponse
-	31, // 97: aviary.v1.ShardAdmin.ExportPage:output_type -> aviary.v1.ExportPageResponse
-	24, // 98: aviary.v1.ShardAdmin.ExportShard:output_type -> aviary.v1.ExportShardResponse
-	27, // 99: aviary.v1.ShardAdmin.CopyShard:output_type -> aviary.v1.CopyProgress
-	27, // 100: aviary.v1.ShardAdmin.CopyState:output_type -> aviary.v1.CopyProgress
-	45, // 101: aviary.v1.ShardAdmin.DigestData:output_type -> aviary.v1.DigestShardResponse
-	30, // 102: aviary.v1.ShardAdmin.PurgeShard:output_type -> aviary.v1.PurgeShardResponse
-	34, // 103: aviary.v1.ShardAdmin.ListJobs:output_type -> aviary.v1.ListJobsResponse
-	36, // 104: aviary.v1.ShardAdmin.RetryJob:output_type -> aviary.v1.RetryJobResponse
-	37, // 105: aviary.v1.ShardAdmin.DropJob:output_type -> aviary.v1.DropJobResponse
-	56, // 106: aviary.v1.Nameserver.GetMap:output_type -> aviary.v1.MapResponse
-	56, // 107: aviary.v1.Nameserver.Watch:output_type -> aviary.v1.MapResponse
-	58, // 108: aviary.v1.Nameserver.Propose:output_type -> aviary.v1.ProposeResponse
-	60, // 109: aviary.v1.Nameserver.Join:output_type -> aviary.v1.JoinResponse
-	62, // 110: aviary.v1.Nameserver.Status:output_type -> aviary.v1.StatusResponse
-	71, // 111: aviary.v1.Replica.Apply:output_type -> aviary.v1.ApplyResponse
-	65, // 112: aviary.v1.Replica.ApplyRemote:output_type -> aviary.v1.ApplyRemoteResponse
-	69, // 113: aviary.v1.Replica.ReplicationStatus:output_type -> aviary.v1.ReplicationStatusResponse
-	80, // [80:114] is the sub-list for method output_type
-	46, // [46:80] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	3,   // 0: aviary.v1.PutRequest.version:type_name -> aviary.v1.Version
+	0,   // 1: aviary.v1.PutRequest.consistency:type_name -> aviary.v1.Consistency
+	3,   // 2: aviary.v1.DeleteRequest.version:type_name -> aviary.v1.Version
+	0,   // 3: aviary.v1.DeleteRequest.consistency:type_name -> aviary.v1.Consistency
+	3,   // 4: aviary.v1.AppendRequest.version:type_name -> aviary.v1.Version
+	0,   // 5: aviary.v1.AppendRequest.consistency:type_name -> aviary.v1.Consistency
+	3,   // 6: aviary.v1.RemoveRequest.version:type_name -> aviary.v1.Version
+	0,   // 7: aviary.v1.RemoveRequest.consistency:type_name -> aviary.v1.Consistency
+	3,   // 8: aviary.v1.WriteResult.version:type_name -> aviary.v1.Version
+	1,   // 9: aviary.v1.WriteResult.outcome:type_name -> aviary.v1.Outcome
+	3,   // 10: aviary.v1.GetResponse.version:type_name -> aviary.v1.Version
+	102, // 11: aviary.v1.MultiGetResponse.items:type_name -> aviary.v1.MultiGetResponse.Item
+	3,   // 12: aviary.v1.Entry.version:type_name -> aviary.v1.Version
+	14,  // 13: aviary.v1.RangeResponse.entries:type_name -> aviary.v1.Entry
+	103, // 14: aviary.v1.CountResponse.months:type_name -> aviary.v1.CountResponse.Month
+	3,   // 15: aviary.v1.Mutation.version:type_name -> aviary.v1.Version
+	104, // 16: aviary.v1.Mutation.put:type_name -> aviary.v1.Mutation.Put
+	105, // 17: aviary.v1.Mutation.delete:type_name -> aviary.v1.Mutation.Delete
+	106, // 18: aviary.v1.Mutation.append:type_name -> aviary.v1.Mutation.Append
+	107, // 19: aviary.v1.Mutation.remove:type_name -> aviary.v1.Mutation.Remove
+	18,  // 20: aviary.v1.WriteRequest.mutations:type_name -> aviary.v1.Mutation
+	0,   // 21: aviary.v1.WriteRequest.consistency:type_name -> aviary.v1.Consistency
+	8,   // 22: aviary.v1.WriteResponse.results:type_name -> aviary.v1.WriteResult
+	22,  // 23: aviary.v1.ExportShardRequest.ranges:type_name -> aviary.v1.HashRange
+	18,  // 24: aviary.v1.ExportShardResponse.mutations:type_name -> aviary.v1.Mutation
+	22,  // 25: aviary.v1.CopyShardRequest.ranges:type_name -> aviary.v1.HashRange
+	22,  // 26: aviary.v1.DigestDataRequest.ranges:type_name -> aviary.v1.HashRange
+	22,  // 27: aviary.v1.PurgeShardRequest.ranges:type_name -> aviary.v1.HashRange
+	18,  // 28: aviary.v1.ExportPageResponse.mutations:type_name -> aviary.v1.Mutation
+	33,  // 29: aviary.v1.ListJobsResponse.jobs:type_name -> aviary.v1.Job
+	38,  // 30: aviary.v1.ListShardsResponse.shards:type_name -> aviary.v1.ShardInfo
+	2,   // 31: aviary.v1.TableInfo.kind:type_name -> aviary.v1.TableKind
+	2,   // 32: aviary.v1.CreateTableRequest.kind:type_name -> aviary.v1.TableKind
+	46,  // 33: aviary.v1.ListTablesResponse.tables:type_name -> aviary.v1.TableInfo
+	108, // 34: aviary.v1.StatusResponse.voters:type_name -> aviary.v1.StatusResponse.VotersEntry
+	18,  // 35: aviary.v1.ReplicationMessage.mutations:type_name -> aviary.v1.Mutation
+	63,  // 36: aviary.v1.ApplyRemoteRequest.entries:type_name -> aviary.v1.ReplicationMessage
+	3,   // 37: aviary.v1.Conflict.loser:type_name -> aviary.v1.Version
+	67,  // 38: aviary.v1.ReplicationStatusResponse.origins:type_name -> aviary.v1.OriginStatus
+	68,  // 39: aviary.v1.ReplicationStatusResponse.conflicts:type_name -> aviary.v1.Conflict
+	109, // 40: aviary.v1.ReplicationStatusResponse.site_watermarks:type_name -> aviary.v1.ReplicationStatusResponse.SiteWatermarksEntry
+	18,  // 41: aviary.v1.ApplyRequest.mutations:type_name -> aviary.v1.Mutation
+	1,   // 42: aviary.v1.ApplyResponse.outcomes:type_name -> aviary.v1.Outcome
+	18,  // 43: aviary.v1.JournalEntry.mutations:type_name -> aviary.v1.Mutation
+	110, // 44: aviary.v1.JournalEntry.targets:type_name -> aviary.v1.JournalEntry.Target
+	73,  // 45: aviary.v1.PushRequest.entry:type_name -> aviary.v1.TimelineEntry
+	80,  // 46: aviary.v1.ReadRequest.queries:type_name -> aviary.v1.TimelineQuery
+	73,  // 47: aviary.v1.TimelineResult.entries:type_name -> aviary.v1.TimelineEntry
+	82,  // 48: aviary.v1.ReadResponse.results:type_name -> aviary.v1.TimelineResult
+	73,  // 49: aviary.v1.Delivery.entry:type_name -> aviary.v1.TimelineEntry
+	88,  // 50: aviary.v1.ReplicaPushRequest.deliveries:type_name -> aviary.v1.Delivery
+	80,  // 51: aviary.v1.ReplicaReadRequest.queries:type_name -> aviary.v1.TimelineQuery
+	73,  // 52: aviary.v1.ReplicaTimeline.entries:type_name -> aviary.v1.TimelineEntry
+	92,  // 53: aviary.v1.ReplicaReadResponse.results:type_name -> aviary.v1.ReplicaTimeline
+	92,  // 54: aviary.v1.ReplicaMergeRequest.timelines:type_name -> aviary.v1.ReplicaTimeline
+	92,  // 55: aviary.v1.ReplicaExportResponse.timelines:type_name -> aviary.v1.ReplicaTimeline
+	3,   // 56: aviary.v1.MultiGetResponse.Item.version:type_name -> aviary.v1.Version
+	4,   // 57: aviary.v1.Data.Put:input_type -> aviary.v1.PutRequest
+	9,   // 58: aviary.v1.Data.Get:input_type -> aviary.v1.GetRequest
+	11,  // 59: aviary.v1.Data.MultiGet:input_type -> aviary.v1.MultiGetRequest
+	5,   // 60: aviary.v1.Data.Delete:input_type -> aviary.v1.DeleteRequest
+	6,   // 61: aviary.v1.Data.Append:input_type -> aviary.v1.AppendRequest
+	7,   // 62: aviary.v1.Data.Remove:input_type -> aviary.v1.RemoveRequest
+	13,  // 63: aviary.v1.Data.Range:input_type -> aviary.v1.RangeRequest
+	16,  // 64: aviary.v1.Data.Count:input_type -> aviary.v1.CountRequest
+	19,  // 65: aviary.v1.Data.Write:input_type -> aviary.v1.WriteRequest
+	39,  // 66: aviary.v1.ShardAdmin.CreateShard:input_type -> aviary.v1.CreateShardRequest
+	40,  // 67: aviary.v1.ShardAdmin.DropShard:input_type -> aviary.v1.DropShardRequest
+	42,  // 68: aviary.v1.ShardAdmin.ListShards:input_type -> aviary.v1.ListShardsRequest
+	44,  // 69: aviary.v1.ShardAdmin.DigestShard:input_type -> aviary.v1.DigestShardRequest
+	47,  // 70: aviary.v1.ShardAdmin.CreateTable:input_type -> aviary.v1.CreateTableRequest
+	48,  // 71: aviary.v1.ShardAdmin.ListTables:input_type -> aviary.v1.ListTablesRequest
+	50,  // 72: aviary.v1.ShardAdmin.DropMonths:input_type -> aviary.v1.DropMonthsRequest
+	52,  // 73: aviary.v1.ShardAdmin.CollectTombstones:input_type -> aviary.v1.CollectTombstonesRequest
+	21,  // 74: aviary.v1.ShardAdmin.ExportPage:input_type -> aviary.v1.ExportPageRequest
+	23,  // 75: aviary.v1.ShardAdmin.ExportShard:input_type -> aviary.v1.ExportShardRequest
+	25,  // 76: aviary.v1.ShardAdmin.CopyShard:input_type -> aviary.v1.CopyShardRequest
+	26,  // 77: aviary.v1.ShardAdmin.CopyState:input_type -> aviary.v1.CopyStateRequest
+	28,  // 78: aviary.v1.ShardAdmin.DigestData:input_type -> aviary.v1.DigestDataRequest
+	29,  // 79: aviary.v1.ShardAdmin.PurgeShard:input_type -> aviary.v1.PurgeShardRequest
+	32,  // 80: aviary.v1.ShardAdmin.ListJobs:input_type -> aviary.v1.ListJobsRequest
+	35,  // 81: aviary.v1.ShardAdmin.RetryJob:input_type -> aviary.v1.JobRef
+	35,  // 82: aviary.v1.ShardAdmin.DropJob:input_type -> aviary.v1.JobRef
+	54,  // 83: aviary.v1.Nameserver.GetMap:input_type -> aviary.v1.GetMapRequest
+	55,  // 84: aviary.v1.Nameserver.Watch:input_type -> aviary.v1.WatchRequest
+	57,  // 85: aviary.v1.Nameserver.Propose:input_type -> aviary.v1.ProposeRequest
+	59,  // 86: aviary.v1.Nameserver.Join:input_type -> aviary.v1.JoinRequest
+	61,  // 87: aviary.v1.Nameserver.Status:input_type -> aviary.v1.StatusRequest
+	70,  // 88: aviary.v1.Replica.Apply:input_type -> aviary.v1.ApplyRequest
+	64,  // 89: aviary.v1.Replica.ApplyRemote:input_type -> aviary.v1.ApplyRemoteRequest
+	66,  // 90: aviary.v1.Replica.ReplicationStatus:input_type -> aviary.v1.ReplicationStatusRequest
+	74,  // 91: aviary.v1.Timelines.Post:input_type -> aviary.v1.PostRequest
+	76,  // 92: aviary.v1.Timelines.Follow:input_type -> aviary.v1.FollowRequest
+	78,  // 93: aviary.v1.Timelines.Push:input_type -> aviary.v1.PushRequest
+	81,  // 94: aviary.v1.Timelines.Read:input_type -> aviary.v1.ReadRequest
+	84,  // 95: aviary.v1.Timelines.Remove:input_type -> aviary.v1.TimelineRemoveRequest
+	86,  // 96: aviary.v1.Timelines.Length:input_type -> aviary.v1.LengthRequest
+	89,  // 97: aviary.v1.Timelines.ReplicaPush:input_type -> aviary.v1.ReplicaPushRequest
+	91,  // 98: aviary.v1.Timelines.ReplicaRead:input_type -> aviary.v1.ReplicaReadRequest
+	94,  // 99: aviary.v1.Timelines.ReplicaRemove:input_type -> aviary.v1.ReplicaRemoveRequest
+	96,  // 100: aviary.v1.Timelines.ReplicaMerge:input_type -> aviary.v1.ReplicaMergeRequest
+	98,  // 101: aviary.v1.Timelines.ReplicaReserve:input_type -> aviary.v1.ReplicaReserveRequest
+	100, // 102: aviary.v1.Timelines.ReplicaExport:input_type -> aviary.v1.ReplicaExportRequest
+	8,   // 103: aviary.v1.Data.Put:output_type -> aviary.v1.WriteResult
+	10,  // 104: aviary.v1.Data.Get:output_type -> aviary.v1.GetResponse
+	12,  // 105: aviary.v1.Data.MultiGet:output_type -> aviary.v1.MultiGetResponse
+	8,   // 106: aviary.v1.Data.Delete:output_type -> aviary.v1.WriteResult
+	8,   // 107: aviary.v1.Data.Append:output_type -> aviary.v1.WriteResult
+	8,   // 108: aviary.v1.Data.Remove:output_type -> aviary.v1.WriteResult
+	15,  // 109: aviary.v1.Data.Range:output_type -> aviary.v1.RangeResponse
+	17,  // 110: aviary.v1.Data.Count:output_type -> aviary.v1.CountResponse
+	20,  // 111: aviary.v1.Data.Write:output_type -> aviary.v1.WriteResponse
+	38,  // 112: aviary.v1.ShardAdmin.CreateShard:output_type -> aviary.v1.ShardInfo
+	41,  // 113: aviary.v1.ShardAdmin.DropShard:output_type -> aviary.v1.DropShardResponse
+	43,  // 114: aviary.v1.ShardAdmin.ListShards:output_type -> aviary.v1.ListShardsResponse
+	45,  // 115: aviary.v1.ShardAdmin.DigestShard:output_type -> aviary.v1.DigestShardResponse
+	46,  // 116: aviary.v1.ShardAdmin.CreateTable:output_type -> aviary.v1.TableInfo
+	49,  // 117: aviary.v1.ShardAdmin.ListTables:output_type -> aviary.v1.ListTablesResponse
+	51,  // 118: aviary.v1.ShardAdmin.DropMonths:output_type -> aviary.v1.DropMonthsResponse
+	53,  // 119: aviary.v1.ShardAdmin.CollectTombstones:output_type -> aviary.v1.CollectTombstonesResponse
+	31,  // 120: aviary.v1.ShardAdmin.ExportPage:output_type -> aviary.v1.ExportPageResponse
+	24,  // 121: aviary.v1.ShardAdmin.ExportShard:output_type -> aviary.v1.ExportShardResponse
+	27,  // 122: aviary.v1.ShardAdmin.CopyShard:output_type -> aviary.v1.CopyProgress
+	27,  // 123: aviary.v1.ShardAdmin.CopyState:output_type -> aviary.v1.CopyProgress
+	45,  // 124: aviary.v1.ShardAdmin.DigestData:output_type -> aviary.v1.DigestShardResponse
+	30,  // 125: aviary.v1.ShardAdmin.PurgeShard:output_type -> aviary.v1.PurgeShardResponse
+	34,  // 126: aviary.v1.ShardAdmin.ListJobs:output_type -> aviary.v1.ListJobsResponse
+	36,  // 127: aviary.v1.ShardAdmin.RetryJob:output_type -> aviary.v1.RetryJobResponse
+	37,  // 128: aviary.v1.ShardAdmin.DropJob:output_type -> aviary.v1.DropJobResponse
+	56,  // 129: aviary.v1.Nameserver.GetMap:output_type -> aviary.v1.MapResponse
+	56,  // 130: aviary.v1.Nameserver.Watch:output_type -> aviary.v1.MapResponse
+	58,  // 131: aviary.v1.Nameserver.Propose:output_type -> aviary.v1.ProposeResponse
+	60,  // 132: aviary.v1.Nameserver.Join:output_type -> aviary.v1.JoinResponse
+	62,  // 133: aviary.v1.Nameserver.Status:output_type -> aviary.v1.StatusResponse
+	71,  // 134: aviary.v1.Replica.Apply:output_type -> aviary.v1.ApplyResponse
+	65,  // 135: aviary.v1.Replica.ApplyRemote:output_type -> aviary.v1.ApplyRemoteResponse
+	69,  // 136: aviary.v1.Replica.ReplicationStatus:output_type -> aviary.v1.ReplicationStatusResponse
+	75,  // 137: aviary.v1.Timelines.Post:output_type -> aviary.v1.PostResponse
+	77,  // 138: aviary.v1.Timelines.Follow:output_type -> aviary.v1.FollowResponse
+	79,  // 139: aviary.v1.Timelines.Push:output_type -> aviary.v1.PushResponse
+	83,  // 140: aviary.v1.Timelines.Read:output_type -> aviary.v1.ReadResponse
+	85,  // 141: aviary.v1.Timelines.Remove:output_type -> aviary.v1.TimelineRemoveResponse
+	87,  // 142: aviary.v1.Timelines.Length:output_type -> aviary.v1.LengthResponse
+	90,  // 143: aviary.v1.Timelines.ReplicaPush:output_type -> aviary.v1.ReplicaPushResponse
+	93,  // 144: aviary.v1.Timelines.ReplicaRead:output_type -> aviary.v1.ReplicaReadResponse
+	95,  // 145: aviary.v1.Timelines.ReplicaRemove:output_type -> aviary.v1.ReplicaRemoveResponse
+	97,  // 146: aviary.v1.Timelines.ReplicaMerge:output_type -> aviary.v1.ReplicaMergeResponse
+	99,  // 147: aviary.v1.Timelines.ReplicaReserve:output_type -> aviary.v1.ReplicaReserveResponse
+	101, // 148: aviary.v1.Timelines.ReplicaExport:output_type -> aviary.v1.ReplicaExportResponse
+	103, // [103:149] is the sub-list for method output_type
+	57,  // [57:103] is the sub-list for method input_type
+	57,  // [57:57] is the sub-list for extension type_name
+	57,  // [57:57] is the sub-list for extension extendee
+	0,   // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_aviary_v1_aviary_proto_init() }
@@ -5731,9 +7362,9 @@ func file_aviary_v1_aviary_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aviary_v1_aviary_proto_rawDesc), len(file_aviary_v1_aviary_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   79,
+			NumMessages:   108,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   5,
 		},
 		GoTypes:           file_aviary_v1_aviary_proto_goTypes,
 		DependencyIndexes: file_aviary_v1_aviary_proto_depIdxs,

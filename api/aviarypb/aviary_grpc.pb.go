@@ -1727,3 +1727,595 @@ var Replica_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "aviary/v1/aviary.proto",
 }
+
+const (
+	Timelines_Post_FullMethodName           = "/aviary.v1.Timelines/Post"
+	Timelines_Follow_FullMethodName         = "/aviary.v1.Timelines/Follow"
+	Timelines_Push_FullMethodName           = "/aviary.v1.Timelines/Push"
+	Timelines_Read_FullMethodName           = "/aviary.v1.Timelines/Read"
+	Timelines_Remove_FullMethodName         = "/aviary.v1.Timelines/Remove"
+	Timelines_Length_FullMethodName         = "/aviary.v1.Timelines/Length"
+	Timelines_ReplicaPush_FullMethodName    = "/aviary.v1.Timelines/ReplicaPush"
+	Timelines_ReplicaRead_FullMethodName    = "/aviary.v1.Timelines/ReplicaRead"
+	Timelines_ReplicaRemove_FullMethodName  = "/aviary.v1.Timelines/ReplicaRemove"
+	Timelines_ReplicaMerge_FullMethodName   = "/aviary.v1.Timelines/ReplicaMerge"
+	Timelines_ReplicaReserve_FullMethodName = "/aviary.v1.Timelines/ReplicaReserve"
+	Timelines_ReplicaExport_FullMethodName  = "/aviary.v1.Timelines/ReplicaExport"
+)
+
+// TimelinesClient is the client API for Timelines service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Timelines serves home timelines: bounded, newest-first lists of
+// (status id, author id, flags) held in memory on the site's timeline
+// nodes, three times, on three hash rings.
+//
+// Every node serves the user-facing calls (Post, Follow, Push, Read,
+// Remove, Length): it places each timeline with the rings of its shard map,
+// sends writes to all three replicas, and reads from one, hedged to the
+// next. Nodes started with the timeline role also serve the replica calls
+// (the Replica* methods), which act on that node's own memory only.
+type TimelinesClient interface {
+	// Post records a status by its author (in the index table user_timeline)
+	// and queues its fan-out to the author's followers durably, then returns:
+	// delivery happens in the background. status_id 0 asks the node for a new
+	// time-ordered id.
+	Post(ctx context.Context, in *PostRequest, opts ...grpc.CallOption) (*PostResponse, error)
+	// Follow records (or, with unfollow, removes) the edge follower ->
+	// followee in the index tables following and followers.
+	Follow(ctx context.Context, in *FollowRequest, opts ...grpc.CallOption) (*FollowResponse, error)
+	// Push adds one entry to many timelines at once, batched per node.
+	Push(ctx context.Context, in *PushRequest, opts ...grpc.CallOption) (*PushResponse, error)
+	// Read reads one or more timelines. Each read goes to one replica and is
+	// hedged to the next after a short adaptive delay; a timeline no replica
+	// holds is rebuilt from the index. Authors with more followers than the
+	// site's celebrity threshold are merged in from the index.
+	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (*ReadResponse, error)
+	// Remove removes an entry from timelines (on all their replicas).
+	Remove(ctx context.Context, in *TimelineRemoveRequest, opts ...grpc.CallOption) (*TimelineRemoveResponse, error)
+	// Length returns the number of entries of a timeline.
+	Length(ctx context.Context, in *LengthRequest, opts ...grpc.CallOption) (*LengthResponse, error)
+	// ReplicaPush adds entries to the timelines this node holds.
+	ReplicaPush(ctx context.Context, in *ReplicaPushRequest, opts ...grpc.CallOption) (*ReplicaPushResponse, error)
+	// ReplicaRead reads timelines from this node's memory only.
+	ReplicaRead(ctx context.Context, in *ReplicaReadRequest, opts ...grpc.CallOption) (*ReplicaReadResponse, error)
+	// ReplicaRemove removes entries from this node's timelines.
+	ReplicaRemove(ctx context.Context, in *ReplicaRemoveRequest, opts ...grpc.CallOption) (*ReplicaRemoveResponse, error)
+	// ReplicaMerge installs a timeline this node does not hold, or merges the
+	// entries into the one it holds (read-repair, rebuild, refill).
+	ReplicaMerge(ctx context.Context, in *ReplicaMergeRequest, opts ...grpc.CallOption) (*ReplicaMergeResponse, error)
+	// ReplicaReserve marks timelines about to be rebuilt: pushes to them are
+	// kept until ReplicaMerge installs them, and reads still see them as not
+	// held.
+	ReplicaReserve(ctx context.Context, in *ReplicaReserveRequest, opts ...grpc.CallOption) (*ReplicaReserveResponse, error)
+	// ReplicaExport streams the whole timelines this node holds whose replica
+	// set (on the rings of the given nodes) includes node: how a node that
+	// comes back empty, or joins the rings, is refilled from its siblings.
+	ReplicaExport(ctx context.Context, in *ReplicaExportRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReplicaExportResponse], error)
+}
+
+type timelinesClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewTimelinesClient(cc grpc.ClientConnInterface) TimelinesClient {
+	return &timelinesClient{cc}
+}
+
+func (c *timelinesClient) Post(ctx context.Context, in *PostRequest, opts ...grpc.CallOption) (*PostResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PostResponse)
+	err := c.cc.Invoke(ctx, Timelines_Post_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *timelinesClient) Follow(ctx context.Context, in *FollowRequest, opts ...grpc.CallOption) (*FollowResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FollowResponse)
+	err := c.cc.Invoke(ctx, Timelines_Follow_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *timelinesClient) Push(ctx context.Context, in *PushRequest, opts ...grpc.CallOption) (*PushResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PushResponse)
+	err := c.cc.Invoke(ctx, Timelines_Push_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *timelinesClient) Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (*ReadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReadResponse)
+	err := c.cc.Invoke(ctx, Timelines_Read_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *timelinesClient) Remove(ctx context.Context, in *TimelineRemoveRequest, opts ...grpc.CallOption) (*TimelineRemoveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TimelineRemoveResponse)
+	err := c.cc.Invoke(ctx, Timelines_Remove_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *timelinesClient) Length(ctx context.Context, in *LengthRequest, opts ...grpc.CallOption) (*LengthResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LengthResponse)
+	err := c.cc.Invoke(ctx, Timelines_Length_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *timelinesClient) ReplicaPush(ctx context.Context, in *ReplicaPushRequest, opts ...grpc.CallOption) (*ReplicaPushResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplicaPushResponse)
+	err := c.cc.Invoke(ctx, Timelines_ReplicaPush_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *timelinesClient) ReplicaRead(ctx context.Context, in *ReplicaReadRequest, opts ...grpc.CallOption) (*ReplicaReadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplicaReadResponse)
+	err := c.cc.Invoke(ctx, Timelines_ReplicaRead_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *timelinesClient) ReplicaRemove(ctx context.Context, in *ReplicaRemoveRequest, opts ...grpc.CallOption) (*ReplicaRemoveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplicaRemoveResponse)
+	err := c.cc.Invoke(ctx, Timelines_ReplicaRemove_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *timelinesClient) ReplicaMerge(ctx context.Context, in *ReplicaMergeRequest, opts ...grpc.CallOption) (*ReplicaMergeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplicaMergeResponse)
+	err := c.cc.Invoke(ctx, Timelines_ReplicaMerge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *timelinesClient) ReplicaReserve(ctx context.Context, in *ReplicaReserveRequest, opts ...grpc.CallOption) (*ReplicaReserveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplicaReserveResponse)
+	err := c.cc.Invoke(ctx, Timelines_ReplicaReserve_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *timelinesClient) ReplicaExport(ctx context.Context, in *ReplicaExportRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReplicaExportResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Timelines_ServiceDesc.Streams[0], Timelines_ReplicaExport_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReplicaExportRequest, ReplicaExportResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Timelines_ReplicaExportClient = grpc.ServerStreamingClient[ReplicaExportResponse]
+
+// TimelinesServer is the server API for Timelines service.
+// All implementations must embed UnimplementedTimelinesServer
+// for forward compatibility.
+//
+// Timelines serves home timelines: bounded, newest-first lists of
+// (status id, author id, flags) held in memory on the site's timeline
+// nodes, three times, on three hash rings.
+//
+// Every node serves the user-facing calls (Post, Follow, Push, Read,
+// Remove, Length): it places each timeline with the rings of its shard map,
+// sends writes to all three replicas, and reads from one, hedged to the
+// next. Nodes started with the timeline role also serve the replica calls
+// (the Replica* methods), which act on that node's own memory only.
+type TimelinesServer interface {
+	// Post records a status by its author (in the index table user_timeline)
+	// and queues its fan-out to the author's followers durably, then returns:
+	// delivery happens in the background. status_id 0 asks the node for a new
+	// time-ordered id.
+	Post(context.Context, *PostRequest) (*PostResponse, error)
+	// Follow records (or, with unfollow, removes) the edge follower ->
+	// followee in the index tables following and followers.
+	Follow(context.Context, *FollowRequest) (*FollowResponse, error)
+	// Push adds one entry to many timelines at once, batched per node.
+	Push(context.Context, *PushRequest) (*PushResponse, error)
+	// Read reads one or more timelines. Each read goes to one replica and is
+	// hedged to the next after a short adaptive delay; a timeline no replica
+	// holds is rebuilt from the index. Authors with more followers than the
+	// site's celebrity threshold are merged in from the index.
+	Read(context.Context, *ReadRequest) (*ReadResponse, error)
+	// Remove removes an entry from timelines (on all their replicas).
+	Remove(context.Context, *TimelineRemoveRequest) (*TimelineRemoveResponse, error)
+	// Length returns the number of entries of a timeline.
+	Length(context.Context, *LengthRequest) (*LengthResponse, error)
+	// ReplicaPush adds entries to the timelines this node holds.
+	ReplicaPush(context.Context, *ReplicaPushRequest) (*ReplicaPushResponse, error)
+	// ReplicaRead reads timelines from this node's memory only.
+	ReplicaRead(context.Context, *ReplicaReadRequest) (*ReplicaReadResponse, error)
+	// ReplicaRemove removes entries from this node's timelines.
+	ReplicaRemove(context.Context, *ReplicaRemoveRequest) (*ReplicaRemoveResponse, error)
+	// ReplicaMerge installs a timeline this node does not hold, or merges the
+	// entries into the one it holds (read-repair, rebuild, refill).
+	ReplicaMerge(context.Context, *ReplicaMergeRequest) (*ReplicaMergeResponse, error)
+	// ReplicaReserve marks timelines about to be rebuilt: pushes to them are
+	// kept until ReplicaMerge installs them, and reads still see them as not
+	// held.
+	ReplicaReserve(context.Context, *ReplicaReserveRequest) (*ReplicaReserveResponse, error)
+	// ReplicaExport streams the whole timelines this node holds whose replica
+	// set (on the rings of the given nodes) includes node: how a node that
+	// comes back empty, or joins the rings, is refilled from its siblings.
+	ReplicaExport(*ReplicaExportRequest, grpc.ServerStreamingServer[ReplicaExportResponse]) error
+	mustEmbedUnimplementedTimelinesServer()
+}
+
+// UnimplementedTimelinesServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedTimelinesServer struct{}
+
+func (UnimplementedTimelinesServer) Post(context.Context, *PostRequest) (*PostResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Post not implemented")
+}
+func (UnimplementedTimelinesServer) Follow(context.Context, *FollowRequest) (*FollowResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Follow not implemented")
+}
+func (UnimplementedTimelinesServer) Push(context.Context, *PushRequest) (*PushResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Push not implemented")
+}
+func (UnimplementedTimelinesServer) Read(context.Context, *ReadRequest) (*ReadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Read not implemented")
+}
+func (UnimplementedTimelinesServer) Remove(context.Context, *TimelineRemoveRequest) (*TimelineRemoveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Remove not implemented")
+}
+func (UnimplementedTimelinesServer) Length(context.Context, *LengthRequest) (*LengthResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Length not implemented")
+}
+func (UnimplementedTimelinesServer) ReplicaPush(context.Context, *ReplicaPushRequest) (*ReplicaPushResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplicaPush not implemented")
+}
+func (UnimplementedTimelinesServer) ReplicaRead(context.Context, *ReplicaReadRequest) (*ReplicaReadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplicaRead not implemented")
+}
+func (UnimplementedTimelinesServer) ReplicaRemove(context.Context, *ReplicaRemoveRequest) (*ReplicaRemoveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplicaRemove not implemented")
+}
+func (UnimplementedTimelinesServer) ReplicaMerge(context.Context, *ReplicaMergeRequest) (*ReplicaMergeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplicaMerge not implemented")
+}
+func (UnimplementedTimelinesServer) ReplicaReserve(context.Context, *ReplicaReserveRequest) (*ReplicaReserveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplicaReserve not implemented")
+}
+func (UnimplementedTimelinesServer) ReplicaExport(*ReplicaExportRequest, grpc.ServerStreamingServer[ReplicaExportResponse]) error {
+	return status.Error(codes.Unimplemented, "method ReplicaExport not implemented")
+}
+func (UnimplementedTimelinesServer) mustEmbedUnimplementedTimelinesServer() {}
+func (UnimplementedTimelinesServer) testEmbeddedByValue()                   {}
+
+// UnsafeTimelinesServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to TimelinesServer will
+// result in compilation errors.
+type UnsafeTimelinesServer interface {
+	mustEmbedUnimplementedTimelinesServer()
+}
+
+func RegisterTimelinesServer(s grpc.ServiceRegistrar, srv TimelinesServer) {
+	// If the following call panics, it indicates UnimplementedTimelinesServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Timelines_ServiceDesc, srv)
+}
+
+func _Timelines_Post_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TimelinesServer).Post(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Timelines_Post_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TimelinesServer).Post(ctx, req.(*PostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Timelines_Follow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FollowRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TimelinesServer).Follow(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Timelines_Follow_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TimelinesServer).Follow(ctx, req.(*FollowRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Timelines_Push_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PushRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TimelinesServer).Push(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Timelines_Push_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TimelinesServer).Push(ctx, req.(*PushRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Timelines_Read_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TimelinesServer).Read(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Timelines_Read_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TimelinesServer).Read(ctx, req.(*ReadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Timelines_Remove_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TimelineRemoveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TimelinesServer).Remove(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Timelines_Remove_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TimelinesServer).Remove(ctx, req.(*TimelineRemoveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Timelines_Length_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LengthRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TimelinesServer).Length(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Timelines_Length_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TimelinesServer).Length(ctx, req.(*LengthRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Timelines_ReplicaPush_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplicaPushRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TimelinesServer).ReplicaPush(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Timelines_ReplicaPush_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TimelinesServer).ReplicaPush(ctx, req.(*ReplicaPushRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Timelines_ReplicaRead_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplicaReadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TimelinesServer).ReplicaRead(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Timelines_ReplicaRead_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TimelinesServer).ReplicaRead(ctx, req.(*ReplicaReadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Timelines_ReplicaRemove_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplicaRemoveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TimelinesServer).ReplicaRemove(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Timelines_ReplicaRemove_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TimelinesServer).ReplicaRemove(ctx, req.(*ReplicaRemoveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Timelines_ReplicaMerge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplicaMergeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TimelinesServer).ReplicaMerge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Timelines_ReplicaMerge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TimelinesServer).ReplicaMerge(ctx, req.(*ReplicaMergeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Timelines_ReplicaReserve_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplicaReserveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TimelinesServer).ReplicaReserve(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Timelines_ReplicaReserve_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TimelinesServer).ReplicaReserve(ctx, req.(*ReplicaReserveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Timelines_ReplicaExport_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ReplicaExportRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(TimelinesServer).ReplicaExport(m, &grpc.GenericServerStream[ReplicaExportRequest, ReplicaExportResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Timelines_ReplicaExportServer = grpc.ServerStreamingServer[ReplicaExportResponse]
+
+// Timelines_ServiceDesc is the grpc.ServiceDesc for Timelines service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Timelines_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "aviary.v1.Timelines",
+	HandlerType: (*TimelinesServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Post",
+			Handler:    _Timelines_Post_Handler,
+		},
+		{
+			MethodName: "Follow",
+			Handler:    _Timelines_Follow_Handler,
+		},
+		{
+			MethodName: "Push",
+			Handler:    _Timelines_Push_Handler,
+		},
+		{
+			MethodName: "Read",
+			Handler:    _Timelines_Read_Handler,
+		},
+		{
+			MethodName: "Remove",
+			Handler:    _Timelines_Remove_Handler,
+		},
+		{
+			MethodName: "Length",
+			Handler:    _Timelines_Length_Handler,
+		},
+		{
+			MethodName: "ReplicaPush",
+			Handler:    _Timelines_ReplicaPush_Handler,
+		},
+		{
+			MethodName: "ReplicaRead",
+			Handler:    _Timelines_ReplicaRead_Handler,
+		},
+		{
+			MethodName: "ReplicaRemove",
+			Handler:    _Timelines_ReplicaRemove_Handler,
+		},
+		{
+			MethodName: "ReplicaMerge",
+			Handler:    _Timelines_ReplicaMerge_Handler,
+		},
+		{
+			MethodName: "ReplicaReserve",
+			Handler:    _Timelines_ReplicaReserve_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ReplicaExport",
+			Handler:       _Timelines_ReplicaExport_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "aviary/v1/aviary.proto",
+}

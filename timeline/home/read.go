@@ -1,0 +1,374 @@
+package home
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/timeline"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// defaultReadLimit is the entries of a read that names no limit.
+const defaultReadLimit = 20
+
+// maxQueries bounds the timelines of one Read.
+const maxQueries = 1000
+
+// latencies keeps the recent replica read latencies and their p95, the
+// hedge delay.
+type latencies struct {
+	mu      sync.Mutex
+	samples [512]time.Duration
+	n       int // samples recorded, total
+	p95     time.Duration
+}
+
+func newLatencies() *latencies { return &latencies{p95: 5 * time.Millisecond} }
+
+func (l *latencies) record(d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.samples[l.n%len(l.samples)] = d
+	l.n++
+	if l.n%64 == 0 {
+		s := slices.Clone(l.samples[:min(l.n, len(l.samples))])
+		slices.Sort(s)
+		l.p95 = s[len(s)*95/100]
+	}
+}
+
+func (l *latencies) delay(lo, hi time.Duration) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return min(max(l.p95, lo), hi)
+}
+
+// query is one timeline of a Read in progress.
+type query struct {
+	q        *pb.TimelineQuery
+	replicas [timeline.NumReplicas]string
+	tried    int // replicas asked, in order
+	inflight int
+	done     bool
+	answer   *pb.ReplicaTimeline
+	winner   string
+	lacking  []string // replicas that answered "not held"
+	failed   int      // replicas that failed
+}
+
+// order puts the replicas of a timeline in the order a read tries them:
+// ring order, replicas recently down last, empty slots dropped.
+func (s *Service) order(reps [timeline.NumReplicas]string) [timeline.NumReplicas]string {
+	var up, down []string
+	for _, r := range reps {
+		switch {
+		case r == "":
+		case s.isDown(r):
+			down = append(down, r)
+		default:
+			up = append(up, r)
+		}
+	}
+	var out [timeline.NumReplicas]string
+	copy(out[:], append(up, down...))
+	return out
+}
+
+type readReply struct {
+	node string
+	qs   []int
+	resp *pb.ReplicaReadResponse
+	err  error
+}
+
+// readReplicas reads every query from the first replica that holds it,
+// hedging to the next replica after the hedge delay. Queries no replica
+// holds come back with done false.
+func (s *Service) readReplicas(ctx context.Context, v *view, qs []*query) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	replies := make(chan readReply, len(qs)*timeline.NumReplicas)
+	outstanding := 0
+	// launch asks the next replica of each of the given queries, one
+	// ReplicaRead per node.
+	launch := func(idx []int) {
+		byNode := map[string][]int{}
+		for _, i := range idx {
+			q := qs[i]
+			if q.done || q.tried >= timeline.NumReplicas || q.replicas[q.tried] == "" {
+				continue
+			}
+			n := q.replicas[q.tried]
+			q.tried++
+			q.inflight++
+			byNode[n] = append(byNode[n], i)
+		}
+		for n, is := range byNode {
+			outstanding++
+			req := &pb.ReplicaReadRequest{Queries: make([]*pb.TimelineQuery, len(is))}
+			for k, i := range is {
+				req.Queries[k] = qs[i].q
+			}
+			go func() {
+				start := time.Now()
+				resp, err := s.replicaRead(ctx, v, n, req)
+				if err == nil {
+					s.hedge.record(time.Since(start))
+				}
+				replies <- readReply{node: n, qs: is, resp: resp, err: err}
+			}()
+		}
+	}
+	all := make([]int, len(qs))
+	for i := range all {
+		all[i] = i
+	}
+	launch(all)
+	delay := s.hedge.delay(s.cfg.HedgeMin, s.cfg.HedgeMax)
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	pending := func() (idx []int) {
+		for i, q := range qs {
+			if !q.done {
+				idx = append(idx, i)
+			}
+		}
+		return idx
+	}
+	for outstanding > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+			// Hedge: every query still waiting asks its next replica.
+			var idx []int
+			for _, i := range pending() {
+				if qs[i].inflight > 0 {
+					idx = append(idx, i)
+				}
+			}
+			if len(idx) > 0 {
+				s.metrics.hedges.Add(float64(len(idx)))
+			}
+			launch(idx)
+			timer.Reset(delay)
+		case r := <-replies:
+			outstanding--
+			var next []int
+			if r.err != nil && ctx.Err() == nil {
+				s.markDown(r.node)
+				s.log.Debug("timeline replica read failed", "node", r.node, "err", r.err)
+			}
+			for k, i := range r.qs {
+				q := qs[i]
+				q.inflight--
+				if q.done {
+					continue
+				}
+				switch {
+				case r.err != nil:
+					q.failed++
+					next = append(next, i)
+				case r.resp.Results[k].Held:
+					q.done, q.answer, q.winner = true, r.resp.Results[k], r.node
+				default:
+					q.lacking = append(q.lacking, r.node)
+					next = append(next, i)
+				}
+			}
+			launch(next) // passed over at once: not held, or failed
+		}
+	}
+}
+
+// replicaRead reads from one replica; this node's own memory is read
+// directly.
+func (s *Service) replicaRead(ctx context.Context, v *view, node string, req *pb.ReplicaReadRequest) (resp *pb.ReplicaReadResponse, err error) {
+	err = s.replicaCall(ctx, v, node, func(c pb.TimelinesClient) error {
+		resp, err = c.ReplicaRead(ctx, req)
+		if err == nil && len(resp.Results) != len(req.Queries) {
+			err = errors.New("home: replica answered a different number of timelines")
+		}
+		return err
+	})
+	return resp, err
+}
+
+func checkQuery(q *pb.TimelineQuery, capacity int) error {
+	switch {
+	case q == nil || q.Owner == 0:
+		return errors.New("owner is zero (unset)")
+	case q.Limit < 0 || int(q.Limit) > capacity:
+		return errors.New("limit is not in [0, capacity]")
+	}
+	return nil
+}
+
+// Read reads timelines: hedged replica reads, read-repair, rebuilds from
+// the index, and celebrities merged in.
+func (s *Service) Read(ctx context.Context, r *pb.ReadRequest) (*pb.ReadResponse, error) {
+	if len(r.Queries) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "queries is empty")
+	}
+	if len(r.Queries) > maxQueries {
+		return nil, status.Errorf(codes.InvalidArgument, "queries: %d timelines in one read, limit is %d", len(r.Queries), maxQueries)
+	}
+	qs := make([]*query, len(r.Queries))
+	v, _ := s.current()
+	for i, q := range r.Queries {
+		if err := checkQuery(q, s.cfg.Capacity); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "queries[%d]: %v (capacity %d)", i, err, s.cfg.Capacity)
+		}
+		if q.Limit == 0 {
+			q = &pb.TimelineQuery{Owner: q.Owner, MaxId: q.MaxId, SinceId: q.SinceId, Limit: defaultReadLimit}
+		}
+		qs[i] = &query{q: q, replicas: s.order(v.replicas(q.Owner))}
+	}
+	s.readReplicas(ctx, v, qs)
+	if err := ctx.Err(); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	resp := &pb.ReadResponse{Results: make([]*pb.TimelineResult, len(qs))}
+	for i, q := range qs {
+		res := &pb.TimelineResult{Owner: q.q.Owner}
+		if q.done {
+			res.Entries, res.Node = q.answer.Entries, q.winner
+			for _, n := range q.lacking {
+				s.scheduleRepair(repair{owner: q.q.Owner, node: n})
+			}
+			s.metrics.reads.WithLabelValues("replica").Inc()
+		} else {
+			es, err := s.rebuild(ctx, v, q.q.Owner)
+			if err != nil {
+				s.metrics.reads.WithLabelValues("error").Inc()
+				return nil, status.Errorf(codes.Unavailable, "timeline %d: no replica answered and the rebuild from the index failed: %v", q.q.Owner, err)
+			}
+			res.Entries, res.Rebuilt = fromEntries(window(es, q.q)), true
+			s.metrics.reads.WithLabelValues("rebuilt").Inc()
+		}
+		if err := s.mergeCelebrities(ctx, q.q, res); err != nil {
+			return nil, status.Errorf(status.Code(err), "timeline %d: celebrities: %s", q.q.Owner, status.Convert(err).Message())
+		}
+		resp.Results[i] = res
+	}
+	return resp, nil
+}
+
+// window applies a query's max_id, since_id and limit to a timeline held
+// newest first.
+func window(es []timeline.Entry, q *pb.TimelineQuery) []timeline.Entry {
+	var out []timeline.Entry
+	for _, e := range es {
+		if q.MaxId != 0 && e.StatusID > q.MaxId {
+			continue
+		}
+		if e.StatusID <= q.SinceId || len(out) == int(q.Limit) {
+			break
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// Length returns a timeline's length from the first replica that holds it.
+func (s *Service) Length(ctx context.Context, r *pb.LengthRequest) (*pb.LengthResponse, error) {
+	q := &query{q: &pb.TimelineQuery{Owner: r.Owner, Limit: 1}}
+	if err := checkQuery(q.q, s.cfg.Capacity); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	v, _ := s.current()
+	q.replicas = s.order(v.replicas(r.Owner))
+	s.readReplicas(ctx, v, []*query{q})
+	if err := ctx.Err(); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	if !q.done {
+		return nil, status.Errorf(codes.NotFound, "timeline %d is held by no replica", r.Owner)
+	}
+	return &pb.LengthResponse{Length: q.answer.Length, Node: q.winner}, nil
+}
+
+// repair is a timeline to copy onto a replica that lacks it.
+type repair struct {
+	owner uint64
+	node  string
+}
+
+func (s *Service) scheduleRepair(r repair) {
+	s.repairMu.Lock()
+	defer s.repairMu.Unlock()
+	if s.queued[r] {
+		return
+	}
+	select {
+	case s.repairs <- r:
+		s.queued[r] = true
+	default:
+		s.metrics.repairs.WithLabelValues("dropped").Inc()
+	}
+}
+
+// runRepairs copies timelines onto replicas that lack them, from a sibling
+// that holds them.
+func (s *Service) runRepairs(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for range 2 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case r := <-s.repairs:
+					s.repairMu.Lock()
+					delete(s.queued, r)
+					s.repairMu.Unlock()
+					outcome := "done"
+					if err := s.repairOne(ctx, r); err != nil {
+						outcome = "failed"
+						s.log.Debug("timeline repair failed", "owner", r.owner, "node", r.node, "err", err)
+					}
+					s.metrics.repairs.WithLabelValues(outcome).Inc()
+				}
+			}
+		})
+	}
+}
+
+func (s *Service) repairOne(ctx context.Context, r repair) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	v, _ := s.current()
+	reps := v.replicas(r.owner)
+	if !slices.Contains(reps[:], r.node) {
+		return nil // the rings moved on
+	}
+	full := &pb.ReplicaReadRequest{Queries: []*pb.TimelineQuery{{Owner: r.owner, Limit: int32(s.cfg.Capacity)}}}
+	var last error = errors.New("no sibling holds it")
+	for _, n := range reps {
+		if n == "" || n == r.node {
+			continue
+		}
+		resp, err := s.replicaRead(ctx, v, n, full)
+		if err != nil {
+			last = err
+			continue
+		}
+		if t := resp.Results[0]; t.Held {
+			return s.replicaMerge(ctx, v, r.node, &pb.ReplicaMergeRequest{Timelines: []*pb.ReplicaTimeline{t}})
+		}
+	}
+	return last
+}
+
+func (s *Service) replicaMerge(ctx context.Context, v *view, node string, req *pb.ReplicaMergeRequest) error {
+	return s.replicaCall(ctx, v, node, func(c pb.TimelinesClient) error {
+		_, err := c.ReplicaMerge(ctx, req)
+		return err
+	})
+}

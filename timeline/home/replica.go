@@ -1,0 +1,182 @@
+package home
+
+import (
+	"context"
+
+	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/timeline"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// The replica calls act on this node's memory only.
+
+// exportBatch is the most timelines of one ReplicaExport message.
+const exportBatch = 64
+
+func (s *Service) replicaStore() (*timeline.Store, error) {
+	if s.store == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "node %s does not have the timeline role", s.cfg.NodeID)
+	}
+	return s.store, nil
+}
+
+func toEntry(e *pb.TimelineEntry) timeline.Entry {
+	return timeline.Entry{StatusID: e.GetStatusId(), AuthorID: e.GetAuthorId(), Flags: e.GetFlags()}
+}
+
+func fromEntries(es []timeline.Entry) []*pb.TimelineEntry {
+	out := make([]*pb.TimelineEntry, len(es))
+	for i, e := range es {
+		out[i] = &pb.TimelineEntry{StatusId: e.StatusID, AuthorId: e.AuthorID, Flags: e.Flags}
+	}
+	return out
+}
+
+func toEntries(es []*pb.TimelineEntry) []timeline.Entry {
+	out := make([]timeline.Entry, len(es))
+	for i, e := range es {
+		out[i] = toEntry(e)
+	}
+	return out
+}
+
+func checkEntry(e *pb.TimelineEntry) error {
+	if e == nil {
+		return status.Error(codes.InvalidArgument, "entry is missing")
+	}
+	if e.StatusId == 0 {
+		return status.Error(codes.InvalidArgument, "entry: status_id is zero (unset)")
+	}
+	return nil
+}
+
+// ReplicaPush adds each delivery's entry to the timelines of its owners
+// this node holds (or has reserved), and names the owners it holds not.
+func (s *Service) ReplicaPush(ctx context.Context, r *pb.ReplicaPushRequest) (*pb.ReplicaPushResponse, error) {
+	st, err := s.replicaStore()
+	if err != nil {
+		return nil, err
+	}
+	for i, d := range r.Deliveries {
+		if err := checkEntry(d.GetEntry()); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "deliveries[%d]: %s", i, status.Convert(err).Message())
+		}
+	}
+	resp := &pb.ReplicaPushResponse{}
+	for _, d := range r.Deliveries {
+		added, missing := st.PushManyMissing(d.Owners, toEntry(d.Entry), resp.Missing)
+		resp.Added += uint32(added)
+		resp.Missing = missing
+	}
+	s.metrics.replicaPushes.Add(float64(resp.Added))
+	return resp, nil
+}
+
+// ReplicaRead reads timelines from this node's memory.
+func (s *Service) ReplicaRead(ctx context.Context, r *pb.ReplicaReadRequest) (*pb.ReplicaReadResponse, error) {
+	st, err := s.replicaStore()
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.ReplicaReadResponse{Results: make([]*pb.ReplicaTimeline, len(r.Queries))}
+	for i, q := range r.Queries {
+		resp.Results[i] = readLocal(st, q)
+	}
+	return resp, nil
+}
+
+func readLocal(st *timeline.Store, q *pb.TimelineQuery) *pb.ReplicaTimeline {
+	t := &pb.ReplicaTimeline{Owner: q.Owner}
+	if !st.Has(q.Owner) {
+		return t
+	}
+	t.Held = true
+	t.Entries = fromEntries(st.Range(q.Owner, q.MaxId, q.SinceId, int(q.Limit)))
+	t.Length = uint32(st.Len(q.Owner))
+	return t
+}
+
+// ReplicaRemove removes an entry from this node's timelines.
+func (s *Service) ReplicaRemove(ctx context.Context, r *pb.ReplicaRemoveRequest) (*pb.ReplicaRemoveResponse, error) {
+	st, err := s.replicaStore()
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.ReplicaRemoveResponse{}
+	for _, o := range r.Owners {
+		if st.Remove(o, r.StatusId) {
+			resp.Removed++
+		}
+	}
+	return resp, nil
+}
+
+// ReplicaMerge installs or merges whole timelines.
+func (s *Service) ReplicaMerge(ctx context.Context, r *pb.ReplicaMergeRequest) (*pb.ReplicaMergeResponse, error) {
+	st, err := s.replicaStore()
+	if err != nil {
+		return nil, err
+	}
+	for i, t := range r.Timelines {
+		if t.GetOwner() == 0 {
+			return nil, status.Errorf(codes.InvalidArgument, "timelines[%d]: owner is zero (unset)", i)
+		}
+	}
+	for _, t := range r.Timelines {
+		st.Merge(t.Owner, toEntries(t.Entries))
+	}
+	return &pb.ReplicaMergeResponse{}, nil
+}
+
+// ReplicaReserve reserves timelines for a rebuild.
+func (s *Service) ReplicaReserve(ctx context.Context, r *pb.ReplicaReserveRequest) (*pb.ReplicaReserveResponse, error) {
+	st, err := s.replicaStore()
+	if err != nil {
+		return nil, err
+	}
+	st.Reserve(r.Owners...)
+	return &pb.ReplicaReserveResponse{}, nil
+}
+
+// ReplicaExport streams the timelines this node holds that the rings over
+// r.RingNodes place on r.Node.
+func (s *Service) ReplicaExport(r *pb.ReplicaExportRequest, stream pb.Timelines_ReplicaExportServer) error {
+	st, err := s.replicaStore()
+	if err != nil {
+		return err
+	}
+	if r.Node == "" || len(r.RingNodes) == 0 {
+		return status.Error(codes.InvalidArgument, "node and ring_nodes are required")
+	}
+	rings, err := timeline.NewRings(r.RingNodes, s.cfg.Rings)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "ring_nodes: %v", err)
+	}
+	batch := &pb.ReplicaExportResponse{}
+	var sendErr error
+	st.Each(func(owner uint64, es []timeline.Entry) bool {
+		reps := rings.Replicas(owner)
+		for _, n := range reps {
+			if n == r.Node {
+				batch.Timelines = append(batch.Timelines, &pb.ReplicaTimeline{Owner: owner, Held: true, Entries: fromEntries(es), Length: uint32(len(es))})
+				break
+			}
+		}
+		if len(batch.Timelines) >= exportBatch {
+			sendErr = stream.Send(batch)
+			batch = &pb.ReplicaExportResponse{}
+		}
+		return sendErr == nil && stream.Context().Err() == nil
+	})
+	if sendErr != nil {
+		return sendErr
+	}
+	if err := stream.Context().Err(); err != nil {
+		return status.FromContextError(err).Err()
+	}
+	if len(batch.Timelines) > 0 {
+		return stream.Send(batch)
+	}
+	return nil
+}

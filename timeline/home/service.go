@@ -1,0 +1,334 @@
+package home
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/timeline"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+)
+
+// The index tables the service uses. A site's map must have them (node's
+// DefaultTables do).
+const (
+	TablePosts       = "user_timeline"
+	TableFollowing   = "following"
+	TableFollowers   = "followers"
+	TableFanout      = "fanout"
+	TableCelebrities = "celebrities"
+)
+
+// celebritiesOwner is the one owner of the celebrities table.
+const celebritiesOwner = 1
+
+// Data is the part of a node's Data service the timelines use: writes and
+// reads through the router.
+type Data interface {
+	Write(context.Context, *pb.WriteRequest) (*pb.WriteResponse, error)
+	Range(context.Context, *pb.RangeRequest) (*pb.RangeResponse, error)
+	Count(context.Context, *pb.CountRequest) (*pb.CountResponse, error)
+}
+
+// Config configures a Service. Zero fields take the defaults of
+// EnsureDefaults.
+type Config struct {
+	// NodeID is this node's id in the shard map.
+	NodeID string
+	// Store holds this node's timelines; nil if the node does not have the
+	// timeline role.
+	Store *timeline.Store
+	// Data reaches the index through the node's router.
+	Data Data
+	// Dial returns a connection to a node's gRPC address.
+	Dial func(addr string) (*grpc.ClientConn, error)
+	// NewID returns a new time-ordered id, for Post without a status id.
+	NewID func() (uint64, error)
+	// Capacity is the most entries of a timeline, for rebuilds. Default
+	// Store's capacity, else timeline.DefaultCapacity.
+	Capacity int
+	// CelebrityFollowers: an author with more followers is merged in at
+	// read time instead of pushed. Default 10000.
+	CelebrityFollowers int
+	// FanoutPartitions is the number of fan-out queue partitions per site.
+	// Every node of a site must use the same. Default 16.
+	FanoutPartitions int
+	// FanoutBatch is the most queue entries a worker takes at once.
+	// Default 256.
+	FanoutBatch int
+	// HedgeMin and HedgeMax bound the hedge delay. Default 1ms and 50ms.
+	HedgeMin, HedgeMax time.Duration
+	// Rings configures the placement rings.
+	Rings timeline.RingOptions
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+	// OnDelivered, if set, is called when a post has been pushed to every
+	// reachable replica of its followers' timelines, with the time the post
+	// was accepted (for benchmarks).
+	OnDelivered func(statusID uint64, accepted time.Time)
+}
+
+// EnsureDefaults fills zero fields with their defaults.
+func (c *Config) EnsureDefaults() {
+	if c.Capacity == 0 {
+		c.Capacity = timeline.DefaultCapacity
+		if c.Store != nil {
+			c.Capacity = c.Store.Capacity()
+		}
+	}
+	if c.CelebrityFollowers == 0 {
+		c.CelebrityFollowers = 10000
+	}
+	if c.FanoutPartitions == 0 {
+		c.FanoutPartitions = 16
+	}
+	if c.FanoutBatch == 0 {
+		c.FanoutBatch = 256
+	}
+	if c.HedgeMin == 0 {
+		c.HedgeMin = time.Millisecond
+	}
+	if c.HedgeMax == 0 {
+		c.HedgeMax = 50 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Rings.EnsureDefaults()
+}
+
+// Validate reports a configuration that cannot work.
+func (c *Config) Validate() error {
+	switch {
+	case c.NodeID == "":
+		return errors.New("home: NodeID is empty")
+	case c.Data == nil || c.Dial == nil || c.NewID == nil:
+		return errors.New("home: Data, Dial and NewID are required")
+	case c.FanoutPartitions < 1 || c.FanoutPartitions > 1<<16:
+		return fmt.Errorf("home: FanoutPartitions %d is not in [1, 65536]", c.FanoutPartitions)
+	case c.FanoutBatch < 1 || c.FanoutBatch > 1000:
+		return fmt.Errorf("home: FanoutBatch %d is not in [1, 1000]", c.FanoutBatch)
+	case c.CelebrityFollowers < 1:
+		return fmt.Errorf("home: CelebrityFollowers %d is below 1", c.CelebrityFollowers)
+	case c.HedgeMin <= 0 || c.HedgeMax < c.HedgeMin:
+		return fmt.Errorf("home: hedge delay bounds %v..%v are not a range", c.HedgeMin, c.HedgeMax)
+	}
+	return c.Rings.Validate()
+}
+
+// Member is a timeline node of the site.
+type Member struct {
+	ID   string
+	Addr string
+}
+
+// Members is what the service needs of the shard map.
+type Members struct {
+	// Timeline lists the site's timeline nodes.
+	Timeline []Member
+	// Site is this site's id; Sites every site's id (this one included).
+	Site  uint32
+	Sites []uint32
+}
+
+// view is one version of the placement: the rings over the timeline nodes
+// and their addresses.
+type view struct {
+	rings *timeline.Rings // nil: no timeline nodes
+	addr  map[string]string
+	ids   []string // sorted
+	site  uint32
+	sites []uint32
+}
+
+func (v *view) replicas(owner uint64) [timeline.NumReplicas]string {
+	if v.rings == nil {
+		return [timeline.NumReplicas]string{}
+	}
+	return v.rings.Replicas(owner)
+}
+
+// Service implements pb.TimelinesServer.
+type Service struct {
+	pb.UnimplementedTimelinesServer
+	cfg     Config
+	log     *slog.Logger
+	store   *timeline.Store
+	metrics *metrics
+	hedge   *latencies
+
+	mu      sync.Mutex
+	view    *view
+	changed chan struct{} // closed and replaced on every view change
+	down    map[string]time.Time
+	conns   map[string]pb.TimelinesClient
+
+	celebs   celebrities
+	building flight
+	follows  followCache
+	repairs  chan repair
+	repairMu sync.Mutex
+	queued   map[repair]bool
+	wake     []chan struct{} // per partition: a local post for it
+}
+
+// New returns a service. Call SetMembers with the map's timeline nodes, and
+// Run for the background work (fan-out, repair, refill).
+func New(cfg Config, reg prometheus.Registerer) (*Service, error) {
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Service{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		store:   cfg.Store,
+		metrics: newMetrics(reg, cfg.Store, cfg.FanoutPartitions),
+		hedge:   newLatencies(),
+		view:    &view{addr: map[string]string{}},
+		changed: make(chan struct{}),
+		down:    map[string]time.Time{},
+		conns:   map[string]pb.TimelinesClient{},
+		repairs: make(chan repair, 4096),
+		queued:  map[repair]bool{},
+		wake:    make([]chan struct{}, cfg.FanoutPartitions),
+	}
+	for i := range s.wake {
+		s.wake[i] = make(chan struct{}, 1)
+	}
+	s.follows.entries = map[uint64]followEntry{}
+	return s, nil
+}
+
+// SetMembers installs the site's timeline nodes and sites from a new map.
+func (s *Service) SetMembers(m Members) error {
+	v := &view{addr: map[string]string{}, site: m.Site, sites: slices.Clone(m.Sites)}
+	for _, n := range m.Timeline {
+		v.addr[n.ID] = n.Addr
+		v.ids = append(v.ids, n.ID)
+	}
+	slices.Sort(v.ids)
+	if !slices.Contains(v.sites, v.site) {
+		v.sites = append(v.sites, v.site)
+	}
+	s.mu.Lock()
+	old := s.view
+	s.mu.Unlock()
+	same := slices.Equal(old.ids, v.ids) && old.site == v.site && slices.Equal(old.sites, v.sites)
+	if same {
+		for id, a := range v.addr {
+			same = same && old.addr[id] == a
+		}
+	}
+	if same {
+		return nil
+	}
+	if len(v.ids) > 0 {
+		r, err := timeline.NewRings(v.ids, s.cfg.Rings)
+		if err != nil {
+			return err
+		}
+		v.rings = r
+	}
+	s.mu.Lock()
+	s.view = v
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	s.metrics.ringNodes.Set(float64(len(v.ids)))
+	return nil
+}
+
+func (s *Service) current() (*view, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.view, s.changed
+}
+
+// client returns the Timelines client of a node by id.
+func (s *Service) client(v *view, id string) (pb.TimelinesClient, error) {
+	addr, ok := v.addr[id]
+	if !ok {
+		return nil, fmt.Errorf("home: node %q is not a timeline node of the map", id)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.conns[addr]; ok {
+		return c, nil
+	}
+	cc, err := s.cfg.Dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	c := pb.NewTimelinesClient(cc)
+	s.conns[addr] = c
+	return c, nil
+}
+
+// downFor is how long a replica that failed is asked last.
+const downFor = time.Second
+
+func (s *Service) markDown(id string) {
+	s.mu.Lock()
+	s.down[id] = time.Now().Add(downFor)
+	s.mu.Unlock()
+}
+
+func (s *Service) isDown(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	until, ok := s.down[id]
+	if ok && time.Now().After(until) {
+		delete(s.down, id)
+		return false
+	}
+	return ok
+}
+
+// Run does the background work until ctx ends: fan-out workers for the
+// partitions this node owns, repairs, the celebrity set and refills.
+func (s *Service) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { s.runFanout(ctx) })
+	wg.Go(func() { s.runRepairs(ctx) })
+	wg.Go(func() { s.runCelebrities(ctx) })
+	if s.store != nil {
+		wg.Go(func() { s.runRefill(ctx) })
+	}
+	wg.Wait()
+}
+
+// sleepCtx waits d or until ctx ends; it reports whether ctx is still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// RingNodes lists the timeline nodes the service places timelines on.
+func (s *Service) RingNodes() []string {
+	v, _ := s.current()
+	return slices.Clone(v.ids)
+}
+
+// Held is the number of timelines this node holds (0 without the role).
+func (s *Service) Held() int {
+	if s.store == nil {
+		return 0
+	}
+	return s.store.Owners()
+}
+
+// Celebrities is the number of authors this node knows as celebrities.
+func (s *Service) Celebrities() int { return len(s.celebs.all()) }
