@@ -223,4 +223,7 @@ type TimelineConfig struct {
 	// HedgeMin and HedgeMax bound the delay after which a timeline read is
 	// sent to the next replica too. Defaults 1ms and 50ms.
 	HedgeMin, HedgeMax time.Duration
+	// OnDelivered, if set, is called for every post this node's fan-out
+	// workers delivered, with the time it was accepted (for benchmarks).
+	OnDelivered func(statusID uint64, accepted time.Time)
 }

@@ -32,6 +32,7 @@ func (n *Node) newTimelines(reg prometheus.Registerer) error {
 		HedgeMin:           n.cfg.Timelines.HedgeMin,
 		HedgeMax:           n.cfg.Timelines.HedgeMax,
 		Logger:             n.log,
+		OnDelivered:        n.cfg.Timelines.OnDelivered,
 	}, reg)
 	if err != nil {
 		return err

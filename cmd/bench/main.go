@@ -126,6 +126,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"sort"
 	"strings"
@@ -177,6 +178,18 @@ type config struct {
 	RelayRate    int
 	RelaySteps   []int
 	RelayWriters int
+	// timeline: users, follows per user, posts/s, readers, timelines per
+	// call of the many-timelines reads, capacity, and whether Redis is
+	// measured beside.
+	TimelineUsers    int
+	TimelineFollows  int
+	TimelinePostRate int
+	TimelineReaders  int
+	TimelineMany     int
+	TimelineCapacity int
+	TimelineRedis    bool
+	// CPUProfile, if set, receives a CPU profile of the whole run.
+	CPUProfile string
 }
 
 func (c *config) validate() error {
@@ -204,9 +217,9 @@ func (c *config) validate() error {
 	case c.MigrateWriters < 1:
 		return fmt.Errorf("--migrate-writers %d: must be at least 1", c.MigrateWriters)
 	}
-	all := strings.Join(append(workloadNames[:len(workloadNames):len(workloadNames)], routerWorkload, migrateWorkload, relayWorkload), ",")
+	all := strings.Join(append(workloadNames[:len(workloadNames):len(workloadNames)], routerWorkload, migrateWorkload, relayWorkload, timelineWorkload), ",")
 	for _, w := range c.Workloads {
-		if _, ok := workloadByName(w); !ok && w != routerWorkload && w != migrateWorkload && w != relayWorkload {
+		if _, ok := workloadByName(w); !ok && w != routerWorkload && w != migrateWorkload && w != relayWorkload && w != timelineWorkload {
 			return fmt.Errorf("--workloads: unknown workload %q: want some of %s", w, all)
 		}
 	}
@@ -226,6 +239,18 @@ func (c *config) validate() error {
 	}
 	if router, _ := hasRouter(c.Workloads); router && c.Addr != "" {
 		return fmt.Errorf("--workloads %s: starts its own in-process sites; it cannot measure --addr %s", routerWorkload, c.Addr)
+	}
+	if slices.Contains(c.Workloads, timelineWorkload) {
+		switch {
+		case c.Addr != "":
+			return fmt.Errorf("--workloads %s: starts its own in-process site; it cannot measure --addr %s", timelineWorkload, c.Addr)
+		case c.TimelineUsers < 2 || c.TimelineFollows < 1 || c.TimelineFollows >= c.TimelineUsers:
+			return fmt.Errorf("--timeline-users %d, --timeline-follows %d: want at least 2 users and 1 to users-1 follows", c.TimelineUsers, c.TimelineFollows)
+		case c.TimelinePostRate < 1 || c.TimelineReaders < 1 || c.TimelineMany < 1 || c.TimelineMany > 1000:
+			return fmt.Errorf("--timeline-post-rate %d, --timeline-readers %d, --timeline-many %d: want at least 1 (many at most 1000)", c.TimelinePostRate, c.TimelineReaders, c.TimelineMany)
+		case c.TimelineCapacity < 20:
+			return fmt.Errorf("--timeline-capacity %d: must be at least 20 (reads take 20)", c.TimelineCapacity)
+		}
 	}
 	if slices.Contains(c.Workloads, relayWorkload) {
 		if c.Addr != "" {
@@ -342,6 +367,14 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.IntVar(&cfg.RelayRate, "relay-rate", 3000, "relay: steady writes/s at site-a whose lag to site-b is measured")
 	f.IntSliceVar(&cfg.RelaySteps, "relay-steps", []int{2000, 3000, 4000, 6000, 8000, 11000, 15000, 20000}, "relay: rising writes/s tried for the highest rate site-b keeps up with")
 	f.IntVar(&cfg.RelayWriters, "relay-writers", 64, "relay: concurrent writers at site-a")
+	f.IntVar(&cfg.TimelineUsers, "timeline-users", 5000, "timeline: users (each has a home timeline in memory)")
+	f.IntVar(&cfg.TimelineFollows, "timeline-follows", 120, "timeline: users each user follows, drawn from a Zipf distribution (so the average followers per author)")
+	f.IntVar(&cfg.TimelinePostRate, "timeline-post-rate", 350, "timeline: posts/s (paced, random authors) during the fan-out phase")
+	f.IntVar(&cfg.TimelineReaders, "timeline-readers", 16, "timeline: concurrent readers, in the fan-out phase and the read phases")
+	f.IntVar(&cfg.TimelineMany, "timeline-many", 20, "timeline: timelines per call in the many-timelines read phase")
+	f.IntVar(&cfg.TimelineCapacity, "timeline-capacity", 800, "timeline: timeline capacity (Aviary's and the Redis LTRIM)")
+	f.BoolVar(&cfg.TimelineRedis, "timeline-redis", true, "timeline: also drive Redis lists the same way (installs redis-server with apt-get if missing) and print the ratios")
+	f.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run (clients and in-process nodes) to this file")
 	envflag.Bind(f, "AVIARY_BENCH_")
 	return cmd
 }
@@ -434,6 +467,19 @@ func (b *bench) printf(format string, args ...any) {
 // run runs the configured workloads and prints the results to out. It
 // returns an error if the setup failed or any operation failed.
 func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings string) (err error) {
+	if cfg.CPUProfile != "" {
+		f, err := os.Create(cfg.CPUProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			err = errors.Join(err, f.Close())
+		}()
+	}
 	b := &bench{cfg: cfg, out: out, wcol: 10}
 	router, others := hasRouter(cfg.Workloads)
 	if router {
@@ -511,6 +557,15 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 		}
 		if name == migrateWorkload {
 			if err := b.runMigrate(ctx); err != nil {
+				shutdownErrs = append(shutdownErrs, err)
+			}
+			continue
+		}
+		if name == timelineWorkload {
+			err := runTimeline(ctx, timelineConfig{Users: cfg.TimelineUsers, Follows: cfg.TimelineFollows, PostRate: cfg.TimelinePostRate,
+				Readers: cfg.TimelineReaders, Many: cfg.TimelineMany, Capacity: cfg.TimelineCapacity, Warmup: cfg.Warmup, Duration: cfg.Duration,
+				Redis: cfg.TimelineRedis, Seed: 1}, printer{b})
+			if err != nil {
 				shutdownErrs = append(shutdownErrs, err)
 			}
 			continue

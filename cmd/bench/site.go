@@ -67,7 +67,7 @@ type site struct {
 // shard trees (all on node-0), with its data under dir, one node after
 // another (each ready before the next starts), and returns once every node
 // is ready. On error whatever was started is stopped.
-func startSite(ctx context.Context, dir string, nodes, shards int) (s *site, err error) {
+func startSite(ctx context.Context, dir string, nodes, shards int, opts ...func(*node.Config)) (s *site, err error) {
 	s = &site{dir: dir}
 	defer func() {
 		if err != nil {
@@ -87,6 +87,9 @@ func startSite(ctx context.Context, dir string, nodes, shards int) (s *site, err
 		}
 		if i > 0 {
 			cfg.Join = s.nodes[0].GRPCAddr()
+		}
+		for _, o := range opts {
+			o(&cfg)
 		}
 		n, err := node.New(ctx, cfg)
 		if err != nil {

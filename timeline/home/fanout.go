@@ -71,6 +71,9 @@ func (s *Service) Post(ctx context.Context, r *pb.PostRequest) (*pb.PostResponse
 		p.id = id
 	}
 	v, _ := s.current()
+	if len(v.sites) == 0 {
+		return nil, status.Error(codes.Unavailable, "the node has not applied its site's shard map yet: no fan-out queue to post to")
+	}
 	part := s.partition(p.id)
 	muts := []*pb.Mutation{{Table: TablePosts, Op: &pb.Mutation_Append_{Append: &pb.Mutation_Append{
 		Owner: p.author, Id: p.id, Payload: binary.LittleEndian.AppendUint32(nil, p.flags)}}}}
@@ -130,20 +133,24 @@ func (s *Service) pushOwners(ctx context.Context, v *view, entries []*pb.Timelin
 		results[n] = res
 		wg.Go(func() {
 			err := s.replicaCall(ctx, v, n, func(c pb.TimelinesClient) error {
-				resp, err := c.ReplicaPush(ctx, req)
-				if err != nil {
-					return err
-				}
-				mu.Lock()
-				defer mu.Unlock()
-				res.added = resp.Added
-				for _, o := range resp.Missing {
-					res.missing[o] = true
+				for _, req := range chunkPush(req, maxPushOwners) {
+					resp, err := c.ReplicaPush(ctx, req)
+					if err != nil {
+						return err
+					}
+					mu.Lock()
+					res.added += resp.Added
+					for _, o := range resp.Missing {
+						res.missing[o] = true
+					}
+					mu.Unlock()
 				}
 				return nil
 			})
 			if err != nil {
-				s.markDown(n)
+				if ctx.Err() == nil {
+					s.markDown(n)
+				}
 				res.err = err
 			}
 		})
@@ -175,6 +182,11 @@ func (s *Service) pushOwners(ctx context.Context, v *view, entries []*pb.Timelin
 				for _, n := range lacking {
 					s.scheduleRepair(repair{owner: o, node: n})
 				}
+				for _, n := range reps {
+					if r := results[n]; n != "" && r != nil && r.err != nil {
+						s.scheduleRepair(repair{owner: o, node: n}) // retried until it is back
+					}
+				}
 			}
 			if !took && slices.ContainsFunc(reps[:], func(n string) bool { return n != "" }) {
 				lost = append(lost, o)
@@ -182,6 +194,30 @@ func (s *Service) pushOwners(ctx context.Context, v *view, entries []*pb.Timelin
 		}
 	}
 	return results, lost
+}
+
+// maxPushOwners bounds the owners of one ReplicaPush (8 bytes each), well
+// under the gRPC message limit.
+const maxPushOwners = 100000
+
+// chunkPush splits a push into requests of at most max owners.
+func chunkPush(req *pb.ReplicaPushRequest, max int) []*pb.ReplicaPushRequest {
+	var out []*pb.ReplicaPushRequest
+	cur, n := &pb.ReplicaPushRequest{}, 0
+	for _, d := range req.Deliveries {
+		for owners := d.Owners; len(owners) > 0; {
+			k := min(len(owners), max-n)
+			cur.Deliveries = append(cur.Deliveries, &pb.Delivery{Entry: d.Entry, Owners: owners[:k]})
+			owners, n = owners[k:], n+k
+			if n == max {
+				out, cur, n = append(out, cur), &pb.ReplicaPushRequest{}, 0
+			}
+		}
+	}
+	if n > 0 {
+		out = append(out, cur)
+	}
+	return out
 }
 
 // Push adds one entry to many timelines.
@@ -253,18 +289,20 @@ func (s *Service) Remove(ctx context.Context, r *pb.TimelineRemoveRequest) (*pb.
 	return resp, nil
 }
 
-// owned lists the queue partitions this node works under a view.
+// owned lists the queue partitions this node works: partition p goes to
+// the (p mod n)-th of the n live timeline nodes in id order.
 func (s *Service) owned(v *view) []int {
 	if s.store == nil {
 		return nil
 	}
-	i := slices.Index(v.ids, s.cfg.NodeID)
+	live := s.live(v)
+	i := slices.Index(live, s.cfg.NodeID)
 	if i < 0 {
 		return nil
 	}
 	var ps []int
 	for p := range s.cfg.FanoutPartitions {
-		if p%len(v.ids) == i {
+		if p%len(live) == i {
 			ps = append(ps, p)
 		}
 	}
@@ -272,18 +310,36 @@ func (s *Service) owned(v *view) []int {
 }
 
 // runFanout runs a worker per owned partition, restarting them when the
-// view changes.
+// view or the live nodes change.
 func (s *Service) runFanout(ctx context.Context) {
+	t := time.NewTicker(pingEvery)
+	defer t.Stop()
 	for {
 		v, changed := s.current()
+		owned := s.owned(v)
 		wctx, cancel := context.WithCancel(ctx)
 		var wg sync.WaitGroup
-		for _, p := range s.owned(v) {
-			wg.Go(func() { s.work(wctx, v, p) })
+		for _, p := range owned {
+			wg.Go(func() {
+				s.work(wctx, v, p)
+				s.metrics.depth[p].Store(0) // no longer counted here
+			})
 		}
-		select {
-		case <-ctx.Done():
-		case <-changed:
+		if len(owned) > 0 {
+			s.log.Debug("working fan-out partitions", "partitions", owned)
+		}
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				break wait
+			case <-changed:
+				break wait
+			case <-t.C:
+				if !slices.Equal(s.owned(v), owned) {
+					break wait
+				}
+			}
 		}
 		cancel()
 		wg.Wait()

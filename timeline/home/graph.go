@@ -134,12 +134,19 @@ func newest(lists [][]timeline.Entry, limit int) []timeline.Entry {
 // rebuildConcurrency bounds the index reads of one rebuild.
 const rebuildConcurrency = 16
 
+// rebuildTimeout bounds one rebuild.
+const rebuildTimeout = 30 * time.Second
+
 // rebuild computes a timeline from the index (the newest Capacity posts of
 // the user and of the non-celebrities they follow) and installs it on
 // every reachable replica, reserved first so that pushes that arrive while
 // it reads are kept. Concurrent rebuilds of one timeline share one.
 func (s *Service) rebuild(ctx context.Context, v *view, owner uint64) ([]timeline.Entry, error) {
-	return s.building.do(owner, func() ([]timeline.Entry, error) {
+	return s.building.do(ctx, owner, func() ([]timeline.Entry, error) {
+		// Detached from the first reader: the readers waiting for it may
+		// have longer deadlines.
+		ctx, cancel := context.WithTimeout(s.life, rebuildTimeout)
+		defer cancel()
 		reps := v.replicas(owner)
 		var held []string
 		for _, n := range reps {
@@ -200,6 +207,7 @@ func (s *Service) replicaCall(ctx context.Context, v *view, node string, fn func
 
 // flight shares one rebuild of a timeline among concurrent readers.
 type flight struct {
+	wg    sync.WaitGroup
 	mu    sync.Mutex
 	calls map[uint64]*flightCall
 }
@@ -210,25 +218,32 @@ type flightCall struct {
 	err  error
 }
 
-func (f *flight) do(owner uint64, fn func() ([]timeline.Entry, error)) ([]timeline.Entry, error) {
+func (f *flight) do(ctx context.Context, owner uint64, fn func() ([]timeline.Entry, error)) ([]timeline.Entry, error) {
 	f.mu.Lock()
-	if c, ok := f.calls[owner]; ok {
-		f.mu.Unlock()
-		<-c.done
+	c, ok := f.calls[owner]
+	if !ok {
+		if f.calls == nil {
+			f.calls = map[uint64]*flightCall{}
+		}
+		c = &flightCall{done: make(chan struct{})}
+		f.calls[owner] = c
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			c.es, c.err = fn()
+			f.mu.Lock()
+			delete(f.calls, owner)
+			f.mu.Unlock()
+			close(c.done)
+		}()
+	}
+	f.mu.Unlock()
+	select {
+	case <-c.done:
 		return c.es, c.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	if f.calls == nil {
-		f.calls = map[uint64]*flightCall{}
-	}
-	c := &flightCall{done: make(chan struct{})}
-	f.calls[owner] = c
-	f.mu.Unlock()
-	c.es, c.err = fn()
-	f.mu.Lock()
-	delete(f.calls, owner)
-	f.mu.Unlock()
-	close(c.done)
-	return c.es, c.err
 }
 
 // celebrities is the site's set of authors merged in at read time.

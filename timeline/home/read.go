@@ -62,7 +62,8 @@ type query struct {
 }
 
 // order puts the replicas of a timeline in the order a read tries them:
-// ring order, replicas recently down last, empty slots dropped.
+// this node first if it is one (no network hop), then ring order, replicas
+// recently down last, empty slots dropped.
 func (s *Service) order(reps [timeline.NumReplicas]string) [timeline.NumReplicas]string {
 	var up, down []string
 	for _, r := range reps {
@@ -70,6 +71,8 @@ func (s *Service) order(reps [timeline.NumReplicas]string) [timeline.NumReplicas
 		case r == "":
 		case s.isDown(r):
 			down = append(down, r)
+		case r == s.cfg.NodeID && s.store != nil:
+			up = append([]string{r}, up...)
 		default:
 			up = append(up, r)
 		}
@@ -87,8 +90,10 @@ type readReply struct {
 }
 
 // readReplicas reads every query from the first replica that holds it,
-// hedging to the next replica after the hedge delay. Queries no replica
-// holds come back with done false.
+// hedging to the next replica after the hedge delay. It returns as soon as
+// every query is answered (the RPCs still out are cancelled), or when every
+// replica asked has answered. Queries no replica holds come back with done
+// false.
 func (s *Service) readReplicas(ctx context.Context, v *view, qs []*query) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -140,7 +145,8 @@ func (s *Service) readReplicas(ctx context.Context, v *view, qs []*query) {
 		}
 		return idx
 	}
-	for outstanding > 0 {
+	unanswered := len(qs)
+	for outstanding > 0 && unanswered > 0 {
 		select {
 		case <-ctx.Done():
 			return
@@ -176,6 +182,7 @@ func (s *Service) readReplicas(ctx context.Context, v *view, qs []*query) {
 					next = append(next, i)
 				case r.resp.Results[k].Held:
 					q.done, q.answer, q.winner = true, r.resp.Results[k], r.node
+					unanswered--
 				default:
 					q.lacking = append(q.lacking, r.node)
 					next = append(next, i)
@@ -332,9 +339,39 @@ func (s *Service) runRepairs(ctx context.Context) {
 					if err := s.repairOne(ctx, r); err != nil {
 						outcome = "failed"
 						s.log.Debug("timeline repair failed", "owner", r.owner, "node", r.node, "err", err)
+						s.retryRepair(r)
+					} else {
+						s.repairMu.Lock()
+						delete(s.attempts, r)
+						s.repairMu.Unlock()
 					}
 					s.metrics.repairs.WithLabelValues(outcome).Inc()
 				}
+			}
+		})
+	}
+}
+
+// Repairs that fail (the replica is down) are retried every repairRetry,
+// up to repairAttempts times; a node down longer is refilled from its
+// siblings when it restarts, or repaired by the reads that find it lacking.
+const (
+	repairRetry    = time.Second
+	repairAttempts = 120
+)
+
+func (s *Service) retryRepair(r repair) {
+	s.repairMu.Lock()
+	s.attempts[r]++
+	n := s.attempts[r]
+	if n >= repairAttempts {
+		delete(s.attempts, r)
+	}
+	s.repairMu.Unlock()
+	if n < repairAttempts {
+		time.AfterFunc(repairRetry, func() {
+			if s.life.Err() == nil {
+				s.scheduleRepair(r)
 			}
 		})
 	}

@@ -114,8 +114,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("home: FanoutPartitions %d is not in [1, 65536]", c.FanoutPartitions)
 	case c.FanoutBatch < 1 || c.FanoutBatch > 1000:
 		return fmt.Errorf("home: FanoutBatch %d is not in [1, 1000]", c.FanoutBatch)
-	case c.CelebrityFollowers < 1:
-		return fmt.Errorf("home: CelebrityFollowers %d is below 1", c.CelebrityFollowers)
+	case c.CelebrityFollowers < 1 || c.CelebrityFollowers > maxFollowing:
+		return fmt.Errorf("home: CelebrityFollowers %d is not in [1, %d] (the followers a fan-out reads)", c.CelebrityFollowers, maxFollowing)
 	case c.HedgeMin <= 0 || c.HedgeMax < c.HedgeMin:
 		return fmt.Errorf("home: hedge delay bounds %v..%v are not a range", c.HedgeMin, c.HedgeMax)
 	}
@@ -169,12 +169,18 @@ type Service struct {
 	down    map[string]time.Time
 	conns   map[string]pb.TimelinesClient
 
-	celebs   celebrities
+	celebs celebrities
+	// life ends when Run returns: work detached from a request (rebuilds)
+	// runs under it.
+	life     context.Context
+	endLife  context.CancelFunc
+	alive    liveness
 	building flight
 	follows  followCache
 	repairs  chan repair
 	repairMu sync.Mutex
 	queued   map[repair]bool
+	attempts map[repair]int
 	wake     []chan struct{} // per partition: a local post for it
 }
 
@@ -186,19 +192,21 @@ func New(cfg Config, reg prometheus.Registerer) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		store:   cfg.Store,
-		metrics: newMetrics(reg, cfg.Store, cfg.FanoutPartitions),
-		hedge:   newLatencies(),
-		view:    &view{addr: map[string]string{}},
-		changed: make(chan struct{}),
-		down:    map[string]time.Time{},
-		conns:   map[string]pb.TimelinesClient{},
-		repairs: make(chan repair, 4096),
-		queued:  map[repair]bool{},
-		wake:    make([]chan struct{}, cfg.FanoutPartitions),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		store:    cfg.Store,
+		metrics:  newMetrics(reg, cfg.Store, cfg.FanoutPartitions),
+		hedge:    newLatencies(),
+		view:     &view{addr: map[string]string{}},
+		changed:  make(chan struct{}),
+		down:     map[string]time.Time{},
+		conns:    map[string]pb.TimelinesClient{},
+		repairs:  make(chan repair, 4096),
+		queued:   map[repair]bool{},
+		attempts: map[repair]int{},
+		wake:     make([]chan struct{}, cfg.FanoutPartitions),
 	}
+	s.life, s.endLife = context.WithCancel(context.Background())
 	for i := range s.wake {
 		s.wake[i] = make(chan struct{}, 1)
 	}
@@ -295,6 +303,11 @@ func (s *Service) isDown(id string) bool {
 // partitions this node owns, repairs, the celebrity set and refills.
 func (s *Service) Run(ctx context.Context) {
 	var wg sync.WaitGroup
+	defer func() {
+		s.endLife()
+		s.building.wg.Wait()
+	}()
+	wg.Go(func() { s.runLiveness(ctx) })
 	wg.Go(func() { s.runFanout(ctx) })
 	wg.Go(func() { s.runRepairs(ctx) })
 	wg.Go(func() { s.runCelebrities(ctx) })
