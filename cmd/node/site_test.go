@@ -27,6 +27,7 @@ type siteNode struct {
 	grpc, http, raft string
 	join             string
 	worker           int
+	extra            []string // further flags
 	p                *proc
 	data             pb.DataClient
 	admin            pb.ShardAdminClient
@@ -50,6 +51,7 @@ func (s *siteNode) start(t *testing.T) {
 	if s.join != "" {
 		args = append(args, "--join", s.join)
 	}
+	args = append(args, s.extra...)
 	s.p = startProc(t, exec.Command(nodeBinary(t), args...))
 	cc, err := netx.Dial(s.grpc)
 	if err != nil {

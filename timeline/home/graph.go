@@ -148,15 +148,27 @@ func (s *Service) rebuild(ctx context.Context, v *view, owner uint64) ([]timelin
 		ctx, cancel := context.WithTimeout(s.life, rebuildTimeout)
 		defer cancel()
 		reps := v.replicas(owner)
-		var held []string
+		var held, unreached []string
 		for _, n := range reps {
-			if n != "" && s.replicaCall(ctx, v, n, func(c pb.TimelinesClient) error {
+			if n == "" {
+				continue
+			}
+			if s.replicaCall(ctx, v, n, func(c pb.TimelinesClient) error {
 				_, err := c.ReplicaReserve(ctx, &pb.ReplicaReserveRequest{Owners: []uint64{owner}})
 				return err
 			}) == nil {
 				held = append(held, n)
+			} else {
+				unreached = append(unreached, n)
 			}
 		}
+		// Replicas not reached get the rebuilt timeline by repair, retried
+		// until they answer.
+		defer func() {
+			for _, n := range unreached {
+				s.scheduleRepair(repair{owner: owner, node: n})
+			}
+		}()
 		authors, err := s.following(ctx, owner)
 		if err != nil {
 			return nil, err
@@ -185,6 +197,7 @@ func (s *Service) rebuild(ctx context.Context, v *view, owner uint64) ([]timelin
 		for _, n := range held {
 			if err := s.replicaMerge(ctx, v, n, &pb.ReplicaMergeRequest{Timelines: []*pb.ReplicaTimeline{t}}); err != nil {
 				s.log.Debug("installing a rebuilt timeline failed", "owner", owner, "node", n, "err", err)
+				unreached = append(unreached, n)
 			}
 		}
 		s.metrics.rebuilds.Inc()

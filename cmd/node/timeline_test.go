@@ -1,0 +1,425 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/timeline/home"
+)
+
+// fanoutPartitions is the nodes' default --fanout-partitions.
+const fanoutPartitions = 16
+
+// tlSite is a 3-node site of real processes, all with the timeline role,
+// with a Timelines client per node.
+type tlSite struct {
+	nodes []*siteNode
+	tl    []pb.TimelinesClient
+}
+
+// startTimelineSite starts a site like startSite, with the given timeline
+// capacity and a celebrity threshold no author reaches (everything is
+// pushed).
+func startTimelineSite(t *testing.T, capacity int) *tlSite {
+	t.Helper()
+	dir := t.TempDir()
+	ts := &tlSite{tl: make([]pb.TimelinesClient, 3)}
+	for i := range 3 {
+		s := &siteNode{id: fmt.Sprintf("node-%d", i), dir: filepath.Join(dir, fmt.Sprint(i)), worker: i,
+			grpc: freeAddr(t), http: freeAddr(t), raft: freeAddr(t),
+			extra: []string{"--timeline-capacity", fmt.Sprint(capacity), "--celebrity-followers", "1000"}}
+		if i > 0 {
+			s.join = ts.nodes[0].grpc
+		}
+		s.start(t)
+		ts.nodes = append(ts.nodes, s)
+	}
+	// Once every node routes with the replicated map, it has installed that
+	// map's timeline nodes (all three) on its rings.
+	replicateEverywhere(t, ts.nodes)
+	for i := range ts.nodes {
+		ts.dial(t, i)
+	}
+	return ts
+}
+
+// dial (re)creates node i's Timelines client, after a (re)start.
+func (ts *tlSite) dial(t *testing.T, i int) {
+	t.Helper()
+	cc, err := netx.Dial(ts.nodes[i].grpc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	ts.tl[i] = pb.NewTimelinesClient(cc)
+}
+
+// poll calls f until it returns nil, failing the test at the deadline.
+func poll(t *testing.T, d time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %v", d, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval
+	}
+}
+
+// waitFanout waits until every fan-out queue partition of site 0 is empty.
+func (ts *tlSite) waitFanout(t *testing.T) {
+	t.Helper()
+	poll(t, 30*time.Second, func() error {
+		for p := range fanoutPartitions {
+			c, err := ts.nodes[0].data.Count(t.Context(), &pb.CountRequest{Table: home.TableFanout, Owner: home.QueueOwner(0, p)})
+			if err != nil {
+				return err
+			}
+			if c.Total > 0 {
+				return fmt.Errorf("fan-out partition %d holds %d posts", p, c.Total)
+			}
+		}
+		return nil
+	})
+}
+
+// tlGraph is a follow graph and the acknowledged posts of a test.
+type tlGraph struct {
+	users     int
+	following map[uint64][]uint64
+	posts     map[uint64][]uint64 // author -> status ids
+}
+
+// newZipfGraph has each user follow up to `follows` others drawn from a
+// Zipf distribution.
+func newZipfGraph(r *rand.Rand, users, follows int) *tlGraph {
+	g := &tlGraph{users: users, following: map[uint64][]uint64{}, posts: map[uint64][]uint64{}}
+	z := rand.NewZipf(r, 1.2, 1, uint64(users-1))
+	for u := uint64(1); u <= uint64(users); u++ {
+		seen := map[uint64]bool{u: true}
+		for range follows {
+			if f := z.Uint64() + 1; !seen[f] {
+				seen[f] = true
+				g.following[u] = append(g.following[u], f)
+			}
+		}
+	}
+	return g
+}
+
+// all is every status id on u's home timeline, newest first.
+func (g *tlGraph) all(u uint64) []uint64 {
+	ids := slices.Clone(g.posts[u])
+	for _, f := range g.following[u] {
+		ids = append(ids, g.posts[f]...)
+	}
+	slices.Sort(ids)
+	slices.Reverse(ids)
+	return ids
+}
+
+// expected is the newest n status ids on u's home timeline.
+func (g *tlGraph) expected(u uint64, n int) []uint64 {
+	ids := g.all(u)
+	return ids[:min(n, len(ids))]
+}
+
+// overflowing counts the timelines with more entries than capacity.
+func (g *tlGraph) overflowing(capacity int) int {
+	n := 0
+	for u := uint64(1); u <= uint64(g.users); u++ {
+		if len(g.all(u)) > capacity {
+			n++
+		}
+	}
+	return n
+}
+
+func entryIDs(es []*pb.TimelineEntry) []uint64 {
+	out := make([]uint64, len(es))
+	for i, e := range es {
+		out[i] = e.StatusId
+	}
+	return out
+}
+
+// build writes the follows, creates every timeline (a first read rebuilds
+// it: empty), and posts statuses by random authors, all through random
+// nodes.
+func (g *tlGraph) build(t *testing.T, ts *tlSite, r *rand.Rand, posts int) {
+	t.Helper()
+	ctx := t.Context()
+	for u := uint64(1); u <= uint64(g.users); u++ {
+		for _, f := range g.following[u] {
+			if _, err := ts.tl[r.IntN(3)].Follow(ctx, &pb.FollowRequest{FollowerId: u, FolloweeId: f}); err != nil {
+				t.Fatalf("follow %d -> %d: %v", u, f, err)
+			}
+		}
+	}
+	for u := uint64(1); u <= uint64(g.users); u++ {
+		if _, err := ts.tl[r.IntN(3)].Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: u}}}); err != nil {
+			t.Fatalf("first read of %d: %v", u, err)
+		}
+	}
+	for range posts {
+		a := uint64(r.IntN(g.users)) + 1
+		resp, err := ts.tl[r.IntN(3)].Post(ctx, &pb.PostRequest{AuthorId: a, Flags: 7})
+		if err != nil {
+			t.Fatalf("post by %d: %v", a, err)
+		}
+		g.posts[a] = append(g.posts[a], resp.StatusId)
+	}
+}
+
+// replicaCopies reads every user's timeline from node i's memory only.
+func (ts *tlSite) replicaCopies(ctx context.Context, i, users, capacity int) ([]*pb.ReplicaTimeline, error) {
+	req := &pb.ReplicaReadRequest{}
+	for u := 1; u <= users; u++ {
+		req.Queries = append(req.Queries, &pb.TimelineQuery{Owner: uint64(u), Limit: int32(capacity)})
+	}
+	rr, err := ts.tl[i].ReplicaRead(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if len(rr.Results) != users {
+		return nil, fmt.Errorf("node-%d answered %d of %d timelines", i, len(rr.Results), users)
+	}
+	return rr.Results, nil
+}
+
+// checkReplicas checks that every node holds every timeline, bounded,
+// without duplicates, and that the three copies are identical.
+func (g *tlGraph) checkReplicas(t *testing.T, ts *tlSite, capacity int) {
+	t.Helper()
+	// Replicas a rebuild or a push could not reach are repaired in the
+	// background: they converge, so wait for it.
+	poll(t, 30*time.Second, func() error { return g.replicasAgree(t, ts, capacity) })
+}
+
+// replicasAgree says how the replicas' copies of every timeline differ, if
+// they do.
+func (g *tlGraph) replicasAgree(t *testing.T, ts *tlSite, capacity int) error {
+	var copies [][]*pb.ReplicaTimeline
+	for i := range ts.nodes {
+		c, err := ts.replicaCopies(t.Context(), i, g.users, capacity)
+		if err != nil {
+			return err
+		}
+		copies = append(copies, c)
+	}
+	for u := range g.users {
+		for i, c := range copies {
+			rt := c[u]
+			if !rt.Held {
+				return fmt.Errorf("timeline %d is not held on node-%d", u+1, i)
+			}
+			ids := entryIDs(rt.Entries)
+			if len(ids) > capacity || int(rt.Length) > capacity {
+				t.Fatalf("timeline %d on node-%d holds %d entries (length %d), capacity %d", u+1, i, len(ids), rt.Length, capacity)
+			}
+			if len(slices.Compact(slices.Clone(ids))) != len(ids) {
+				t.Fatalf("timeline %d on node-%d holds a status twice: %v", u+1, i, ids)
+			}
+			if first := entryIDs(copies[0][u].Entries); !slices.Equal(first, ids) {
+				return fmt.Errorf("timeline %d: replicas differ:\nnode-0: %v\nnode-%d: %v", u+1, first, i, ids)
+			}
+		}
+	}
+	return nil
+}
+
+// checkReads reads every timeline through node i and compares it with the
+// graph.
+func (g *tlGraph) checkReads(t *testing.T, ts *tlSite, i, capacity int) {
+	t.Helper()
+	for u := uint64(1); u <= uint64(g.users); u++ {
+		resp, err := ts.tl[i].Read(t.Context(), &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: u, Limit: int32(capacity)}}})
+		if err != nil {
+			t.Fatalf("read %d through node-%d: %v", u, i, err)
+		}
+		if got, want := entryIDs(resp.Results[0].Entries), g.expected(u, capacity); !slices.Equal(got, want) {
+			t.Fatalf("timeline %d through node-%d: got %d entries %v\nwant %d %v", u, i, len(got), got, len(want), want)
+		}
+	}
+}
+
+// TestTimelineKillOneNodeUnderReads SIGKILLs one of three timeline node
+// processes while reads run through the other two: no read fails or is
+// wrong. The restarted node (its memory empty) is refilled from its
+// siblings, serves the expected timelines, and agrees with them.
+func TestTimelineKillOneNodeUnderReads(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a 3-node site of real processes")
+	}
+	seed := testSeed(t)
+	r := rand.New(rand.NewPCG(seed, 0))
+	const capacity, users = 12, 60
+	ts := startTimelineSite(t, capacity)
+	g := newZipfGraph(r, users, 5)
+	g.build(t, ts, r, 150)
+	ts.waitFanout(t)
+	t.Logf("%d of %d timelines have more than %d entries", g.overflowing(capacity), users, capacity)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var reads, failed, wrong atomic.Int64
+	var firstErr, firstWrong atomic.Value
+	var wg sync.WaitGroup
+	for w := range 4 {
+		rr := rand.New(rand.NewPCG(seed, uint64(w)+1))
+		c := ts.tl[w%2] // node-0 and node-1 stay up
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				u := uint64(rr.IntN(users)) + 1
+				resp, err := c.Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: u, Limit: capacity}}})
+				if ctx.Err() != nil {
+					return
+				}
+				reads.Add(1)
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("timeline %d through node-%d: %v", u, w%2, err))
+					continue
+				}
+				if got, want := entryIDs(resp.Results[0].Entries), g.expected(u, capacity); !slices.Equal(got, want) {
+					wrong.Add(1)
+					firstWrong.CompareAndSwap(nil, fmt.Sprintf("timeline %d through node-%d (answered by %q): got %v, want %v",
+						u, w%2, resp.Results[0].Node, got, want))
+				}
+			}
+		})
+	}
+	poll(t, 30*time.Second, func() error {
+		if n := reads.Load(); n < 200 {
+			return fmt.Errorf("%d reads before the kill", n)
+		}
+		return nil
+	})
+	ts.nodes[2].p.kill()
+	killed, before := time.Now(), reads.Load()
+	t.Logf("killed node-2 with SIGKILL after %d reads", before)
+	// Read on for a while after the kill: past the 1s for which a failed
+	// replica is asked last, so node-2 is tried and fails again.
+	poll(t, 60*time.Second, func() error {
+		if n := reads.Load() - before; n < 1000 || time.Since(killed) < 3*time.Second {
+			return fmt.Errorf("%d reads in %v since the kill", n, time.Since(killed).Round(time.Millisecond))
+		}
+		return nil
+	})
+	cancel()
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Errorf("%d of %d reads failed with node-2 killed; first: %v", n, reads.Load(), firstErr.Load())
+	}
+	if n := wrong.Load(); n > 0 {
+		t.Errorf("%d of %d reads answered a wrong timeline; first: %v", n, reads.Load(), firstWrong.Load())
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	t.Logf("%d reads, none failed or wrong, %d of them in %v after the kill",
+		reads.Load(), reads.Load()-before, time.Since(killed).Round(time.Millisecond))
+
+	// Restart node-2 at the same addresses: its memory is empty until its
+	// siblings refill it.
+	restarted := time.Now()
+	ts.nodes[2].start(t)
+	ts.dial(t, 2)
+	poll(t, 30*time.Second, func() error {
+		c, err := ts.replicaCopies(t.Context(), 2, users, capacity)
+		if err != nil {
+			return err
+		}
+		held := 0
+		for _, rt := range c {
+			if rt.Held {
+				held++
+			}
+		}
+		if held < users {
+			return fmt.Errorf("node-2 holds %d of %d timelines", held, users)
+		}
+		return nil
+	})
+	t.Logf("node-2 refilled %v after its restart", time.Since(restarted).Round(time.Millisecond))
+	g.checkReads(t, ts, 2, capacity)
+	g.checkReplicas(t, ts, capacity)
+}
+
+// TestTimelineKillAllReplicasRebuilt SIGKILLs all three node processes, so
+// that no replica of any timeline survives, restarts them, and checks that
+// reads rebuild every timeline from the index exactly as the acknowledged
+// posts and follows say, and install it on every replica.
+func TestTimelineKillAllReplicasRebuilt(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a 3-node site of real processes")
+	}
+	seed := testSeed(t)
+	r := rand.New(rand.NewPCG(seed, 0))
+	const capacity, users = 12, 40
+	ts := startTimelineSite(t, capacity)
+	g := newZipfGraph(r, users, 5)
+	g.build(t, ts, r, 100)
+	ts.waitFanout(t)
+	t.Logf("%d of %d timelines have more than %d entries", g.overflowing(capacity), users, capacity)
+
+	for _, s := range ts.nodes {
+		s.p.kill()
+	}
+	// All at once: a lone raft voter of three cannot elect a leader, so a
+	// node does not become ready before a second one runs.
+	var wg sync.WaitGroup
+	for _, s := range ts.nodes {
+		wg.Go(func() { s.start(t) })
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for i := range ts.nodes {
+		ts.dial(t, i)
+	}
+	ctx := t.Context()
+	for i := range ts.nodes {
+		c, err := ts.replicaCopies(ctx, i, users, capacity)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rt := range c {
+			if rt.Held {
+				t.Fatalf("node-%d holds timeline %d after all nodes were killed: %v", i, rt.Owner, entryIDs(rt.Entries))
+			}
+		}
+	}
+	// The first read of each timeline, through a random node, rebuilds it.
+	order := r.Perm(users)
+	for _, k := range order {
+		u, i := uint64(k+1), r.IntN(3)
+		resp, err := ts.tl[i].Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: u, Limit: capacity}}})
+		if err != nil {
+			t.Fatalf("first read of %d through node-%d: %v", u, i, err)
+		}
+		res := resp.Results[0]
+		if !res.Rebuilt {
+			t.Fatalf("first read of timeline %d through node-%d was not rebuilt: answered by %q", u, i, res.Node)
+		}
+		if got, want := entryIDs(res.Entries), g.expected(u, capacity); !slices.Equal(got, want) {
+			t.Fatalf("rebuilt timeline %d: got %d entries %v\nwant %d %v", u, len(got), got, len(want), want)
+		}
+	}
+	g.checkReplicas(t, ts, capacity)
+	g.checkReads(t, ts, 0, capacity)
+}
