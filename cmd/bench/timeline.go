@@ -37,38 +37,48 @@ type timelineConfig struct {
 	Seed     uint64
 }
 
-// deliveries collects the delivery latency of the posts accepted within
-// the measured window.
+// deliveries collects when each post was delivered, by status id, so the
+// measured posts (those whose Post started within the window) are matched
+// exactly whichever side of the window their acceptance fell on.
 type deliveries struct {
-	mu       sync.Mutex
-	from, to time.Time
-	h        *Histogram
-	n        int
-	last     time.Time
+	mu   sync.Mutex
+	took map[uint64]time.Duration // status id -> acceptance to delivery
+	at   map[uint64]time.Time     // status id -> delivered at
 }
 
-func (d *deliveries) window(from, to time.Time) {
+func (d *deliveries) reset() {
 	d.mu.Lock()
-	d.from, d.to, d.h, d.n = from, to, NewHistogram(), 0
+	d.took, d.at = map[uint64]time.Duration{}, map[uint64]time.Time{}
 	d.mu.Unlock()
 }
 
-func (d *deliveries) delivered(accepted time.Time) {
+func (d *deliveries) delivered(id uint64, accepted time.Time) {
 	now := time.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.h == nil || accepted.Before(d.from) || !accepted.Before(d.to) {
-		return
+	if d.took != nil {
+		d.took[id], d.at[id] = now.Sub(accepted), now
 	}
-	d.h.RecordDuration(now.Sub(accepted))
-	d.n++
-	d.last = now
 }
 
-func (d *deliveries) count() int {
+// of returns the latencies of the given posts' deliveries, how many are
+// not delivered yet, and when the last was delivered.
+func (d *deliveries) of(ids []uint64) (h *Histogram, missing int, last time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.n
+	h = NewHistogram()
+	for _, id := range ids {
+		took, ok := d.took[id]
+		if !ok {
+			missing++
+			continue
+		}
+		h.RecordDuration(took)
+		if at := d.at[id]; at.After(last) {
+			last = at
+		}
+	}
+	return h, missing, last
 }
 
 // followGraph draws each user's follows from a Zipf distribution over the
@@ -103,7 +113,7 @@ func runTimeline(ctx context.Context, c timelineConfig, out io.Writer) error {
 	s, err := startSite(ctx, dir, siteNodes, siteShards, func(cfg *node.Config) {
 		cfg.Timeline = true
 		cfg.Timelines.Capacity = c.Capacity
-		cfg.Timelines.OnDelivered = func(_ uint64, accepted time.Time) { dl.delivered(accepted) }
+		cfg.Timelines.OnDelivered = dl.delivered
 	})
 	if err != nil {
 		return err
@@ -140,13 +150,13 @@ func runTimeline(ctx context.Context, c timelineConfig, out io.Writer) error {
 	fmt.Fprintf(out, "loaded %d edges (both directions) and created %d timelines x 3 replicas in %s\n", edges, c.Users, time.Since(start).Round(time.Millisecond))
 
 	fmt.Fprintf(out, "%-28s %9s %9s %11s %9s %9s %9s %9s %9s %7s\n", "phase", "posts/s", "deliv/s", "pushes/s", "deliv p50", "deliv p99", "reads/s", "read p50", "read p99", "errors")
-	av, err := fanoutPhase(ctx, c, followers, &dl, func(ctx context.Context, w int, author uint64) error {
-		_, err := tls[w%len(tls)].Post(ctx, &pb.PostRequest{AuthorId: author})
-		return err
+	av, err := fanoutPhase(ctx, c, followers, &dl, func(ctx context.Context, w int, author uint64) (uint64, error) {
+		resp, err := tls[w%len(tls)].Post(ctx, &pb.PostRequest{AuthorId: author})
+		return resp.GetStatusId(), err
 	}, func(ctx context.Context, w int, owner uint64) error {
 		_, err := tls[w%len(tls)].Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: owner, Limit: 20}}})
 		return err
-	}, dl.count)
+	})
 	if err != nil {
 		return err
 	}
@@ -316,13 +326,14 @@ func (p phaseResult) print(out io.Writer, name string, replicas int) {
 
 // fanoutPhase posts at c.PostRate (paced, authors uniform) while c.Readers
 // read random timelines, for warmup + duration; then waits for the
-// deliveries of the measured posts. post and read do one operation;
-// delivered counts the measured posts delivered so far.
+// deliveries of the measured posts (those whose Post started after the
+// warmup). post (returning the status id) and read do one operation.
 func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]uint64, dl *deliveries,
-	post func(ctx context.Context, w int, author uint64) error, read func(ctx context.Context, w int, owner uint64) error, delivered func() int) (phaseResult, error) {
+	post func(ctx context.Context, w int, author uint64) (uint64, error), read func(ctx context.Context, w int, owner uint64) error) (phaseResult, error) {
+	dl.reset()
 	start := time.Now()
 	from, to := start.Add(c.Warmup), start.Add(c.Warmup+c.Duration)
-	dl.window(from, to)
+	var measured []uint64
 	var res phaseResult
 	var mu sync.Mutex
 	postH, readH := NewHistogram(), NewHistogram()
@@ -351,7 +362,7 @@ func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]u
 				}
 				author := uint64(r.IntN(c.Users)) + 1
 				t0 := time.Now()
-				err := post(pctx, w, author)
+				id, err := post(pctx, w, author)
 				if pctx.Err() != nil {
 					return
 				}
@@ -363,6 +374,7 @@ func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]u
 				if !t0.Before(from) {
 					mu.Lock()
 					postH.RecordDuration(time.Since(t0))
+					measured = append(measured, id)
 					posts++
 					timelines += 1 + len(followers[author])
 					mu.Unlock()
@@ -396,12 +408,11 @@ func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]u
 	wg.Wait()
 	// Wait for the measured posts to be delivered.
 	deadline := time.Now().Add(time.Minute)
-	for delivered() < posts && time.Now().Before(deadline) && ctx.Err() == nil {
+	h, missing, last := dl.of(measured)
+	for missing > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond) // polling interval
+		h, missing, last = dl.of(measured)
 	}
-	dl.mu.Lock()
-	last, h := dl.last, dl.h
-	dl.mu.Unlock()
 	elapsed := max(last.Sub(from), c.Duration)
 	res = phaseResult{
 		postsPerSec: float64(posts) / c.Duration.Seconds(),
@@ -410,7 +421,7 @@ func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]u
 		readsPerSec: float64(reads) / c.Duration.Seconds(),
 		readP50:     readH.Quantile(0.50), readP99: readH.Quantile(0.99),
 		errors:      errs.Load(),
-		undelivered: posts - delivered(), postsMeasured: posts,
+		undelivered: missing, postsMeasured: posts,
 	}
 	if e := firstErr.Load(); e != nil {
 		res.firstErr = e.(error).Error()
@@ -447,14 +458,14 @@ func redisFanoutPhase(ctx context.Context, c timelineConfig, followers map[uint6
 						werrs.Add(1)
 						continue
 					}
-					dl.delivered(p.accepted)
+					dl.delivered(p.id, p.accepted)
 				}
 			}
 		})
 	}
 	defer func() { stopWorkers(); workers.Wait() }()
 	var ids atomic.Uint64
-	res, err := fanoutPhase(ctx, c, followers, &dl, func(ctx context.Context, _ int, author uint64) error {
+	res, err := fanoutPhase(ctx, c, followers, &dl, func(ctx context.Context, _ int, author uint64) (uint64, error) {
 		p := struct {
 			author   uint64
 			id       uint64
@@ -462,14 +473,14 @@ func redisFanoutPhase(ctx context.Context, c timelineConfig, followers map[uint6
 		}{author, ids.Add(1), time.Now()}
 		select {
 		case queue <- p:
-			return nil
+			return p.id, nil
 		case <-ctx.Done():
-			return ctx.Err()
+			return 0, ctx.Err()
 		}
 	}, func(ctx context.Context, _ int, owner uint64) error {
 		_, err := rd.read(ctx, owner, 20)
 		return err
-	}, dl.count)
+	})
 	res.errors += werrs.Load()
 	return res, err
 }

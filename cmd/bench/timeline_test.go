@@ -1,0 +1,28 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSmokeTimeline runs the timeline workload small, without Redis, and
+// checks that every measured post was delivered and the rows are printed.
+func TestSmokeTimeline(t *testing.T) {
+	var out strings.Builder
+	err := runTimeline(t.Context(), timelineConfig{Users: 60, Follows: 6, PostRate: 50, Readers: 2, Many: 5, Capacity: 40,
+		Warmup: 200 * time.Millisecond, Duration: time.Second, Seed: 1}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := out.String()
+	t.Log(s)
+	for _, want := range []string{"aviary post+fan-out, read20", "aviary read 1/call", "aviary read 5/call", "# targets:"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if strings.Contains(s, "not delivered") || strings.Contains(s, "first error") {
+		t.Errorf("posts undelivered or errors:\n%s", s)
+	}
+}
