@@ -82,6 +82,15 @@
 //     JetStream publish+consume of 200,000 256-byte messages on site-a's
 //     nats-server, and the ratio sustained/raw. Targets: lag p99 < 100ms at
 //     3,000 writes/s; sustained >= 30% of raw JetStream.
+//   - timeline (not run by default): home timelines on an in-process 3-node
+//     site against Redis lists driven the same way (redis-server is
+//     installed with apt-get if missing and started on a free port): a
+//     --timeline-users Zipf follow graph with --timeline-follows follows per
+//     user; posts at --timeline-post-rate with --timeline-readers readers,
+//     delivery latency (acceptance to every follower's timeline) and read
+//     latency; then read throughput one and --timeline-many timelines per
+//     call; the ratios Aviary/Redis and the targets. See
+//     docs/benchmarks.md.
 //
 // Unless --raw=false, put, batch100 and get are also run against bare Pebble
 // in a fresh directory next to the node's data (so on the same disk), with
@@ -112,6 +121,10 @@
 // and those of the relay workload with:
 //
 //	go run ./cmd/bench --workloads relay
+//
+// and those of the timeline workload with:
+//
+//	go run ./cmd/bench --workloads timeline --duration 10s --warmup 2s
 package main
 
 import (
