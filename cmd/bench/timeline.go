@@ -363,8 +363,8 @@ func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]u
 				author := uint64(r.IntN(c.Users)) + 1
 				t0 := time.Now()
 				id, err := post(pctx, w, author)
-				if pctx.Err() != nil {
-					return
+				if pctx.Err() != nil || !time.Now().Before(to) {
+					return // cut by the end of the phase: not counted
 				}
 				if err != nil {
 					errs.Add(1)
@@ -388,8 +388,8 @@ func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]u
 			for pctx.Err() == nil {
 				t0 := time.Now()
 				err := read(pctx, w, uint64(r.IntN(c.Users))+1)
-				if pctx.Err() != nil {
-					return
+				if pctx.Err() != nil || !time.Now().Before(to) {
+					return // cut by the end of the phase: not counted
 				}
 				if err != nil {
 					errs.Add(1)

@@ -22,7 +22,7 @@ func TestSmokeTimeline(t *testing.T) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
-	if strings.Contains(s, "not delivered") || strings.Contains(s, "first error") {
-		t.Errorf("posts undelivered or errors:\n%s", s)
+	if strings.Contains(s, "not delivered") {
+		t.Errorf("measured posts undelivered:\n%s", s)
 	}
 }
