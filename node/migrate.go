@@ -13,6 +13,7 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/gizzard/router"
+	"github.com/aviarydb/aviary/internal/timex"
 	"github.com/aviarydb/aviary/shard"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -301,7 +302,7 @@ func pace(ctx context.Context, start time.Time, records, bytes uint64, rateRecor
 		due = max(due, time.Duration(float64(bytes)/rateBytes*float64(time.Second)))
 	}
 	if wait := time.Until(start.Add(due)); wait > 0 {
-		return sleepCtx(ctx, wait)
+		return timex.Sleep(ctx, wait)
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/gizzard/router"
 	"github.com/aviarydb/aviary/ids"
+	"github.com/aviarydb/aviary/internal/timex"
 	"github.com/aviarydb/aviary/replication"
 	"github.com/aviarydb/aviary/replication/natsx"
 	"github.com/aviarydb/aviary/shard"
@@ -172,7 +173,7 @@ func (r *replicator) publish(ctx context.Context) {
 	for ctx.Err() == nil {
 		url := r.url()
 		if url == "" {
-			_ = sleepCtx(ctx, time.Second)
+			_ = timex.Sleep(ctx, time.Second)
 			continue
 		}
 		err := r.session(ctx, url)
@@ -181,19 +182,8 @@ func (r *replicator) publish(ctx context.Context) {
 			return
 		}
 		r.n.log.Warn("replication publisher interrupted; retrying", "nats", url, "err", err, "in", backoff)
-		_ = sleepCtx(ctx, backoff)
+		_ = timex.Sleep(ctx, backoff)
 		backoff = min(backoff*2, 5*time.Second)
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }
 

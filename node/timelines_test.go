@@ -12,7 +12,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
-	"github.com/aviarydb/aviary/timeline/home"
+	"github.com/aviarydb/aviary/internal/tltest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -37,108 +37,70 @@ func timelineSite(t *testing.T, capacity, celebrity int) *site {
 
 func (s *site) timelines(i int) pb.TimelinesClient { return pb.NewTimelinesClient(s.nodes[i].conn) }
 
-// graph is a follow graph and the posts of a test, and what every home
-// timeline must then hold.
-type graph struct {
-	users     int
-	following map[uint64][]uint64
-	posts     map[uint64][]uint64 // author -> status ids
-}
+// graph is a follow graph and the posts of a test.
+type graph struct{ *tltest.Graph }
 
-// zipfGraph has each user follow `follows` others drawn from a Zipf
-// distribution, so a few authors have very many followers.
-func zipfGraph(r *rand.Rand, users, follows int) *graph {
-	g := &graph{users: users, following: map[uint64][]uint64{}, posts: map[uint64][]uint64{}}
-	z := rand.NewZipf(r, 1.2, 1, uint64(users-1))
-	for u := uint64(1); u <= uint64(users); u++ {
-		seen := map[uint64]bool{u: true}
-		for range follows {
-			f := z.Uint64() + 1
-			if seen[f] {
-				continue
-			}
-			seen[f] = true
-			g.following[u] = append(g.following[u], f)
-		}
-	}
+// postedGraph builds a Zipf follow graph of users with up to follows
+// follows each on the site (randomly seeded, the seed logged), posts on it,
+// and waits until the posts are fanned out.
+func (s *site) postedGraph(t *testing.T, users, follows, posts int) graph {
+	t.Helper()
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(uint64(seed), 0))
+	g := graph{tltest.Zipf(r, users, follows)}
+	g.build(t, s, r, posts)
+	s.waitFanout(t, 4)
 	return g
-}
-
-// expected is the newest n status ids on u's home timeline.
-func (g *graph) expected(u uint64, n int) []uint64 {
-	all := slices.Clone(g.posts[u])
-	for _, f := range g.following[u] {
-		all = append(all, g.posts[f]...)
-	}
-	slices.Sort(all)
-	slices.Reverse(all)
-	return all[:min(n, len(all))]
-}
-
-func statusIDs(es []*pb.TimelineEntry) []uint64 {
-	out := make([]uint64, len(es))
-	for i, e := range es {
-		out[i] = e.StatusId
-	}
-	return out
 }
 
 // waitFanout waits until every fan-out queue partition of site 0 is empty.
 func (s *site) waitFanout(t *testing.T, partitions int) {
 	t.Helper()
 	waitFor(t, 60*time.Second, func() error {
-		for p := range partitions {
-			c, err := s.nodes[0].data.Count(t.Context(), &pb.CountRequest{Table: home.TableFanout, Owner: home.QueueOwner(0, p)})
-			if err != nil {
-				return err
-			}
-			if c.Total > 0 {
-				return fmt.Errorf("fan-out partition %d holds %d posts", p, c.Total)
-			}
-		}
-		return nil
+		return tltest.FanoutPending(t.Context(), s.nodes[0].data, 0, partitions)
 	})
 }
 
 // build writes the graph's follows, creates every home timeline (a first
 // read rebuilds it: empty), and posts `posts` statuses by random authors,
 // through random nodes.
-func (g *graph) build(t *testing.T, s *site, r *rand.Rand, posts int) {
+func (g graph) build(t *testing.T, s *site, r *rand.Rand, posts int) {
 	t.Helper()
 	ctx := t.Context()
-	for u, fs := range g.following {
+	for u, fs := range g.Following {
 		for _, f := range fs {
 			if _, err := s.timelines(r.IntN(3)).Follow(ctx, &pb.FollowRequest{FollowerId: u, FolloweeId: f}); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	for u := uint64(1); u <= uint64(g.users); u++ {
+	for u := uint64(1); u <= uint64(g.Users); u++ {
 		if _, err := s.timelines(r.IntN(3)).Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: u}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for range posts {
-		a := uint64(r.IntN(g.users)) + 1
+		a := uint64(r.IntN(g.Users)) + 1
 		resp, err := s.timelines(r.IntN(3)).Post(ctx, &pb.PostRequest{AuthorId: a, Flags: 7})
 		if err != nil {
 			t.Fatal(err)
 		}
-		g.posts[a] = append(g.posts[a], resp.StatusId)
+		g.Posts[a] = append(g.Posts[a], resp.StatusId)
 	}
 }
 
 // check reads every home timeline through node i and compares it with the
 // graph; with replicas, it also compares the three replicas' copies.
-func (g *graph) check(t *testing.T, s *site, i, capacity int, replicas bool) {
+func (g graph) check(t *testing.T, s *site, i, capacity int, replicas bool) {
 	t.Helper()
 	ctx := t.Context()
-	for u := uint64(1); u <= uint64(g.users); u++ {
+	for u := uint64(1); u <= uint64(g.Users); u++ {
 		resp, err := s.timelines(i).Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: u, Limit: int32(capacity)}}})
 		if err != nil {
 			t.Fatalf("read %d: %v", u, err)
 		}
-		if got, want := statusIDs(resp.Results[0].Entries), g.expected(u, capacity); !slices.Equal(got, want) {
+		if got, want := tltest.StatusIDs(resp.Results[0].Entries), g.Expected(u, capacity); !slices.Equal(got, want) {
 			t.Fatalf("timeline %d: got %d entries %v\nwant %d %v", u, len(got), got, len(want), want)
 		}
 		if !replicas {
@@ -153,7 +115,7 @@ func (g *graph) check(t *testing.T, s *site, i, capacity int, replicas bool) {
 			if !rr.Results[0].Held {
 				t.Fatalf("timeline %d is not held on node %d", u, j)
 			}
-			ids := statusIDs(rr.Results[0].Entries)
+			ids := tltest.StatusIDs(rr.Results[0].Entries)
 			if len(ids) > capacity {
 				t.Fatalf("timeline %d on node %d holds %d entries, capacity %d", u, j, len(ids), capacity)
 			}
@@ -175,14 +137,9 @@ func (g *graph) check(t *testing.T, s *site, i, capacity int, replicas bool) {
 // bounded; the most followed authors pass the celebrity threshold and are
 // merged in at read time.
 func TestTimelineFanoutZipf(t *testing.T) {
-	seed := time.Now().UnixNano()
-	t.Logf("seed %d", seed)
-	r := rand.New(rand.NewPCG(uint64(seed), 0))
 	const capacity, users = 30, 120
 	s := timelineSite(t, capacity, 40)
-	g := zipfGraph(r, users, 8)
-	g.build(t, s, r, 400)
-	s.waitFanout(t, 4)
+	g := s.postedGraph(t, users, 8, 400)
 	celebs := 0
 	for _, tn := range s.nodes {
 		celebs = max(celebs, tn.n.timelines.Celebrities())
@@ -197,14 +154,9 @@ func TestTimelineFanoutZipf(t *testing.T) {
 // reads run through the others: no read fails. After it restarts (empty)
 // it is refilled from its siblings and agrees with them.
 func TestTimelineNodeDownUnderReads(t *testing.T) {
-	seed := time.Now().UnixNano()
-	t.Logf("seed %d", seed)
-	r := rand.New(rand.NewPCG(uint64(seed), 0))
 	const capacity, users = 20, 60
 	s := timelineSite(t, capacity, 1000)
-	g := zipfGraph(r, users, 5)
-	g.build(t, s, r, 150)
-	s.waitFanout(t, 4)
+	g := s.postedGraph(t, users, 5, 150)
 
 	ctx, cancel := context.WithCancel(t.Context())
 	var reads, failed atomic.Int64
@@ -265,14 +217,9 @@ func TestTimelineNodeDownUnderReads(t *testing.T) {
 // three nodes restart with empty memory) and checks that reads rebuild them
 // from the index as it says they are.
 func TestTimelineRebuiltFromIndex(t *testing.T) {
-	seed := time.Now().UnixNano()
-	t.Logf("seed %d", seed)
-	r := rand.New(rand.NewPCG(uint64(seed), 0))
 	const capacity, users = 25, 60
 	s := timelineSite(t, capacity, 1000)
-	g := zipfGraph(r, users, 6)
-	g.build(t, s, r, 200)
-	s.waitFanout(t, 4)
+	g := s.postedGraph(t, users, 6, 200)
 	for i := range s.nodes {
 		if err := s.nodes[i].stop(); err != nil {
 			t.Fatal(err)

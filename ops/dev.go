@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/aviarydb/aviary/gizzard"
+	"github.com/aviarydb/aviary/internal/timex"
 	"github.com/spf13/cobra"
 )
 
@@ -470,7 +471,7 @@ func (s *session) waitDevSite(ctx context.Context, nodes []devNode, version uint
 		if !time.Now().Before(deadline) {
 			return 0, fmt.Errorf("ops: the dev site is not ready in time (--ready-timeout): %w", last)
 		}
-		if err := pause(ctx, 100*time.Millisecond); err != nil {
+		if err := timex.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return 0, err
 		}
 	}
@@ -610,7 +611,7 @@ func stopNodes(ctx context.Context, nodes []devNode, grace time.Duration) []stop
 			if !alive {
 				return true
 			}
-			if !time.Now().Before(until) || pause(ctx, 50*time.Millisecond) != nil {
+			if !time.Now().Before(until) || timex.Sleep(ctx, 50*time.Millisecond) != nil {
 				return false
 			}
 		}

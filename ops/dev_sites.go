@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/aviarydb/aviary/gizzard"
+	"github.com/aviarydb/aviary/internal/timex"
 )
 
 // A deployment of several dev sites (dev up --sites S): site s (0 for
@@ -360,7 +361,7 @@ func (s *session) waitRelay(ctx context.Context, st devSubsite, deadline time.Ti
 		if !time.Now().Before(deadline) {
 			return fmt.Errorf("ops: %s's relay is not healthy in time (--ready-timeout): %s", st.Name, h)
 		}
-		if err := pause(ctx, 100*time.Millisecond); err != nil {
+		if err := timex.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return err
 		}
 	}

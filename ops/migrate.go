@@ -15,6 +15,7 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
+	"github.com/aviarydb/aviary/internal/timex"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -487,7 +488,7 @@ func (d *driver) run(ctx context.Context, id string) error {
 			return fmt.Errorf("%s: %s: %w", id, what, err)
 		}
 		d.say(id, "%s: %v; retrying in %s", what, err, backoff.Round(time.Millisecond))
-		if err := pause(ctx, backoff); err != nil {
+		if err := timex.Sleep(ctx, backoff); err != nil {
 			return err
 		}
 		backoff = min(backoff*2, 5*time.Second)
@@ -613,7 +614,7 @@ func describeMigration(g gizzard.Migration) string {
 
 func (d *driver) waitUnpaused(ctx context.Context, id string) error {
 	for {
-		if err := pause(ctx, d.poll); err != nil {
+		if err := timex.Sleep(ctx, d.poll); err != nil {
 			return err
 		}
 		_, g, err := d.migration(ctx, id)
@@ -665,7 +666,7 @@ func (d *driver) copy(ctx context.Context, m *gizzard.Map, g gizzard.Migration) 
 	go func() {
 		defer close(stopped)
 		for {
-			if pause(cctx, d.poll) != nil {
+			if timex.Sleep(cctx, d.poll) != nil {
 				return
 			}
 			_, cur, err := d.migration(cctx, g.ID)
@@ -761,7 +762,7 @@ func (d *driver) await(ctx context.Context, v uint64, all bool) error {
 			d.say("site", "waiting for %s to apply map version %d", strings.Join(behind, ", "), v)
 			last = time.Now()
 		}
-		if err := pause(ctx, 50*time.Millisecond); err != nil {
+		if err := timex.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -822,7 +823,7 @@ func (d *driver) drain(ctx context.Context, m *gizzard.Map, g gizzard.Migration)
 			d.say(g.ID, "waiting for writes owed to the tree's replicas: %s", strings.Join(pending, ", "))
 			last = time.Now()
 		}
-		if err := pause(ctx, 50*time.Millisecond); err != nil {
+		if err := timex.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return err
 		}
 	}

@@ -13,6 +13,7 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
+	"github.com/aviarydb/aviary/internal/timex"
 	"github.com/spf13/cobra"
 )
 
@@ -147,21 +148,9 @@ func (s *session) ping(ctx context.Context, addr string, wait time.Duration) (pi
 		if r.Agree || !time.Now().Before(deadline) {
 			return r, nil
 		}
-		if err := pause(ctx, 100*time.Millisecond); err != nil {
+		if err := timex.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return pingReport{}, err
 		}
-	}
-}
-
-// pause waits d (a polling interval) unless ctx ends first.
-func pause(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
+	"github.com/aviarydb/aviary/internal/timex"
 	"github.com/aviarydb/aviary/shard"
 )
 
@@ -238,7 +239,7 @@ func compareSides(ctx context.Context, src, dst side, spans []span, rs []*pb.Has
 			return rep, nil
 		}
 		todo = again
-		if err := pause(ctx, time.Second); err != nil {
+		if err := timex.Sleep(ctx, time.Second); err != nil {
 			return rep, err
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/internal/timex"
 	"github.com/aviarydb/aviary/replication/natsx"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -107,7 +108,7 @@ func (p *path) run(ctx context.Context, after <-chan struct{}) {
 		}
 		p.fail(err)
 		p.log.Warn("relay path interrupted; reconnecting", "nats", p.src.NATSURL, "err", err, "in", backoff)
-		if sleep(ctx, backoff) != nil {
+		if timex.Sleep(ctx, backoff) != nil {
 			return
 		}
 		backoff = min(2*backoff, maxBackoff)
@@ -171,7 +172,7 @@ func (p *path) session(ctx context.Context) (consumed bool, err error) {
 			// Reconnecting: a fetch now could be answered to a request
 			// that no longer listens, leaving its messages unacknowledged
 			// until AckWait.
-			_ = sleep(ctx, cfg.MaxWait)
+			_ = timex.Sleep(ctx, cfg.MaxWait)
 			continue
 		}
 		msgs, ferr := p.fetch(s.cons, idle)
@@ -180,7 +181,7 @@ func (p *path) session(ctx context.Context) (consumed bool, err error) {
 			wait := p.process(ctx, s, msgs)
 			p.flushWatermarks(ctx, s, false)
 			if wait > 0 {
-				_ = sleep(ctx, wait)
+				_ = timex.Sleep(ctx, wait)
 			}
 		} else if ferr == nil {
 			p.idle(ctx, s)
@@ -229,7 +230,7 @@ func (p *path) waitStream(ctx context.Context, s *session) error {
 			p.log.Info("waiting for the source's stream; its nodes create it when they publish", "stream", s.stream, "nats", p.src.NATSURL)
 			logged = true
 		}
-		if err := sleep(ctx, streamWait); err != nil {
+		if err := timex.Sleep(ctx, streamWait); err != nil {
 			return err
 		}
 	}
@@ -673,16 +674,4 @@ func (p *path) status(now time.Time) PathStatus {
 		out.Origins = append(out.Origins, *st.origins[node])
 	}
 	return out
-}
-
-// sleep waits for d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

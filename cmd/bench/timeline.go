@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/internal/timex"
 	"github.com/aviarydb/aviary/node"
 	"github.com/aviarydb/aviary/timeline/home"
 )
@@ -150,16 +152,13 @@ func runTimeline(ctx context.Context, c timelineConfig, out io.Writer) error {
 	fmt.Fprintf(out, "loaded %d edges (both directions) and created %d timelines x 3 replicas in %s\n", edges, c.Users, time.Since(start).Round(time.Millisecond))
 
 	fmt.Fprintf(out, "%-28s %9s %9s %11s %9s %9s %9s %9s %9s %7s\n", "phase", "posts/s", "deliv/s", "pushes/s", "deliv p50", "deliv p99", "reads/s", "read p50", "read p99", "errors")
-	av, err := fanoutPhase(ctx, c, followers, &dl, func(ctx context.Context, w int, author uint64) (uint64, error) {
+	av := fanoutPhase(ctx, c, followers, &dl, func(ctx context.Context, w int, author uint64) (uint64, error) {
 		resp, err := tls[w%len(tls)].Post(ctx, &pb.PostRequest{AuthorId: author})
 		return resp.GetStatusId(), err
 	}, func(ctx context.Context, w int, owner uint64) error {
 		_, err := tls[w%len(tls)].Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: owner, Limit: 20}}})
 		return err
 	})
-	if err != nil {
-		return err
-	}
 	av.print(out, "aviary post+fan-out, read20", 3)
 
 	var rd *redisTimelines
@@ -248,13 +247,7 @@ func runTimeline(ctx context.Context, c timelineConfig, out io.Writer) error {
 // routers, in batches of 1000 mutations from a few workers.
 func loadGraph(ctx context.Context, data []pb.DataClient, followers map[uint64][]uint64) error {
 	var muts []*pb.Mutation
-	for _, a := range slices.Sorted(func(yield func(uint64) bool) {
-		for a := range followers {
-			if !yield(a) {
-				return
-			}
-		}
-	}) {
+	for _, a := range slices.Sorted(maps.Keys(followers)) {
 		for _, f := range followers[a] {
 			muts = append(muts,
 				&pb.Mutation{Table: home.TableFollowers, Op: &pb.Mutation_Append_{Append: &pb.Mutation_Append{Owner: a, Id: f}}},
@@ -329,19 +322,31 @@ func (p phaseResult) print(out io.Writer, name string, replicas int) {
 // deliveries of the measured posts (those whose Post started after the
 // warmup). post (returning the status id) and read do one operation.
 func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]uint64, dl *deliveries,
-	post func(ctx context.Context, w int, author uint64) (uint64, error), read func(ctx context.Context, w int, owner uint64) error) (phaseResult, error) {
+	post func(ctx context.Context, w int, author uint64) (uint64, error), read func(ctx context.Context, w int, owner uint64) error) phaseResult {
 	dl.reset()
 	start := time.Now()
 	from, to := start.Add(c.Warmup), start.Add(c.Warmup+c.Duration)
-	var measured []uint64
-	var res phaseResult
 	var mu sync.Mutex
-	postH, readH := NewHistogram(), NewHistogram()
-	var posts, timelines, reads int
+	var measured []uint64 // status ids of the measured posts
+	var timelines int     // their deliveries: author and followers
+	readH := NewHistogram()
 	var errs atomic.Uint64
 	var firstErr atomic.Value
 	pctx, cancel := context.WithDeadline(ctx, to)
 	defer cancel()
+	// settle sorts out an operation that started at t0: cut by the end of
+	// the phase (stop, not counted), failed (counted), or measured.
+	settle := func(t0 time.Time, err error) (stop, measure bool) {
+		if pctx.Err() != nil || !time.Now().Before(to) {
+			return true, false
+		}
+		if err != nil {
+			errs.Add(1)
+			firstErr.CompareAndSwap(nil, err)
+			return false, false
+		}
+		return false, !t0.Before(from)
+	}
 	var wg sync.WaitGroup
 	var seq atomic.Int64
 	interval := time.Second / time.Duration(c.PostRate)
@@ -356,26 +361,20 @@ func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]u
 					return
 				}
 				if d := time.Until(at); d > 0 {
-					if !sleepUntil(pctx, d) {
+					if timex.Sleep(pctx, d) != nil {
 						return
 					}
 				}
 				author := uint64(r.IntN(c.Users)) + 1
 				t0 := time.Now()
 				id, err := post(pctx, w, author)
-				if pctx.Err() != nil || !time.Now().Before(to) {
-					return // cut by the end of the phase: not counted
+				stop, measure := settle(t0, err)
+				if stop {
+					return
 				}
-				if err != nil {
-					errs.Add(1)
-					firstErr.CompareAndSwap(nil, err)
-					continue
-				}
-				if !t0.Before(from) {
+				if measure {
 					mu.Lock()
-					postH.RecordDuration(time.Since(t0))
 					measured = append(measured, id)
-					posts++
 					timelines += 1 + len(followers[author])
 					mu.Unlock()
 				}
@@ -388,18 +387,13 @@ func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]u
 			for pctx.Err() == nil {
 				t0 := time.Now()
 				err := read(pctx, w, uint64(r.IntN(c.Users))+1)
-				if pctx.Err() != nil || !time.Now().Before(to) {
-					return // cut by the end of the phase: not counted
+				stop, measure := settle(t0, err)
+				if stop {
+					return
 				}
-				if err != nil {
-					errs.Add(1)
-					firstErr.CompareAndSwap(nil, err)
-					continue
-				}
-				if !t0.Before(from) {
+				if measure {
 					mu.Lock()
 					readH.RecordDuration(time.Since(t0))
-					reads++
 					mu.Unlock()
 				}
 			}
@@ -414,19 +408,19 @@ func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]u
 		h, missing, last = dl.of(measured)
 	}
 	elapsed := max(last.Sub(from), c.Duration)
-	res = phaseResult{
-		postsPerSec: float64(posts) / c.Duration.Seconds(),
+	res := phaseResult{
+		postsPerSec: float64(len(measured)) / c.Duration.Seconds(),
 		delivPerSec: float64(timelines) / elapsed.Seconds(),
 		delivP50:    h.Quantile(0.50), delivP99: h.Quantile(0.99),
-		readsPerSec: float64(reads) / c.Duration.Seconds(),
+		readsPerSec: float64(readH.Count()) / c.Duration.Seconds(),
 		readP50:     readH.Quantile(0.50), readP99: readH.Quantile(0.99),
 		errors:      errs.Load(),
-		undelivered: missing, postsMeasured: posts,
+		undelivered: missing, postsMeasured: len(measured),
 	}
 	if e := firstErr.Load(); e != nil {
 		res.firstErr = e.(error).Error()
 	}
-	return res, nil
+	return res
 }
 
 // redisFanoutPhase drives Redis the way fanoutPhase drives Aviary: posts
@@ -438,11 +432,7 @@ func redisFanoutPhase(ctx context.Context, c timelineConfig, followers map[uint6
 		return phaseResult{}, err
 	}
 	var dl deliveries
-	queue := make(chan struct {
-		author   uint64
-		id       uint64
-		accepted time.Time
-	}, 100000)
+	queue := make(chan queuedPost, 100000)
 	wctx, stopWorkers := context.WithCancel(ctx)
 	var workers sync.WaitGroup
 	var werrs atomic.Uint64
@@ -465,12 +455,8 @@ func redisFanoutPhase(ctx context.Context, c timelineConfig, followers map[uint6
 	}
 	defer func() { stopWorkers(); workers.Wait() }()
 	var ids atomic.Uint64
-	res, err := fanoutPhase(ctx, c, followers, &dl, func(ctx context.Context, _ int, author uint64) (uint64, error) {
-		p := struct {
-			author   uint64
-			id       uint64
-			accepted time.Time
-		}{author, ids.Add(1), time.Now()}
+	res := fanoutPhase(ctx, c, followers, &dl, func(ctx context.Context, _ int, author uint64) (uint64, error) {
+		p := queuedPost{author, ids.Add(1), time.Now()}
 		select {
 		case queue <- p:
 			return p.id, nil
@@ -482,20 +468,14 @@ func redisFanoutPhase(ctx context.Context, c timelineConfig, followers map[uint6
 		return err
 	})
 	res.errors += werrs.Load()
-	return res, err
+	return res, nil
 }
 
-// sleepUntil waits d (pacing) or until ctx ends; it reports whether ctx is
-// still live.
-func sleepUntil(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+// queuedPost is a post waiting in the Redis side's in-memory queue.
+type queuedPost struct {
+	author   uint64
+	id       uint64
+	accepted time.Time
 }
 
 // printer writes through the bench's printf, as the run goes.

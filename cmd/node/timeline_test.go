@@ -13,7 +13,7 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/internal/netx"
-	"github.com/aviarydb/aviary/timeline/home"
+	"github.com/aviarydb/aviary/internal/tltest"
 )
 
 // fanoutPartitions is the nodes' default --fanout-partitions.
@@ -83,104 +83,61 @@ func poll(t *testing.T, d time.Duration, f func() error) {
 func (ts *tlSite) waitFanout(t *testing.T) {
 	t.Helper()
 	poll(t, 30*time.Second, func() error {
-		for p := range fanoutPartitions {
-			c, err := ts.nodes[0].data.Count(t.Context(), &pb.CountRequest{Table: home.TableFanout, Owner: home.QueueOwner(0, p)})
-			if err != nil {
-				return err
-			}
-			if c.Total > 0 {
-				return fmt.Errorf("fan-out partition %d holds %d posts", p, c.Total)
-			}
-		}
-		return nil
+		return tltest.FanoutPending(t.Context(), ts.nodes[0].data, 0, fanoutPartitions)
 	})
 }
 
 // tlGraph is a follow graph and the acknowledged posts of a test.
-type tlGraph struct {
-	users     int
-	following map[uint64][]uint64
-	posts     map[uint64][]uint64 // author -> status ids
-}
+type tlGraph struct{ *tltest.Graph }
 
-// newZipfGraph has each user follow up to `follows` others drawn from a
-// Zipf distribution.
-func newZipfGraph(r *rand.Rand, users, follows int) *tlGraph {
-	g := &tlGraph{users: users, following: map[uint64][]uint64{}, posts: map[uint64][]uint64{}}
-	z := rand.NewZipf(r, 1.2, 1, uint64(users-1))
-	for u := uint64(1); u <= uint64(users); u++ {
-		seen := map[uint64]bool{u: true}
-		for range follows {
-			if f := z.Uint64() + 1; !seen[f] {
-				seen[f] = true
-				g.following[u] = append(g.following[u], f)
-			}
-		}
-	}
-	return g
-}
-
-// all is every status id on u's home timeline, newest first.
-func (g *tlGraph) all(u uint64) []uint64 {
-	ids := slices.Clone(g.posts[u])
-	for _, f := range g.following[u] {
-		ids = append(ids, g.posts[f]...)
-	}
-	slices.Sort(ids)
-	slices.Reverse(ids)
-	return ids
-}
-
-// expected is the newest n status ids on u's home timeline.
-func (g *tlGraph) expected(u uint64, n int) []uint64 {
-	ids := g.all(u)
-	return ids[:min(n, len(ids))]
+// postedGraph builds a Zipf follow graph of users with up to follows
+// follows each on the site (seeded by testSeed), posts on it, and waits
+// until the posts are fanned out. It returns the random source for more.
+func (ts *tlSite) postedGraph(t *testing.T, users, follows, posts int) (tlGraph, *rand.Rand) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(testSeed(t), 0))
+	g := tlGraph{tltest.Zipf(r, users, follows)}
+	g.build(t, ts, r, posts)
+	ts.waitFanout(t)
+	return g, r
 }
 
 // overflowing counts the timelines with more entries than capacity.
-func (g *tlGraph) overflowing(capacity int) int {
+func (g tlGraph) overflowing(capacity int) int {
 	n := 0
-	for u := uint64(1); u <= uint64(g.users); u++ {
-		if len(g.all(u)) > capacity {
+	for u := uint64(1); u <= uint64(g.Users); u++ {
+		if len(g.All(u)) > capacity {
 			n++
 		}
 	}
 	return n
 }
 
-func entryIDs(es []*pb.TimelineEntry) []uint64 {
-	out := make([]uint64, len(es))
-	for i, e := range es {
-		out[i] = e.StatusId
-	}
-	return out
-}
-
 // build writes the follows, creates every timeline (a first read rebuilds
 // it: empty), and posts statuses by random authors, all through random
 // nodes.
-func (g *tlGraph) build(t *testing.T, ts *tlSite, r *rand.Rand, posts int) {
+func (g tlGraph) build(t *testing.T, ts *tlSite, r *rand.Rand, posts int) {
 	t.Helper()
 	ctx := t.Context()
-	for u := uint64(1); u <= uint64(g.users); u++ {
-		for _, f := range g.following[u] {
+	for u := uint64(1); u <= uint64(g.Users); u++ {
+		for _, f := range g.Following[u] {
 			if _, err := ts.tl[r.IntN(3)].Follow(ctx, &pb.FollowRequest{FollowerId: u, FolloweeId: f}); err != nil {
 				t.Fatalf("follow %d -> %d: %v", u, f, err)
 			}
 		}
 	}
-	for u := uint64(1); u <= uint64(g.users); u++ {
+	for u := uint64(1); u <= uint64(g.Users); u++ {
 		if _, err := ts.tl[r.IntN(3)].Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: u}}}); err != nil {
 			t.Fatalf("first read of %d: %v", u, err)
 		}
 	}
 	for range posts {
-		a := uint64(r.IntN(g.users)) + 1
+		a := uint64(r.IntN(g.Users)) + 1
 		resp, err := ts.tl[r.IntN(3)].Post(ctx, &pb.PostRequest{AuthorId: a, Flags: 7})
 		if err != nil {
 			t.Fatalf("post by %d: %v", a, err)
 		}
-		g.posts[a] = append(g.posts[a], resp.StatusId)
+		g.Posts[a] = append(g.Posts[a], resp.StatusId)
 	}
 }
 
@@ -202,7 +159,7 @@ func (ts *tlSite) replicaCopies(ctx context.Context, i, users, capacity int) ([]
 
 // checkReplicas checks that every node holds every timeline, bounded,
 // without duplicates, and that the three copies are identical.
-func (g *tlGraph) checkReplicas(t *testing.T, ts *tlSite, capacity int) {
+func (g tlGraph) checkReplicas(t *testing.T, ts *tlSite, capacity int) {
 	t.Helper()
 	// Replicas a rebuild or a push could not reach are repaired in the
 	// background: they converge, so wait for it.
@@ -211,29 +168,29 @@ func (g *tlGraph) checkReplicas(t *testing.T, ts *tlSite, capacity int) {
 
 // replicasAgree says how the replicas' copies of every timeline differ, if
 // they do.
-func (g *tlGraph) replicasAgree(t *testing.T, ts *tlSite, capacity int) error {
+func (g tlGraph) replicasAgree(t *testing.T, ts *tlSite, capacity int) error {
 	var copies [][]*pb.ReplicaTimeline
 	for i := range ts.nodes {
-		c, err := ts.replicaCopies(t.Context(), i, g.users, capacity)
+		c, err := ts.replicaCopies(t.Context(), i, g.Users, capacity)
 		if err != nil {
 			return err
 		}
 		copies = append(copies, c)
 	}
-	for u := range g.users {
+	for u := range g.Users {
 		for i, c := range copies {
 			rt := c[u]
 			if !rt.Held {
 				return fmt.Errorf("timeline %d is not held on node-%d", u+1, i)
 			}
-			ids := entryIDs(rt.Entries)
+			ids := tltest.StatusIDs(rt.Entries)
 			if len(ids) > capacity || int(rt.Length) > capacity {
 				t.Fatalf("timeline %d on node-%d holds %d entries (length %d), capacity %d", u+1, i, len(ids), rt.Length, capacity)
 			}
 			if len(slices.Compact(slices.Clone(ids))) != len(ids) {
 				t.Fatalf("timeline %d on node-%d holds a status twice: %v", u+1, i, ids)
 			}
-			if first := entryIDs(copies[0][u].Entries); !slices.Equal(first, ids) {
+			if first := tltest.StatusIDs(copies[0][u].Entries); !slices.Equal(first, ids) {
 				return fmt.Errorf("timeline %d: replicas differ:\nnode-0: %v\nnode-%d: %v", u+1, first, i, ids)
 			}
 		}
@@ -243,14 +200,14 @@ func (g *tlGraph) replicasAgree(t *testing.T, ts *tlSite, capacity int) error {
 
 // checkReads reads every timeline through node i and compares it with the
 // graph.
-func (g *tlGraph) checkReads(t *testing.T, ts *tlSite, i, capacity int) {
+func (g tlGraph) checkReads(t *testing.T, ts *tlSite, i, capacity int) {
 	t.Helper()
-	for u := uint64(1); u <= uint64(g.users); u++ {
+	for u := uint64(1); u <= uint64(g.Users); u++ {
 		resp, err := ts.tl[i].Read(t.Context(), &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: u, Limit: int32(capacity)}}})
 		if err != nil {
 			t.Fatalf("read %d through node-%d: %v", u, i, err)
 		}
-		if got, want := entryIDs(resp.Results[0].Entries), g.expected(u, capacity); !slices.Equal(got, want) {
+		if got, want := tltest.StatusIDs(resp.Results[0].Entries), g.Expected(u, capacity); !slices.Equal(got, want) {
 			t.Fatalf("timeline %d through node-%d: got %d entries %v\nwant %d %v", u, i, len(got), got, len(want), want)
 		}
 	}
@@ -264,13 +221,9 @@ func TestTimelineKillOneNodeUnderReads(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-node site of real processes")
 	}
-	seed := testSeed(t)
-	r := rand.New(rand.NewPCG(seed, 0))
 	const capacity, users = 12, 60
 	ts := startTimelineSite(t, capacity)
-	g := newZipfGraph(r, users, 5)
-	g.build(t, ts, r, 150)
-	ts.waitFanout(t)
+	g, r := ts.postedGraph(t, users, 5, 150)
 	t.Logf("%d of %d timelines have more than %d entries", g.overflowing(capacity), users, capacity)
 
 	ctx, cancel := context.WithCancel(t.Context())
@@ -278,8 +231,9 @@ func TestTimelineKillOneNodeUnderReads(t *testing.T) {
 	var reads, failed, wrong atomic.Int64
 	var firstErr, firstWrong atomic.Value
 	var wg sync.WaitGroup
+	readSeed := r.Uint64() // the readers' sources, from the test's seed
 	for w := range 4 {
-		rr := rand.New(rand.NewPCG(seed, uint64(w)+1))
+		rr := rand.New(rand.NewPCG(readSeed, uint64(w)+1))
 		c := ts.tl[w%2] // node-0 and node-1 stay up
 		wg.Go(func() {
 			for ctx.Err() == nil {
@@ -294,7 +248,7 @@ func TestTimelineKillOneNodeUnderReads(t *testing.T) {
 					firstErr.CompareAndSwap(nil, fmt.Sprintf("timeline %d through node-%d: %v", u, w%2, err))
 					continue
 				}
-				if got, want := entryIDs(resp.Results[0].Entries), g.expected(u, capacity); !slices.Equal(got, want) {
+				if got, want := tltest.StatusIDs(resp.Results[0].Entries), g.Expected(u, capacity); !slices.Equal(got, want) {
 					wrong.Add(1)
 					firstWrong.CompareAndSwap(nil, fmt.Sprintf("timeline %d through node-%d (answered by %q): got %v, want %v",
 						u, w%2, resp.Results[0].Node, got, want))
@@ -367,13 +321,9 @@ func TestTimelineKillAllReplicasRebuilt(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-node site of real processes")
 	}
-	seed := testSeed(t)
-	r := rand.New(rand.NewPCG(seed, 0))
 	const capacity, users = 12, 40
 	ts := startTimelineSite(t, capacity)
-	g := newZipfGraph(r, users, 5)
-	g.build(t, ts, r, 100)
-	ts.waitFanout(t)
+	g, r := ts.postedGraph(t, users, 5, 100)
 	t.Logf("%d of %d timelines have more than %d entries", g.overflowing(capacity), users, capacity)
 
 	for _, s := range ts.nodes {
@@ -400,7 +350,7 @@ func TestTimelineKillAllReplicasRebuilt(t *testing.T) {
 		}
 		for _, rt := range c {
 			if rt.Held {
-				t.Fatalf("node-%d holds timeline %d after all nodes were killed: %v", i, rt.Owner, entryIDs(rt.Entries))
+				t.Fatalf("node-%d holds timeline %d after all nodes were killed: %v", i, rt.Owner, tltest.StatusIDs(rt.Entries))
 			}
 		}
 	}
@@ -416,7 +366,7 @@ func TestTimelineKillAllReplicasRebuilt(t *testing.T) {
 		if !res.Rebuilt {
 			t.Fatalf("first read of timeline %d through node-%d was not rebuilt: answered by %q", u, i, res.Node)
 		}
-		if got, want := entryIDs(res.Entries), g.expected(u, capacity); !slices.Equal(got, want) {
+		if got, want := tltest.StatusIDs(res.Entries), g.Expected(u, capacity); !slices.Equal(got, want) {
 			t.Fatalf("rebuilt timeline %d: got %d entries %v\nwant %d %v", u, len(got), got, len(want), want)
 		}
 	}

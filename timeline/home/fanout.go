@@ -11,6 +11,8 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/internal/timex"
+	"github.com/aviarydb/aviary/timeline"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -105,10 +107,16 @@ type pushResult struct {
 // replica took (every one of theirs failed).
 func (s *Service) pushOwners(ctx context.Context, v *view, entries []*pb.TimelineEntry, owners [][]uint64) (map[string]*pushResult, []uint64) {
 	reqs := map[string]*pb.ReplicaPushRequest{}
+	placed := map[uint64][timeline.NumReplicas]string{} // each owner's replicas, looked up once
 	for i, e := range entries {
 		byNode := map[string]*pb.Delivery{}
 		for _, o := range owners[i] {
-			for _, n := range v.replicas(o) {
+			reps, ok := placed[o]
+			if !ok {
+				reps = v.replicas(o)
+				placed[o] = reps
+			}
+			for _, n := range reps {
 				if n == "" {
 					continue
 				}
@@ -157,40 +165,28 @@ func (s *Service) pushOwners(ctx context.Context, v *view, entries []*pb.Timelin
 	}
 	wg.Wait()
 	var lost []uint64
-	seen := map[uint64]bool{}
-	for i := range entries {
-		for _, o := range owners[i] {
-			if seen[o] {
-				continue
+	for o, reps := range placed {
+		took, holds := false, false
+		var repairs []string // replicas that lack the timeline or failed
+		for _, n := range reps {
+			switch r := results[n]; {
+			case r == nil: // an empty slot
+			case r.err != nil:
+				repairs = append(repairs, n) // retried until it is back
+			case r.missing[o]:
+				took = true
+				repairs = append(repairs, n)
+			default:
+				took, holds = true, true
 			}
-			seen[o] = true
-			reps := v.replicas(o)
-			took, holds := false, false
-			var lacking []string
-			for _, n := range reps {
-				r := results[n]
-				switch {
-				case n == "" || r == nil || r.err != nil:
-				case r.missing[o]:
-					took = true
-					lacking = append(lacking, n)
-				default:
-					took, holds = true, true
-				}
+		}
+		if holds {
+			for _, n := range repairs {
+				s.scheduleRepair(repair{owner: o, node: n})
 			}
-			if holds {
-				for _, n := range lacking {
-					s.scheduleRepair(repair{owner: o, node: n})
-				}
-				for _, n := range reps {
-					if r := results[n]; n != "" && r != nil && r.err != nil {
-						s.scheduleRepair(repair{owner: o, node: n}) // retried until it is back
-					}
-				}
-			}
-			if !took && slices.ContainsFunc(reps[:], func(n string) bool { return n != "" }) {
-				lost = append(lost, o)
-			}
+		}
+		if !took && reps[0] != "" {
+			lost = append(lost, o)
 		}
 	}
 	return results, lost
@@ -292,9 +288,6 @@ func (s *Service) Remove(ctx context.Context, r *pb.TimelineRemoveRequest) (*pb.
 // owned lists the queue partitions this node works: partition p goes to
 // the (p mod n)-th of the n live timeline nodes in id order.
 func (s *Service) owned(v *view) []int {
-	if s.store == nil {
-		return nil
-	}
 	live := s.live(v)
 	i := slices.Index(live, s.cfg.NodeID)
 	if i < 0 {
@@ -367,7 +360,7 @@ func (s *Service) work(ctx context.Context, v *view, p int) {
 			}
 			s.metrics.fanoutErrors.Inc()
 			s.log.Warn("fan-out failed; retrying", "partition", p, "err", err, "retry_in", backoff)
-			if !sleepCtx(ctx, backoff) {
+			if timex.Sleep(ctx, backoff) != nil {
 				return
 			}
 			backoff = min(2*backoff, 5*time.Second)

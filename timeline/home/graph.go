@@ -1,6 +1,7 @@
 package home
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/internal/timex"
 	"github.com/aviarydb/aviary/timeline"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -115,15 +117,7 @@ func newest(lists [][]timeline.Entry, limit int) []timeline.Entry {
 	for _, l := range lists {
 		all = append(all, l...)
 	}
-	slices.SortFunc(all, func(a, b timeline.Entry) int {
-		switch {
-		case a.StatusID > b.StatusID:
-			return -1
-		case a.StatusID < b.StatusID:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(all, func(a, b timeline.Entry) int { return cmp.Compare(b.StatusID, a.StatusID) }) // newest first
 	all = slices.CompactFunc(all, func(a, b timeline.Entry) bool { return a.StatusID == b.StatusID })
 	if len(all) > limit {
 		all = all[:limit]
@@ -302,7 +296,7 @@ func (s *Service) runCelebrities(ctx context.Context) {
 		if err == nil && len(ids) > 0 {
 			s.celebs.add(ids...)
 		}
-		if !sleepCtx(ctx, celebritiesEvery) {
+		if timex.Sleep(ctx, celebritiesEvery) != nil {
 			return
 		}
 	}

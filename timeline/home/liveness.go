@@ -50,9 +50,6 @@ func (l *liveness) record(id string, ok bool, at time.Time) {
 
 // runLiveness pings the sibling timeline nodes until ctx ends.
 func (s *Service) runLiveness(ctx context.Context) {
-	if s.store == nil {
-		return
-	}
 	t := time.NewTicker(pingEvery)
 	defer t.Stop()
 	for {

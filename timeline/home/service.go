@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -228,14 +229,8 @@ func (s *Service) SetMembers(m Members) error {
 	s.mu.Lock()
 	old := s.view
 	s.mu.Unlock()
-	same := slices.Equal(old.ids, v.ids) && old.site == v.site && slices.Equal(old.sites, v.sites)
-	if same {
-		for id, a := range v.addr {
-			same = same && old.addr[id] == a
-		}
-	}
-	if same {
-		return nil
+	if maps.Equal(old.addr, v.addr) && old.site == v.site && slices.Equal(old.sites, v.sites) {
+		return nil // ids are addr's keys
 	}
 	if len(v.ids) > 0 {
 		r, err := timeline.NewRings(v.ids, s.cfg.Rings)
@@ -307,26 +302,14 @@ func (s *Service) Run(ctx context.Context) {
 		s.endLife()
 		s.building.wg.Wait()
 	}()
-	wg.Go(func() { s.runLiveness(ctx) })
-	wg.Go(func() { s.runFanout(ctx) })
 	wg.Go(func() { s.runRepairs(ctx) })
 	wg.Go(func() { s.runCelebrities(ctx) })
-	if s.store != nil {
+	if s.store != nil { // the timeline role
+		wg.Go(func() { s.runLiveness(ctx) })
+		wg.Go(func() { s.runFanout(ctx) })
 		wg.Go(func() { s.runRefill(ctx) })
 	}
 	wg.Wait()
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether ctx is still live.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // RingNodes lists the timeline nodes the service places timelines on.
