@@ -95,6 +95,9 @@ type readReply struct {
 // replica asked has answered. Queries no replica holds come back with done
 // false.
 func (s *Service) readReplicas(ctx context.Context, v *view, qs []*query) {
+	if !slices.ContainsFunc(qs, func(q *query) bool { return !q.done }) {
+		return // all answered from this node's memory
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	replies := make(chan readReply, len(qs)*timeline.NumReplicas)
@@ -145,7 +148,7 @@ func (s *Service) readReplicas(ctx context.Context, v *view, qs []*query) {
 		}
 		return idx
 	}
-	unanswered := len(qs)
+	unanswered := len(pending())
 	for outstanding > 0 && unanswered > 0 {
 		select {
 		case <-ctx.Done():
@@ -235,6 +238,15 @@ func (s *Service) Read(ctx context.Context, r *pb.ReadRequest) (*pb.ReadResponse
 			q = &pb.TimelineQuery{Owner: q.Owner, MaxId: q.MaxId, SinceId: q.SinceId, Limit: defaultReadLimit}
 		}
 		qs[i] = &query{q: q, replicas: s.order(v.replicas(q.Owner))}
+		if qs[i].replicas[0] == s.cfg.NodeID && s.store != nil {
+			// This node is a replica, asked first: its memory answers
+			// without a goroutine, a timer or a network hop.
+			if t := readLocal(s.store, q); t.Held {
+				qs[i].done, qs[i].answer, qs[i].winner = true, t, s.cfg.NodeID
+			} else {
+				qs[i].tried, qs[i].lacking = 1, []string{s.cfg.NodeID} // asked: the next replica
+			}
+		}
 	}
 	s.readReplicas(ctx, v, qs)
 	if err := ctx.Err(); err != nil {
