@@ -23,14 +23,19 @@
 // timelines: the timelines of a site are never replicated themselves.
 //
 // Fan-out workers run on the timeline nodes; partition p is worked by the
-// p mod n-th of the site's n timeline nodes in id order. A worker counts
-// its queue (the per-month counts: no scan), reads its oldest entries,
-// pages through each author's followers, pushes the entry to the author's
-// own timeline and every follower's, batched into one ReplicaPush per
-// node, and then removes the queue entries (one atomic batch). A push is
-// idempotent (timelines deduplicate by id), so a worker that dies between
-// the pushes and the removal, or two workers that briefly share a
-// partition after a membership change, deliver twice in effect once.
+// p mod n-th of the n live timeline nodes in id order (each node pings its
+// siblings every 250ms, and one that fails its pings for 1.5s loses its
+// partitions until it answers again). A worker counts its queue (the
+// per-month counts: no scan), reads its oldest entries, pages through each
+// author's followers, pushes the entry to the author's own timeline and
+// every follower's, batched into ReplicaPush calls per node (at most
+// 100,000 owners each), and then removes the queue entries (one atomic
+// batch). A replica that fails a push, or lacks a timeline a sibling
+// holds, is repaired from that sibling (retried while it is down). A push
+// is idempotent (timelines deduplicate by id), so a worker that dies
+// between the pushes and the removal, or two workers that briefly share a
+// partition after a membership or liveness change, deliver twice in effect
+// once.
 // Authors in the celebrities table are not pushed to their followers:
 // Read merges their newest entries in from user_timeline (hybrid push and
 // pull). Follow marks an author a celebrity once their follower count
@@ -38,7 +43,8 @@
 //
 // # Reads
 //
-// Read asks the first replica of each timeline (slot 0 of the rings) and,
+// Read asks the first replica of each timeline (this node's own memory if
+// it is a replica, answered inline, else slot 0 of the rings) and,
 // if it has not answered after the hedge delay (the p95 of recent replica
 // reads, within Config.HedgeMin..HedgeMax), the next; a replica that
 // answers "not held" or fails is passed over at once, and a replica that
