@@ -193,7 +193,11 @@ func (s Step) String() string {
 		if s.Site == nil {
 			return string(s.Op) + " (no site)"
 		}
-		return fmt.Sprintf("%s %q (id %d, nats %q, %s)", s.Op, s.Site.Name, s.Site.ID, s.Site.NATSURL, s.Site.State)
+		what := fmt.Sprintf("%s %q (id %d, nats %q, %s", s.Op, s.Site.Name, s.Site.ID, s.Site.NATSURL, s.Site.State)
+		if s.Site.Use != "" {
+			what += fmt.Sprintf(", use %q", s.Site.Use)
+		}
+		return what + ")"
 	case OpRemoveSite:
 		return fmt.Sprintf("remove_site %q", s.SiteName)
 	}

@@ -392,6 +392,13 @@ func (m *Map) validateShape() error {
 		}
 		siteIDs[st.ID] = name
 	}
+	for _, name := range sortedKeys(m.Sites) {
+		if use := m.Sites[name].Use; use != "" {
+			if _, ok := m.Sites[use]; !ok {
+				return fmt.Errorf("site %q sends its clients to site %q, which the map does not list", name, use)
+			}
+		}
+	}
 	for _, id := range sortedKeys(m.Migrations) {
 		g := m.Migrations[id]
 		if err := validMigration(g); err != nil {

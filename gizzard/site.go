@@ -1,15 +1,39 @@
 package gizzard
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // SiteState is what a site does in the multi-site deployment.
 type SiteState string
 
-// Site states. Issue 7's DR drills add draining, fenced and recovering.
+// Site states. Only an active site takes its clients' writes; the others
+// refuse them (a router's ErrSiteNotActive) and name the site to use
+// instead, while writes replicated from other sites keep being applied. A DR
+// drill moves a site active → draining → fenced on failover and fenced →
+// recovering → active on failback.
 const (
 	// SiteActive takes writes and replicates them to the other sites.
 	SiteActive SiteState = "active"
+	// SiteDraining takes no new writes while those it acknowledged reach
+	// the other sites.
+	SiteDraining SiteState = "draining"
+	// SiteFenced takes no writes: its clients write to another site.
+	SiteFenced SiteState = "fenced"
+	// SiteRecovering takes no writes while it catches up with the other
+	// sites and is verified against them, before it is active again.
+	SiteRecovering SiteState = "recovering"
 )
+
+// SiteStates lists the states in the order of a drill.
+var SiteStates = []SiteState{SiteActive, SiteDraining, SiteFenced, SiteRecovering}
+
+// Valid reports whether s is one of SiteStates.
+func (s SiteState) Valid() bool { return slices.Contains(SiteStates, s) }
+
+// Writable reports whether the site takes its clients' writes.
+func (s Site) Writable() bool { return s.State == SiteActive }
 
 // MaxSiteID is the largest site id: ids and versions carry 5 bits of it.
 const MaxSiteID = 31
@@ -24,6 +48,9 @@ type Site struct {
 	// NATSURL is where the site's replication stream is served.
 	NATSURL string    `json:"nats_url"`
 	State   SiteState `json:"state"`
+	// Use names the site that clients of this one write to while it is
+	// not active (empty: any active site).
+	Use string `json:"use,omitempty"`
 }
 
 func validSite(s Site) error {
@@ -36,8 +63,19 @@ func validSite(s Site) error {
 	if err := validAddr("nats", s.NATSURL); err != nil {
 		return fmt.Errorf("site %q: %w", s.Name, err)
 	}
-	if s.State != SiteActive {
-		return fmt.Errorf("site %q: state %q is not %q", s.Name, s.State, SiteActive)
+	if !s.State.Valid() {
+		return fmt.Errorf("site %q: state %q is not one of %v", s.Name, s.State, SiteStates)
+	}
+	if s.Use != "" {
+		if s.State == SiteActive {
+			return fmt.Errorf("site %q: an active site sends its clients nowhere else (use %q)", s.Name, s.Use)
+		}
+		if s.Use == s.Name {
+			return fmt.Errorf("site %q: cannot send its clients to itself", s.Name)
+		}
+		if err := ValidName(s.Use); err != nil {
+			return fmt.Errorf("site %q: use: %w", s.Name, err)
+		}
 	}
 	return nil
 }
@@ -92,3 +130,6 @@ func (m *Map) SiteByID(id uint32) (Site, bool) {
 	}
 	return Site{}, false
 }
+
+// SiteNames returns the names of the sites m lists, sorted.
+func (m *Map) SiteNames() []string { return sortedKeys(m.Sites) }

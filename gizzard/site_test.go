@@ -46,3 +46,46 @@ func TestSites(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestSiteStates(t *testing.T) {
+	m := baseMap(t)
+	apply := func(s Site) error { return m.Apply(change(Step{Op: OpUpdateSite, Site: &s})) }
+	for _, s := range []Site{
+		{Name: "a", ID: 1, NATSURL: "nats://a"},
+		{Name: "b", ID: 2, NATSURL: "nats://b"},
+	} {
+		if err := m.Apply(change(Step{Op: OpAddSite, Site: &s})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, st := range SiteStates {
+		if err := apply(Site{Name: "a", ID: 1, NATSURL: "nats://a", State: st}); err != nil {
+			t.Fatalf("state %q: %v", st, err)
+		}
+		if got := m.Sites["a"]; got.State != st || got.Writable() != (st == SiteActive) {
+			t.Fatalf("state %q: site %+v writable %v", st, got, got.Writable())
+		}
+	}
+	if err := apply(Site{Name: "a", ID: 1, NATSURL: "nats://a", State: SiteFenced, Use: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Audit[len(m.Audit)-1].What; !strings.Contains(got, `fenced, use "b"`) {
+		t.Fatalf("audit: %s", got)
+	}
+	for _, c := range []struct {
+		s    Site
+		want string
+	}{
+		{Site{Name: "a", ID: 1, NATSURL: "nats://a", State: "asleep"}, "not one of"},
+		{Site{Name: "a", ID: 1, NATSURL: "nats://a", State: SiteActive, Use: "b"}, "active site sends its clients nowhere"},
+		{Site{Name: "a", ID: 1, NATSURL: "nats://a", State: SiteFenced, Use: "a"}, "to itself"},
+		{Site{Name: "a", ID: 1, NATSURL: "nats://a", State: SiteFenced, Use: "zz"}, "does not list"},
+	} {
+		if err := apply(c.s); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want %q", c.s, err, c.want)
+		}
+	}
+	if err := m.Apply(change(Step{Op: OpRemoveSite, SiteName: "b"})); err == nil || !strings.Contains(err.Error(), "does not list") {
+		t.Fatalf("removing the site another sends its clients to: %v", err)
+	}
+}

@@ -144,6 +144,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	closers = append(closers, n.stopNATS)
 	n.router = router.New(router.Config{
 		NodeID:         cfg.NodeID,
+		Site:           cfg.SiteName,
 		Store:          n.store,
 		Map:            n.routedMap,
 		Remote:         &n.remotes,

@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/api/client"
 	"github.com/aviarydb/aviary/gizzard"
+	"github.com/aviarydb/aviary/gizzard/router"
+	"github.com/aviarydb/aviary/shard"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -351,5 +354,45 @@ func TestExportCopiesAShardBetweenNodes(t *testing.T) {
 	}
 	if src.SumHex != dst.SumHex || src.Records == 0 {
 		t.Fatalf("copy digest %s (%d records), source %s (%d records)", dst.SumHex, dst.Records, src.SumHex, src.Records)
+	}
+}
+
+// TestSiteStateRefusesWrites: while the map lists the node's site in a
+// state other than active, its clients' writes are refused with
+// FailedPrecondition naming the site to use, at every node; writes from
+// other sites still apply; active again, writes succeed.
+func TestSiteStateRefusesWrites(t *testing.T) {
+	s := newSite(t)
+	ctx := t.Context()
+	local := s.nodes[0].n.ns.Map().Sites[s.nodes[0].n.cfg.SiteName]
+	other := gizzard.Site{Name: "b", ID: local.ID + 1, NATSURL: "nats://127.0.0.1:4222"}
+	s.propose(t, gizzard.Change{Who: "test", Steps: []gizzard.Step{{Op: gizzard.OpAddSite, Site: &other}}})
+	for _, st := range []gizzard.SiteState{gizzard.SiteDraining, gizzard.SiteFenced, gizzard.SiteRecovering} {
+		fenced := local
+		fenced.State, fenced.Use = st, "b"
+		s.propose(t, gizzard.Change{Who: "test", Steps: []gizzard.Step{{Op: gizzard.OpUpdateSite, Site: &fenced}}})
+		for i, tn := range s.nodes {
+			_, err := tn.data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("k"), Value: []byte("v")})
+			if status.Code(err) != codes.FailedPrecondition {
+				t.Fatalf("%s: put at node %d: %v, want FailedPrecondition", st, i, err)
+			}
+			r, ok := client.ParseSiteRefusal(err)
+			if !ok || r.Site != local.Name || r.State != string(st) || r.Use != "b" {
+				t.Fatalf("%s: refusal %+v (%v) from %v", st, r, ok, err)
+			}
+			if !strings.Contains(err.Error(), `write to site "b"`) {
+				t.Fatalf("%s: the message does not name the site to use: %v", st, err)
+			}
+		}
+		// A write another site accepted is applied all the same.
+		mut := shard.Mutation{Op: shard.OpPut, Table: "statuses", Key: []byte("remote-" + string(st)), Value: []byte("r"), Version: shard.Version{HLC: s.nodes[0].n.hlc.Now(), Site: other.ID}}
+		if _, err := s.nodes[0].n.router.WriteRemote(ctx, []shard.Mutation{mut}, router.All, router.Origin{Site: other.ID, Node: "b-0", Seq: 1}, nil); err != nil {
+			t.Fatalf("%s: remote write: %v", st, err)
+		}
+	}
+	local.State = gizzard.SiteActive
+	s.propose(t, gizzard.Change{Who: "test", Steps: []gizzard.Step{{Op: gizzard.OpUpdateSite, Site: &local}}})
+	if _, err := s.nodes[1].data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("k"), Value: []byte("v")}); err != nil {
+		t.Fatalf("put once active again: %v", err)
 	}
 }

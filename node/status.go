@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 
+	"github.com/aviarydb/aviary/api/client"
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/gizzard/router"
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/shard"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -47,6 +49,9 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	if se, ok := errors.AsType[*router.SiteError](err); ok {
+		return siteStatus(se)
+	}
 	for _, m := range statusCodes {
 		if errors.Is(err, m.err) {
 			return status.Error(m.code, err.Error())
@@ -57,4 +62,18 @@ func toStatus(err error) error {
 
 func invalidf(format string, args ...any) error {
 	return status.Errorf(codes.InvalidArgument, format, args...)
+}
+
+// siteStatus is the status of a write refused because the site is not
+// active: FailedPrecondition, naming the site to use, with the ErrorInfo
+// client.ParseSiteRefusal reads.
+func siteStatus(se *router.SiteError) error {
+	st := status.New(codes.FailedPrecondition, se.Error())
+	info := &errdetails.ErrorInfo{Reason: client.SiteNotActiveReason, Domain: "aviary", Metadata: map[string]string{
+		"site": se.Site, "state": string(se.State), "use": se.Use,
+	}}
+	if d, err := st.WithDetails(info); err == nil {
+		st = d
+	}
+	return st.Err()
 }

@@ -38,7 +38,7 @@ site's map (ops --addr <a node of each site> sites add ...).`,
 				return err
 			}
 			self := s.localSite(ctx)
-			t := newTable("SITE", "ID", "NATS", "STATE", "")
+			t := newTable("SITE", "ID", "NATS", "STATE", "USE", "")
 			var rows []gizzard.Site
 			for _, name := range slices.Sorted(maps.Keys(m.Sites)) {
 				st := m.Sites[name]
@@ -47,7 +47,7 @@ site's map (ops --addr <a node of each site> sites add ...).`,
 				if name == self {
 					mark = "(this site)"
 				}
-				t.add(st.Name, strconv.Itoa(int(st.ID)), dash(st.NATSURL), string(st.State), mark)
+				t.add(st.Name, strconv.Itoa(int(st.ID)), dash(st.NATSURL), string(st.State), dash(st.Use), mark)
 			}
 			return s.emit(rows, t)
 		}),
@@ -100,8 +100,60 @@ site's map (ops --addr <a node of each site> sites add ...).`,
 			return s.propose(ctx, []gizzard.Step{{Op: gizzard.OpRemoveSite, SiteName: args[0]}})
 		}),
 	}
-	cmd.AddCommand(add, update, remove)
+	var use string
+	state := &cobra.Command{
+		Use:   "state NAME STATE [--use SITE]",
+		Short: "Set a site's state: active, draining, fenced or recovering",
+		Long: `Set the state of site NAME in this site's map. Only an active site takes
+its clients' writes: in any other state its routers refuse them with
+FailedPrecondition, naming the site to write to instead (--use, or the first
+active site), and the Go client fails over there. Writes replicated from
+other sites are applied in every state.
+
+  draining    takes no new writes while those it acknowledged reach the others
+  fenced      takes no writes; its clients write to --use
+  recovering  takes no writes while it catches up and is verified
+
+A site's routers follow their own site's map: to fence site A, run this
+against a node of A (and against the other sites, so that every map agrees).
+ops drill failover and failback do all of it for you.`,
+		Example: `  ops --addr 127.0.0.1:7400 sites state site-a fenced --use site-b
+  ops --addr 127.0.0.1:7400 sites state site-a active`,
+		Args: cobra.ExactArgs(2),
+		RunE: o.runner(func(ctx context.Context, s *session, args []string) error {
+			v, err := s.setSiteState(ctx, s.o.addr, args[0], gizzard.SiteState(args[1]), use)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(s.out, "site %s is %s (map version %d at %s)\n", args[0], args[1], v, s.o.addr)
+			return nil
+		}),
+	}
+	state.Flags().StringVar(&use, "use", "", "the site that clients of NAME write to meanwhile (not with active)")
+	cmd.AddCommand(add, update, remove, state)
 	return cmd
+}
+
+// setSiteState sets the state of site name in the map of the site at addr,
+// and returns the map version that holds it once that site's nameserver has
+// committed it.
+func (s *session) setSiteState(ctx context.Context, addr, name string, st gizzard.SiteState, use string) (uint64, error) {
+	if !st.Valid() {
+		return 0, fmt.Errorf("state %q: must be one of %v", st, gizzard.SiteStates)
+	}
+	m, err := s.getMap(ctx, addr)
+	if err != nil {
+		return 0, err
+	}
+	cur, ok := m.Sites[name]
+	if !ok {
+		return 0, fmt.Errorf("site %q is not in the map of %s (see ops sites)", name, addr)
+	}
+	if cur.State == st && cur.Use == use {
+		return m.Version, nil
+	}
+	cur.State, cur.Use = st, use
+	return s.proposeAt(ctx, addr, []gizzard.Step{{Op: gizzard.OpUpdateSite, Site: &cur}})
 }
 
 // localSite returns the name of the site of the node at --addr ("" if

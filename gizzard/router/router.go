@@ -81,7 +81,11 @@ type Config struct {
 	// NodeID is this node's id in the map; leaves on it are applied to
 	// Store directly.
 	NodeID string
-	Store  *shard.Store
+	// Site names this node's site in the map's site list: while the map
+	// lists it in a state other than active, locally-originated writes are
+	// refused with a *SiteError.
+	Site  string
+	Store *shard.Store
 	// Map returns the current shard map.
 	Map func() *gizzard.Map
 	// Remote reaches other nodes.
@@ -300,7 +304,7 @@ func (r *Router) route(ctx context.Context, muts []shard.Mutation, c Consistency
 	case err == nil:
 	case errors.Is(err, ErrNotEnoughReplicas):
 		result = "not_enough_replicas"
-	case errors.Is(err, ErrRefused):
+	case errors.Is(err, ErrRefused), errors.Is(err, ErrSiteNotActive):
 		result = "refused"
 	default:
 		result = "error"
@@ -459,6 +463,11 @@ func (r *Router) admit(shards []string, v uint64) (release func(), err error) {
 
 func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency, o writeOptions) ([]Result, error) {
 	m := r.cfg.Map()
+	if o.origin == nil && r.cfg.Site != "" {
+		if err := siteAdmits(m, r.cfg.Site); err != nil {
+			return nil, err
+		}
+	}
 	targets, res, err := plan(m, muts, &r.trees)
 	if err != nil {
 		return nil, err
