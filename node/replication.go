@@ -581,8 +581,8 @@ func (s *replicaServer) ReplicationStatus(ctx context.Context, req *pb.Replicati
 		PublishedSeq: r.published.Load(), NatsConnected: r.connected(), NatsUrl: r.url(),
 		SiteWatermarks: map[string]uint64{},
 	}
-	if c, oldest, err := s.n.store.OutboxStats(); err == nil {
-		resp.OutboxEntries, resp.OutboxOldestSeq = uint64(c), oldest
+	if c, oldest, newest, err := s.n.store.OutboxStats(); err == nil {
+		resp.OutboxEntries, resp.OutboxOldestSeq, resp.OutboxNewestSeq = uint64(c), oldest, newest
 	}
 	r.mu.Lock()
 	keys := make([]originKey, 0, len(r.mu.origins))

@@ -362,21 +362,21 @@ func (s *Store) jobsLeftLocked(seqs []uint64) ([]bool, error) {
 }
 
 // OutboxStats returns how many entries hold an outbox marker (counting
-// those of ApplyLogged calls still committing) and the oldest one's seq
-// (0 if none). It reads memory only.
-func (s *Store) OutboxStats() (count int, oldest uint64, err error) {
+// those of ApplyLogged calls still committing) and the oldest and newest
+// one's seq (0 if none). It reads memory only.
+func (s *Store) OutboxStats() (count int, oldest, newest uint64, err error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.mu.closed {
-		return 0, 0, ErrClosed
+		return 0, 0, 0, ErrClosed
 	}
 	s.journal.mu.Lock()
 	defer s.journal.mu.Unlock()
 	live := s.journal.outbox.live()
 	if len(live) == 0 {
-		return 0, 0, nil
+		return 0, 0, 0, nil
 	}
-	return len(live), live[0], nil
+	return len(live), live[0], live[len(live)-1], nil
 }
 
 // loadOutbox loads the outbox markers into memory and returns the journal

@@ -80,13 +80,13 @@ func checkJournal(t testing.TB, s *Store) journalState {
 	if !slices.Equal(got, want) {
 		t.Errorf("in-memory outbox %v, database %v", got, want)
 	}
-	n, oldest, err := s.OutboxStats()
-	wantOldest := uint64(0)
+	n, oldest, newest, err := s.OutboxStats()
+	var wantOldest, wantNewest uint64
 	if len(want) > 0 {
-		wantOldest = want[0]
+		wantOldest, wantNewest = want[0], want[len(want)-1]
 	}
-	if err != nil || n != len(want) || oldest != wantOldest {
-		t.Errorf("OutboxStats = %d, %d, %v; want %d, %d", n, oldest, err, len(want), wantOldest)
+	if err != nil || n != len(want) || oldest != wantOldest || newest != wantNewest {
+		t.Errorf("OutboxStats = %d, %d, %d, %v; want %d, %d, %d", n, oldest, newest, err, len(want), wantOldest, wantNewest)
 	}
 	return st
 }
@@ -131,7 +131,7 @@ func wantEntry(t testing.TB, s *Store, seq uint64, want bool) {
 
 func wantStats(t testing.TB, s *Store, count int, oldest uint64) {
 	t.Helper()
-	n, o, err := s.OutboxStats()
+	n, o, _, err := s.OutboxStats()
 	if err != nil || n != count || o != oldest {
 		t.Fatalf("OutboxStats = %d, %d, %v; want %d, %d", n, o, err, count, oldest)
 	}
@@ -427,7 +427,7 @@ func TestApplyLoggedState(t *testing.T) {
 	if _, err := s.TrimOutbox(1); !errors.Is(err, ErrClosed) {
 		t.Fatalf("TrimOutbox closed: %v", err)
 	}
-	if _, _, err := s.OutboxStats(); !errors.Is(err, ErrClosed) {
+	if _, _, _, err := s.OutboxStats(); !errors.Is(err, ErrClosed) {
 		t.Fatalf("OutboxStats closed: %v", err)
 	}
 }
@@ -673,8 +673,8 @@ func TestOutboxConcurrent(t *testing.T) {
 					t.Errorf("OutboxEntries(%d): %d %q out of order or bad", after, e.Seq, e.Data)
 				}
 			}
-			if n, oldest, err := s.OutboxStats(); err != nil || (n == 0) != (oldest == 0) {
-				t.Errorf("OutboxStats = %d, %d, %v", n, oldest, err)
+			if n, oldest, newest, err := s.OutboxStats(); err != nil || (n == 0) != (oldest == 0) || newest < oldest {
+				t.Errorf("OutboxStats = %d, %d, %d, %v", n, oldest, newest, err)
 			}
 		}
 	}()

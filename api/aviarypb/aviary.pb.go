@@ -4402,8 +4402,11 @@ type ReplicationStatusResponse struct {
 	// Whether the node reaches its site's NATS.
 	NatsConnected bool   `protobuf:"varint,7,opt,name=nats_connected,json=natsConnected,proto3" json:"nats_connected,omitempty"`
 	NatsUrl       string `protobuf:"bytes,8,opt,name=nats_url,json=natsUrl,proto3" json:"nats_url,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The newest entry this node's outbox keeps (0: none): a site whose
+	// watermark of this node is at or past it has every write it accepted.
+	OutboxNewestSeq uint64 `protobuf:"varint,9,opt,name=outbox_newest_seq,json=outboxNewestSeq,proto3" json:"outbox_newest_seq,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ReplicationStatusResponse) Reset() {
@@ -4490,6 +4493,13 @@ func (x *ReplicationStatusResponse) GetNatsUrl() string {
 		return x.NatsUrl
 	}
 	return ""
+}
+
+func (x *ReplicationStatusResponse) GetOutboxNewestSeq() uint64 {
+	if x != nil {
+		return x.OutboxNewestSeq
+	}
+	return 0
 }
 
 type ApplyRequest struct {
@@ -6868,7 +6878,7 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\vorigin_site\x18\x06 \x01(\rR\n" +
 	"originSite\x12\x1c\n" +
 	"\n" +
-	"at_unix_ms\x18\a \x01(\x03R\batUnixMs\"\xe1\x03\n" +
+	"at_unix_ms\x18\a \x01(\x03R\batUnixMs\"\x8d\x04\n" +
 	"\x19ReplicationStatusResponse\x121\n" +
 	"\aorigins\x18\x01 \x03(\v2\x17.aviary.v1.OriginStatusR\aorigins\x121\n" +
 	"\tconflicts\x18\x02 \x03(\v2\x13.aviary.v1.ConflictR\tconflicts\x12%\n" +
@@ -6877,7 +6887,8 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\rpublished_seq\x18\x05 \x01(\x04R\fpublishedSeq\x12a\n" +
 	"\x0fsite_watermarks\x18\x06 \x03(\v28.aviary.v1.ReplicationStatusResponse.SiteWatermarksEntryR\x0esiteWatermarks\x12%\n" +
 	"\x0enats_connected\x18\a \x01(\bR\rnatsConnected\x12\x19\n" +
-	"\bnats_url\x18\b \x01(\tR\anatsUrl\x1aA\n" +
+	"\bnats_url\x18\b \x01(\tR\anatsUrl\x12*\n" +
+	"\x11outbox_newest_seq\x18\t \x01(\x04R\x0foutboxNewestSeq\x1aA\n" +
 	"\x13SiteWatermarksEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"b\n" +
