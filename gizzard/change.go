@@ -89,6 +89,9 @@ const (
 	OpUpdateSite Op = "update_site"
 	// OpRemoveSite removes the site SiteName.
 	OpRemoveSite Op = "remove_site"
+	// OpNote changes nothing: it records Note (at most MaxNote bytes) in
+	// the audit log, as a DR drill records its report.
+	OpNote Op = "note"
 )
 
 // Step is one operation of a Change. Only the fields its Op needs are set.
@@ -110,7 +113,11 @@ type Step struct {
 	MigrationID string         `json:"migration_id,omitempty"`
 	Site        *Site          `json:"site,omitempty"`
 	SiteName    string         `json:"site_name,omitempty"`
+	Note        string         `json:"note,omitempty"`
 }
+
+// MaxNote bounds the text of an OpNote step.
+const MaxNote = 4096
 
 // String describes the step for the audit log and error messages, for
 // example `add_link "t-0" -> "t-0-b" (weight 1)`.
@@ -200,6 +207,8 @@ func (s Step) String() string {
 		return what + ")"
 	case OpRemoveSite:
 		return fmt.Sprintf("remove_site %q", s.SiteName)
+	case OpNote:
+		return "note: " + s.Note
 	}
 	return fmt.Sprintf("op %q", s.Op)
 }
@@ -328,12 +337,13 @@ const (
 	fMigrationID
 	fSite
 	fSiteName
+	fNote
 )
 
 // fieldNames are the JSON names of the fields, in bit order.
 func fieldNames(f field) []string {
 	var names []string
-	for i, n := range [...]string{"node", "node_id", "table", "shard", "shard_id", "parent", "child", "new_child", "weight", "forwarding", "migration", "expect", "migration_id", "site", "site_name"} {
+	for i, n := range [...]string{"node", "node_id", "table", "shard", "shard_id", "parent", "child", "new_child", "weight", "forwarding", "migration", "expect", "migration_id", "site", "site_name", "note"} {
 		if f&(1<<i) != 0 {
 			names = append(names, n)
 		}
@@ -370,6 +380,8 @@ func (op Op) fields() (field, bool) {
 		return fSite, true
 	case OpRemoveSite:
 		return fSiteName, true
+	case OpNote:
+		return fNote, true
 	}
 	return 0, false
 }
@@ -386,7 +398,7 @@ func (s Step) fields() field {
 		{s.Child != "", fChild}, {s.NewChild != "", fNewChild}, {s.Weight != 0, fWeight},
 		{s.Forwarding != nil, fForwarding}, {s.Migration != nil, fMigration},
 		{s.Expect != "", fExpect}, {s.MigrationID != "", fMigrationID},
-		{s.Site != nil, fSite}, {s.SiteName != "", fSiteName},
+		{s.Site != nil, fSite}, {s.SiteName != "", fSiteName}, {s.Note != "", fNote},
 	} {
 		if x.set {
 			f |= x.f
@@ -442,6 +454,14 @@ func (a *applier) step(s Step) error {
 		return a.addSite(s.Site, true)
 	case OpRemoveSite:
 		return a.removeSite(s.SiteName)
+	case OpNote:
+		if s.Note == "" {
+			return fmt.Errorf("a note needs text")
+		}
+		if len(s.Note) > MaxNote {
+			return fmt.Errorf("a note of %d bytes is above %d", len(s.Note), MaxNote)
+		}
+		return validText("note", s.Note)
 	}
 	panic("gizzard: op " + string(s.Op) + " has fields but no handler")
 }

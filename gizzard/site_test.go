@@ -89,3 +89,22 @@ func TestSiteStates(t *testing.T) {
 		t.Fatalf("removing the site another sends its clients to: %v", err)
 	}
 }
+
+func TestNote(t *testing.T) {
+	m := baseMap(t)
+	v := m.Version
+	if err := m.Apply(change(Step{Op: OpNote, Note: "drill d-1: failover site-a to site-b: pass"})); err != nil {
+		t.Fatal(err)
+	}
+	if m.Version != v+1 || m.Audit[len(m.Audit)-1].What != "note: drill d-1: failover site-a to site-b: pass" {
+		t.Fatalf("version %d, audit %+v", m.Version, m.Audit[len(m.Audit)-1])
+	}
+	for _, s := range []Step{{Op: OpNote}, {Op: OpNote, Note: strings.Repeat("x", MaxNote+1)}, {Op: OpNote, Note: "x", SiteName: "a"}} {
+		if err := m.Apply(change(s)); err == nil {
+			t.Errorf("%+v applied", s)
+		}
+	}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
