@@ -30,6 +30,14 @@
 // docs/migration.md). migrations lists them; migrate pause, resume and
 // cancel control them.
 //
+// # Verification and repair
+//
+// verify compares every readable copy of the data by digests, across the
+// replicas of a site or, with --sites, across sites, narrowing a
+// difference down to the records that differ; repair sends each copy that
+// lacks a record's newest version that version and verifies again. Both
+// are antiEntropy, which the DR drill uses too (docs/antientropy.md).
+//
 // # Sites and replication
 //
 // sites lists and changes the site map; relay status and conflicts show
