@@ -25,6 +25,9 @@ import (
 // modulePath is the module whose cmd/node dev up builds.
 const modulePath = "github.com/aviarydb/aviary"
 
+// defaultDevDir is where dev up puts a deployment, and drills find it.
+const defaultDevDir = "./aviary-dev"
+
 // siteFile is the name of a dev site's record in its directory.
 const siteFile = "site.json"
 
@@ -68,6 +71,9 @@ type devNode struct {
 	RaftAddr string `json:"raft_addr"`
 	DataDir  string `json:"data_dir"`
 	Log      string `json:"log"`
+	// Args is the command line after the binary, so that a drill can
+	// start a killed node again the same way.
+	Args []string `json:"args,omitempty"`
 }
 
 // readSite reads DIR/site.json.
@@ -127,7 +133,7 @@ three such sites linked by cross-site replication, each with its relay.`,
   ops dev up --sites 3`,
 		RunE: groupRunE,
 	}
-	cmd.PersistentFlags().StringVar(&dir, "dir", "./aviary-dev", "directory of the dev site")
+	cmd.PersistentFlags().StringVar(&dir, "dir", defaultDevDir, "directory of the dev site")
 	withEnv(cmd.PersistentFlags(), "dir")
 	cmd.AddCommand(newDevUpCommand(o, &dir), newDevDownCommand(o, &dir), newDevStatusCommand(o, &dir))
 	return cmd

@@ -195,7 +195,7 @@ func (s *session) devUpSites(ctx context.Context, f devUpFlags) (err error) {
 		if err != nil {
 			return err
 		}
-		st.Nodes[i].PID = pid
+		st.Nodes[i].PID, st.Nodes[i].Args = pid, args
 		return site.write()
 	}
 	// The sites come up side by side: every founding node first, then

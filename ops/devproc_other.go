@@ -15,3 +15,5 @@ func processAlive(int) bool { return false }
 func terminate(int) error { return errNoDev }
 
 func kill(int) error { return errNoDev }
+
+func freeBytes(string) (uint64, error) { return 0, errNoDev }

@@ -60,3 +60,13 @@ func signalPID(pid int, sig syscall.Signal) error {
 	}
 	return nil
 }
+
+// freeBytes returns the bytes available to this user on the file system
+// of path.
+func freeBytes(path string) (uint64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(path, &st); err != nil {
+		return 0, fmt.Errorf("ops: statfs %s: %w", path, err)
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}

@@ -99,7 +99,10 @@ command line wins.`,
 		newConflictsCommand(o),
 		newJobsCommand(o),
 		newErrorsCommand(o),
+		newVerifyCommand(o),
+		newRepairCommand(o),
 		newDevCommand(o),
+		newDrillCommand(o),
 	)
 	return root
 }

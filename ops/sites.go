@@ -179,8 +179,9 @@ type replStatus struct {
 	Status *pb.ReplicationStatusResponse `json:"status,omitempty"`
 }
 
-func (s *session) replicationStatus(ctx context.Context, conflicts int) ([]replStatus, error) {
-	m, err := s.siteMap(ctx)
+// replicationStatus asks every node of the site of the node at addr.
+func (s *session) replicationStatus(ctx context.Context, addr string, conflicts int) ([]replStatus, error) {
+	m, err := s.getMap(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -241,7 +242,7 @@ sites apply them, and their watermarks.`,
   ops relay status --json`,
 		Args: cobra.NoArgs,
 		RunE: o.runner(func(ctx context.Context, s *session, _ []string) error {
-			sts, err := s.replicationStatus(ctx, 0)
+			sts, err := s.replicationStatus(ctx, s.o.addr, 0)
 			if err != nil {
 				return err
 			}
@@ -303,7 +304,7 @@ losing version and its site. The winner is what reads return.`,
   ops conflicts --limit 20 --json`,
 		Args: cobra.NoArgs,
 		RunE: o.runner(func(ctx context.Context, s *session, _ []string) error {
-			sts, err := s.replicationStatus(ctx, limit)
+			sts, err := s.replicationStatus(ctx, s.o.addr, limit)
 			if err != nil {
 				return err
 			}
