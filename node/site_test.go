@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -74,10 +75,17 @@ func newSite(t *testing.T, opts ...func(*Config)) *site {
 func (s *site) propose(t *testing.T, c gizzard.Change) {
 	t.Helper()
 	b, _ := json.Marshal(c)
-	r, err := s.nodes[1].ns.Propose(t.Context(), &pb.ProposeRequest{ChangeJson: b})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Right after a site starts, or a leader change, the nameserver may
+	// have no leader for a moment (Unavailable): retry that.
+	var r *pb.ProposeResponse
+	waitFor(t, 10*time.Second, func() error {
+		var err error
+		r, err = s.nodes[1].ns.Propose(t.Context(), &pb.ProposeRequest{ChangeJson: b})
+		if err != nil && status.Code(err) != codes.Unavailable {
+			t.Fatal(err)
+		}
+		return err
+	})
 	for _, tn := range s.nodes {
 		if tn == nil {
 			continue
@@ -372,7 +380,11 @@ func TestSiteStateRefusesWrites(t *testing.T) {
 		fenced.State, fenced.Use = st, "b"
 		s.propose(t, gizzard.Change{Who: "test", Steps: []gizzard.Step{{Op: gizzard.OpUpdateSite, Site: &fenced}}})
 		for i, tn := range s.nodes {
-			_, err := tn.data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("k"), Value: []byte("v")})
+			// A draining site holds a write until its deadline (or the
+			// map moves on), then refuses it.
+			pctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+			_, err := tn.data.Put(pctx, &pb.PutRequest{Table: "statuses", Key: []byte("k"), Value: []byte("v")})
+			cancel()
 			if status.Code(err) != codes.FailedPrecondition {
 				t.Fatalf("%s: put at node %d: %v, want FailedPrecondition", st, i, err)
 			}
@@ -394,5 +406,42 @@ func TestSiteStateRefusesWrites(t *testing.T) {
 	s.propose(t, gizzard.Change{Who: "test", Steps: []gizzard.Step{{Op: gizzard.OpUpdateSite, Site: &local}}})
 	if _, err := s.nodes[1].data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("k"), Value: []byte("v")}); err != nil {
 		t.Fatalf("put once active again: %v", err)
+	}
+
+	// Held while draining, a write goes on when the site is fenced
+	// (refused, naming the site to use) or active again (applied).
+	for _, next := range []gizzard.SiteState{gizzard.SiteFenced, gizzard.SiteActive} {
+		draining := local
+		draining.State, draining.Use = gizzard.SiteDraining, "b"
+		s.propose(t, gizzard.Change{Who: "test", Steps: []gizzard.Step{{Op: gizzard.OpUpdateSite, Site: &draining}}})
+		held := make(chan error, 1)
+		go func() {
+			_, err := s.nodes[2].data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("held-" + string(next)), Value: []byte("v")})
+			held <- err
+		}()
+		waitFor(t, 10*time.Second, func() error {
+			if n := s.nodes[2].n.router.Held(); n < 1 {
+				return fmt.Errorf("%d writes held", n)
+			}
+			return nil
+		})
+		select {
+		case err := <-held:
+			t.Fatalf("a write at a draining site returned %v before the map moved on", err)
+		default:
+		}
+		after := local
+		after.State = next
+		if next != gizzard.SiteActive {
+			after.Use = "b"
+		}
+		s.propose(t, gizzard.Change{Who: "test", Steps: []gizzard.Step{{Op: gizzard.OpUpdateSite, Site: &after}}})
+		err := <-held
+		if r, ok := client.ParseSiteRefusal(err); next == gizzard.SiteFenced && (!ok || r.State != "fenced" || r.Use != "b") {
+			t.Fatalf("held write, then fenced: %v", err)
+		}
+		if next == gizzard.SiteActive && err != nil {
+			t.Fatalf("held write, then active: %v", err)
+		}
 	}
 }

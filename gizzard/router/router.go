@@ -156,6 +156,8 @@ type Router struct {
 	coal    coalescers
 	wg      sync.WaitGroup
 	trees   treeCache
+	// held counts clients' writes held while the site drains.
+	held atomic.Int64
 
 	// startSeq is the journal's last sequence number when the router
 	// started: older jobs were left by a previous process. A newer job
@@ -199,6 +201,12 @@ func New(cfg Config) *Router {
 		cfg.Deliveries = 16
 	}
 	r := &Router{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registry), wake: make(chan struct{}, 1), startSeq: cfg.Store.JournalSeq()}
+	if cfg.Registry != nil {
+		cfg.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "aviary_router_held_writes",
+			Help: "Clients' writes held while this site drains (they go on, or are refused, when it is fenced or active again).",
+		}, func() float64 { return float64(r.held.Load()) }))
+	}
 	r.mu.inflight = map[jobID]struct{}{}
 	r.mu.rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
 	return r
@@ -274,6 +282,15 @@ func (r *Router) WriteRemote(ctx context.Context, muts []shard.Mutation, c Consi
 type writeOptions struct {
 	origin *Origin
 	state  map[string][]byte
+	// rerouted: an earlier try of this write may have been journaled, so
+	// the site's state is not checked again (a refusal says "not applied").
+	rerouted bool
+}
+
+// checksSite reports whether a write is subject to its site's state: a
+// client's write, on its first try.
+func (r *Router) checksSite(ctx context.Context, o writeOptions) bool {
+	return r.cfg.Site != "" && o.origin == nil && !o.rerouted && !isInternal(ctx)
 }
 
 func (r *Router) route(ctx context.Context, muts []shard.Mutation, c Consistency, o writeOptions) ([]Result, error) {
@@ -291,6 +308,7 @@ func (r *Router) route(ctx context.Context, muts []shard.Mutation, c Consistency
 		if _, werr := r.waitMap(ctx, fe.Fence); werr != nil {
 			break
 		}
+		o.rerouted = true
 		res, err = r.write(ctx, muts, c, o)
 	}
 	if fe, ok := ParseFenced(err); ok {
@@ -453,18 +471,34 @@ func (t *target) sub(muts []shard.Mutation) []shard.Mutation {
 }
 
 // admit asks the node's fence whether writes routed by version v may be
-// applied to shards now; release ends the admission.
-func (r *Router) admit(shards []string, v uint64) (release func(), err error) {
-	if r.cfg.Admit == nil || len(shards) == 0 {
-		return func() {}, nil
+// applied to shards now; release ends the admission. With checkSite, the
+// admission is taken even with no local shard and the site's state is
+// checked again under it: the node installs a new map only once the writes
+// it admitted have released, so when a map that takes the site out of
+// active is installed, every write admitted while it was active has its
+// journal (and outbox) entry, and every later one is refused.
+func (r *Router) admit(shards []string, v uint64, checkSite bool) (release func(), err error) {
+	release = func() {}
+	if r.cfg.Admit != nil && (len(shards) > 0 || checkSite) {
+		if release, err = r.cfg.Admit(shards, v); err != nil {
+			return nil, err
+		}
 	}
-	return r.cfg.Admit(shards, v)
+	if checkSite {
+		if err := siteAdmits(r.cfg.Map(), r.cfg.Site); err != nil {
+			release()
+			return nil, err
+		}
+	}
+	return release, nil
 }
 
 func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency, o writeOptions) ([]Result, error) {
 	m := r.cfg.Map()
-	if o.origin == nil && r.cfg.Site != "" {
-		if err := siteAdmits(m, r.cfg.Site); err != nil {
+	checkSite := r.checksSite(ctx, o)
+	if checkSite {
+		var err error
+		if m, err = r.holdWhileDraining(ctx, m); err != nil {
 			return nil, err
 		}
 	}
@@ -504,7 +538,7 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 	for _, ti := range local {
 		localMuts = append(localMuts, targets[ti].sub(muts)...)
 	}
-	release, err := r.admit(localShards, m.Version)
+	release, err := r.admit(localShards, m.Version, checkSite)
 	if err != nil {
 		return nil, err
 	}
@@ -617,7 +651,7 @@ func (r *Router) deliver(m *gizzard.Map, leaf gizzard.Leaf, muts []shard.Mutatio
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ReplicaTimeout)
 	defer cancel()
 	if leaf.Node == r.cfg.NodeID {
-		release, err := r.admit([]string{leaf.Shard}, mapVersion)
+		release, err := r.admit([]string{leaf.Shard}, mapVersion, false)
 		if err != nil {
 			return nil, err
 		}

@@ -1,8 +1,10 @@
 package router
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/aviarydb/aviary/gizzard"
 )
@@ -52,3 +54,65 @@ func siteAdmits(m *gizzard.Map, site string) error {
 	}
 	return &SiteError{Site: site, State: s.State, Use: use}
 }
+
+// MaxHold bounds how long a draining site holds a client's write; it holds
+// it no later than holdMargin before the call's deadline.
+const (
+	MaxHold    = 2 * time.Second
+	holdMargin = 100 * time.Millisecond
+)
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// holdWhileDraining returns m if the site takes writes. While the site is
+// draining, a client's write is held until the map moves on (fenced: the
+// write is refused and its client goes to the site the map names; active
+// again: it proceeds) or MaxHold passes (refused as draining): so clients move
+// only once what the site acknowledged has reached the other sites, and a
+// write never lands at the new site ahead of an older one still draining.
+func (r *Router) holdWhileDraining(ctx context.Context, m *gizzard.Map) (*gizzard.Map, error) {
+	// Give up in time for the refusal to reach the client.
+	until := time.Now().Add(MaxHold)
+	if d, ok := ctx.Deadline(); ok {
+		until = minTime(until, d.Add(-holdMargin))
+	}
+	ctx, cancel := context.WithDeadline(ctx, until)
+	defer cancel()
+	for {
+		err := siteAdmits(m, r.cfg.Site)
+		se, ok := errors.AsType[*SiteError](err)
+		if !ok || se.State != gizzard.SiteDraining {
+			return m, err
+		}
+		r.held.Add(1)
+		next, werr := r.waitMap(ctx, m.Version+1)
+		r.held.Add(-1)
+		if werr != nil {
+			return nil, err
+		}
+		m = next
+	}
+}
+
+type internalKey struct{}
+
+// Internal marks ctx as carrying a write of Aviary itself (a timeline
+// worker removing the queue entries it delivered, say), which its site's
+// state does not stop: only clients' writes are refused by a site that is
+// not active.
+func Internal(ctx context.Context) context.Context {
+	return context.WithValue(ctx, internalKey{}, true)
+}
+
+func isInternal(ctx context.Context) bool {
+	v, _ := ctx.Value(internalKey{}).(bool)
+	return v
+}
+
+// Held returns how many clients' writes are held while the site drains.
+func (r *Router) Held() int { return int(r.held.Load()) }

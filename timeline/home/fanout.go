@@ -11,6 +11,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/gizzard/router"
 	"github.com/aviarydb/aviary/internal/timex"
 	"github.com/aviarydb/aviary/timeline"
 	"google.golang.org/grpc/codes"
@@ -419,7 +420,9 @@ func (s *Service) fanoutOnce(ctx context.Context, v *view, p int, owner uint64) 
 	if err := s.deliver(ctx, v, posts); err != nil {
 		return 0, err
 	}
-	if _, err := s.cfg.Data.Write(ctx, &pb.WriteRequest{Mutations: removes}); err != nil {
+	// The removal is the worker's own write: a site that is not active
+	// refuses its clients' writes, not this.
+	if _, err := s.cfg.Data.Write(router.Internal(ctx), &pb.WriteRequest{Mutations: removes}); err != nil {
 		return 0, fmt.Errorf("removing %d delivered queue entries: %w", len(removes), err)
 	}
 	now := time.Now()
