@@ -188,6 +188,7 @@ func (n *Node) reconcile(ctx context.Context) {
 		}
 		after = m.Version
 		n.fence.install(m)
+		n.router.Installed(m)
 		if err := n.timelines.SetMembers(timelineMembers(m, n.cfg.SiteID)); err != nil {
 			n.log.Error("cannot place timelines on the map's timeline nodes", "map_version", m.Version, "err", err)
 		}

@@ -104,6 +104,11 @@ type Config struct {
 	// the fan-out queue. Every node serves the Timelines service's user
 	// calls either way. cmd/node's default is true.
 	Timeline bool
+	// StartRecovering: refuse this site's clients' writes from the start,
+	// as a recovering site does, until the site map lists the site in a
+	// state other than active (then the map decides). A DR drill starts a
+	// failed-over site's nodes so.
+	StartRecovering bool
 	// Timelines configures the home timelines (capacity, celebrity
 	// threshold, fan-out partitions, hedging); zero fields take the
 	// defaults of timeline.Options and home.Config.

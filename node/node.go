@@ -143,18 +143,19 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	closers = append(closers, n.stopNATS)
 	n.router = router.New(router.Config{
-		NodeID:         cfg.NodeID,
-		Site:           cfg.SiteName,
-		Store:          n.store,
-		Map:            n.routedMap,
-		Remote:         &n.remotes,
-		Logger:         cfg.Logger,
-		Clock:          cfg.Clock,
-		ReplicaTimeout: cfg.ReplicaTimeout,
-		Registry:       reg,
-		Admit:          n.fence.admit,
-		WaitMap:        n.waitMap,
-		Outbox:         n.replicating(),
+		NodeID:          cfg.NodeID,
+		Site:            cfg.SiteName,
+		StartRecovering: cfg.StartRecovering,
+		Store:           n.store,
+		Map:             n.routedMap,
+		Remote:          &n.remotes,
+		Logger:          cfg.Logger,
+		Clock:           cfg.Clock,
+		ReplicaTimeout:  cfg.ReplicaTimeout,
+		Registry:        reg,
+		Admit:           n.fence.admit,
+		WaitMap:         n.waitMap,
+		Outbox:          n.replicating(),
 	})
 
 	if err := n.newTimelines(reg); err != nil {

@@ -445,3 +445,36 @@ func TestSiteStateRefusesWrites(t *testing.T) {
 		}
 	}
 }
+
+// TestStartRecovering: a node started recovering refuses its clients'
+// writes, as recovering, while its map says its site is active; once the
+// map has listed the site recovering, the map decides (active: writes).
+func TestStartRecovering(t *testing.T) {
+	tn := startNode(t, Config{NodeID: "node-0", StartRecovering: true})
+	ctx := t.Context()
+	put := func() error {
+		_, err := tn.data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("k"), Value: []byte("v")})
+		return err
+	}
+	if r, ok := client.ParseSiteRefusal(put()); !ok || r.State != string(gizzard.SiteRecovering) {
+		t.Fatalf("a node started recovering took a write (refusal %+v, %v)", r, ok)
+	}
+	self := tn.n.ns.Map().Sites[tn.n.cfg.SiteName]
+	for _, st := range []gizzard.SiteState{gizzard.SiteRecovering, gizzard.SiteActive} {
+		self.State = st
+		b, _ := json.Marshal(gizzard.Change{Who: "test", Steps: []gizzard.Step{{Op: gizzard.OpUpdateSite, Site: &self}}})
+		r, err := tn.ns.Propose(ctx, &pb.ProposeRequest{ChangeJson: b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, func() error {
+			if v := tn.n.routedVersion.Load(); v < r.Version {
+				return fmt.Errorf("at version %d, want %d", v, r.Version)
+			}
+			return nil
+		})
+	}
+	if err := put(); err != nil {
+		t.Fatalf("recovering, then active: %v", err)
+	}
+}

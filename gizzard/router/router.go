@@ -84,8 +84,13 @@ type Config struct {
 	// Site names this node's site in the map's site list: while the map
 	// lists it in a state other than active, locally-originated writes are
 	// refused with a *SiteError.
-	Site  string
-	Store *shard.Store
+	Site string
+	// StartRecovering: refuse clients' writes as a recovering site would
+	// until the map lists Site in a state other than active (a site
+	// restarted after it was failed over comes back so, and a DR drill's
+	// failback makes it recovering, then active).
+	StartRecovering bool
+	Store           *shard.Store
 	// Map returns the current shard map.
 	Map func() *gizzard.Map
 	// Remote reaches other nodes.
@@ -158,6 +163,9 @@ type Router struct {
 	trees   treeCache
 	// held counts clients' writes held while the site drains.
 	held atomic.Int64
+	// startHold: started recovering, and the map has not yet taken the
+	// site out of active (see siteAdmits).
+	startHold atomic.Bool
 
 	// startSeq is the journal's last sequence number when the router
 	// started: older jobs were left by a previous process. A newer job
@@ -201,6 +209,7 @@ func New(cfg Config) *Router {
 		cfg.Deliveries = 16
 	}
 	r := &Router{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registry), wake: make(chan struct{}, 1), startSeq: cfg.Store.JournalSeq()}
+	r.startHold.Store(cfg.StartRecovering && cfg.Site != "")
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "aviary_router_held_writes",
@@ -485,7 +494,7 @@ func (r *Router) admit(shards []string, v uint64, checkSite bool) (release func(
 		}
 	}
 	if checkSite {
-		if err := siteAdmits(r.cfg.Map(), r.cfg.Site); err != nil {
+		if err := r.siteAdmits(r.cfg.Map()); err != nil {
 			release()
 			return nil, err
 		}

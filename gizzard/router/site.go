@@ -35,24 +35,39 @@ func (e *SiteError) Error() string {
 // Is makes a *SiteError match ErrSiteNotActive.
 func (e *SiteError) Is(target error) bool { return target == ErrSiteNotActive }
 
-// siteAdmits returns a *SiteError when m lists site in a state that takes
-// no writes. A map that does not list the site (a site with no relay yet)
-// admits.
-func siteAdmits(m *gizzard.Map, site string) error {
+// siteAdmits returns a *SiteError when m lists the router's site in a state
+// that takes no writes. A map that does not list the site (a site with no
+// relay yet) admits. A router started recovering (Config.StartRecovering)
+// refuses as recovering until m lists the site in a state other than
+// active; from then on the map alone decides.
+func (r *Router) siteAdmits(m *gizzard.Map) error {
+	site := r.cfg.Site
 	s, ok := m.Sites[site]
+	if r.startHold.Load() {
+		if !ok || s.Writable() {
+			return &SiteError{Site: site, State: gizzard.SiteRecovering, Use: firstActive(m, site)}
+		}
+		r.startHold.Store(false)
+	}
 	if !ok || s.Writable() {
 		return nil
 	}
 	use := s.Use
 	if use == "" {
-		for _, name := range m.SiteNames() {
-			if m.Sites[name].Writable() {
-				use = name
-				break
-			}
-		}
+		use = firstActive(m, site)
 	}
 	return &SiteError{Site: site, State: s.State, Use: use}
+}
+
+// firstActive names the first active site of m other than site ("" if
+// none).
+func firstActive(m *gizzard.Map, site string) string {
+	for _, name := range m.SiteNames() {
+		if name != site && m.Sites[name].Writable() {
+			return name
+		}
+	}
+	return ""
 }
 
 // MaxHold bounds how long a draining site holds a client's write; it holds
@@ -84,7 +99,7 @@ func (r *Router) holdWhileDraining(ctx context.Context, m *gizzard.Map) (*gizzar
 	ctx, cancel := context.WithDeadline(ctx, until)
 	defer cancel()
 	for {
-		err := siteAdmits(m, r.cfg.Site)
+		err := r.siteAdmits(m)
 		se, ok := errors.AsType[*SiteError](err)
 		if !ok || se.State != gizzard.SiteDraining {
 			return m, err
@@ -116,3 +131,12 @@ func isInternal(ctx context.Context) bool {
 
 // Held returns how many clients' writes are held while the site drains.
 func (r *Router) Held() int { return int(r.held.Load()) }
+
+// Installed tells the router that its node now routes with m: a router
+// started recovering lets the map decide from the first map that lists its
+// site in a state other than active.
+func (r *Router) Installed(m *gizzard.Map) {
+	if s, ok := m.Sites[r.cfg.Site]; ok && !s.Writable() {
+		r.startHold.Store(false)
+	}
+}
