@@ -46,29 +46,32 @@ with figures that nothing acknowledged was lost. It runs against the local
 deployment of ops dev up --sites N (--dir), whose processes it can kill and
 start again.
 
-While it runs, a verifying workload writes numbered records to every shard at
-every site, from a client per site that prefers its own site and fails over
-to the others (the Go client's site preference list). Every acknowledged
-write is recorded, so RPO is counted in records, not guessed from lag.
+While it runs, a verifying workload writes numbered records to every shard of
+table statuses at every site, from a client per site that prefers its own
+site and fails over to the others (the Go client's site preference list).
+Every acknowledged write is recorded, so RPO is counted in records, not
+guessed from lag.
 
-  failover --from A --to B       planned: checks; A draining (it refuses
-                                 writes; its clients move to B); waits until
-                                 B has applied everything A acknowledged
-                                 (RPO 0); A fenced in every site's map
+  failover --from A --to B       planned: checks; A draining (it holds its
+                                 clients' writes); waits until B has applied
+                                 everything A acknowledged (RPO 0); A fenced
+                                 in every site's map: its clients move to B
   failover ... --unplanned       A's processes are killed (SIGKILL) instead;
                                  the writes A acknowledged that B lacks at the
                                  cut are counted and listed (lost-writes.jsonl)
-  failback --to A                A started again if it was killed, recovering
-                                 (it refuses writes) until its relays have
-                                 caught up from the other sites and the other
-                                 sites have A's writes; A verified against B
-                                 (ops verify); then active again
+  failback --to A                A's dead processes started again (they take
+                                 no client's write); A recovering until its
+                                 relays have caught up from the other sites
+                                 and they have A's writes; A verified against
+                                 B (ops verify); then active again
 
 RTO is the time from the start of the failover until a write of A's clients
 is acknowledged at B. The report (DIR/drills/ID/report.json and report.html:
 the timeline of events, RTO and RPO against their targets, lag over time,
-digests before and after, the verdict) is also recorded in every site's
-audit log (ops audit).`,
+digests before and after, the verdict) is also recorded in the audit log of
+every site that runs. A drill that stopped half-way (an error, Ctrl-C) is
+finished by failback, from whatever stage it reached; a new failover waits
+until the last drill has failed back.`,
 		Example: `  ops dev up --sites 3
   ops drill failover --from site-a --to site-b --dry-run
   ops drill failover --from site-a --to site-b
@@ -90,8 +93,9 @@ audit log (ops audit).`,
 		Use:   "failover --from A --to B [--unplanned] [--dry-run]",
 		Short: "Fail site A over to site B (planned, or --unplanned: A's processes are killed)",
 		Long: `Fail site A over to site B. First the checks: every node and relay of every
-site answers, the lag of the path A → B is under --max-lag, B is active and
-has room (free disk for twice A's data). --dry-run prints the plan and the
+site answers, A and B are active, the lag of the path A → B is under
+--max-lag, B has room (free disk on its node 0's file system for twice A's
+data). --dry-run prints the plan and the
 checks and stops; a failed check stops the drill.`,
 		Example: `  ops drill failover --from site-a --to site-b --dry-run
   ops drill failover --from site-a --to site-b --unplanned`,
@@ -203,10 +207,17 @@ func (s *session) drillFailover(ctx context.Context, f drillFlags) error {
 	now := time.Now()
 	d := &drill{s: s, f: f, dep: dep, rep: &drillReport{
 		ID: "d-" + now.UTC().Format("20060102-150405"), Kind: kind, From: f.from, To: f.to, Deployment: dep.Dir, Started: now.UTC(),
-		Stage: "failover", RTO: drillFigure{Target: f.rtoTarget.Seconds()}, RPO: rpoFigure{Target: 0},
+		Stage: stageFailover, RTO: drillFigure{Target: f.rtoTarget.Seconds()}, RPO: rpoFigure{Target: 0},
 	}}
 	if f.from == f.to {
 		return fmt.Errorf("ops: drill: --from and --to are both %q", f.from)
+	}
+	if f.rate <= 0 {
+		return fmt.Errorf("ops: drill: --rate %g: must be positive", f.rate)
+	}
+	if prev, err := s.loadDrill(f); err == nil && prev.rep.Stage != stageFailedBack {
+		return fmt.Errorf("ops: drill %s (%s of %s to %s) is at stage %q: finish it first with ops drill failback --to %s --dir %s",
+			prev.rep.ID, prev.rep.Kind, prev.rep.From, prev.rep.To, prev.rep.Stage, prev.rep.From, f.dir)
 	}
 	if d.from, err = d.site(f.from); err != nil {
 		return err
@@ -227,6 +238,9 @@ func (s *session) drillFailover(ctx context.Context, f drillFlags) error {
 		if failed > 0 {
 			return fmt.Errorf("ops: drill: %d of %d checks failed (dry run: nothing changed)", failed, len(d.rep.Checks))
 		}
+		if s.o.json {
+			return s.printJSON(d.rep)
+		}
 		fmt.Fprintln(s.out, "dry run: every check passed; nothing changed")
 		return nil
 	}
@@ -241,6 +255,9 @@ func (s *session) drillFailover(ctx context.Context, f drillFlags) error {
 	}
 	d.ackLog = filepath.Join(d.dir, "acked.jsonl")
 	d.event("drill %s: %s failover of %s to %s; checks passed", d.rep.ID, kind, f.from, f.to)
+	if err := d.save(); err != nil {
+		return err
+	}
 
 	sums, err := s.drillDigests(ctx, d, d.dep.Sites)
 	if err != nil {
@@ -257,8 +274,8 @@ func (s *session) drillFailover(ctx context.Context, f drillFlags) error {
 		return err
 	}
 	defer w.close()
-	stop := d.background(ctx, w)
 	w.setPhase("before")
+	stop := d.background(ctx, w)
 	d.event("verifying workload started: %.0f writes/s from a client of each site", f.rate)
 	if err := timex.Sleep(ctx, f.warmup); err != nil {
 		stop()
@@ -267,19 +284,49 @@ func (s *session) drillFailover(ctx context.Context, f drillFlags) error {
 
 	err = d.failover(ctx, w)
 	stop()
+	d.rep.Switches = w.switchesSnapshot()
+	d.rep.Writes = w.counts()
 	if err != nil {
 		d.rep.Verdict, d.rep.Reasons = verdictFail, append(d.rep.Reasons, err.Error())
 		d.event("drill failed: %v", err)
 	}
-	d.rep.Switches = w.switchesSnapshot()
-	d.rep.Writes = w.counts()
 	if werr := d.writeReport(ctx); werr != nil && err == nil {
 		err = werr
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("ops: drill %s: %w\n%s", d.rep.ID, err, d.recoveryHint())
 	}
 	return d.printSummary()
+}
+
+// Stages of a drill, as its report records them.
+const (
+	stageFailover   = "failover"
+	stageFailedOver = "failed over"
+	stageFailback   = "failback"
+	stageFailedBack = "failed back"
+)
+
+// recoveryHint says how to bring the failed site back after a drill step
+// that stopped half-way.
+func (d *drill) recoveryHint() string {
+	return fmt.Sprintf("%s may be left %s: bring it back with ops drill failback --to %s --dir %s (it resumes from any stage), or by hand with ops --addr <a node of each site> sites state %s active",
+		d.rep.From, map[bool]string{true: "killed and fenced", false: "draining or fenced"}[d.rep.Kind == "unplanned"], d.rep.From, d.f.dir, d.rep.From)
+}
+
+// save writes report.json as it stands, so that a drill stopped half-way
+// (an error, Ctrl-C, a killed ops) can be failed back.
+func (d *drill) save() error {
+	d.mu.Lock()
+	b, err := json.MarshalIndent(d.rep, "", "  ")
+	d.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("ops: report: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(d.dir, reportJSON), append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("ops: %w", err)
+	}
+	return nil
 }
 
 // failoverPlan lists what the failover will do.
@@ -305,6 +352,9 @@ func (d *drill) failoverPlan() []string {
 
 func (d *drill) printPlan() {
 	out := d.s.out
+	if d.s.o.json {
+		out = d.s.errOut
+	}
 	fmt.Fprintf(out, "drill: %s failover of %s to %s (deployment %s)\nplan:\n", d.rep.Kind, d.rep.From, d.rep.To, d.dep.Dir)
 	for i, p := range d.rep.Plan {
 		fmt.Fprintf(out, "  %d. %s\n", i+1, p)
@@ -347,7 +397,8 @@ func (d *drill) failover(ctx context.Context, w *drillLoad) error {
 		if _, err := s.waitDevSite(ctx, a.Nodes, v, time.Now().Add(d.f.wait)); err != nil {
 			return fmt.Errorf("%s's nodes adopting the draining map: %w", a.Name, err)
 		}
-		d.event("%s draining (map version %d, on every node of it): it refuses its clients' writes", a.Name, v)
+		d.event("%s draining (map version %d, on every node of it): it holds its clients' writes, then refuses them", a.Name, v)
+		_ = d.save()
 		if err := d.waitApplied(ctx, a, []devSubsite{b}); err != nil {
 			return err
 		}
@@ -368,6 +419,9 @@ func (d *drill) failover(ctx context.Context, w *drillLoad) error {
 	}
 	d.rep.RPO.Records = len(missing)
 	d.rep.RPO.Met = len(missing) <= d.rep.RPO.Target
+	if !d.f.unplanned && !d.rep.RPO.Met {
+		return fmt.Errorf("planned failover: %d writes acknowledged at %s are missing at %s after the drain (RPO target %d)", len(missing), a.Name, b.Name, d.rep.RPO.Target)
+	}
 	if len(missing) > 0 {
 		d.rep.RPO.LostFile = filepath.Join(d.dir, "lost-writes.jsonl")
 		if err := writeJSONLines(d.rep.RPO.LostFile, missing); err != nil {
@@ -375,6 +429,7 @@ func (d *drill) failover(ctx context.Context, w *drillLoad) error {
 		}
 	}
 	d.event("cut: %d writes acknowledged at %s missing at %s", len(missing), a.Name, b.Name)
+	_ = d.save()
 
 	// RTO: until a write of A's clients is acknowledged at B.
 	at, err := d.waitAck(ctx, w, a.Name, b.Name, t0)
@@ -387,7 +442,7 @@ func (d *drill) failover(ctx context.Context, w *drillLoad) error {
 	if err := timex.Sleep(ctx, d.f.after); err != nil {
 		return err
 	}
-	d.rep.Stage = "failed over"
+	d.rep.Stage = stageFailedOver
 	d.rep.Verdict = verdictInProgress
 	d.rep.Reasons = []string{fmt.Sprintf("%s is fenced; run ops drill failback --to %s", a.Name, a.Name)}
 	return nil
@@ -408,7 +463,7 @@ func (d *drill) killSite(st devSubsite) []devNode {
 		}
 	}
 	// Wait until they are gone, so that the cut is after the kill.
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(d.f.wait)
 	for _, p := range out {
 		for processAlive(p.PID) && time.Now().Before(deadline) {
 			_ = timex.Sleep(context.Background(), 10*time.Millisecond)

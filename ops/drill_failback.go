@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -56,10 +57,16 @@ func (s *session) drillFailback(ctx context.Context, f drillFlags) error {
 	if d.rep.From != f.to {
 		return fmt.Errorf("ops: drill %s failed %s over, not %s", d.rep.ID, d.rep.From, f.to)
 	}
-	if d.rep.Stage != "failed over" {
-		return fmt.Errorf("ops: drill %s is at stage %q, not \"failed over\": nothing to fail back", d.rep.ID, d.rep.Stage)
+	if d.rep.Stage == stageFailedBack {
+		return fmt.Errorf("ops: drill %s has failed %s back already: nothing to fail back (ops drill failover starts a new drill)", d.rep.ID, d.rep.From)
 	}
-	d.rep.Stage = "failback"
+	if f.rate <= 0 {
+		return fmt.Errorf("ops: drill: --rate %g: must be positive", f.rate)
+	}
+	if d.rep.Stage != stageFailedOver {
+		fmt.Fprintf(s.errOut, "note: drill %s stopped at stage %q; failing %s back from there\n", d.rep.ID, d.rep.Stage, d.rep.From)
+	}
+	d.rep.Stage = stageFailback
 	d.rep.FailbackChecks = s.drillChecks(ctx, d, true)
 	failed := 0
 	for _, c := range d.rep.FailbackChecks {
@@ -81,7 +88,7 @@ func (s *session) drillFailback(ctx context.Context, f drillFlags) error {
 		err = werr
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("ops: drill %s: %w\n%s", d.rep.ID, err, d.recoveryHint())
 	}
 	return d.printSummary()
 }
@@ -90,7 +97,7 @@ func (s *session) drillFailback(ctx context.Context, f drillFlags) error {
 // verified, then active.
 func (d *drill) failback(ctx context.Context) error {
 	s, a, b := d.s, d.from, d.to
-	if !processAlive(a.Nodes[0].PID) {
+	if len(deadProcs(a)) > 0 {
 		if err := d.restartSite(ctx); err != nil {
 			return err
 		}
@@ -123,6 +130,8 @@ func (d *drill) failback(ctx context.Context) error {
 	w.setPhase("failback")
 	stop := d.background(ctx, w)
 	defer stop()
+	prevSwitches, prevWrites := d.rep.Switches, d.rep.Writes
+	_ = d.save()
 	d.event("verifying workload started again")
 
 	// A catches up from the other sites, and they get what A held.
@@ -136,7 +145,8 @@ func (d *drill) failback(ctx context.Context) error {
 		return fmt.Errorf("the other sites applying %s's writes: %w", a.Name, err)
 	}
 	d.event("the other sites have applied every write %s kept", a.Name)
-	if d.rep.RPO.Records > 0 {
+	_ = d.save()
+	if d.rep.RPO.LostFile != "" {
 		lost, err := readAcked(d.rep.RPO.LostFile)
 		if err != nil {
 			return err
@@ -174,12 +184,17 @@ func (d *drill) failback(ctx context.Context) error {
 	}
 	d.rep.FailbackSeconds = at.Sub(t1).Seconds()
 	d.event("%s's clients write at %s again, %.3fs after it was made active", a.Name, a.Name, d.rep.FailbackSeconds)
+	_ = d.save()
 	if err := timex.Sleep(ctx, d.f.after); err != nil {
 		return err
 	}
 	stop()
-	d.rep.Switches = w.switchesSnapshot()
+	d.rep.Switches = append(prevSwitches, w.switchesSnapshot()...)
 	d.rep.Writes = w.counts()
+	for name, c := range d.rep.Writes {
+		c.Failed += prevWrites[name].Failed
+		d.rep.Writes[name] = c
+	}
 	d.event("verifying workload stopped")
 
 	// Every acknowledged verifying write, of the whole drill, at every site.
@@ -193,12 +208,24 @@ func (d *drill) failback(ctx context.Context) error {
 		d.rep.MissingAfter[st.Name] = len(still)
 		d.event("%s holds %d of the %d acknowledged verifying writes", st.Name, len(acked)-len(still), len(acked))
 	}
-	sums, err := s.drillDigests(ctx, d, d.dep.Sites)
-	if err != nil {
-		return err
+	// Writes in flight when the workload stopped were not acknowledged
+	// but may be journaled somewhere: they arrive, and the digests agree,
+	// a moment later.
+	deadline := time.Now().Add(d.f.wait)
+	for {
+		sums, err := s.drillDigests(ctx, d, d.dep.Sites)
+		if err != nil {
+			return err
+		}
+		d.rep.DigestsAfter = sums
+		if digestsDiffer(sums) == "" || time.Now().After(deadline) {
+			break
+		}
+		if err := timex.Sleep(ctx, 500*time.Millisecond); err != nil {
+			return err
+		}
 	}
-	d.rep.DigestsAfter = sums
-	d.rep.Stage = "failed back"
+	d.rep.Stage = stageFailedBack
 	d.rep.Verdict, d.rep.Reasons = d.verdict()
 	d.event("verdict: %s", d.rep.Verdict)
 	return nil
@@ -233,12 +260,17 @@ func (d *drill) restartSite(ctx context.Context) error {
 		if len(n.Args) == 0 {
 			return fmt.Errorf("%s/%s: site.json has no command line for it (a deployment of an older ops): start it by hand", st.Name, n.ID)
 		}
-		pid, err := startProcess(d.dep.Binary, n.Args, n.Log)
+		// Started recovering: it takes no client's write before the drill
+		// sets its site recovering, then active.
+		pid, err := startProcess(d.dep.Binary, append(slices.Clone(n.Args), "--start-recovering"), n.Log)
 		if err != nil {
 			return err
 		}
 		n.PID = pid
-		d.event("started %s/%s again (pid %d)", st.Name, n.ID, pid)
+		if err := d.dep.write(); err != nil { // so that dev down stops it
+			return err
+		}
+		d.event("started %s/%s again, recovering (pid %d)", st.Name, n.ID, pid)
 	}
 	if _, err := d.s.waitDevSite(ctx, st.Nodes, 0, time.Now().Add(d.f.wait)); err != nil {
 		return fmt.Errorf("%s's nodes after the restart: %w", st.Name, err)
@@ -250,10 +282,10 @@ func (d *drill) restartSite(ctx context.Context) error {
 			return err
 		}
 		st.Relay.PID = pid
+		if err := d.dep.write(); err != nil {
+			return err
+		}
 		d.event("started %s/relay again (pid %d)", st.Name, pid)
-	}
-	if err := d.dep.write(); err != nil {
-		return err
 	}
 	if err := d.s.waitRelay(ctx, *st, time.Now().Add(d.f.wait)); err != nil {
 		return err
@@ -279,6 +311,20 @@ func (d *drill) waitPresent(ctx context.Context, st devSubsite, ws []vwrite) ([]
 			return nil, err
 		}
 	}
+}
+
+// deadProcs lists the processes of st that do not run.
+func deadProcs(st devSubsite) []string {
+	var out []string
+	for _, n := range st.Nodes {
+		if !processAlive(n.PID) {
+			out = append(out, n.ID)
+		}
+	}
+	if !processAlive(st.Relay.PID) {
+		out = append(out, "relay")
+	}
+	return out
 }
 
 // endpoints names sites for antiEntropy by their node 0.

@@ -3,7 +3,6 @@ package ops
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"html/template"
 	"maps"
@@ -160,9 +159,9 @@ func (s *session) drillChecks(ctx context.Context, d *drill, failback bool) []dr
 		out = append(out, drillCheck{Name: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
 	}
 	for _, st := range d.dep.Sites {
-		if failback && st.Name == d.from.Name && !processAlive(st.Nodes[0].PID) {
+		if dead := deadProcs(st); failback && st.Name == d.from.Name && len(dead) > 0 {
 			_, err := os.Stat(d.dep.Binary)
-			add(st.Name+" restartable", err == nil && len(st.Nodes[0].Args) > 0, "its processes are down; they start again from %s", d.dep.Binary)
+			add(st.Name+" restartable", err == nil && len(st.Nodes[0].Args) > 0, "%s down; they start again from %s", strings.Join(dead, ", "), d.dep.Binary)
 			continue
 		}
 		var bad []string
@@ -259,14 +258,8 @@ func (s *session) drillDigests(ctx context.Context, d *drill, sites []devSubsite
 // writeReport writes report.json and report.html and records the drill in
 // the audit log of every site that answers.
 func (d *drill) writeReport(ctx context.Context) error {
-	d.mu.Lock()
-	b, err := json.MarshalIndent(d.rep, "", "  ")
-	d.mu.Unlock()
-	if err != nil {
-		return fmt.Errorf("ops: report: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(d.dir, reportJSON), append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("ops: %w", err)
+	if err := d.save(); err != nil {
+		return err
 	}
 	var h bytes.Buffer
 	if err := reportTemplate.Execute(&h, d.view()); err != nil {
@@ -276,6 +269,9 @@ func (d *drill) writeReport(ctx context.Context) error {
 		return fmt.Errorf("ops: %w", err)
 	}
 	note := d.auditNote()
+	// Recorded even when the drill was interrupted (Ctrl-C).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	for _, st := range d.dep.Sites {
 		if !processAlive(st.Nodes[0].PID) {
 			continue
@@ -316,7 +312,7 @@ func (d *drill) printSummary() error {
 		fmt.Fprintf(out, "; listed in %s", r.RPO.LostFile)
 	}
 	fmt.Fprintln(out)
-	if r.Stage == "failed back" {
+	if r.Stage == stageFailedBack {
 		fmt.Fprintf(out, "  recovered %d of them after failback\n", r.RPO.Recovered)
 		fmt.Fprintf(out, "  failback  %.3fs until %s's clients wrote at %s again\n", r.FailbackSeconds, r.From, r.From)
 		fmt.Fprintf(out, "  verify    %s\n", r.Verify)
@@ -433,7 +429,7 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;p
 {{if .R.MissingAfter}}<p>Acknowledged verifying writes missing after failback: {{range $s, $n := .R.MissingAfter}}{{$s}}: {{$n}} {{end}}</p>{{end}}
 <h2>Digests</h2>
 <table><tr><th>site</th><th>before</th><th>records</th><th>after</th><th>records</th></tr>
-{{$after := .R.DigestsAfter}}{{range $name, $b := .R.DigestsBefore}}<tr><td>{{$name}}</td><td><code>{{$b.Sum}}</code></td><td>{{$b.Records}}</td>{{with index $after $name}}<td><code>{{.Sum}}</code></td><td>{{.Records}}</td>{{else}}<td>-</td><td>-</td>{{end}}</tr>{{end}}
+{{$after := .R.DigestsAfter}}{{range $name, $b := .R.DigestsBefore}}<tr><td>{{$name}}</td><td><code>{{$b.Sum}}</code></td><td>{{$b.Records}}</td>{{with index $after $name}}{{if .Sum}}<td><code>{{.Sum}}</code></td><td>{{.Records}}</td>{{else}}<td>-</td><td>-</td>{{end}}{{end}}</tr>{{end}}
 </table>
 {{if .R.DigestsAfter}}<p>After failback the sites' digests are {{if .DigestsEqual}}<span class="pass">equal</span>{{else}}<span class="fail">different</span>{{end}}.</p>{{end}}
 {{if .R.Verify}}<p>Verify {{.R.From}} against {{.R.To}}: {{.R.Verify}}</p>{{end}}

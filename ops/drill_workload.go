@@ -16,6 +16,7 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/api/client"
 	"github.com/aviarydb/aviary/gizzard"
+	"github.com/aviarydb/aviary/internal/timex"
 	"golang.org/x/time/rate"
 )
 
@@ -118,6 +119,7 @@ func newDrillLoad(id string, sites []devSubsite, maps map[string]*gizzard.Map, p
 	for _, st := range sites {
 		m := maps[st.Name]
 		if m == nil {
+			w.close()
 			return nil, fmt.Errorf("ops: drill workload: no map of %s", st.Name)
 		}
 		for _, f := range m.Forwardings[drillTable] {
@@ -126,6 +128,7 @@ func newDrillLoad(id string, sites []devSubsite, maps map[string]*gizzard.Map, p
 			}
 		}
 		if len(w.roots[st.Name]) == 0 {
+			w.close()
 			return nil, fmt.Errorf("ops: drill workload: %s's map has no table %q", st.Name, drillTable)
 		}
 		var sites []client.Site
@@ -195,18 +198,23 @@ func (w *drillLoad) setPhase(p string) {
 }
 
 // key returns the key of write n of home: it lands on tree n mod k of the
-// home site's map, so the writes cover every shard.
+// home site's map, so the writes cover every shard (a tree whose hash range
+// is too thin to hit in keyTries gets a key of another).
 func (w *drillLoad) key(home string, n uint64) string {
 	roots := w.roots[home]
 	want := roots[n%uint64(len(roots))]
 	base := fmt.Sprintf("drill/%s/%s/%d", w.id, home, n)
-	for j := 0; ; j++ {
+	for j := range keyTries {
 		k := base + "." + strconv.Itoa(j)
 		if f, err := w.maps[home].Lookup(drillTable, gizzard.Hash([]byte(k))); err == nil && f.Root == want {
 			return k
 		}
 	}
+	return base
 }
+
+// keyTries bounds the search for a key of a given tree.
+const keyTries = 1 << 16
 
 // run writes from every site until ctx ends.
 func (w *drillLoad) run(ctx context.Context) {
@@ -266,13 +274,36 @@ func (w *drillLoad) snapshot() []vwrite {
 }
 
 // missingAt returns the writes of ws that the site whose nodes are at
-// addrs does not hold (absent, or holding another value).
+// addrs does not hold (absent, or holding another value). A read reaches one
+// replica, which may not have a write its site journaled yet: a write
+// counts as missing only if missingReads reads, missingGap apart, all miss
+// it.
 func missingAt(ctx context.Context, addrs []string, ws []vwrite) ([]vwrite, error) {
 	c, err := client.Dial(addrs)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
+	for i := 0; i < missingReads && len(ws) > 0; i++ {
+		if i > 0 {
+			if err := timex.Sleep(ctx, missingGap); err != nil {
+				return nil, err
+			}
+		}
+		if ws, err = readMissing(ctx, c, ws); err != nil {
+			return nil, err
+		}
+	}
+	return ws, nil
+}
+
+const (
+	missingReads = 3
+	missingGap   = 100 * time.Millisecond
+)
+
+// readMissing reads ws once and returns those the read did not find.
+func readMissing(ctx context.Context, c *client.Client, ws []vwrite) ([]vwrite, error) {
 	var missing []vwrite
 	for start := 0; start < len(ws); start += multiGetBatch {
 		batch := ws[start:min(start+multiGetBatch, len(ws))]

@@ -103,6 +103,7 @@ command line wins.`,
 		newRepairCommand(o),
 		newDevCommand(o),
 		newDrillCommand(o),
+		newCertsCommand(o),
 	)
 	return root
 }
