@@ -316,6 +316,7 @@ func (s *nameserverServer) Propose(ctx context.Context, r *pb.ProposeRequest) (*
 	if err := json.Unmarshal(r.ChangeJson, &c); err != nil {
 		return nil, invalidf("change_json: %v", err)
 	}
+	c.Who = stampWho(ctx, c.Who)
 	if c.From == "" {
 		// Record the client's address, not that of a node forwarding it.
 		if p, ok := peer.FromContext(ctx); ok {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/aviarydb/aviary/ids"
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/aviarydb/aviary/shard"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -109,6 +110,12 @@ type Config struct {
 	// state other than active (then the map decides). A DR drill starts a
 	// failed-over site's nodes so.
 	StartRecovering bool
+	// TLS, if set, secures every link of the node with mutual TLS: its gRPC
+	// server (clients present a certificate of the CA; calls are
+	// authorized by the role in it), its calls to other nodes, raft, and
+	// the embedded nats-server and the node's NATS connections. Nil:
+	// plaintext, for development on loopback.
+	TLS *tlsx.Source
 	// Timelines configures the home timelines (capacity, celebrity
 	// threshold, fan-out partitions, hedging); zero fields take the
 	// defaults of timeline.Options and home.Config.

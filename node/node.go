@@ -56,6 +56,7 @@ type Node struct {
 	ns      *nameserver.Server
 	router  *router.Router
 	remotes remotes
+	sec     *netx.Security
 
 	// routedVersion is the map version the router routes with; ready is
 	// set once the map lists this node and its shards exist.
@@ -125,7 +126,10 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	closers = append(closers, func() { _ = n.httpLis.Close() })
 
+	n.sec = &netx.Security{TLS: cfg.TLS, Site: cfg.SiteName}
+	n.remotes.sec = n.sec
 	n.ns, err = nameserver.Open(ctx, nameserver.Config{
+		Security:  n.sec,
 		NodeID:    cfg.NodeID,
 		RaftAddr:  cfg.RaftAddr,
 		Dir:       filepath.Join(cfg.DataDir, "raft"),
@@ -162,7 +166,8 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: timelines: %w", err)
 	}
 
-	n.grpcSrv = grpc.NewServer(netx.ServerOptions(grpc.ChainUnaryInterceptor(n.metrics.unary))...)
+	n.grpcSrv = grpc.NewServer(netx.ServerOptions(n.sec.ServerOption(),
+		grpc.ChainUnaryInterceptor(n.authorizeUnary, n.metrics.unary), grpc.ChainStreamInterceptor(n.authorizeStream))...)
 	pb.RegisterDataServer(n.grpcSrv, &dataServer{n: n})
 	pb.RegisterShardAdminServer(n.grpcSrv, &adminServer{n: n})
 	pb.RegisterNameserverServer(n.grpcSrv, &nameserverServer{n: n})

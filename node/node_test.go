@@ -14,6 +14,7 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/aviarydb/aviary/shard"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -68,7 +69,9 @@ func launchNode(t *testing.T, cfg Config) *testNode {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
-	cc, err := netx.Dial(n.GRPCAddr())
+	// With TLS, the test talks to the node as the node itself.
+	sec := &netx.Security{TLS: cfg.TLS}
+	cc, err := netx.Dial(n.GRPCAddr(), sec.DialOption(n.GRPCAddr(), tlsx.Expect{}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 
 // remotes holds one client connection per peer node address.
 type remotes struct {
+	sec   *netx.Security
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
@@ -29,7 +30,7 @@ func (r *remotes) conn(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := r.conns[addr]; ok {
 		return cc, nil
 	}
-	cc, err := netx.Dial(addr)
+	cc, err := netx.Dial(addr, r.sec.DialOption(addr, r.sec.NodePeer()))
 	if err != nil {
 		return nil, err
 	}

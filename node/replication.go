@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/aviarydb/aviary/gizzard/router"
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/internal/timex"
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/aviarydb/aviary/replication"
 	"github.com/aviarydb/aviary/replication/natsx"
 	"github.com/aviarydb/aviary/shard"
@@ -110,6 +112,7 @@ func (n *Node) startNATS() error {
 		// An outbox entry is one write batch, up to MaxBatchBytes, plus
 		// its envelope: the default 1 MiB would refuse a large one.
 		MaxPayload: int32(min(2*n.cfg.Limits.MaxBatchBytes+(1<<20), 64<<20)),
+		TLS:        n.natsServerTLS(),
 	})
 	if err != nil {
 		return fmt.Errorf("node: embedded nats: %w", err)
@@ -190,7 +193,7 @@ func (r *replicator) publish(ctx context.Context) {
 // session publishes over one connection until it fails.
 func (r *replicator) session(ctx context.Context, url string) error {
 	n := r.n
-	nc, js, err := natsx.Connect(ctx, url, "aviary-node-"+n.cfg.NodeID)
+	nc, js, err := natsx.Connect(ctx, url, "aviary-node-"+n.cfg.NodeID, n.natsClientTLS(url)...)
 	if err != nil {
 		return err
 	}
@@ -661,4 +664,22 @@ func (n *Node) tombstoneHorizon(h ids.Timestamp) ids.Timestamp {
 		}
 	}
 	return h
+}
+
+// natsServerTLS is the embedded nats-server's TLS: its clients are the
+// site's nodes and the relays (nil: plaintext).
+func (n *Node) natsServerTLS() *tls.Config {
+	if !n.sec.Enabled() {
+		return nil
+	}
+	return n.cfg.TLS.ServerConfig(tls.RequireAndVerifyClientCert, tlsx.Expect{Roles: []tlsx.Role{tlsx.RoleNode, tlsx.RoleRelay}})
+}
+
+// natsClientTLS returns the options of a TLS connection to the NATS server
+// at url (none: plaintext).
+func (n *Node) natsClientTLS(url string) []nats.Option {
+	if !n.sec.Enabled() {
+		return nil
+	}
+	return []nats.Option{nats.Secure(n.cfg.TLS.ClientConfig(tlsx.ServerNameOf(url), tlsx.Expect{}))}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/aviarydb/aviary/internal/envflag"
 	"github.com/aviarydb/aviary/internal/logx"
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/aviarydb/aviary/node"
 	"github.com/aviarydb/aviary/shard"
 	"github.com/spf13/cobra"
@@ -31,6 +32,7 @@ func main() {
 func newCommand() *cobra.Command {
 	var (
 		cfg       node.Config
+		tlsFlags  tlsx.Flags
 		tables    string
 		logFormat string
 		logLevel  string
@@ -48,6 +50,12 @@ With no flags it is a complete one-node site on 127.0.0.1, with its data in
 seeded with the default tables and shard trees. With --join it joins an
 existing site instead. Writes are journaled and acknowledged only after they
 are fsynced. SIGINT or SIGTERM shut it down gracefully.
+
+With --tls-ca, --tls-cert and --tls-key every link is mutual TLS 1.3 (clients,
+other nodes, raft, the embedded nats-server), and every call is authorized
+by the role in its client's certificate (read, write, admin, node, relay);
+certificates are re-read when their files change. Without them the node
+serves plaintext, which it refuses beyond loopback unless --insecure.
 
 Every flag can be set by an environment variable named AVIARY_ and the flag
 name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
@@ -67,6 +75,15 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 				return err
 			}
 			cfg.Logger = logger
+			if cfg.TLS, err = tlsFlags.Load(logger); err != nil {
+				return err
+			}
+			if err := tlsx.CheckExposure(cfg.TLS, tlsFlags.Insecure, cfg.GRPCAddr, cfg.RaftAddr, natsListen(cfg)); err != nil {
+				return err
+			}
+			if cfg.TLS == nil && tlsFlags.Insecure {
+				logger.Warn("serving plaintext (--insecure): no TLS, no authentication, no authorization")
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			n, err := node.New(ctx, cfg)
@@ -118,6 +135,7 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.IntVar(&cfg.Timelines.FanoutPartitions, "fanout-partitions", 16, "fan-out queue partitions per site (every node of a site must use the same)")
 	f.DurationVar(&cfg.Timelines.HedgeMin, "hedge-min", time.Millisecond, "shortest delay before a timeline read is also sent to the next replica (the delay is the recent p95)")
 	f.DurationVar(&cfg.Timelines.HedgeMax, "hedge-max", 50*time.Millisecond, "longest hedge delay")
+	tlsFlags.Register(f, "this node (role node, its site's name as site)")
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on the HTTP address")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -155,4 +173,13 @@ func parseTables(s string) ([]shard.TableInfo, error) {
 		out = append(out, t)
 	}
 	return out, nil
+}
+
+// natsListen is the embedded nats-server's address, if this node starts
+// one.
+func natsListen(cfg node.Config) string {
+	if cfg.NATSURL != "" || cfg.Join != "" {
+		return ""
+	}
+	return cfg.NATSAddr
 }

@@ -54,6 +54,9 @@ type Config struct {
 	// Fast selects short raft timeouts (heartbeat and election 500ms)
 	// instead of raft's defaults (1s), for local sites and tests.
 	Fast bool
+	// Security secures raft's links: with TLS, both ends of every
+	// connection must be nodes of this site. Nil: plaintext.
+	Security *netx.Security
 }
 
 // Server is one voter (or learner) of a site's nameserver.
@@ -111,7 +114,7 @@ func Open(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.addr = ln.Addr().String()
 	s.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  streamLayer{Listener: advertised{ln}},
+		Stream:  streamLayer{Listener: advertised{cfg.Security.WrapListener(ln, cfg.Security.NodePeer())}, sec: cfg.Security},
 		MaxPool: 3,
 		Timeout: 5 * time.Second,
 		Logger:  hl,

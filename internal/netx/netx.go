@@ -5,11 +5,14 @@ package netx
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"time"
 
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 )
@@ -86,4 +89,73 @@ func DialTCP(ctx context.Context, addr string) (net.Conn, error) {
 		return nil, fmt.Errorf("netx: dial %s: %w", addr, err)
 	}
 	return c, nil
+}
+
+// Security is the transport security of a process's links. A nil
+// *Security, or one without TLS, is plaintext: for development on
+// loopback only.
+type Security struct {
+	// TLS holds the CA and this process's key pair, reloaded from disk.
+	TLS *tlsx.Source
+	// Site is this process's site: a peer that must be a node (raft, node
+	// to node calls) must be a node of it.
+	Site string
+}
+
+// Enabled reports whether s is TLS.
+func (s *Security) Enabled() bool { return s != nil && s.TLS != nil }
+
+// NodePeer is what a node expects of another node of its site.
+func (s *Security) NodePeer() tlsx.Expect {
+	return tlsx.Expect{Roles: []tlsx.Role{tlsx.RoleNode}, Site: s.site()}
+}
+
+func (s *Security) site() string {
+	if s == nil {
+		return ""
+	}
+	return s.Site
+}
+
+// DialOption returns the transport credentials of a connection to the
+// server at addr, which must satisfy want (a node: tlsx.Expect{Roles:
+// []tlsx.Role{tlsx.RoleNode}}).
+func (s *Security) DialOption(addr string, want tlsx.Expect) grpc.DialOption {
+	if !s.Enabled() {
+		return grpc.WithTransportCredentials(insecure.NewCredentials())
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(s.TLS.ClientConfig(tlsx.ServerNameOf(addr), want)))
+}
+
+// ServerOption returns the transport credentials of a gRPC server: every
+// client presents a certificate of the CA.
+func (s *Security) ServerOption() grpc.ServerOption {
+	if !s.Enabled() {
+		return grpc.EmptyServerOption{}
+	}
+	return grpc.Creds(credentials.NewTLS(s.TLS.ServerConfig(tls.RequireAndVerifyClientCert, tlsx.Expect{})))
+}
+
+// WrapListener makes l a TLS listener whose peers must satisfy want (raft's
+// transport: a node of this site). Plaintext returns l.
+func (s *Security) WrapListener(l net.Listener, want tlsx.Expect) net.Listener {
+	if !s.Enabled() {
+		return l
+	}
+	return tls.NewListener(l, s.TLS.ServerConfig(tls.RequireAndVerifyClientCert, want))
+}
+
+// DialStream opens a TCP connection to addr and, with TLS, completes a
+// handshake with a server that must satisfy want (raft's transport).
+func (s *Security) DialStream(ctx context.Context, addr string, want tlsx.Expect) (net.Conn, error) {
+	c, err := DialTCP(ctx, addr)
+	if err != nil || !s.Enabled() {
+		return c, err
+	}
+	tc := tls.Client(c, s.TLS.ClientConfig(tlsx.ServerNameOf(addr), want))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("netx: TLS handshake with %s: %w", addr, err)
+	}
+	return tc, nil
 }

@@ -723,3 +723,27 @@ func TestWriteKeyPair(t *testing.T) {
 		t.Fatal("a path as the base name was accepted")
 	}
 }
+
+func TestCheckExposure(t *testing.T) {
+	for _, c := range []struct {
+		addr     string
+		insecure bool
+		ok       bool
+	}{
+		{"127.0.0.1:7390", false, true},
+		{"[::1]:7390", false, true},
+		{"localhost:7390", false, true},
+		{"0.0.0.0:7390", false, false},
+		{":7390", false, false},
+		{"10.0.0.5:7390", false, false},
+		{"10.0.0.5:7390", true, true},
+	} {
+		err := tlsx.CheckExposure(nil, c.insecure, c.addr)
+		if (err == nil) != c.ok {
+			t.Errorf("%s insecure=%v: %v", c.addr, c.insecure, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "--insecure") {
+			t.Errorf("%s: the error does not say how: %v", c.addr, err)
+		}
+	}
+}

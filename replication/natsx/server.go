@@ -6,6 +6,7 @@
 package natsx
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,6 +50,10 @@ type ServerConfig struct {
 	// MaxPayload is the largest message the server accepts (0: the
 	// server's default, 1 MiB; at most 64 MiB).
 	MaxPayload int32
+	// TLS, if set, is the server's TLS configuration: every client
+	// connection must be TLS and present a certificate it verifies (the
+	// configuration's ClientAuth). Nil: plaintext.
+	TLS *tls.Config
 	// MonitorPort, if not 0, serves nats-server's monitoring endpoints
 	// over HTTP on 127.0.0.1 (whatever Host is): -1 picks a free port, a
 	// positive value is the port. 0, the default, serves none.
@@ -118,6 +123,10 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		JetStreamMaxMemory:     cfg.MaxMemoryBytes,
 		MaxPayload:             cfg.MaxPayload,
 		DisableJetStreamBanner: true,
+	}
+	if cfg.TLS != nil {
+		opts.TLS, opts.TLSVerify, opts.TLSConfig = true, true, cfg.TLS
+		opts.TLSTimeout = 2
 	}
 	if cfg.MonitorPort != 0 {
 		opts.HTTPHost = "127.0.0.1"
