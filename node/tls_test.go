@@ -206,8 +206,8 @@ func TestTLS(t *testing.T) {
 		src *tlsx.Source
 		ok  bool
 	}{
-		"a relay":  {pki.issue(tlsx.Identity{Name: "relay-site-b", Role: tlsx.RoleRelay, Site: "site-b"}), true},
-		"an admin": {admin, false},
+		"a relay":            {pki.issue(tlsx.Identity{Name: "relay-site-b", Role: tlsx.RoleRelay, Site: "site-b"}), true},
+		"an admin":           {admin, false},
 		"another CA's relay": {other.issue(tlsx.Identity{Name: "relay-site-b", Role: tlsx.RoleRelay, Site: "site-b"}), false},
 	} {
 		nc, err := nats.Connect(natsURL, nats.Secure(c.src.ClientConfig(tlsx.ServerNameOf(natsURL), tlsx.Expect{})), nats.Timeout(5*time.Second))
