@@ -116,6 +116,12 @@ type Config struct {
 	// the embedded nats-server and the node's NATS connections. Nil:
 	// plaintext, for development on loopback.
 	TLS *tlsx.Source
+	// ClientRate bounds the calls per second of each client (the identity
+	// of its certificate, or its IP address without TLS), with bursts of
+	// ClientBurst; above it calls get ResourceExhausted. Nodes and relays
+	// are not limited. 0: no limit.
+	ClientRate  float64
+	ClientBurst int
 	// Timelines configures the home timelines (capacity, celebrity
 	// threshold, fan-out partitions, hedging); zero fields take the
 	// defaults of timeline.Options and home.Config.

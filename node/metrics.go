@@ -22,6 +22,7 @@ type metrics struct {
 	exported, exportedBytes prometheus.Counter
 	copied, copiedBytes     prometheus.Counter
 	copies                  prometheus.Gauge
+	rateLimited             prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, store *shard.Store) *metrics {
@@ -63,9 +64,13 @@ func newMetrics(reg *prometheus.Registry, store *shard.Store) *metrics {
 			Name: "aviary_migration_copies_running",
 			Help: "Migration copies running into this node.",
 		}),
+		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aviary_rate_limited_calls_total",
+			Help: "Calls refused because their client was above --client-rate.",
+		}),
 	}
 	reg.MustRegister(m.requests, m.latency, m.mutations, m.collected, storeCollector{store},
-		m.exported, m.exportedBytes, m.copied, m.copiedBytes, m.copies)
+		m.exported, m.exportedBytes, m.copied, m.copiedBytes, m.copies, m.rateLimited)
 	return m
 }
 

@@ -57,6 +57,7 @@ type Node struct {
 	router  *router.Router
 	remotes remotes
 	sec     *netx.Security
+	limits  *clientLimits
 
 	// routedVersion is the map version the router routes with; ready is
 	// set once the map lists this node and its shards exist.
@@ -127,6 +128,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	closers = append(closers, func() { _ = n.httpLis.Close() })
 
 	n.sec = &netx.Security{TLS: cfg.TLS, Site: cfg.SiteName}
+	n.limits = newClientLimits(cfg.ClientRate, cfg.ClientBurst)
 	n.remotes.sec = n.sec
 	n.ns, err = nameserver.Open(ctx, nameserver.Config{
 		Security:  n.sec,
@@ -167,7 +169,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 
 	n.grpcSrv = grpc.NewServer(netx.ServerOptions(n.sec.ServerOption(),
-		grpc.ChainUnaryInterceptor(n.authorizeUnary, n.metrics.unary), grpc.ChainStreamInterceptor(n.authorizeStream))...)
+		grpc.ChainUnaryInterceptor(n.authorizeUnary, n.rateLimitUnary, n.metrics.unary), grpc.ChainStreamInterceptor(n.authorizeStream))...)
 	pb.RegisterDataServer(n.grpcSrv, &dataServer{n: n})
 	pb.RegisterShardAdminServer(n.grpcSrv, &adminServer{n: n})
 	pb.RegisterNameserverServer(n.grpcSrv, &nameserverServer{n: n})

@@ -227,3 +227,31 @@ func TestTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestClientRateLimit: a client above --client-rate gets ResourceExhausted
+// naming the limit; another client is not held back by it.
+func TestClientRateLimit(t *testing.T) {
+	pki := newTestPKI(t, "CA")
+	tn := startNode(t, Config{NodeID: "node-0", SiteName: "site-a", ClientRate: 0.001, ClientBurst: 3,
+		TLS: pki.issue(tlsx.Identity{Name: "node-0", Role: tlsx.RoleNode, Site: "site-a"})})
+	ctx := t.Context()
+	greedy, _ := dialAs(t, pki.issue(tlsx.Identity{Name: "greedy", Role: tlsx.RoleRead}), tn.n.GRPCAddr())
+	calls, limited := 0, 0
+	for range 6 {
+		_, err := greedy.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte("k")})
+		calls++
+		if status.Code(err) == codes.ResourceExhausted {
+			limited++
+			if !strings.Contains(err.Error(), "greedy (read") {
+				t.Fatalf("the refusal does not name the client: %v", err)
+			}
+		}
+	}
+	if limited != 3 {
+		t.Fatalf("%d of %d calls over a burst of 3 were refused, want 3", limited, calls)
+	}
+	other, _ := dialAs(t, pki.issue(tlsx.Identity{Name: "other", Role: tlsx.RoleRead}), tn.n.GRPCAddr())
+	if _, err := other.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte("k")}); status.Code(err) == codes.ResourceExhausted {
+		t.Fatalf("another client was limited: %v", err)
+	}
+}

@@ -136,6 +136,8 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.DurationVar(&cfg.Timelines.HedgeMin, "hedge-min", time.Millisecond, "shortest delay before a timeline read is also sent to the next replica (the delay is the recent p95)")
 	f.DurationVar(&cfg.Timelines.HedgeMax, "hedge-max", 50*time.Millisecond, "longest hedge delay")
 	tlsFlags.Register(f, "this node (role node, its site's name as site)")
+	f.Float64Var(&cfg.ClientRate, "client-rate", 0, "most calls per second of one client (its certificate's identity, or its IP without TLS); above it, ResourceExhausted; 0: no limit; nodes and relays are not limited")
+	f.IntVar(&cfg.ClientBurst, "client-burst", 100, "burst of --client-rate")
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on the HTTP address")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")

@@ -28,6 +28,14 @@ const (
 	MaxSendMsgBytes = 16 << 20
 )
 
+// MaxConcurrentStreams bounds the calls one client connection has in flight
+// at a server; more wait for a slot.
+const MaxConcurrentStreams = 1024
+
+// DefaultCallTimeout bounds a unary call made without a deadline, so that
+// no call, internal or not, waits forever on a peer that stopped answering.
+const DefaultCallTimeout = 30 * time.Second
+
 // Listen opens a TCP listener on addr ("127.0.0.1:0" picks a free port).
 func Listen(ctx context.Context, addr string) (net.Listener, error) {
 	var lc net.ListenConfig
@@ -47,6 +55,7 @@ func ServerOptions(extra ...grpc.ServerOption) []grpc.ServerOption {
 		// Reuse goroutines across streams: a fresh goroutine per RPC pays
 		// for growing its stack every time.
 		grpc.NumStreamWorkers(StreamWorkers),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             10 * time.Second,
 			PermitWithoutStream: true,
@@ -73,6 +82,7 @@ func Dial(addr string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 			Timeout:             10 * time.Second,
 			PermitWithoutStream: true,
 		}),
+		grpc.WithChainUnaryInterceptor(defaultDeadline),
 	}
 	cc, err := grpc.NewClient(addr, append(opts, extra...)...)
 	if err != nil {
@@ -158,4 +168,14 @@ func (s *Security) DialStream(ctx context.Context, addr string, want tlsx.Expect
 		return nil, fmt.Errorf("netx: TLS handshake with %s: %w", addr, err)
 	}
 	return tc, nil
+}
+
+// defaultDeadline gives a unary call without a deadline DefaultCallTimeout.
+func defaultDeadline(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultCallTimeout)
+		defer cancel()
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
 }
