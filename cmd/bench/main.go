@@ -149,7 +149,6 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/internal/envflag"
-	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/node"
 	"github.com/aviarydb/aviary/ops"
 	"github.com/aviarydb/aviary/shard"
@@ -203,6 +202,9 @@ type config struct {
 	TimelineRedis    bool
 	// CPUProfile, if set, receives a CPU profile of the whole run.
 	CPUProfile string
+	// TLS runs the in-process nodes and the bench's connections with
+	// mutual TLS (a CA and certificates made for the run).
+	TLS bool
 }
 
 func (c *config) validate() error {
@@ -235,6 +237,12 @@ func (c *config) validate() error {
 		if _, ok := workloadByName(w); !ok && w != routerWorkload && w != migrateWorkload && w != relayWorkload && w != timelineWorkload {
 			return fmt.Errorf("--workloads: unknown workload %q: want some of %s", w, all)
 		}
+	}
+	if c.TLS && slices.Contains(c.Workloads, relayWorkload) {
+		return fmt.Errorf("--tls: the relay workload runs plaintext only (its relays and NATS are not given certificates yet)")
+	}
+	if c.TLS && c.Addr != "" {
+		return fmt.Errorf("--tls with --addr: give the external node's certificates to it; --tls secures in-process nodes only")
 	}
 	if len(c.Workloads) == 0 {
 		return fmt.Errorf("--workloads: none given: want some of %s", all)
@@ -387,6 +395,7 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.IntVar(&cfg.TimelineMany, "timeline-many", 20, "timeline: timelines per call in the many-timelines read phase")
 	f.IntVar(&cfg.TimelineCapacity, "timeline-capacity", 800, "timeline: timeline capacity (Aviary's and the Redis LTRIM)")
 	f.BoolVar(&cfg.TimelineRedis, "timeline-redis", true, "timeline: also drive Redis lists the same way (installs redis-server with apt-get if missing) and print the ratios")
+	f.BoolVar(&cfg.TLS, "tls", false, "run the in-process nodes and every connection with mutual TLS 1.3 (certificates made for the run), to measure its cost; not with the relay workload")
 	f.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run (clients and in-process nodes) to this file")
 	envflag.Bind(f, "AVIARY_BENCH_")
 	return cmd
@@ -480,6 +489,12 @@ func (b *bench) printf(format string, args ...any) {
 // run runs the configured workloads and prints the results to out. It
 // returns an error if the setup failed or any operation failed.
 func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings string) (err error) {
+	if cfg.TLS {
+		if runTLS, err = newBenchTLS(cfg.Dir); err != nil {
+			return err
+		}
+		defer os.RemoveAll(runTLS.dir)
+	}
 	if cfg.CPUProfile != "" {
 		f, err := os.Create(cfg.CPUProfile)
 		if err != nil {
@@ -517,6 +532,9 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 	if others && addr == "" {
 		ncfg := node.Config{DataDir: filepath.Join(b.root, "node"), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0"}
 		ncfg.EnsureDefaults()
+		if err := secure(&ncfg); err != nil {
+			return err
+		}
 		n, err := node.New(ctx, ncfg)
 		if err != nil {
 			return fmt.Errorf("bench: start node: %w", err)
@@ -542,7 +560,7 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 		if !others {
 			break
 		}
-		cc, err := netx.Dial(addr)
+		cc, err := dial(addr)
 		if err != nil {
 			return fmt.Errorf("bench: %w", err)
 		}

@@ -19,7 +19,6 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
-	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/ops"
 )
 
@@ -504,7 +503,7 @@ func (b *bench) runMigrate(ctx context.Context) (shutdownErr error) {
 	var clients []pb.DataClient
 	for range c.Conns {
 		for _, n := range s.nodes {
-			cc, err := netx.Dial(n.GRPCAddr())
+			cc, err := dial(n.GRPCAddr())
 			if err != nil {
 				b.migrateFailed(migratePutName, "setup", err)
 				return nil

@@ -13,7 +13,6 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
-	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/node"
 	"github.com/aviarydb/aviary/replication"
 	"github.com/aviarydb/aviary/replication/natsx"
@@ -69,7 +68,7 @@ func startBenchSite(ctx context.Context, dir, name string, id uint32) (*benchSit
 	done := make(chan error, 1)
 	go func() { done <- n.Run(rctx) }()
 	s := &benchSite{name: name, n: n, stop: func() { cancel(); <-done }}
-	if s.cc, err = netx.Dial(n.GRPCAddr()); err != nil {
+	if s.cc, err = dial(n.GRPCAddr()); err != nil {
 		s.stop()
 		return nil, err
 	}

@@ -13,7 +13,6 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
-	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/node"
 	"google.golang.org/grpc"
 )
@@ -91,6 +90,9 @@ func startSite(ctx context.Context, dir string, nodes, shards int, opts ...func(
 		for _, o := range opts {
 			o(&cfg)
 		}
+		if err := secure(&cfg); err != nil {
+			return nil, err
+		}
 		n, err := node.New(ctx, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("start %s: %w", cfg.NodeID, err)
@@ -106,7 +108,7 @@ func startSite(ctx context.Context, dir string, nodes, shards int, opts ...func(
 			}
 			return nil
 		})
-		cc, err := netx.Dial(n.GRPCAddr())
+		cc, err := dial(n.GRPCAddr())
 		if err != nil {
 			return nil, err
 		}
@@ -342,7 +344,7 @@ func (b *bench) routerSite(ctx context.Context, r int, prop bool) (_ map[string]
 	var clients []pb.DataClient
 	for range c.Conns {
 		for _, n := range s.nodes {
-			cc, err := netx.Dial(n.GRPCAddr())
+			cc, err := dial(n.GRPCAddr())
 			if err != nil {
 				setupFailed(err)
 				return nil, nil
