@@ -113,6 +113,7 @@ func (n *Node) startNATS() error {
 		// its envelope: the default 1 MiB would refuse a large one.
 		MaxPayload: int32(min(2*n.cfg.Limits.MaxBatchBytes+(1<<20), 64<<20)),
 		TLS:        n.natsServerTLS(),
+		ClientAuth: n.natsClientAuth(),
 	})
 	if err != nil {
 		return fmt.Errorf("node: embedded nats: %w", err)
@@ -673,6 +674,32 @@ func (n *Node) natsServerTLS() *tls.Config {
 		return nil
 	}
 	return n.cfg.TLS.ServerConfig(tls.RequireAndVerifyClientCert, tlsx.Expect{Roles: []tlsx.Role{tlsx.RoleNode, tlsx.RoleRelay}})
+}
+
+// natsClientAuth decides the embedded nats-server's clients with TLS: the
+// site's nodes may do anything, another site's relay only what reading
+// this site's stream takes (replication.RelayPermissions).
+func (n *Node) natsClientAuth() func(*tls.ConnectionState) (string, *natsx.Permissions, error) {
+	if !n.sec.Enabled() {
+		return nil
+	}
+	site := n.cfg.SiteName
+	return func(cs *tls.ConnectionState) (string, *natsx.Permissions, error) {
+		if cs == nil {
+			return "", nil, errors.New("not a TLS connection")
+		}
+		id, ok := tlsx.StateIdentity(*cs)
+		switch {
+		case !ok:
+			return "", nil, errors.New("no verified client certificate")
+		case id.Role == tlsx.RoleNode && id.Site == site:
+			return id.String(), nil, nil
+		case id.Role == tlsx.RoleRelay && id.Site != site:
+			pub, sub := replication.RelayPermissions(site, id.Site)
+			return id.String(), &natsx.Permissions{Publish: pub, Subscribe: sub}, nil
+		}
+		return "", nil, fmt.Errorf("%s may not connect to site %s's NATS (nodes of the site and other sites' relays may)", id, site)
+	}
 }
 
 // natsClientTLS returns the options of a TLS connection to the NATS server

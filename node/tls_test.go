@@ -219,6 +219,27 @@ func TestTLS(t *testing.T) {
 			t.Errorf("nats, %s: %v (want ok=%v)", what, err, c.ok)
 		}
 	}
+	// A relay may read its consumer, not write the stream.
+	relay := pki.issue(tlsx.Identity{Name: "relay-site-c", Role: tlsx.RoleRelay, Site: "site-c"})
+	violations := make(chan error, 4)
+	nc, err := nats.Connect(natsURL, nats.Secure(relay.ClientConfig(tlsx.ServerNameOf(natsURL), tlsx.Expect{})),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.Publish("aviary.repl.site-a.node-0", []byte("forged")); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	select {
+	case err := <-violations:
+		if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+			t.Fatalf("a relay publishing to the stream: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a relay published to site-a's replication subject unrefused")
+	}
 	if nc, err := nats.Connect(natsURL, nats.Timeout(5*time.Second)); err == nil {
 		err = nc.Flush()
 		nc.Close()

@@ -73,3 +73,33 @@ func RepublishKey(originSite, originNode, applyingSite string) string {
 // ConsumerName is the durable consumer, on every other site's stream,
 // through which the relay of applyingSite reads it.
 func ConsumerName(applyingSite string) string { return "relay-" + Token(applyingSite) }
+
+// RelayPermissions are the subjects the relay of applyingSite may publish
+// and subscribe to on the NATS of originSite: its own durable consumer on
+// originSite's stream (create, info, fetch, acknowledge), the stream's
+// info, and its own keys in the watermark and republish buckets; replies
+// come to its inboxes. Nothing lets it publish to the stream, read another
+// site's consumer or write another site's keys.
+func RelayPermissions(originSite, applyingSite string) (publish, subscribe []string) {
+	stream, cons := StreamName(originSite), ConsumerName(applyingSite)
+	publish = []string{
+		"$JS.API.INFO",
+		"$JS.API.STREAM.INFO." + stream,
+		"$JS.API.CONSUMER.CREATE." + stream + "." + cons,
+		"$JS.API.CONSUMER.CREATE." + stream + "." + cons + ".>",
+		"$JS.API.CONSUMER.DURABLE.CREATE." + stream + "." + cons,
+		"$JS.API.CONSUMER.INFO." + stream + "." + cons,
+		"$JS.API.CONSUMER.MSG.NEXT." + stream + "." + cons,
+		"$JS.ACK." + stream + "." + cons + ".>",
+	}
+	for _, b := range []string{WatermarkBucket, RepublishBucket} {
+		publish = append(publish,
+			"$JS.API.STREAM.INFO.KV_"+b,
+			"$JS.API.STREAM.CREATE.KV_"+b,
+			"$JS.API.STREAM.MSG.GET.KV_"+b,
+			"$JS.API.DIRECT.GET.KV_"+b+".>",
+			"$KV."+b+"."+Token(originSite)+".*."+Token(applyingSite),
+		)
+	}
+	return publish, []string{"_INBOX.>"}
+}

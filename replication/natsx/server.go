@@ -54,6 +54,10 @@ type ServerConfig struct {
 	// connection must be TLS and present a certificate it verifies (the
 	// configuration's ClientAuth). Nil: plaintext.
 	TLS *tls.Config
+	// ClientAuth, if set, decides every client connection from its
+	// verified TLS state: refused on error, else allowed the permissions
+	// it returns (nil: every subject) under the name it returns.
+	ClientAuth func(cs *tls.ConnectionState) (name string, p *Permissions, err error)
 	// MonitorPort, if not 0, serves nats-server's monitoring endpoints
 	// over HTTP on 127.0.0.1 (whatever Host is): -1 picks a free port, a
 	// positive value is the port. 0, the default, serves none.
@@ -128,6 +132,9 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		opts.TLS, opts.TLSVerify, opts.TLSConfig = true, true, cfg.TLS
 		opts.TLSTimeout = 2
 	}
+	if cfg.ClientAuth != nil {
+		opts.CustomClientAuthentication = clientAuth{check: cfg.ClientAuth, log: cfg.Logger}
+	}
 	if cfg.MonitorPort != 0 {
 		opts.HTTPHost = "127.0.0.1"
 		opts.HTTPPort = cfg.MonitorPort
@@ -197,4 +204,35 @@ func (s *Server) Shutdown() {
 		s.ns.WaitForShutdown()
 		_ = s.lock.Close()
 	})
+}
+
+// Permissions are the subjects a client may publish and subscribe to.
+type Permissions struct {
+	Publish, Subscribe []string
+}
+
+// clientAuth adapts ServerConfig.ClientAuth to nats-server.
+type clientAuth struct {
+	check func(*tls.ConnectionState) (string, *Permissions, error)
+	log   *slog.Logger
+}
+
+func (a clientAuth) Check(c server.ClientAuthentication) bool {
+	if c.Kind() != server.CLIENT {
+		return false
+	}
+	name, p, err := a.check(c.GetTLSConnectionState())
+	if err != nil {
+		a.log.Warn("refused a NATS client", "remote", c.RemoteAddress().String(), "err", err)
+		return false
+	}
+	u := &server.User{Username: name}
+	if p != nil {
+		u.Permissions = &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: p.Publish},
+			Subscribe: &server.SubjectPermission{Allow: p.Subscribe},
+		}
+	}
+	c.RegisterUser(u)
+	return true
 }
