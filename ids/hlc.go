@@ -2,6 +2,7 @@ package ids
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -119,8 +120,11 @@ func (h *HLC) Check(remote Timestamp) error {
 }
 
 func (h *HLC) check(remote, pt Timestamp) error {
-	ahead := time.Duration(remote.wallMillis()-pt.wallMillis()) * time.Millisecond
-	if ahead > h.maxAhead {
+	// Compared in milliseconds: a wall time reaches 2^48 ms, and so many
+	// milliseconds overflow a Duration.
+	aheadMs := remote.wallMillis() - pt.wallMillis()
+	if aheadMs > h.maxAhead.Milliseconds() {
+		ahead := time.Duration(min(aheadMs, math.MaxInt64/int64(time.Millisecond))) * time.Millisecond
 		return fmt.Errorf("%w: %s ahead of local clock, bound is %s", ErrFarFuture, ahead, h.maxAhead)
 	}
 	return nil

@@ -47,7 +47,7 @@ func (s *Store) Digest(ctx context.Context, shard string, start, end []byte) (Di
 		if end != nil && string(k) >= string(end) {
 			break
 		}
-		if k[0] == spaceMonth {
+		if len(k) > 0 && k[0] == spaceMonth {
 			continue
 		}
 		h.add(k, it.Value())

@@ -60,6 +60,9 @@ func (s *Store) loadJournalSeq() error {
 	defer it.Close()
 	var last uint64
 	if it.Last() {
+		if len(it.Key()) != len(p)+8 {
+			return fmt.Errorf("shard: corrupt journal key %x", it.Key())
+		}
 		last = binary.BigEndian.Uint64(it.Key()[len(p):])
 	}
 	// Error-queue entries keep their journal entry; their seqs are below

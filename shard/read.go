@@ -195,6 +195,9 @@ func (s *Store) Range(ctx context.Context, shard, table string, owner uint64, o 
 			seek = binary.BigEndian.AppendUint64(append([]byte(nil), prefix...), ^o.MaxID)
 		}
 		for it.SeekGE(seek); it.Valid() && bytes.HasPrefix(it.Key(), prefix); it.Next() {
+			if len(it.Key()) != len(prefix)+8 {
+				return nil, fmt.Errorf("shard: corrupt index key %x", it.Key())
+			}
 			id := ^binary.BigEndian.Uint64(it.Key()[len(prefix):])
 			if o.SinceID != 0 && id <= o.SinceID {
 				return out, it.Error()
