@@ -113,6 +113,7 @@ still differ afterwards.
 // runAntiEntropy runs ops verify (repair false) or ops repair and prints
 // the report.
 func (s *session) runAntiEntropy(ctx context.Context, f aeFlags, repair bool) error {
+	s.useDevDir(f.dir) // the certificates of the dev deployment whose sites it reads
 	if f.rounds < 1 {
 		return fmt.Errorf("--rounds %d: must be at least 1", f.rounds)
 	}

@@ -90,21 +90,13 @@ existing CA, whose certificates would all stop verifying, unless --force.`,
   ops certs init --dir /etc/aviary/pki --site site-a --site site-b --valid 43800h`,
 		Args: cobra.NoArgs,
 		RunE: o.runner(func(_ context.Context, s *session, _ []string) error {
-			certPEM, keyPEM, err := tlsx.NewCA(name, caValid, sites...)
+			info, err := initCA(dir, name, caValid, sites, caForced)
+			if errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("%s already holds a CA; replacing it would invalidate every certificate it signed (use --force to replace it anyway): %w", dir, err)
+			}
 			if err != nil {
 				return err
 			}
-			if err := tlsx.WriteKeyPair(dir, "ca", certPEM, keyPEM, caForced); err != nil {
-				if errors.Is(err, fs.ErrExist) {
-					return fmt.Errorf("%s already holds a CA; replacing it would invalidate every certificate it signed (use --force to replace it anyway): %w", dir, err)
-				}
-				return err
-			}
-			info, err := describeCert(certPEM, filepath.Join(dir, "ca"))
-			if err != nil {
-				return err
-			}
-			info.Sites = sites
 			if s.o.json {
 				return s.printJSON(info)
 			}
@@ -166,38 +158,19 @@ NAME.crt or NAME.key unless --force (to renew a certificate).`,
 			if err := id.Validate(); err != nil {
 				return err
 			}
-			caCert, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
-			if err != nil {
-				return fmt.Errorf("no CA in %s (ops certs init --dir %s creates one): %w", dir, dir, err)
-			}
-			caKey, err := os.ReadFile(filepath.Join(dir, "ca.key"))
-			if err != nil {
-				return fmt.Errorf("the CA key of %s: %w", dir, err)
-			}
 			defaultHosts := r == tlsx.RoleNode && len(hosts) == 0
 			if defaultHosts {
-				hosts = []string{"127.0.0.1", "localhost"}
+				hosts = localHosts()
 			}
-			certPEM, keyPEM, err := tlsx.Issue(caCert, caKey, id, hosts, valid)
-			if err != nil {
-				return err
+			info, err := issueCert(dir, id, hosts, valid, force)
+			if errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("%s already has a certificate (use --force to replace it): %w", id.Name, err)
 			}
-			if err := tlsx.WriteKeyPair(dir, id.Name, certPEM, keyPEM, force); err != nil {
-				if errors.Is(err, fs.ErrExist) {
-					return fmt.Errorf("%s already has a certificate (use --force to replace it): %w", id.Name, err)
-				}
-				return err
-			}
-			info, err := describeCert(certPEM, filepath.Join(dir, id.Name))
 			if err != nil {
 				return err
 			}
 			if defaultHosts {
 				fmt.Fprintf(s.errOut, "note: no --host: %s's certificate names 127.0.0.1 and localhost only\n", id.Name)
-			}
-			info.Role, info.Site = string(id.Role), id.Site
-			if ca, err := describeCert(caCert, ""); err == nil {
-				info.CA = ca.Name
 			}
 			if s.o.json {
 				return s.printJSON(info)
@@ -220,6 +193,59 @@ NAME.crt or NAME.key unless --force (to renew a certificate).`,
 
 	cmd.AddCommand(initCmd, issue)
 	return cmd
+}
+
+// localHosts are the hosts of a node's certificate when none are given:
+// loopback.
+func localHosts() []string { return []string{"127.0.0.1", "localhost"} }
+
+// initCA creates a CA named name, serving sites (none: any), valid for
+// valid, in dir: ca.crt and ca.key. Unless force, it refuses, with an
+// error wrapping fs.ErrExist, to replace a CA there.
+func initCA(dir, name string, valid time.Duration, sites []string, force bool) (certFiles, error) {
+	certPEM, keyPEM, err := tlsx.NewCA(name, valid, sites...)
+	if err != nil {
+		return certFiles{}, err
+	}
+	if err := tlsx.WriteKeyPair(dir, "ca", certPEM, keyPEM, force); err != nil {
+		return certFiles{}, err
+	}
+	info, err := describeCert(certPEM, filepath.Join(dir, "ca"))
+	if err != nil {
+		return certFiles{}, err
+	}
+	info.Sites = sites
+	return info, nil
+}
+
+// issueCert issues a certificate for id and hosts, valid for valid, signed
+// by the CA in dir, and writes it to dir/NAME.crt and NAME.key. Unless
+// force, it refuses, with an error wrapping fs.ErrExist, to replace them.
+func issueCert(dir string, id tlsx.Identity, hosts []string, valid time.Duration, force bool) (certFiles, error) {
+	caCert, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		return certFiles{}, fmt.Errorf("no CA in %s (ops certs init --dir %s creates one): %w", dir, dir, err)
+	}
+	caKey, err := os.ReadFile(filepath.Join(dir, "ca.key"))
+	if err != nil {
+		return certFiles{}, fmt.Errorf("the CA key of %s: %w", dir, err)
+	}
+	certPEM, keyPEM, err := tlsx.Issue(caCert, caKey, id, hosts, valid)
+	if err != nil {
+		return certFiles{}, err
+	}
+	if err := tlsx.WriteKeyPair(dir, id.Name, certPEM, keyPEM, force); err != nil {
+		return certFiles{}, err
+	}
+	info, err := describeCert(certPEM, filepath.Join(dir, id.Name))
+	if err != nil {
+		return certFiles{}, err
+	}
+	info.Role, info.Site = string(id.Role), id.Site
+	if ca, err := describeCert(caCert, ""); err == nil {
+		info.CA = ca.Name
+	}
+	return info, nil
 }
 
 // describeCert reads the first certificate of certPEM; base, if given, is

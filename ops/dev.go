@@ -19,6 +19,7 @@ import (
 
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/internal/timex"
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/spf13/cobra"
 )
 
@@ -30,6 +31,11 @@ const defaultDevDir = "./aviary-dev"
 
 // siteFile is the name of a dev site's record in its directory.
 const siteFile = "site.json"
+
+// loneSite is the site name of the nodes of a lone dev site (dev up
+// without --sites): node.Config's default, passed explicitly so that it
+// matches their certificates.
+const loneSite = "local"
 
 // Dev site limits: a node's worker id is its index (at most 31), and its
 // four ports are base+10i, +1, +2 and +3 (node 0's embedded nats-server).
@@ -53,13 +59,16 @@ var ErrNoSite = errors.New("ops: no dev site")
 // several sites (dev up --sites) lists them in Sites, each with its nodes
 // and relay, and leaves Nodes empty.
 type devSite struct {
-	Dir         string       `json:"dir"`
-	Binary      string       `json:"binary"`
-	RelayBinary string       `json:"relay_binary,omitempty"`
-	StartedAt   time.Time    `json:"started_at"`
-	MapVersion  uint64       `json:"map_version,omitempty"`
-	Nodes       []devNode    `json:"nodes"`
-	Sites       []devSubsite `json:"sites,omitempty"`
+	Dir         string    `json:"dir"`
+	Binary      string    `json:"binary"`
+	RelayBinary string    `json:"relay_binary,omitempty"`
+	StartedAt   time.Time `json:"started_at"`
+	MapVersion  uint64    `json:"map_version,omitempty"`
+	// CertsDir holds the deployment's CA and certificates (DIR/certs);
+	// empty for a plaintext deployment (dev up --plaintext).
+	CertsDir string       `json:"certs_dir,omitempty"`
+	Nodes    []devNode    `json:"nodes"`
+	Sites    []devSubsite `json:"sites,omitempty"`
 }
 
 // devNode is one node process of a dev site.
@@ -126,7 +135,11 @@ func newDevCommand(o *options) *cobra.Command {
 demos: "dev up" builds cmd/node and starts the site, "dev status" checks it
 and "dev down" stops it. The site lives in --dir: one data directory and log
 per node, and site.json with the pids and addresses. "dev up --sites 3" starts
-three such sites linked by cross-site replication, each with its relay.`,
+three such sites linked by cross-site replication, each with its relay.
+
+Every link of a dev deployment is mutual TLS unless dev up --plaintext: its
+CA and certificates are in DIR/certs, and ops presents DIR/certs/admin.crt to
+it (see ops --help).`,
 		Example: `  ops dev up --nodes 3 --replicas 3
   ops dev status
   ops dev down --wipe
@@ -150,6 +163,7 @@ type devUpFlags struct {
 	bin       string
 	relayBin  string
 	race      bool
+	plaintext bool
 	readyWait time.Duration
 }
 
@@ -203,7 +217,19 @@ base+100s+99: its node i listens at base+100s+10i (gRPC), +1 (HTTP) and +2
 /healthz, /status) at base+100s+90; so at most 9 nodes per site. With the
 default base 7400: site-a 7400-7499, site-b 7500-7599, site-c 7600-7699.
 Node i of site X keeps its data and log in DIR/site-X/node-i, the relay its
-log in DIR/site-X/relay/log.`,
+log in DIR/site-X/relay/log.
+
+Every link is mutual TLS 1.3 (gRPC, raft, NATS, relays), unless --plaintext.
+The first dev up in DIR creates DIR/certs: a CA for the deployment's sites
+(ca.crt, ca.key), a certificate per node (node-i, or SITE-node-i with
+--sites; role node, for 127.0.0.1 and localhost), per relay (relay-SITE,
+role relay) and admin.crt (role admin, no site) for ops and tests; later
+ones reuse them. Nodes and relays are started with --tls-ca, --tls-cert and
+--tls-key. ops uses admin.crt by itself for ./aviary-dev and for commands
+given --dir (dev, drill, verify, repair); elsewhere give it
+--tls-ca DIR/certs/ca.crt --tls-cert DIR/certs/admin.crt --tls-key
+DIR/certs/admin.key (or AVIARY_OPS_TLS_CA, _CERT, _KEY). --plaintext starts
+the old plaintext deployment instead (loopback only).`,
 		Example: `  ops dev up
   ops dev up --nodes 5 --replicas 3 --dir /tmp/aviary --base-port 17400
   ops dev up --sites 3              # 3 sites of 1 node, 3 relays
@@ -211,6 +237,7 @@ log in DIR/site-X/relay/log.`,
 		Args: cobra.NoArgs,
 		RunE: o.runner(func(ctx context.Context, s *session, _ []string) error {
 			f.dir = *dir
+			s.useDevDir(*dir)
 			if f.sites == 1 {
 				return s.devUp(ctx, f)
 			}
@@ -232,6 +259,7 @@ log in DIR/site-X/relay/log.`,
 	fl.StringVar(&f.bin, "bin", "", "node binary to run instead of building cmd/node")
 	fl.StringVar(&f.relayBin, "relay-bin", "", "relay binary to run instead of building cmd/relay (with --sites above 1)")
 	fl.BoolVar(&f.race, "race", false, "build the node (and relay) with the race detector (go build -race)")
+	fl.BoolVar(&f.plaintext, "plaintext", false, "no TLS: nodes and relays in plaintext on loopback, no DIR/certs")
 	fl.DurationVar(&f.readyWait, "ready-timeout", f.readyWait, "how long to wait for the nodes to be ready")
 	return cmd
 }
@@ -272,6 +300,15 @@ func (s *session) devUp(ctx context.Context, f devUpFlags) (err error) {
 	if err := portsFree(site.Nodes); err != nil {
 		return err
 	}
+	var ids []tlsx.Identity
+	for _, n := range site.Nodes {
+		ids = append(ids, tlsx.Identity{Name: devNodeCert("", n.ID), Role: tlsx.RoleNode, Site: loneSite})
+	}
+	certs, err := s.prepareDevTLS(dir, f.plaintext, []string{loneSite}, ids)
+	if err != nil {
+		return err
+	}
+	site.CertsDir = certs.dir
 	if _, err := os.Stat(site.Nodes[0].DataDir); err == nil {
 		// The map records each node's addresses when it joins, and a node
 		// already in the map does not update them.
@@ -295,11 +332,13 @@ func (s *session) devUp(ctx context.Context, f devUpFlags) (err error) {
 	}()
 	start := func(i int) error {
 		n := &site.Nodes[i]
-		pid, err := startProcess(site.Binary, devNodeArgs(site.Nodes, i, f.shards), n.Log)
+		args := append(devNodeArgs(site.Nodes, i, f.shards), "--site-name", loneSite)
+		args = append(args, certs.args(devNodeCert("", n.ID))...)
+		pid, err := startProcess(site.Binary, args, n.Log)
 		if err != nil {
 			return err
 		}
-		n.PID = pid
+		n.PID, n.Args = pid, args
 		return site.write()
 	}
 	deadline := time.Now().Add(f.readyWait)
@@ -573,15 +612,16 @@ func (s *session) printDevUp(site *devSite, f devUpFlags) error {
 		return err
 	}
 	addr := site.Nodes[0].GRPCAddr
+	fmt.Fprintf(s.out, "\n%s", devTLSNote(site))
 	_, err := fmt.Fprintf(s.out, `
 next:
-  export AVIARY_OPS_ADDR=%s
+  export AVIARY_OPS_ADDR=%s%s
   ops ping
   ops tree show
   ops lookup statuses 1001
   ops dev status --dir %s
   ops dev down --dir %s --wipe
-`, addr, site.Dir, site.Dir)
+`, addr, devTLSExports(site), site.Dir, site.Dir)
 	return err
 }
 
@@ -659,6 +699,7 @@ sites (dev up --sites) has its relays stopped first, then its nodes.`,
   ops dev down --dir /tmp/aviary --wipe`,
 		Args: cobra.NoArgs,
 		RunE: o.runner(func(ctx context.Context, s *session, _ []string) error {
+			s.useDevDir(*dir)
 			d, err := filepath.Abs(*dir)
 			if err != nil {
 				return fmt.Errorf("ops: --dir: %w", err)
@@ -726,6 +767,7 @@ too.`,
   ops dev status --dir /tmp/aviary --json`,
 		Args: cobra.NoArgs,
 		RunE: o.runner(func(ctx context.Context, s *session, _ []string) error {
+			s.useDevDir(*dir)
 			d, err := filepath.Abs(*dir)
 			if err != nil {
 				return fmt.Errorf("ops: --dir: %w", err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/internal/timex"
+	"github.com/aviarydb/aviary/internal/tlsx"
 )
 
 // A deployment of several dev sites (dev up --sites S): site s (0 for
@@ -107,8 +108,10 @@ func (f devUpFlags) validateSites() error {
 }
 
 // devSitesLayout lays out the sites of f in dir: names, ids, ports, data
-// directories, logs and relay command lines.
+// directories, logs and relay command lines (with their certificates in
+// DIR/certs, unless f.plaintext).
 func devSitesLayout(dir string, f devUpFlags) []devSubsite {
+	certs := newDevTLS(dir, f.plaintext)
 	hostPort := func(p int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)) }
 	var sites []devSubsite
 	for s := range f.sites {
@@ -131,6 +134,7 @@ func devSitesLayout(dir string, f devUpFlags) []devSubsite {
 		}
 		st.Relay = devRelay{HTTPAddr: hostPort(base + relayPortOffset), Log: filepath.Join(dir, name, "relay", "log")}
 		st.Relay.Args = []string{"--addr", strings.Join(addrs, ","), "--http-addr", st.Relay.HTTPAddr, "--log-format", "text"}
+		st.Relay.Args = append(st.Relay.Args, certs.args(devRelayCert(name))...)
 		sites = append(sites, st)
 	}
 	return sites
@@ -161,6 +165,20 @@ func (s *session) devUpSites(ctx context.Context, f devUpFlags) (err error) {
 	if err := devSitesPortsFree(site.Sites); err != nil {
 		return err
 	}
+	var names []string
+	var ids []tlsx.Identity
+	for _, st := range site.Sites {
+		names = append(names, st.Name)
+		for _, n := range st.Nodes {
+			ids = append(ids, tlsx.Identity{Name: devNodeCert(st.Name, n.ID), Role: tlsx.RoleNode, Site: st.Name})
+		}
+		ids = append(ids, tlsx.Identity{Name: devRelayCert(st.Name), Role: tlsx.RoleRelay, Site: st.Name})
+	}
+	certs, err := s.prepareDevTLS(dir, f.plaintext, names, ids)
+	if err != nil {
+		return err
+	}
+	site.CertsDir = certs.dir
 	if _, err := os.Stat(site.Sites[0].Nodes[0].DataDir); err == nil {
 		fmt.Fprintf(s.errOut, "note: %s holds the data of an earlier deployment: the nodes resume it, which works only with the same --base-port, --sites and --nodes; for a fresh one run: ops dev down --dir %s --wipe\n", dir, dir)
 	}
@@ -191,6 +209,7 @@ func (s *session) devUpSites(ctx context.Context, f devUpFlags) (err error) {
 	}()
 	start := func(st *devSubsite, i int) error {
 		args := append(devNodeArgs(st.Nodes, i, f.shards), "--site-name", st.Name, "--site-id", strconv.Itoa(int(st.ID)))
+		args = append(args, certs.args(devNodeCert(st.Name, st.Nodes[i].ID))...)
 		pid, err := startProcess(site.Binary, args, st.Nodes[i].Log)
 		if err != nil {
 			return err
@@ -388,17 +407,18 @@ func (s *session) printDevUpSites(site *devSite, f devUpFlags) error {
 		return err
 	}
 	a, b := site.Sites[0].Nodes[0].GRPCAddr, site.Sites[1].Nodes[0].GRPCAddr
+	fmt.Fprintf(s.out, "\n%s", devTLSNote(site))
 	_, err := fmt.Fprintf(s.out, `
 Every site's map lists every site; each site's relay applies the other sites'
 writes there. A write to any node of one site is readable at the others.
 
-next:
+next:%s
   ops --addr %s sites          # the sites, their ids and NATS URLs
   ops --addr %s relay status   # %s's paths from the other sites: lag, watermarks
   ops --addr %s conflicts      # writes that lost to a newer version
   ops dev status --dir %s
   ops dev down --dir %s --wipe
-`, a, b, site.Sites[1].Name, b, site.Dir, site.Dir)
+`, devTLSExports(site), a, b, site.Sites[1].Name, b, site.Dir, site.Dir)
 	return err
 }
 

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
-	"github.com/aviarydb/aviary/internal/netx"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -72,10 +71,16 @@ func TestDevSitesLayout(t *testing.T) {
 		n1.RaftAddr != "127.0.0.1:7512" || natsAddr(b.Nodes[0].RaftAddr) != "127.0.0.1:7503" || n1.DataDir != "/d/site-b/node-1" || n1.Log != "/d/site-b/node-1/log" {
 		t.Fatalf("site-b: %+v", b)
 	}
-	want := []string{"--addr", "127.0.0.1:7500,127.0.0.1:7510,127.0.0.1:7520", "--http-addr", "127.0.0.1:7590", "--log-format", "text"}
+	want := []string{"--addr", "127.0.0.1:7500,127.0.0.1:7510,127.0.0.1:7520", "--http-addr", "127.0.0.1:7590", "--log-format", "text",
+		"--tls-ca", "/d/certs/ca.crt", "--tls-cert", "/d/certs/relay-site-b.crt", "--tls-key", "/d/certs/relay-site-b.key"}
 	if !slices.Equal(b.Relay.Args, want) || b.Relay.Log != "/d/site-b/relay/log" {
 		t.Fatalf("site-b's relay: %+v", b.Relay)
 	}
+	f.plaintext = true
+	if args := devSitesLayout("/d", f)[1].Relay.Args; !slices.Equal(args, want[:6]) {
+		t.Fatalf("site-b's relay with --plaintext: %v", args)
+	}
+	f.plaintext = false
 	if c := sites[2]; c.Nodes[0].GRPCAddr != "127.0.0.1:7600" || c.Relay.HTTPAddr != "127.0.0.1:7690" {
 		t.Fatalf("site-c: %+v", c)
 	}
@@ -91,7 +96,8 @@ func TestDevSitesLayout(t *testing.T) {
 		}
 	}
 	help := mustOps(t, "dev", "up", "--help")
-	for _, w := range []string{"--sites", "base+100s+10i", "base+100s+90", "site-c 7600-7699", "DIR/site-X/relay/log", "--relay-bin"} {
+	for _, w := range []string{"--sites", "base+100s+10i", "base+100s+90", "site-c 7600-7699", "DIR/site-X/relay/log", "--relay-bin",
+		"--plaintext", "DIR/certs", "relay-SITE", "admin.crt"} {
 		if !strings.Contains(help, w) {
 			t.Errorf("dev up --help lacks %q", w)
 		}
@@ -195,6 +201,8 @@ func TestDevSitesRelayKilled(t *testing.T) {
 	if len(site.Sites) != 3 || len(site.Nodes) != 0 {
 		t.Fatalf("site.json lists %d sites and %d lone nodes", len(site.Sites), len(site.Nodes))
 	}
+	admin := devAdmin(t, dir)
+	tlsArgs := devTLSArgs(dir)
 	clients := make([]devSiteClients, 3)
 	for s, st := range site.Sites {
 		p := base + siteStride*s
@@ -203,22 +211,18 @@ func TestDevSitesRelayKilled(t *testing.T) {
 		}
 		n := st.Nodes[0]
 		if n.GRPCAddr != net.JoinHostPort("127.0.0.1", strconv.Itoa(p)) || !processAlive(n.PID) ||
-			st.NATSURL != fmt.Sprintf("nats://127.0.0.1:%d", p+3) || n.DataDir != filepath.Join(dir, st.Name, "node-0") {
+			st.NATSURL != fmt.Sprintf("tls://127.0.0.1:%d", p+3) || n.DataDir != filepath.Join(dir, st.Name, "node-0") {
 			t.Fatalf("%s's node in site.json: %+v, nats %s (running %v)", st.Name, n, st.NATSURL, processAlive(n.PID))
 		}
 		r := st.Relay
 		if r.HTTPAddr != net.JoinHostPort("127.0.0.1", strconv.Itoa(p+relayPortOffset)) || r.Log != filepath.Join(dir, st.Name, "relay", "log") || !processAlive(r.PID) {
 			t.Fatalf("%s's relay in site.json: %+v (running %v)", st.Name, r, processAlive(r.PID))
 		}
-		cc, err := netx.Dial(n.GRPCAddr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cc.Close() })
+		cc := dialAs(t, admin, n.GRPCAddr)
 		clients[s] = devSiteClients{name: st.Name, data: pb.NewDataClient(cc), admin: pb.NewShardAdminClient(cc)}
 	}
 	addrA, addrB := site.Sites[0].Nodes[0].GRPCAddr, site.Sites[1].Nodes[0].GRPCAddr
-	if out := mustOps(t, "--addr", addrA, "sites"); strings.Count(out, "nats://127.0.0.1:") != 3 {
+	if out := mustOps(t, append(tlsArgs, "--addr", addrA, "sites")...); strings.Count(out, "tls://127.0.0.1:") != 3 {
 		t.Fatalf("site-a's map does not list 3 sites:\n%s", out)
 	}
 	if _, _, err := runOps(t, "dev", "up", "--sites", "3", "--dir", dir, "--base-port", strconv.Itoa(base)); !errors.Is(err, ErrSiteRunning) {
@@ -345,7 +349,7 @@ func TestDevSitesRelayKilled(t *testing.T) {
 	// site-b's relay status: a path from each other site, none stalled.
 	var rs string
 	checkFor(t, 15*time.Second, func() error {
-		out, _, err := runOps(t, "--addr", addrB, "relay", "status")
+		out, _, err := runOps(t, append(tlsArgs, "--addr", addrB, "relay", "status")...)
 		if err != nil {
 			return err
 		}

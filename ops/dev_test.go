@@ -7,12 +7,16 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
-	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/internal/tlsx"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // freeBasePort finds a base port whose dev ports for nodes are free now.
@@ -50,12 +54,14 @@ func freeBasePort(t *testing.T, nodes int) int {
 }
 
 // TestDevUpDown starts a dev site of three node processes with three
-// replicas of every tree, writes and reads through it, and stops it.
+// replicas of every tree, mutual TLS on every link, writes and reads
+// through it, and stops it. A plaintext client is refused; ops finds the
+// deployment's admin certificate by itself in ./aviary-dev/certs.
 func TestDevUpDown(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds cmd/node and runs three node processes")
 	}
-	dir := filepath.Join(t.TempDir(), "site")
+	dir := filepath.Join(t.TempDir(), "aviary-dev")
 	// Whatever happens, no node process outlives the test.
 	t.Cleanup(func() {
 		if site, err := readSite(dir); err == nil {
@@ -86,6 +92,12 @@ func TestDevUpDown(t *testing.T) {
 		if n.ID != fmt.Sprintf("node-%d", i) || n.GRPCAddr != net.JoinHostPort("127.0.0.1", strconv.Itoa(base+portStride*i)) || !processAlive(n.PID) {
 			t.Fatalf("node %d in site.json: %+v (running %v)", i, n, processAlive(n.PID))
 		}
+		if cert := filepath.Join(dir, "certs", n.ID+".crt"); !slices.Contains(n.Args, cert) {
+			t.Fatalf("%s runs without --tls-cert %s: %v", n.ID, cert, n.Args)
+		}
+	}
+	if site.CertsDir != filepath.Join(dir, "certs") || !strings.Contains(out, "mutual TLS") {
+		t.Fatalf("certs dir %q; dev up says:\n%s", site.CertsDir, out)
 	}
 
 	// A second dev up over the running site is refused.
@@ -93,9 +105,10 @@ func TestDevUpDown(t *testing.T) {
 		t.Fatalf("dev up over a running site: %v", err)
 	}
 
+	admin := devAdmin(t, dir)
 	clients := make([]*nodeClients, len(site.Nodes))
 	for i, n := range site.Nodes {
-		clients[i] = dialNode(t, n.GRPCAddr)
+		clients[i] = dialNode(t, admin, n.GRPCAddr)
 	}
 	var version uint64
 	for i, c := range clients {
@@ -155,6 +168,26 @@ func TestDevUpDown(t *testing.T) {
 		_ = c.cc.Close()
 	}
 
+	// A plaintext client is refused.
+	addr := site.Nodes[0].GRPCAddr
+	plain := dialNode(t, nil, addr)
+	if _, err := plain.data.Get(t.Context(), &pb.GetRequest{Table: "statuses", Key: []byte("1001")}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("a plaintext get: %v, want Unavailable", err)
+	}
+	_ = plain.cc.Close()
+	// ops run beside ./aviary-dev presents its admin certificate by
+	// itself; run elsewhere, it connects in plaintext and says so.
+	t.Chdir(filepath.Dir(dir))
+	if out := mustOps(t, "--addr", addr, "nodes"); !strings.Contains(out, "node-2") {
+		t.Fatalf("ops nodes with the default certificates:\n%s", out)
+	}
+	t.Chdir(t.TempDir())
+	_, _, err = runOps(t, "--addr", addr, "nodes")
+	if err == nil || !strings.Contains(err.Error(), "plaintext") {
+		t.Fatalf("ops nodes without certificates: %v, want refused and said plaintext", err)
+	}
+	t.Logf("ops without certificates: %v", err)
+
 	mustOps(t, "dev", "status", "--dir", dir)
 	out = mustOps(t, "dev", "down", "--dir", dir, "--wipe")
 	t.Logf("dev down:\n%s", out)
@@ -175,13 +208,11 @@ type nodeClients struct {
 	data pb.DataClient
 }
 
-func dialNode(t *testing.T, addr string) *nodeClients {
+// dialNode dials the node at addr presenting src's certificate (nil:
+// plaintext).
+func dialNode(t *testing.T, src *tlsx.Source, addr string) *nodeClients {
 	t.Helper()
-	cc, err := netx.Dial(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
+	cc := dialAs(t, src, addr)
 	return &nodeClients{cc: cc, ns: pb.NewNameserverClient(cc), data: pb.NewDataClient(cc)}
 }
 

@@ -49,7 +49,18 @@
 // loopback ports, each in its own process group so that it outlives the ops
 // process; with --sites it starts several sites and a relay (cmd/relay) for
 // each; DIR/site.json records their pids and addresses for dev status and
-// dev down.
+// dev down. Dev deployments run mutual TLS unless dev up --plaintext:
+// DIR/certs holds their CA and certificates (made with the code of certs
+// init and issue), nodes and relays are started with them, and ops
+// presents DIR/certs/admin.crt.
+//
+// # TLS
+//
+// certs init and issue create a deployment's CA and certificates. Every
+// connection of a session presents the material resolveTLS picks: the
+// --tls-* flags, else the admin certificate of the dev deployment the
+// command works on (./aviary-dev by default), else none (plaintext); see
+// docs/security.md.
 //
 // NewCommand returns the command tree; cmd/ops is its thin main.
 package ops

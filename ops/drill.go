@@ -101,6 +101,7 @@ checks and stops; a failed check stops the drill.`,
   ops drill failover --from site-a --to site-b --unplanned`,
 		Args: cobra.NoArgs,
 		RunE: o.runner(func(ctx context.Context, s *session, _ []string) error {
+			s.useDevDir(f.dir)
 			return s.drillFailover(ctx, *f)
 		}),
 	}
@@ -125,6 +126,7 @@ gets its verdict: pass, pass with conditions, or fail.`,
 		Example: `  ops drill failback --to site-a`,
 		Args:    cobra.NoArgs,
 		RunE: o.runner(func(ctx context.Context, s *session, _ []string) error {
+			s.useDevDir(f.dir)
 			return s.drillFailback(ctx, *f)
 		}),
 	}
@@ -269,7 +271,11 @@ func (s *session) drillFailover(ctx context.Context, f drillFlags) error {
 	if err != nil {
 		return err
 	}
-	w, err := newDrillLoad(d.rep.ID, dep.Sites, ms, f.to, f.rate, d.ackLog)
+	src, err := s.tlsSource()
+	if err != nil {
+		return err
+	}
+	w, err := newDrillLoad(d.rep.ID, dep.Sites, ms, f.to, f.rate, d.ackLog, src)
 	if err != nil {
 		return err
 	}
@@ -485,7 +491,11 @@ func (d *drill) cut(ctx context.Context, w *drillLoad) ([]vwrite, error) {
 				atA = append(atA, v)
 			}
 		}
-		missing, err := missingAt(ctx, siteAddrs(d.to), atA)
+		src, err := d.s.tlsSource()
+		if err != nil {
+			return nil, err
+		}
+		missing, err := missingAt(ctx, src, siteAddrs(d.to), atA)
 		if err != nil {
 			return nil, fmt.Errorf("cut: read %s: %w", d.to.Name, err)
 		}

@@ -122,7 +122,11 @@ func (d *drill) failback(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w, err := newDrillLoad(d.rep.ID, d.dep.Sites, ms, b.Name, d.f.rate, d.ackLog)
+	src, err := s.tlsSource()
+	if err != nil {
+		return err
+	}
+	w, err := newDrillLoad(d.rep.ID, d.dep.Sites, ms, b.Name, d.f.rate, d.ackLog, src)
 	if err != nil {
 		return err
 	}
@@ -299,7 +303,11 @@ func (d *drill) restartSite(ctx context.Context) error {
 func (d *drill) waitPresent(ctx context.Context, st devSubsite, ws []vwrite) ([]vwrite, error) {
 	deadline := time.Now().Add(d.f.wait)
 	for {
-		missing, err := missingAt(ctx, siteAddrs(st), ws)
+		src, err := d.s.tlsSource()
+		if err != nil {
+			return nil, err
+		}
+		missing, err := missingAt(ctx, src, siteAddrs(st), ws)
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", st.Name, err)
 		}

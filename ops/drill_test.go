@@ -10,7 +10,6 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/api/client"
-	"github.com/aviarydb/aviary/internal/netx"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -66,7 +65,7 @@ func checkFailedBack(t *testing.T, dir, addr string) *drillReport {
 			t.Errorf("report.html lacks %q", want)
 		}
 	}
-	if out := mustOps(t, "--addr", addr, "audit"); !strings.Contains(out, "drill "+r.ID) || !strings.Contains(out, "stage failed back") {
+	if out := mustOps(t, append(devTLSArgs(dir), "--addr", addr, "audit")...); !strings.Contains(out, "drill "+r.ID) || !strings.Contains(out, "stage failed back") {
 		t.Errorf("the audit log of %s does not record drill %s:\n%s", addr, r.ID, out)
 	}
 	t.Logf("drill %s (%s): RTO %.3fs, RPO %d records (%d recovered), failback %.3fs, verdict %s %v",
@@ -126,11 +125,8 @@ func TestDrills(t *testing.T) {
 	if r.Stage != "failed over" || r.RPO.Records != 0 || !r.RPO.Met || r.RTO.Actual <= 0 {
 		t.Fatalf("planned failover: stage %q, RPO %+v, RTO %+v", r.Stage, r.RPO, r.RTO)
 	}
-	cc, err := netx.Dial(addrA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	admin := devAdmin(t, dir)
+	cc := dialAs(t, admin, addrA)
 	_, err = pb.NewDataClient(cc).Put(t.Context(), &pb.PutRequest{Table: "statuses", Key: []byte("x"), Value: []byte("y")})
 	if ref, ok := client.ParseSiteRefusal(err); status.Code(err) != codes.FailedPrecondition || !ok || ref.Use != "site-b" || ref.State != "fenced" {
 		t.Fatalf("a write at fenced site-a: %v (%+v)", err, ref)
@@ -158,7 +154,7 @@ func TestDrills(t *testing.T) {
 			atA = append(atA, v)
 		}
 	}
-	missing, err := missingAt(t.Context(), siteAddrs(site.Sites[1]), atA)
+	missing, err := missingAt(t.Context(), admin, siteAddrs(site.Sites[1]), atA)
 	if err != nil {
 		t.Fatal(err)
 	}

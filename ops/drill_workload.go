@@ -17,6 +17,7 @@ import (
 	"github.com/aviarydb/aviary/api/client"
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/internal/timex"
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"golang.org/x/time/rate"
 )
 
@@ -101,11 +102,11 @@ func siteAddrs(st devSubsite) []string {
 	return addrs
 }
 
-// newDrillLoad prepares the workload of drill id: its clients, each home
-// site's trees (from maps, one per site, by name) and the acked file at
-// path, whose earlier records it loads (a failback continues the
-// failover's numbering).
-func newDrillLoad(id string, sites []devSubsite, maps map[string]*gizzard.Map, prefer string, perSite float64, path string) (*drillLoad, error) {
+// newDrillLoad prepares the workload of drill id: its clients (with TLS by
+// src, nil for plaintext), each home site's trees (from maps, one per
+// site, by name) and the acked file at path, whose earlier records it
+// loads (a failback continues the failover's numbering).
+func newDrillLoad(id string, sites []devSubsite, maps map[string]*gizzard.Map, prefer string, perSite float64, path string, src *tlsx.Source) (*drillLoad, error) {
 	w := &drillLoad{id: id, sites: sites, rate: perSite, clients: map[string]*client.Sites{}, maps: maps, roots: map[string][]string{},
 		next: map[string]uint64{}, failed: map[string]int{}}
 	prior, err := readAcked(path)
@@ -136,7 +137,7 @@ func newDrillLoad(id string, sites []devSubsite, maps map[string]*gizzard.Map, p
 			sites = append(sites, client.Site{Name: p.Name, Addrs: siteAddrs(p)})
 		}
 		home := st.Name
-		c, err := client.DialSites(sites, client.OnSwitch(func(from, to, reason string) {
+		c, err := client.DialSites(sites, client.WithTLS(src), client.OnSwitch(func(from, to, reason string) {
 			w.mu.Lock()
 			w.switches = append(w.switches, clientSwitch{At: time.Now(), Home: home, From: from, To: to, Reason: reason})
 			w.mu.Unlock()
@@ -274,12 +275,12 @@ func (w *drillLoad) snapshot() []vwrite {
 }
 
 // missingAt returns the writes of ws that the site whose nodes are at
-// addrs does not hold (absent, or holding another value). A read reaches one
+// addrs (dialled with TLS by src, nil for plaintext) does not hold (absent, or holding another value). A read reaches one
 // replica, which may not have a write its site journaled yet: a write
 // counts as missing only if missingReads reads, missingGap apart, all miss
 // it.
-func missingAt(ctx context.Context, addrs []string, ws []vwrite) ([]vwrite, error) {
-	c, err := client.Dial(addrs)
+func missingAt(ctx context.Context, src *tlsx.Source, addrs []string, ws []vwrite) ([]vwrite, error) {
+	c, err := client.Dial(addrs, client.WithTLS(src))
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -13,8 +14,10 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/aviarydb/aviary/node"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
@@ -153,4 +156,36 @@ func testMap(t *testing.T, changes ...[]gizzard.Step) *gizzard.Map {
 		}
 	}
 	return m
+}
+
+// devTLSArgs are the ops flags that present the admin certificate of the
+// dev deployment in dir.
+func devTLSArgs(dir string) []string {
+	certs := filepath.Join(dir, devCertsDir)
+	return []string{"--tls-ca", filepath.Join(certs, "ca.crt"),
+		"--tls-cert", filepath.Join(certs, devAdminName+".crt"), "--tls-key", filepath.Join(certs, devAdminName+".key")}
+}
+
+// devAdmin loads the admin certificate of the dev deployment in dir.
+func devAdmin(t *testing.T, dir string) *tlsx.Source {
+	t.Helper()
+	certs := filepath.Join(dir, devCertsDir)
+	src, err := tlsx.Load(tlsx.Files{CA: filepath.Join(certs, "ca.crt"), Cert: filepath.Join(certs, devAdminName+".crt"), Key: filepath.Join(certs, devAdminName+".key")}, tlsx.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src
+}
+
+// dialAs dials the node at addr presenting src's certificate (nil:
+// plaintext), as ops does; the test's end closes the connection.
+func dialAs(t *testing.T, src *tlsx.Source, addr string) *grpc.ClientConn {
+	t.Helper()
+	sec := &netx.Security{TLS: src}
+	cc, err := netx.Dial(addr, sec.DialOption(addr, nodePeer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return cc
 }

@@ -29,6 +29,9 @@ type options struct {
 	json    bool
 	who     string
 	timeout time.Duration
+	// tlsCA, tlsCert and tlsKey are --tls-ca, --tls-cert and --tls-key
+	// (see resolveTLS).
+	tlsCA, tlsCert, tlsKey string
 }
 
 // NewCommand returns the ops command tree. Execute it; it prints results to
@@ -48,6 +51,14 @@ is atomic and recorded in the map's audit log with --who.
 
 Read commands print aligned tables, or JSON with --json. Errors are one line
 on standard error, and the exit status is 1.
+
+Against nodes running mutual TLS, ops presents a certificate: --tls-ca,
+--tls-cert and --tls-key (an admin's, to change the map; ops certs issues
+one). With none of them given, ops uses the certificates of the local dev
+deployment, if there is one: ./aviary-dev/certs/ca.crt, admin.crt and
+admin.key, which ops dev up creates; and a command that works on a dev
+deployment in --dir (dev up, dev status, dev down, drill, verify, repair)
+uses DIR/certs. Otherwise it connects in plaintext.
 
 Global flags can also be set by environment variables named AVIARY_OPS_ and
 the flag name in capitals (--addr: AVIARY_OPS_ADDR). A flag given on the
@@ -73,7 +84,10 @@ command line wins.`,
 	pf.BoolVar(&o.json, "json", false, "print JSON instead of tables")
 	pf.StringVar(&o.who, "who", o.who, "operator recorded in the audit log of every change")
 	pf.DurationVar(&o.timeout, "timeout", o.timeout, "bound on each request to a node")
-	withEnv(pf, "addr", "json", "who", "timeout")
+	pf.StringVar(&o.tlsCA, "tls-ca", "", "CA bundle (PEM) the nodes' certificates must chain to: turns on mutual TLS (default with no --tls-* flag: ./aviary-dev/certs/ca.crt if it exists, or a dev command's DIR/certs)")
+	pf.StringVar(&o.tlsCert, "tls-cert", "", "certificate (PEM) ops presents, signed by the CA; its role says what ops may do (admin to change the map) (default: the dev deployment's admin.crt, as --tls-ca)")
+	pf.StringVar(&o.tlsKey, "tls-key", "", "private key (PEM) of --tls-cert (default: the dev deployment's admin.key, as --tls-ca)")
+	withEnv(pf, "addr", "json", "who", "timeout", "tls-ca", "tls-cert", "tls-key")
 
 	root.AddCommand(
 		newNodesCommand(o),

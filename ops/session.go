@@ -13,6 +13,7 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -27,17 +28,81 @@ type session struct {
 	// ifVersion, when set, makes changes compare-and-swap against the map
 	// version a command planned them from.
 	ifVersion uint64
+	// devDir is the dev deployment the command works on, whose
+	// certificates the session uses when no --tls-* flag is given
+	// (resolveTLS). Set it with useDevDir before the first connection.
+	devDir string
 
 	mu struct {
 		sync.Mutex
 		conns map[string]*grpc.ClientConn
+		// tls is the session's TLS material, resolved on the first
+		// connection; sec its security, or secErr why it has none.
+		tls    *tlsChoice
+		sec    *netx.Security
+		secErr error
 	}
 }
 
 func newSession(o *options, out, errOut io.Writer) *session {
-	s := &session{o: o, out: out, errOut: errOut}
+	s := &session{o: o, out: out, errOut: errOut, devDir: defaultDevDir}
 	s.mu.conns = map[string]*grpc.ClientConn{}
 	return s
+}
+
+// useDevDir makes the session take its TLS material from the dev
+// deployment in dir when no --tls-* flag is given. Call it before the
+// session's first connection.
+func (s *session) useDevDir(dir string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.devDir = dir
+}
+
+// securityLocked returns the session's transport security, resolving and
+// loading its TLS material on first use (s.mu held).
+func (s *session) securityLocked() (*netx.Security, error) {
+	if s.mu.tls != nil || s.mu.secErr != nil {
+		return s.mu.sec, s.mu.secErr
+	}
+	c, err := resolveTLS(s.o, s.devDir)
+	if err != nil {
+		s.mu.secErr = err
+		return nil, err
+	}
+	s.mu.tls = &c
+	if c.files.CA == "" {
+		return nil, nil
+	}
+	src, err := tlsx.Load(c.files, tlsx.Options{})
+	if err != nil {
+		s.mu.secErr = fmt.Errorf("ops: TLS material from %s: %w", c.from, err)
+		return nil, s.mu.secErr
+	}
+	s.mu.sec = &netx.Security{TLS: src}
+	return s.mu.sec, nil
+}
+
+// tlsSource returns the session's TLS material (nil: plaintext), for the
+// Go client's connections (client.WithTLS).
+func (s *session) tlsSource() (*tlsx.Source, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sec, err := s.securityLocked()
+	if err != nil || sec == nil {
+		return nil, err
+	}
+	return sec.TLS, nil
+}
+
+// tlsNote says how the session connects, once it has: for errors.
+func (s *session) tlsNote() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.tls == nil {
+		return ""
+	}
+	return s.mu.tls.String()
 }
 
 // close closes every connection the session opened.
@@ -57,7 +122,11 @@ func (s *session) conn(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := s.mu.conns[addr]; ok {
 		return cc, nil
 	}
-	cc, err := netx.Dial(addr)
+	sec, err := s.securityLocked()
+	if err != nil {
+		return nil, err
+	}
+	cc, err := netx.Dial(addr, sec.DialOption(addr, nodePeer))
 	if err != nil {
 		return nil, fmt.Errorf("ops: %w", err)
 	}
@@ -92,10 +161,17 @@ type rpcError struct {
 	op, addr string
 	timeout  time.Duration
 	err      error
+	// tls says how ops connected, for failures that may be a mismatch of
+	// TLS and plaintext, or of certificates.
+	tls string
 }
 
 func (e *rpcError) Error() string {
-	return fmt.Sprintf("%s %s: %s", e.op, e.addr, describeStatus(e.err, e.timeout))
+	msg := fmt.Sprintf("%s %s: %s", e.op, e.addr, describeStatus(e.err, e.timeout))
+	if e.tls != "" {
+		msg += "; ops connected in " + e.tls
+	}
+	return msg
 }
 
 func (e *rpcError) Unwrap() error { return e.err }
@@ -105,7 +181,32 @@ func (s *session) rpcErr(op, addr string, err error) error {
 	if err == nil {
 		return nil
 	}
-	return &rpcError{op: op, addr: addr, timeout: s.o.timeout, err: err}
+	e := &rpcError{op: op, addr: addr, timeout: s.o.timeout, err: err}
+	if mismatch(err) {
+		e.tls = s.tlsNote()
+	}
+	return e
+}
+
+// mismatch reports whether err may come of a TLS client meeting a
+// plaintext server or the reverse, or of a refused certificate.
+func mismatch(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok {
+		return false
+	}
+	switch st.Code() {
+	case codes.Unavailable:
+		msg := strings.ToLower(st.Message())
+		for _, w := range []string{"handshake", "tls", "certificate", "preface", "eof", "connection reset", "connection closed"} {
+			if strings.Contains(msg, w) {
+				return true
+			}
+		}
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return true
+	}
+	return false
 }
 
 // describeStatus is a one-line account of a gRPC error: its status message

@@ -10,10 +10,12 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/internal/timex"
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/aviarydb/aviary/replication/natsx"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -131,7 +133,19 @@ type session struct {
 func (p *path) session(ctx context.Context) (consumed bool, err error) {
 	cfg := &p.r.cfg
 	name := "aviary-relay-" + Token(cfg.LocalSite) + "-from-" + Token(p.src.Name)
-	nc, js, err := natsx.Connect(ctx, p.src.NATSURL, name, natsx.LogEvents(p.log))
+	// The first failed attempt to connect of a session is an error of the
+	// path, so that its status says why the source cannot be reached (a
+	// refused certificate, say); the retries that follow are not counted.
+	var reported atomic.Bool
+	opts := []nats.Option{natsx.LogEvents(p.log), nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+		if err != nil && reported.CompareAndSwap(false, true) {
+			p.fail(fmt.Errorf("connect to %s: %w", p.src.NATSURL, err))
+		}
+	})}
+	if cfg.TLS != nil {
+		opts = append(opts, nats.Secure(cfg.TLS.ClientConfig(tlsx.ServerNameOf(p.src.NATSURL), tlsx.Expect{})))
+	}
+	nc, js, err := natsx.Connect(ctx, p.src.NATSURL, name, opts...)
 	if err != nil {
 		return false, err
 	}

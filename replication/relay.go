@@ -14,6 +14,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -84,6 +85,12 @@ type RelayConfig struct {
 	Logger *slog.Logger
 	// Registry, if set, gets the relay's metrics (aviary_relay_*).
 	Registry prometheus.Registerer
+	// TLS, if set, makes every connection to a source's NATS mutual TLS:
+	// the relay presents its certificate (role relay) and checks the
+	// server's against the CA for the host of the source's NATS URL.
+	// Sources whose NATS requires client certificates refuse a relay
+	// without it. Default: plaintext.
+	TLS *tlsx.Source
 
 	// ackWait overrides AckWait, for tests.
 	ackWait time.Duration

@@ -26,6 +26,13 @@
 //	}, client.OnSwitch(func(from, to, reason string) { log.Print(from, " -> ", to, ": ", reason) }))
 //	r, err := s.Put(ctx, &aviarypb.PutRequest{Table: "statuses", Key: k, Value: v})
 //
+// Against nodes that run mutual TLS, both take WithTLS: the client presents
+// its certificate, whose role says what it may do, and checks that each
+// node presents a node's certificate of the same CA:
+//
+//	src, err := tlsx.Load(tlsx.Files{CA: "ca.crt", Cert: "svc.crt", Key: "svc.key"}, tlsx.Options{})
+//	c, err := client.Dial(addrs, client.WithTLS(src))
+//
 // A write refused by a site that is not active was not applied, so sending
 // it to another site is always safe. Writes that fail over because a node
 // or a site did not answer may have been applied there (the answer was
@@ -45,6 +52,7 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
@@ -67,15 +75,52 @@ type node struct {
 	health healthpb.HealthClient
 }
 
+// dialOptions are the settings of the connections to nodes.
+type dialOptions struct {
+	tls *tlsx.Source
+}
+
+// A DialOption configures the connections to nodes: those of Dial, and
+// those of DialSites to every site's nodes (a DialOption is also a
+// SiteOption).
+type DialOption func(*dialOptions)
+
+func (f DialOption) applySite(o *siteOptions) { f(&o.dial) }
+
+// WithTLS makes every connection mutual TLS 1.3 with src: the client
+// presents src's certificate, whose role (read, write, admin) says what it
+// may call, and each node must present a certificate of src's CA, of role
+// node, naming the host dialled. src is re-read from disk as it changes
+// (tlsx.Source). nil is plaintext, the default, which nodes running TLS
+// refuse.
+//
+// tlsx is an internal package of this module: only programs of the Aviary
+// module can build a Source for now.
+func WithTLS(src *tlsx.Source) DialOption {
+	return func(o *dialOptions) { o.tls = src }
+}
+
 // Dial returns a client for the nodes at addrs (at least one). Connections
 // are made lazily.
-func Dial(addrs []string) (*Client, error) {
+func Dial(addrs []string, opts ...DialOption) (*Client, error) {
+	var o dialOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return dial(addrs, o)
+}
+
+// nodePeer is what a client expects of the servers it dials: nodes.
+var nodePeer = tlsx.Expect{Roles: []tlsx.Role{tlsx.RoleNode}}
+
+func dial(addrs []string, o dialOptions) (*Client, error) {
 	if len(addrs) == 0 {
 		return nil, errors.New("client: no node address")
 	}
+	sec := &netx.Security{TLS: o.tls}
 	c := &Client{}
 	for _, a := range addrs {
-		cc, err := netx.Dial(a)
+		cc, err := netx.Dial(a, sec.DialOption(a, nodePeer))
 		if err != nil {
 			_ = c.Close()
 			return nil, fmt.Errorf("client: %w", err)

@@ -43,23 +43,33 @@ type siteOptions struct {
 	probeTimeout        time.Duration
 	onSwitch            func(from, to, reason string)
 	clock               Clock
+	dial                dialOptions
 }
 
-// A SiteOption configures DialSites.
-type SiteOption func(*siteOptions)
+// A SiteOption configures DialSites: WithBackoff, WithProbeTimeout,
+// OnSwitch, WithClock, and any DialOption (WithTLS), which applies to the
+// connections to every site's nodes.
+type SiteOption interface {
+	applySite(*siteOptions)
+}
+
+// siteOption is a SiteOption that sets siteOptions.
+type siteOption func(*siteOptions)
+
+func (f siteOption) applySite(o *siteOptions) { f(o) }
 
 // WithBackoff sets how long a site set aside waits before it is probed
 // again: initial after the first failure, doubling with each failure since
 // it last served a call, up to max. Defaults DefaultBackoff and
 // DefaultMaxBackoff.
 func WithBackoff(initial, max time.Duration) SiteOption {
-	return func(o *siteOptions) { o.backoff, o.maxBackoff = initial, max }
+	return siteOption(func(o *siteOptions) { o.backoff, o.maxBackoff = initial, max })
 }
 
 // WithProbeTimeout bounds one probe of a site set aside (a health check of
 // its nodes). Default DefaultProbeTimeout.
 func WithProbeTimeout(d time.Duration) SiteOption {
-	return func(o *siteOptions) { o.probeTimeout = d }
+	return siteOption(func(o *siteOptions) { o.probeTimeout = d })
 }
 
 // OnSwitch registers fn to be told each time the site calls go to changes
@@ -69,13 +79,13 @@ func WithProbeTimeout(d time.Duration) SiteOption {
 // Current, must not call Close, and should return quickly (calls that
 // switch wait for it).
 func OnSwitch(fn func(from, to, reason string)) SiteOption {
-	return func(o *siteOptions) { o.onSwitch = fn }
+	return siteOption(func(o *siteOptions) { o.onSwitch = fn })
 }
 
 // WithClock sets the clock the back-off is measured with. Default the
 // system clock.
 func WithClock(c Clock) SiteOption {
-	return func(o *siteOptions) { o.clock = c }
+	return siteOption(func(o *siteOptions) { o.clock = c })
 }
 
 // Sites sends calls to the most preferred usable site of a list, one
@@ -151,7 +161,7 @@ type siteSwitch struct{ from, to, reason string }
 func DialSites(sites []Site, opts ...SiteOption) (*Sites, error) {
 	o := siteOptions{backoff: DefaultBackoff, maxBackoff: DefaultMaxBackoff, probeTimeout: DefaultProbeTimeout, clock: systemClock{}}
 	for _, opt := range opts {
-		opt(&o)
+		opt.applySite(&o)
 	}
 	switch {
 	case len(sites) == 0:
@@ -177,7 +187,7 @@ func DialSites(sites []Site, opts ...SiteOption) (*Sites, error) {
 			_ = s.Close()
 			return nil, fmt.Errorf("client: site %q is listed twice", site.Name)
 		}
-		c, err := Dial(site.Addrs)
+		c, err := dial(site.Addrs, o.dial)
 		if err != nil {
 			_ = s.Close()
 			return nil, fmt.Errorf("site %q: %w", site.Name, err)

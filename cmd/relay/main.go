@@ -1,7 +1,9 @@
 // Command relay applies the writes of the other sites of an Aviary
 // deployment at this site. With no flags it relays to the node on
 // 127.0.0.1:7390 and serves /metrics, /healthz and /status on
-// 127.0.0.1:7394.
+// 127.0.0.1:7394. With --tls-ca, --tls-cert and --tls-key (a certificate of
+// role relay for its site) its connections to the nodes and to the sites'
+// NATS are mutual TLS.
 //
 // Every flag can also be set by an environment variable: --http-addr is
 // AVIARY_RELAY_HTTP_ADDR, and so on. A flag given on the command line wins.
@@ -27,6 +29,7 @@ import (
 	"github.com/aviarydb/aviary/internal/envflag"
 	"github.com/aviarydb/aviary/internal/logx"
 	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/aviarydb/aviary/replication"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -58,6 +61,7 @@ func main() {
 }
 
 type options struct {
+	tls        tlsx.Flags
 	addrs      []string
 	httpAddr   string
 	batch      int
@@ -109,10 +113,22 @@ HTTP (--http-addr): /metrics (Prometheus, aviary_relay_* by source site),
 connection, stall, lag, counts and last error). SIGINT or SIGTERM stop it
 gracefully: applies in flight finish and are acknowledged.
 
+With --tls-ca, --tls-cert and --tls-key the relay's links are mutual TLS 1.3:
+its gRPC connections to this site's nodes (which must present node
+certificates of the CA) and its NATS connections to the other sites. Its
+certificate has the role relay and this site's name as its site (ops certs
+issue relay-SITE --role relay --site SITE); nodes refuse a relay of another
+site, and the sites' nats-servers a certificate of another CA. Certificates
+are re-read when their files change. Without them the relay connects in
+plaintext, which nodes running TLS refuse; it logs a warning (--insecure
+silences it). The HTTP address stays plaintext: it serves metrics and status
+only.
+
 Every flag can be set by an environment variable named AVIARY_RELAY_ and the
 flag name in capitals with '-' as '_' (--http-addr: AVIARY_RELAY_HTTP_ADDR).`,
 		Example: `  go run ./cmd/relay
   go run ./cmd/relay --addr 127.0.0.1:7400,127.0.0.1:7410 --http-addr 127.0.0.1:7404
+  go run ./cmd/relay --addr 127.0.0.1:7400 --tls-ca certs/ca.crt --tls-cert certs/relay-site-a.crt --tls-key certs/relay-site-a.key
   AVIARY_RELAY_LOG_FORMAT=json go run ./cmd/relay`,
 		SilenceUsage: true,
 		Args:         cobra.NoArgs,
@@ -143,6 +159,9 @@ flag name in capitals with '-' as '_' (--http-addr: AVIARY_RELAY_HTTP_ADDR).`,
 	f.IntVar(&o.batch, "batch", o.batch, "most messages fetched and applied at once; at most 4×batch are delivered and unacknowledged per source (backpressure)")
 	f.DurationVar(&o.maxWait, "max-wait", o.maxWait, "how long an idle source's fetch waits for a message before the relay looks at the path again")
 	f.DurationVar(&o.stallAfter, "stall-after", o.stallAfter, "a path from which nothing, not even a heartbeat (sent every second), has been applied for this long is reported stalled")
+	o.tls.Register(f, "this relay (role relay, its site's name as site)")
+	// The relay listens on HTTP only, plaintext either way.
+	f.Lookup("insecure").Usage = "run without TLS without a warning (the relay serves nothing but plaintext HTTP, so nothing is refused)"
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	envflag.Bind(f, "AVIARY_RELAY_")
@@ -169,7 +188,15 @@ func (o *options) check() error {
 
 // run relays until ctx ends.
 func run(ctx context.Context, o options, log *slog.Logger) error {
-	site, err := dialSite(o.addrs, log)
+	src, err := o.tls.Load(log)
+	if err != nil {
+		return err
+	}
+	sec := security(src, log)
+	if src == nil && !o.tls.Insecure {
+		log.Warn("no TLS (--tls-ca, --tls-cert, --tls-key): the relay connects to its nodes and to the sites' NATS in plaintext, which nodes running TLS refuse")
+	}
+	site, err := dialSite(o.addrs, sec, log)
 	if err != nil {
 		return err
 	}
@@ -217,7 +244,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	r, err := replication.NewRelay(replication.RelayConfig{
 		LocalSite: local, Sources: sources, Applier: site,
 		Batch: o.batch, MaxWait: o.maxWait, StallAfter: o.stallAfter,
-		Logger: log, Registry: reg,
+		Logger: log, Registry: reg, TLS: src,
 	})
 	if err != nil {
 		return err
@@ -267,10 +294,31 @@ type site struct {
 	ns      []pb.NameserverClient
 }
 
-func dialSite(addrs []string, log *slog.Logger) (*site, error) {
+// security is the relay's transport security with src (nil: plaintext),
+// its site the one its certificate names.
+func security(src *tlsx.Source, log *slog.Logger) *netx.Security {
+	if src == nil {
+		return nil
+	}
+	sec := &netx.Security{TLS: src}
+	id, err := src.Identity()
+	switch {
+	case err != nil:
+		log.Warn("the relay's certificate names no valid identity; nodes will refuse it", "err", err)
+	case id.Role != tlsx.RoleRelay:
+		log.Warn("the relay's certificate is not a relay's (ops certs issue relay-SITE --role relay --site SITE)", "identity", id.String())
+	}
+	sec.Site = id.Site
+	return sec
+}
+
+// nodePeer is what the relay expects of the servers at --addr: nodes.
+var nodePeer = tlsx.Expect{Roles: []tlsx.Role{tlsx.RoleNode}}
+
+func dialSite(addrs []string, sec *netx.Security, log *slog.Logger) (*site, error) {
 	s := &site{log: log, addrs: addrs}
 	for _, a := range addrs {
-		cc, err := netx.Dial(a)
+		cc, err := netx.Dial(a, sec.DialOption(a, nodePeer))
 		if err != nil {
 			s.close()
 			return nil, err

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/aviarydb/aviary/node"
 	"github.com/aviarydb/aviary/replication"
 	"google.golang.org/grpc"
@@ -37,6 +39,7 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 		"--http-addr", "AVIARY_RELAY_HTTP_ADDR", "127.0.0.1:7394", "/metrics", "/healthz", "/status",
 		"--batch", "(default 256)", "--max-wait", "(default 100ms)", "--stall-after", "(default 5s)",
 		"--log-format", "--log-level", "nothing to relay", "SIGTERM",
+		"--tls-ca", "--tls-cert", "--tls-key", "--insecure", "AVIARY_RELAY_TLS_CA", "role relay", "plaintext",
 	} {
 		if !strings.Contains(help, want) {
 			t.Errorf("help lacks %q", want)
@@ -132,7 +135,7 @@ func serveReplica(t *testing.T, s *replicaServer) string {
 func TestApplierFailsOverOnUnavailable(t *testing.T) {
 	down := &replicaServer{err: status.Error(codes.Unavailable, "node is not ready")}
 	up := &replicaServer{watermark: 7}
-	st, err := dialSite([]string{serveReplica(t, down), serveReplica(t, up)}, slog.New(slog.DiscardHandler))
+	st, err := dialSite([]string{serveReplica(t, down), serveReplica(t, up)}, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,9 +162,17 @@ func TestApplierFailsOverOnUnavailable(t *testing.T) {
 // startNode runs a one-node site in the test's process.
 func startNode(t *testing.T, site string, id uint32) (*node.Node, *grpc.ClientConn) {
 	t.Helper()
+	return startTLSNode(t, site, id, nil, nil)
+}
+
+// startTLSNode runs a one-node site in the test's process with TLS by
+// src (nil: plaintext), and returns a connection to it presenting client's
+// certificate.
+func startTLSNode(t *testing.T, site string, id uint32, src, client *tlsx.Source) (*node.Node, *grpc.ClientConn) {
+	t.Helper()
 	n, err := node.New(t.Context(), node.Config{
 		DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
-		SiteName: site, SiteID: id, NodeID: "node-0", DefaultShards: 2,
+		SiteName: site, SiteID: id, NodeID: "node-0", DefaultShards: 2, TLS: src,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -180,7 +191,8 @@ func startNode(t *testing.T, site string, id uint32) (*node.Node, *grpc.ClientCo
 	if err := n.WaitReady(wctx); err != nil {
 		t.Fatalf("node %s not ready: %v", site, err)
 	}
-	cc, err := netx.Dial(n.GRPCAddr())
+	sec := &netx.Security{TLS: client}
+	cc, err := netx.Dial(n.GRPCAddr(), sec.DialOption(n.GRPCAddr(), nodePeer))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,6 +234,48 @@ func addSite(t *testing.T, cc *grpc.ClientConn, s gizzard.Site) {
 func TestRelayBetweenTwoSites(t *testing.T) {
 	_, ccA := startNode(t, "site-a", 1)
 	_, ccB := startNode(t, "site-b", 2)
+	relayBetween(t, ccA, ccB, tlsx.Flags{})
+}
+
+// TestRelayBetweenTwoSitesTLS is TestRelayBetweenTwoSites with mutual TLS
+// on every link: the relay (--tls-*) reaches its site's node with a relay
+// certificate of site-b, and site-a's nats-server with it.
+func TestRelayBetweenTwoSitesTLS(t *testing.T) {
+	dir := t.TempDir()
+	caCert, caKey, err := tlsx.NewCA("test CA", time.Hour, "site-a", "site-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsx.WriteKeyPair(dir, "ca", caCert, caKey, false); err != nil {
+		t.Fatal(err)
+	}
+	issue := func(id tlsx.Identity) tlsx.Flags {
+		cert, key, err := tlsx.Issue(caCert, caKey, id, []string{"127.0.0.1"}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tlsx.WriteKeyPair(dir, id.Name, cert, key, false); err != nil {
+			t.Fatal(err)
+		}
+		return tlsx.Flags{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, id.Name+".crt"), Key: filepath.Join(dir, id.Name+".key")}
+	}
+	load := func(f tlsx.Flags) *tlsx.Source {
+		src, err := f.Load(slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return src
+	}
+	admin := load(issue(tlsx.Identity{Name: "admin", Role: tlsx.RoleAdmin}))
+	_, ccA := startTLSNode(t, "site-a", 1, load(issue(tlsx.Identity{Name: "node-a", Role: tlsx.RoleNode, Site: "site-a"})), admin)
+	_, ccB := startTLSNode(t, "site-b", 2, load(issue(tlsx.Identity{Name: "node-b", Role: tlsx.RoleNode, Site: "site-b"})), admin)
+	relayBetween(t, ccA, ccB, issue(tlsx.Identity{Name: "relay-site-b", Role: tlsx.RoleRelay, Site: "site-b"}))
+}
+
+// relayBetween links the sites of ccA and ccB, writes at site-a and runs
+// site-b's relay with tls until the write is readable at site-b.
+func relayBetween(t *testing.T, ccA, ccB *grpc.ClientConn, tls tlsx.Flags) {
+	t.Helper()
 	a, b := siteOf(t, ccA, "site-a"), siteOf(t, ccB, "site-b")
 	addSite(t, ccA, b)
 	addSite(t, ccB, a)
@@ -235,6 +289,7 @@ func TestRelayBetweenTwoSites(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, options{
+			tls:   tls,
 			addrs: []string{ccB.Target()}, httpAddr: httpAddr, batch: 64,
 			maxWait: 50 * time.Millisecond, stallAfter: 5 * time.Second,
 		}, slog.New(slog.DiscardHandler))
