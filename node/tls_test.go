@@ -179,10 +179,21 @@ func TestTLS(t *testing.T) {
 		t.Errorf("wrong server name: %v, want Unavailable", err)
 	}
 
-	// Raft takes nodes of the site only: an admin's certificate, or a
-	// node of another site, is refused at the handshake.
+	// A node of another site is not a node of this one.
+	data, _ = dialAs(t, pki.issue(tlsx.Identity{Name: "node-7", Role: tlsx.RoleNode, Site: "site-b"}), addr)
+	if _, err := data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte("k")}); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `belongs to site "site-b"`) {
+		t.Errorf("a node of another site: %v, want PermissionDenied naming its site", err)
+	}
+
+	// Raft takes nodes of the site only: no certificate, an admin's, a
+	// node of another site or of another CA is refused at the handshake.
+	caOnly, err := tlsx.Load(tlsx.Files{CA: filepath.Join(pki.dir, "ca.crt")}, tlsx.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	raftAddr := nodes[0].n.ns.Addr()
 	for what, src := range map[string]*tlsx.Source{
+		"no certificate":      caOnly,
 		"an admin":            admin,
 		"a node of site-b":    pki.issue(tlsx.Identity{Name: "node-9", Role: tlsx.RoleNode, Site: "site-b"}),
 		"another CA's node-1": other.issue(tlsx.Identity{Name: "node-1", Role: tlsx.RoleNode, Site: site}),

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"net"
 	"time"
 
@@ -110,6 +111,8 @@ type Security struct {
 	// Site is this process's site: a peer that must be a node (raft, node
 	// to node calls) must be a node of it.
 	Site string
+	// Logger receives the refused handshakes of ServerOption's servers.
+	Logger *slog.Logger
 }
 
 // Enabled reports whether s is TLS.
@@ -143,7 +146,29 @@ func (s *Security) ServerOption() grpc.ServerOption {
 	if !s.Enabled() {
 		return grpc.EmptyServerOption{}
 	}
-	return grpc.Creds(credentials.NewTLS(s.TLS.ServerConfig(tls.RequireAndVerifyClientCert, tlsx.Expect{})))
+	return grpc.Creds(loggedCreds{
+		TransportCredentials: credentials.NewTLS(s.TLS.ServerConfig(tls.RequireAndVerifyClientCert, tlsx.Expect{})),
+		log:                  s.Logger,
+	})
+}
+
+// loggedCreds logs the handshakes a server refuses (no certificate, one of
+// another CA, plaintext): the client only sees its connection fail.
+type loggedCreds struct {
+	credentials.TransportCredentials
+	log *slog.Logger
+}
+
+func (c loggedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
+	if err != nil && c.log != nil {
+		c.log.Warn("refused a TLS connection", "remote", raw.RemoteAddr().String(), "err", err)
+	}
+	return conn, info, err
+}
+
+func (c loggedCreds) Clone() credentials.TransportCredentials {
+	return loggedCreds{TransportCredentials: c.TransportCredentials.Clone(), log: c.log}
 }
 
 // WrapListener makes l a TLS listener whose peers must satisfy want (raft's
