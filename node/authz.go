@@ -88,9 +88,12 @@ func (n *Node) authorize(ctx context.Context, method string) error {
 	if !n.sec.Enabled() {
 		return nil
 	}
-	id, ok := tlsx.PeerIdentity(ctx)
+	id, ok := n.caller(ctx)
 	if !ok {
-		n.log.Warn("refused a call without a client certificate", "method", method)
+		n.log.Warn("refused a call without a client certificate or a valid token", "method", method)
+		if n.sec.Tokens != nil {
+			return status.Error(codes.Unauthenticated, "a client certificate of this site's CA, or a valid bearer token, is needed")
+		}
 		return status.Error(codes.Unauthenticated, "a client certificate of this site's CA is needed")
 	}
 	roles, listed := rolesFor(method)
@@ -109,6 +112,15 @@ func (n *Node) authorize(ctx context.Context, method string) error {
 		n.log.Info("audit", "identity", id.String(), "method", method)
 	}
 	return nil
+}
+
+// caller is the identity of a call's client: its certificate's, else its
+// bearer token's.
+func (n *Node) caller(ctx context.Context) (tlsx.Identity, bool) {
+	if id, ok := tlsx.PeerIdentity(ctx); ok {
+		return id, true
+	}
+	return n.sec.Tokens.FromContext(ctx)
 }
 
 // isAdminMethod reports whether method changes what an operator changes

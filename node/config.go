@@ -116,6 +116,9 @@ type Config struct {
 	// the embedded nats-server and the node's NATS connections. Nil:
 	// plaintext, for development on loopback.
 	TLS *tlsx.Source
+	// Tokens, with TLS, lets clients without a certificate authenticate
+	// each call with a bearer token (tlsx.Tokens).
+	Tokens *tlsx.Tokens
 	// ClientRate bounds the calls per second of each client (the identity
 	// of its certificate, or its IP address without TLS), with bursts of
 	// ClientBurst; above it calls get ResourceExhausted. Nodes and relays
@@ -203,6 +206,9 @@ func (c *Config) Validate() error {
 	var errs []error
 	if c.SiteID > ids.MaxSite {
 		errs = append(errs, fmt.Errorf("site id %d: must be in [0, %d]", c.SiteID, ids.MaxSite))
+	}
+	if c.Tokens != nil && c.TLS == nil {
+		errs = append(errs, errors.New("tokens need TLS: a bearer token must not cross the network in plaintext"))
 	}
 	if c.WorkerID > ids.MaxWorker {
 		errs = append(errs, fmt.Errorf("worker id %d: must be in [0, %d]", c.WorkerID, ids.MaxWorker))

@@ -127,7 +127,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	closers = append(closers, func() { _ = n.httpLis.Close() })
 
-	n.sec = &netx.Security{TLS: cfg.TLS, Site: cfg.SiteName, Logger: cfg.Logger}
+	n.sec = &netx.Security{TLS: cfg.TLS, Site: cfg.SiteName, Logger: cfg.Logger, Tokens: cfg.Tokens}
 	n.limits = newClientLimits(cfg.ClientRate, cfg.ClientBurst)
 	n.remotes.sec = n.sec
 	n.ns, err = nameserver.Open(ctx, nameserver.Config{

@@ -43,9 +43,9 @@ func newClientLimits(perSecond float64, burst int) *clientLimits {
 
 // allow reports whether the client of ctx may make a call now, and names
 // it.
-func (l *clientLimits) allow(ctx context.Context) (string, bool) {
+func (l *clientLimits) allow(ctx context.Context, caller func(context.Context) (tlsx.Identity, bool)) (string, bool) {
 	key := ""
-	if id, ok := tlsx.PeerIdentity(ctx); ok {
+	if id, ok := caller(ctx); ok {
 		if id.Role == tlsx.RoleNode || id.Role == tlsx.RoleRelay {
 			return id.String(), true
 		}
@@ -85,7 +85,7 @@ func (l *clientLimits) forgetIdle(now time.Time) {
 
 func (n *Node) rateLimitUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if n.limits != nil {
-		if who, ok := n.limits.allow(ctx); !ok {
+		if who, ok := n.limits.allow(ctx, n.caller); !ok {
 			n.metrics.rateLimited.Inc()
 			return nil, status.Errorf(codes.ResourceExhausted, "rate limit: %s is above %g calls per second (burst %d); slow down and retry", who, float64(n.limits.rate), n.limits.burst)
 		}

@@ -3,6 +3,7 @@ package node
 import (
 	"crypto/tls"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/nats-io/nats.go"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -285,5 +287,64 @@ func TestClientRateLimit(t *testing.T) {
 	other, _ := dialAs(t, pki.issue(tlsx.Identity{Name: "other", Role: tlsx.RoleRead}), tn.n.GRPCAddr())
 	if _, err := other.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte("k")}); status.Code(err) == codes.ResourceExhausted {
 		t.Fatalf("another client was limited: %v", err)
+	}
+}
+
+// TestTokens: with --tokens, a client without a certificate authenticates
+// each call with a bearer token, whose role is enforced; a wrong or missing
+// token is Unauthenticated; certificates still work.
+func TestTokens(t *testing.T) {
+	pki := newTestPKI(t, "CA")
+	writeTok, writeLine, err := tlsx.NewToken(tlsx.Identity{Name: "svc", Role: tlsx.RoleWrite})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := tlsx.NewToken(tlsx.Identity{Name: "n", Role: tlsx.RoleNode, Site: "local"}); err == nil {
+		t.Fatal("a token of role node was made")
+	}
+	path := filepath.Join(pki.dir, "tokens")
+	if err := os.WriteFile(path, []byte("# tokens\n"+writeLine+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := tlsx.LoadTokens(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := startNode(t, Config{NodeID: "node-0", Tokens: tokens, TLS: pki.issue(tlsx.Identity{Name: "node-0", Role: tlsx.RoleNode, Site: "local"})})
+	caOnly, err := tlsx.Load(tlsx.Files{CA: filepath.Join(pki.dir, "ca.crt")}, tlsx.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, ctx := tn.n.GRPCAddr(), t.Context()
+	dialToken := func(tok string) (pb.DataClient, pb.NameserverClient) {
+		sec := &netx.Security{TLS: caOnly}
+		opts := []grpc.DialOption{sec.DialOption(addr, tlsx.Expect{Roles: []tlsx.Role{tlsx.RoleNode}})}
+		if tok != "" {
+			opts = append(opts, grpc.WithPerRPCCredentials(tlsx.BearerToken(tok)))
+		}
+		cc, err := netx.Dial(addr, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cc.Close() })
+		return pb.NewDataClient(cc), pb.NewNameserverClient(cc)
+	}
+	data, ns := dialToken(writeTok)
+	if _, err := data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("k"), Value: []byte("v")}); err != nil {
+		t.Fatalf("put with a write token: %v", err)
+	}
+	note, _ := json.Marshal(gizzard.Change{Who: "x", Steps: []gizzard.Step{{Op: gizzard.OpNote, Note: "n"}}})
+	if _, err := ns.Propose(ctx, &pb.ProposeRequest{ChangeJson: note}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("propose with a write token: %v, want PermissionDenied", err)
+	}
+	for what, tok := range map[string]string{"a wrong token": "not-a-token", "no token": ""} {
+		data, _ := dialToken(tok)
+		if _, err := data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte("k")}); status.Code(err) != codes.Unauthenticated {
+			t.Errorf("%s: %v, want Unauthenticated", what, err)
+		}
+	}
+	data, _ = dialAs(t, pki.issue(tlsx.Identity{Name: "dash", Role: tlsx.RoleRead}), addr)
+	if _, err := data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte("k")}); err != nil {
+		t.Fatalf("a certificate beside tokens: %v", err)
 	}
 }

@@ -191,7 +191,51 @@ NAME.crt or NAME.key unless --force (to renew a certificate).`,
 	fl.BoolVar(&force, "force", false, "replace an existing NAME.crt and NAME.key")
 	_ = issue.MarkFlagRequired("role")
 
-	cmd.AddCommand(initCmd, issue)
+	var tokenRole string
+	token := &cobra.Command{
+		Use:   "token NAME --role read|write|admin",
+		Short: "Create a bearer token for a client that cannot present a certificate",
+		Long: `Create a random bearer token for NAME with a role (read, write or admin) and
+add its SHA-256 hash to DIR/tokens, the file nodes read with --tokens (at
+start: restart them to take a new token). The token is printed once, here,
+and stored nowhere: give it to the client (client.WithToken). A token is
+sent over TLS only; the client trusts the CA (ca.crt) but presents no
+certificate.`,
+		Example: `  ops certs token dashboard --role read
+  go run ./cmd/node --tls-ca aviary-certs/ca.crt --tls-cert ... --tokens aviary-certs/tokens`,
+		Args: cobra.ExactArgs(1),
+		RunE: o.runner(func(_ context.Context, s *session, args []string) error {
+			r, err := tlsx.ParseRole(tokenRole)
+			if err != nil {
+				return err
+			}
+			tok, line, err := tlsx.NewToken(tlsx.Identity{Name: args[0], Role: r})
+			if err != nil {
+				return err
+			}
+			path := filepath.Join(dir, "tokens")
+			f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+			if err != nil {
+				return fmt.Errorf("ops: %w", err)
+			}
+			if _, err := fmt.Fprintln(f, line); err != nil {
+				_ = f.Close()
+				return fmt.Errorf("ops: %w", err)
+			}
+			if err := f.Close(); err != nil {
+				return fmt.Errorf("ops: %w", err)
+			}
+			if s.o.json {
+				return s.printJSON(map[string]string{"name": args[0], "role": string(r), "token": tok, "tokens_file": path})
+			}
+			fmt.Fprintf(s.out, "token of %s (%s), added to %s (restart the nodes with --tokens %s):\n%s\n", args[0], r, path, path, tok)
+			return nil
+		}),
+	}
+	token.Flags().StringVar(&tokenRole, "role", "", "the token's role: read, write or admin")
+	_ = token.MarkFlagRequired("role")
+
+	cmd.AddCommand(initCmd, issue, token)
 	return cmd
 }
 

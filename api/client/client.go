@@ -77,7 +77,8 @@ type node struct {
 
 // dialOptions are the settings of the connections to nodes.
 type dialOptions struct {
-	tls *tlsx.Source
+	tls   *tlsx.Source
+	token string
 }
 
 // A DialOption configures the connections to nodes: those of Dial, and
@@ -100,6 +101,14 @@ func WithTLS(src *tlsx.Source) DialOption {
 	return func(o *dialOptions) { o.tls = src }
 }
 
+// WithToken authenticates every call with a bearer token (ops certs token)
+// instead of a client certificate: the connection is still TLS (give
+// WithTLS a Source of the CA alone), and the token's role says what the
+// client may call. Nodes take tokens only when started with --tokens.
+func WithToken(token string) DialOption {
+	return func(o *dialOptions) { o.token = token }
+}
+
 // Dial returns a client for the nodes at addrs (at least one). Connections
 // are made lazily.
 func Dial(addrs []string, opts ...DialOption) (*Client, error) {
@@ -120,7 +129,11 @@ func dial(addrs []string, o dialOptions) (*Client, error) {
 	sec := &netx.Security{TLS: o.tls}
 	c := &Client{}
 	for _, a := range addrs {
-		cc, err := netx.Dial(a, sec.DialOption(a, nodePeer))
+		extra := []grpc.DialOption{sec.DialOption(a, nodePeer)}
+		if o.token != "" {
+			extra = append(extra, grpc.WithPerRPCCredentials(tlsx.BearerToken(o.token)))
+		}
+		cc, err := netx.Dial(a, extra...)
 		if err != nil {
 			_ = c.Close()
 			return nil, fmt.Errorf("client: %w", err)

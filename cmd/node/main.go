@@ -31,11 +31,12 @@ func main() {
 
 func newCommand() *cobra.Command {
 	var (
-		cfg       node.Config
-		tlsFlags  tlsx.Flags
-		tables    string
-		logFormat string
-		logLevel  string
+		cfg        node.Config
+		tlsFlags   tlsx.Flags
+		tokensFile string
+		tables     string
+		logFormat  string
+		logLevel   string
 	)
 	cfg.EnsureDefaults()
 	cmd := &cobra.Command{
@@ -77,6 +78,11 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 			cfg.Logger = logger
 			if cfg.TLS, err = tlsFlags.Load(logger); err != nil {
 				return err
+			}
+			if tokensFile != "" {
+				if cfg.Tokens, err = tlsx.LoadTokens(tokensFile); err != nil {
+					return err
+				}
 			}
 			if err := tlsx.CheckExposure(cfg.TLS, tlsFlags.Insecure, cfg.GRPCAddr, cfg.RaftAddr, natsListen(cfg)); err != nil {
 				return err
@@ -136,6 +142,7 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.DurationVar(&cfg.Timelines.HedgeMin, "hedge-min", time.Millisecond, "shortest delay before a timeline read is also sent to the next replica (the delay is the recent p95)")
 	f.DurationVar(&cfg.Timelines.HedgeMax, "hedge-max", 50*time.Millisecond, "longest hedge delay")
 	tlsFlags.Register(f, "this node (role node, its site's name as site)")
+	f.StringVar(&tokensFile, "tokens", "", "file of bearer tokens (ops certs token) for clients that cannot present a certificate; needs TLS; read at start")
 	f.Float64Var(&cfg.ClientRate, "client-rate", 0, "most calls per second of one client (its certificate's identity, or its IP without TLS); above it, ResourceExhausted; 0: no limit; nodes and relays are not limited")
 	f.IntVar(&cfg.ClientBurst, "client-burst", 100, "burst of --client-rate")
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on the HTTP address")

@@ -113,6 +113,9 @@ type Security struct {
 	Site string
 	// Logger receives the refused handshakes of ServerOption's servers.
 	Logger *slog.Logger
+	// Tokens lets clients without a certificate connect (TLS still) and
+	// authenticate each call with a bearer token instead.
+	Tokens *tlsx.Tokens
 }
 
 // Enabled reports whether s is TLS.
@@ -147,9 +150,18 @@ func (s *Security) ServerOption() grpc.ServerOption {
 		return grpc.EmptyServerOption{}
 	}
 	return grpc.Creds(loggedCreds{
-		TransportCredentials: credentials.NewTLS(s.TLS.ServerConfig(tls.RequireAndVerifyClientCert, tlsx.Expect{})),
+		TransportCredentials: credentials.NewTLS(s.TLS.ServerConfig(s.clientAuth(), tlsx.Expect{})),
 		log:                  s.Logger,
 	})
+}
+
+// clientAuth is what a server asks of its clients' certificates: required,
+// unless tokens may stand in for them (then verified when given).
+func (s *Security) clientAuth() tls.ClientAuthType {
+	if s.Tokens != nil {
+		return tls.VerifyClientCertIfGiven
+	}
+	return tls.RequireAndVerifyClientCert
 }
 
 // loggedCreds logs the handshakes a server refuses (no certificate, one of
