@@ -239,23 +239,24 @@ func (a *adminServer) CopyShard(r *pb.CopyShardRequest, stream pb.ShardAdmin_Cop
 	var runRecords, runBytes uint64
 	lastSent := time.Time{}
 	n.log.Info("copy started", "migration", r.MigrationId, "source", r.SourceAddr+"/"+r.SourceShard, "dest", r.DestShard, "resume_records", st.Records)
+	// Pages are received and decoded in one goroutine while the previous
+	// one is imported here: the copy uses a core for each.
+	pctx, cancelPages := context.WithCancel(ctx)
+	defer cancelPages()
+	pages := receivePages(pctx, src, r.SourceAddr, r.DestShard)
 	for {
-		page, err := src.Recv()
-		if err == io.EOF {
-			return status.Errorf(codes.Unavailable, "source %s ended the export before its last page", r.SourceAddr)
+		var rp receivedPage
+		select {
+		case rp = <-pages:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		if err != nil {
-			return err
+		if rp.err != nil {
+			return rp.err
 		}
+		page, muts := rp.page, rp.muts
 		if page.TotalRecords > 0 || page.TotalBytes > 0 {
 			prog.TotalRecords, prog.TotalBytes = page.TotalRecords, page.TotalBytes
-		}
-		muts := make([]shard.Mutation, len(page.Mutations))
-		for i, p := range page.Mutations {
-			if err := router.FromProto(p, &muts[i]); err != nil {
-				return status.Errorf(codes.DataLoss, "source %s sent a bad mutation: %v", r.SourceAddr, err)
-			}
-			muts[i].Shard = r.DestShard
 		}
 		st.Records += uint64(len(muts))
 		st.Bytes += page.PageBytes
@@ -333,4 +334,51 @@ func (a *adminServer) PurgeShard(ctx context.Context, r *pb.PurgeShardRequest) (
 	}
 	a.n.log.Info("shard ranges purged", "shard", r.Shard, "records", n)
 	return &pb.PurgeShardResponse{Records: n}, nil
+}
+
+// receivedPage is one page of an export, decoded for the destination shard,
+// or the error that ended the export.
+type receivedPage struct {
+	page *pb.ExportShardResponse
+	muts []shard.Mutation
+	err  error
+}
+
+// receivePages receives and decodes the pages of an export in a goroutine
+// of its own, a page ahead of their import; it ends after the last page, an
+// error, or ctx.
+func receivePages(ctx context.Context, src pb.ShardAdmin_ExportShardClient, sourceAddr, destShard string) <-chan receivedPage {
+	out := make(chan receivedPage, 1)
+	go func() {
+		send := func(rp receivedPage) bool {
+			select {
+			case out <- rp:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		for {
+			page, err := src.Recv()
+			if err == io.EOF {
+				err = status.Errorf(codes.Unavailable, "source %s ended the export before its last page", sourceAddr)
+			}
+			if err != nil {
+				send(receivedPage{err: err})
+				return
+			}
+			muts := make([]shard.Mutation, len(page.Mutations))
+			for i, p := range page.Mutations {
+				if err := router.FromProto(p, &muts[i]); err != nil {
+					send(receivedPage{err: status.Errorf(codes.DataLoss, "source %s sent a bad mutation: %v", sourceAddr, err)})
+					return
+				}
+				muts[i].Shard = destShard
+			}
+			if !send(receivedPage{page: page, muts: muts}) || page.Done {
+				return
+			}
+		}
+	}()
+	return out
 }

@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -94,12 +95,15 @@ type resolved struct {
 // Mutations of one batch are applied in order, so a later mutation of the same
 // key in the batch sees the earlier one.
 func (s *Store) Apply(ctx context.Context, muts []Mutation) ([]Outcome, error) {
-	return s.apply(ctx, muts, true, nil)
+	return s.apply(ctx, muts, true, false, nil)
 }
 
 // apply applies muts atomically; with sync it returns once they are durable.
 // extra, if set, adds more records to the same batch.
-func (s *Store) apply(ctx context.Context, muts []Mutation, sync bool, extra func(b *pebble.Batch)) ([]Outcome, error) {
+// With sorted, the mutations' content keys are expected in ascending order
+// (an export page's are): they are read with one database iterator, moving
+// forward, instead of a lookup each (a key out of order is looked up).
+func (s *Store) apply(ctx context.Context, muts []Mutation, sync, sorted bool, extra func(b *pebble.Batch)) ([]Outcome, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -137,10 +141,18 @@ func (s *Store) apply(ctx context.Context, muts []Mutation, sync bool, extra fun
 		b = s.db.NewBatch()
 	}
 	defer b.Close()
-	floors := map[string]uint32{}
+	ac := &applyCtx{rd: r, floors: map[string]uint32{}}
+	if sorted && len(rs) > 1 {
+		// Created under the stripes: no write of these keys can land
+		// between what it sees and this batch's commit.
+		if ac.it, err = s.db.NewIter(nil); err != nil {
+			return nil, fmt.Errorf("shard: %w", err)
+		}
+		defer ac.it.Close()
+	}
 	out := make([]Outcome, len(rs))
 	for i := range rs {
-		if out[i], err = s.applyOne(r, b, &rs[i], floors); err != nil {
+		if out[i], err = s.applyOne(ac, b, &rs[i]); err != nil {
 			return nil, err
 		}
 	}
@@ -416,12 +428,47 @@ func getUint(r pebble.Reader, key []byte, size int) (uint64, bool, error) {
 }
 
 // applyOne adds r to b if it wins over what rd holds.
-func (s *Store) applyOne(rd pebble.Reader, b *pebble.Batch, r *resolved, floors map[string]uint32) (Outcome, error) {
+// applyCtx is what the mutations of one batch read through: the batch (or
+// the database), and for sorted content keys a forward iterator.
+type applyCtx struct {
+	rd     pebble.Reader
+	floors map[string]uint32
+	// it, if set, reads content keys in ascending order from the
+	// database; last is the previous key it read. A content key is written
+	// only by its own mutation, so one above last is in no earlier
+	// mutation of the batch: the database's record is the current one.
+	it   *pebble.Iterator
+	last []byte
+}
+
+// content returns the record of a content key.
+func (ac *applyCtx) content(key []byte) (record, []byte, bool, error) {
+	if ac.it == nil || bytes.Compare(key, ac.last) <= 0 {
+		return getRecord(ac.rd, key)
+	}
+	ac.last = append(ac.last[:0], key...)
+	if !ac.it.SeekGE(key) || !bytes.Equal(ac.it.Key(), key) {
+		return record{}, nil, false, ac.it.Error()
+	}
+	v, err := ac.it.ValueAndErr()
+	if err != nil {
+		return record{}, nil, false, err
+	}
+	enc := append([]byte(nil), v...)
+	rec, err := decodeRecord(enc)
+	if err != nil {
+		return record{}, nil, false, fmt.Errorf("%w (key %x)", err, key)
+	}
+	return rec, enc, true, nil
+}
+
+func (s *Store) applyOne(ac *applyCtx, b *pebble.Batch, r *resolved) (Outcome, error) {
+	rd, floors := ac.rd, ac.floors
 	switch r.Op {
 	case OpPut, OpDelete:
 		key := contentKey(r.num, r.Table, r.Key)
 		enc := encodeRecord(r.Version, r.Op == OpDelete, r.Value)
-		cur, curEnc, found, err := getRecord(rd, key)
+		cur, curEnc, found, err := ac.content(key)
 		if err != nil {
 			return 0, err
 		}

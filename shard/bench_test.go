@@ -71,7 +71,7 @@ func BenchmarkGet(b *testing.B) {
 	for i := range keys {
 		muts = append(muts, putM(shA, fmt.Sprint(i), val, Version{HLC: hlc.Now(), Site: 1}))
 		if len(muts) == cap(muts) {
-			if _, err := s.apply(context.Background(), muts, false, nil); err != nil {
+			if _, err := s.apply(context.Background(), muts, false, false, nil); err != nil {
 				b.Fatal(err)
 			}
 			muts = muts[:0]
@@ -99,7 +99,7 @@ func BenchmarkRange20(b *testing.B) {
 			id := uint64(ids.NewID(base.Add(time.Duration(e)*9*time.Hour), 1, 0, uint32(o)))
 			muts = append(muts, appM(shA, o, id, "p", Version{HLC: hlc.Now(), Site: 1}))
 			if len(muts) == cap(muts) {
-				if _, err := s.apply(context.Background(), muts, false, nil); err != nil {
+				if _, err := s.apply(context.Background(), muts, false, false, nil); err != nil {
 					b.Fatal(err)
 				}
 				muts = muts[:0]

@@ -42,7 +42,7 @@ func (s *Store) ImportPage(ctx context.Context, muts []Mutation, stateKey string
 		return nil, err
 	}
 	key := metaKey(metaImport, stateKey)
-	return s.apply(ctx, muts, false, func(b *pebble.Batch) {
+	return s.apply(ctx, muts, false, true, func(b *pebble.Batch) {
 		_ = b.Set(key, state, nil)
 	})
 }

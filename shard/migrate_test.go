@@ -796,3 +796,45 @@ func TestPurgeMatchingErrors(t *testing.T) {
 		t.Fatalf("purge of an empty shard: %d, %v", n, err)
 	}
 }
+
+// TestImportPageReadsInOrder: an import page's content keys are read with
+// one forward iterator; last writer wins all the same, against records
+// already stored, tombstones included, and against a key out of order.
+func TestImportPageReadsInOrder(t *testing.T) {
+	s := newTestStore(t, nil)
+	ctx := context.Background()
+	if _, err := s.Apply(ctx, []Mutation{
+		putM(shA, "b", "newer", ver(10, 0, 1)),
+		delM(shA, "d", ver(10, 0, 1)),
+		putM(shA, "e", "old", ver(900, 0, 1)),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	page := []Mutation{
+		putM(shA, "a", "imported", ver(500, 0, 2)),
+		putM(shA, "b", "older", ver(500, 0, 2)),
+		putM(shA, "c", "imported", ver(500, 0, 2)),
+		putM(shA, "d", "resurrected?", ver(500, 0, 2)),
+		putM(shA, "e", "imported", ver(500, 0, 2)),
+		putM(shA, "b", "older still, out of order", ver(600, 0, 2)),
+	}
+	outs, err := s.ImportPage(ctx, page, "t", []byte("state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Outcome{Applied, Superseded, Applied, Superseded, Applied, Superseded}
+	for i := range want {
+		if outs[i] != want[i] {
+			t.Errorf("%s: outcome %v, want %v", page[i].Key, outs[i], want[i])
+		}
+	}
+	for key, val := range map[string]string{"a": "imported", "b": "newer", "c": "imported", "e": "imported"} {
+		v, err := s.Get(ctx, shA, tContent, []byte(key))
+		if err != nil || string(v.Value) != val {
+			t.Errorf("%s = %q, %v; want %q", key, v.Value, err, val)
+		}
+	}
+	if _, err := s.Get(ctx, shA, tContent, []byte("d")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("d: %v, want the tombstone to win", err)
+	}
+}

@@ -86,7 +86,7 @@ func (s *Store) ApplyLogged(ctx context.Context, muts []Mutation, entry []byte, 
 		jobs = len(slices.Compact(slices.Sorted(slices.Values(targets))))
 	}
 	var seq uint64
-	outs, err := s.apply(ctx, muts, true, func(b *pebble.Batch) {
+	outs, err := s.apply(ctx, muts, true, false, func(b *pebble.Batch) {
 		for k, v := range o.State {
 			_ = b.Set(metaKey(metaImport, k), v, nil)
 		}
