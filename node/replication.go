@@ -487,6 +487,10 @@ func (s *replicaServer) ApplyRemote(ctx context.Context, req *pb.ApplyRemoteRequ
 	var chunkAt int64
 	flush := func() error {
 		if len(chunk) == 0 {
+			// Entries without mutations (origins publish none; a foreign
+			// message may be one) apply nothing: the path moves past them
+			// (a redelivery after a restart is again a no-op).
+			os.watermark = max(os.watermark, chunkSeq)
 			return nil
 		}
 		state := map[string][]byte{watermarkKey(o): binary.BigEndian.AppendUint64(nil, chunkSeq)}
@@ -516,10 +520,7 @@ func (s *replicaServer) ApplyRemote(ctx context.Context, req *pb.ApplyRemoteRequ
 			continue
 		}
 		// What is applied, or will be with the chunk.
-		expect := os.watermark
-		if len(chunk) > 0 {
-			expect = chunkSeq
-		}
+		expect := max(os.watermark, chunkSeq)
 		if e.Seq <= expect {
 			resp.Skipped++
 			continue
