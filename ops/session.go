@@ -13,6 +13,7 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/internal/timex"
 	"github.com/aviarydb/aviary/internal/tlsx"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -283,6 +284,15 @@ func (s *session) proposeAt(ctx context.Context, addr string, steps []gizzard.St
 	rctx, cancel := s.rpcCtx(ctx)
 	defer cancel()
 	resp, err := ns.Propose(rctx, &pb.ProposeRequest{ChangeJson: b})
+	// Right after a site starts, or while it elects a new leader, the
+	// nameserver has none: nothing was proposed, so try again (within
+	// --timeout).
+	for err != nil && noLeaderYet(err) && rctx.Err() == nil {
+		if timex.Sleep(rctx, 100*time.Millisecond) != nil {
+			break
+		}
+		resp, err = ns.Propose(rctx, &pb.ProposeRequest{ChangeJson: b})
+	}
 	if err != nil {
 		err = s.rpcErr("change via", addr, err)
 		if c := status.Code(err); c == codes.DeadlineExceeded || c == codes.Canceled {
@@ -413,4 +423,10 @@ func nodeAddr(m *gizzard.Map, id string) (string, error) {
 		return "", fmt.Errorf("node %q has no gRPC address in the map", id)
 	}
 	return n.GRPCAddr, nil
+}
+
+// noLeaderYet reports whether err is a nameserver's refusal for want of a
+// raft leader, made before anything was proposed.
+func noLeaderYet(err error) bool {
+	return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), "no leader elected yet")
 }
