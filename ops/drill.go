@@ -292,8 +292,15 @@ func (s *session) drillFailover(ctx context.Context, f drillFlags) error {
 	stop()
 	d.rep.Switches = w.switchesSnapshot()
 	d.rep.Writes = w.counts()
+	return d.finish(ctx, err)
+}
+
+// finish ends a drill step that returned err: the verdict fails on an
+// error, the report is written and noted, and the summary printed (or the
+// error returned with how to recover).
+func (d *drill) finish(ctx context.Context, err error) error {
 	if err != nil {
-		d.rep.Verdict, d.rep.Reasons = verdictFail, append(d.rep.Reasons, err.Error())
+		d.rep.Verdict, d.rep.Reasons = verdictFail, []string{err.Error()}
 		d.event("drill failed: %v", err)
 	}
 	if werr := d.writeReport(ctx); werr != nil && err == nil {

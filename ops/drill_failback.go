@@ -79,18 +79,7 @@ func (s *session) drillFailback(ctx context.Context, f drillFlags) error {
 		return fmt.Errorf("ops: drill: %d of %d failback checks failed; nothing changed", failed, len(d.rep.FailbackChecks))
 	}
 	d.event("failback of %s (from %s) started", d.from.Name, d.to.Name)
-	err = d.failback(ctx)
-	if err != nil {
-		d.rep.Verdict, d.rep.Reasons = verdictFail, []string{err.Error()}
-		d.event("drill failed: %v", err)
-	}
-	if werr := d.writeReport(ctx); werr != nil && err == nil {
-		err = werr
-	}
-	if err != nil {
-		return fmt.Errorf("ops: drill %s: %w\n%s", d.rep.ID, err, d.recoveryHint())
-	}
-	return d.printSummary()
+	return d.finish(ctx, d.failback(ctx))
 }
 
 // failback brings A back: started again, recovering until caught up and
