@@ -79,6 +79,7 @@ type node struct {
 type dialOptions struct {
 	tls   *tlsx.Source
 	token string
+	extra func(addr string) []grpc.DialOption
 }
 
 // A DialOption configures the connections to nodes: those of Dial, and
@@ -109,6 +110,14 @@ func WithToken(token string) DialOption {
 	return func(o *dialOptions) { o.token = token }
 }
 
+// WithDialOptions adds gRPC dial options to every connection, as f returns
+// them for the node's address: for instance transport credentials built
+// with crypto/tls by a program outside this module (which cannot import
+// the tlsx package WithTLS takes). Given after Aviary's own, they win.
+func WithDialOptions(f func(addr string) []grpc.DialOption) DialOption {
+	return func(o *dialOptions) { o.extra = f }
+}
+
 // Dial returns a client for the nodes at addrs (at least one). Connections
 // are made lazily.
 func Dial(addrs []string, opts ...DialOption) (*Client, error) {
@@ -132,6 +141,9 @@ func dial(addrs []string, o dialOptions) (*Client, error) {
 		extra := []grpc.DialOption{sec.DialOption(a, nodePeer)}
 		if o.token != "" {
 			extra = append(extra, grpc.WithPerRPCCredentials(tlsx.BearerToken(o.token)))
+		}
+		if o.extra != nil {
+			extra = append(extra, o.extra(a)...)
 		}
 		cc, err := netx.Dial(a, extra...)
 		if err != nil {

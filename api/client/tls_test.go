@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"path/filepath"
 	"testing"
@@ -117,5 +118,34 @@ func TestWithTLS(t *testing.T) {
 	defer c2.Close()
 	if _, err := c2.Get(t.Context(), get); status.Code(err) != codes.Unavailable {
 		t.Errorf("get from a server with an admin's certificate: %v, want Unavailable", err)
+	}
+}
+
+// TestWithDialOptions: a program that cannot use tlsx brings its own
+// credentials, built with crypto/tls from the same files.
+func TestWithDialOptions(t *testing.T) {
+	ca := newTestCA(t)
+	site := startTLSFake(t, "east", ca.source(tlsx.Identity{Name: "node-0", Role: tlsx.RoleNode, Site: "east"}))
+	ca.source(tlsx.Identity{Name: "carol", Role: tlsx.RoleRead})
+	pair, err := tls.LoadX509KeyPair(filepath.Join(ca.dir, "carol.crt"), filepath.Join(ca.dir, "carol.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca.cert) {
+		t.Fatal("CA certificate not added")
+	}
+	c, err := client.Dial([]string{site.addr}, client.WithDialOptions(func(addr string) []grpc.DialOption {
+		host, _, _ := net.SplitHostPort(addr)
+		return []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+			MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: host,
+		}))}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if r, err := c.Get(t.Context(), &pb.GetRequest{Table: "statuses", Key: []byte("k")}); err != nil || string(r.Value) != "east" {
+		t.Fatalf("get with the caller's own credentials: %v, %v", r, err)
 	}
 }
