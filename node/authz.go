@@ -24,9 +24,8 @@ var (
 	admin    = []tlsx.Role{tlsx.RoleAdmin}
 	nodeOnly = []tlsx.Role{tlsx.RoleNode}
 	// readOrRelay: what a relay shares with readers (the site map, the
-	// replication status).
+	// replication status, health): every role.
 	readOrRelay = []tlsx.Role{tlsx.RoleRead, tlsx.RoleRelay}
-	anyone      = []tlsx.Role{tlsx.RoleRead, tlsx.RoleRelay}
 )
 
 // methodRoles lists, per full gRPC method name, the roles allowed to call
@@ -64,9 +63,9 @@ var methodRoles = map[string][]tlsx.Role{
 
 	"/aviary.v1.ShardAdmin/*": admin,
 
-	"/grpc.health.v1.Health/*":                                       anyone,
-	"/grpc.reflection.v1.ServerReflection/*":                         anyone,
-	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": anyone,
+	"/grpc.health.v1.Health/*":                                       readOrRelay,
+	"/grpc.reflection.v1.ServerReflection/*":                         readOrRelay,
+	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": readOrRelay,
 }
 
 // rolesFor returns the roles allowed to call method, and whether it is
@@ -82,36 +81,37 @@ func rolesFor(method string) ([]tlsx.Role, bool) {
 	return nil, false
 }
 
-// authorize returns nil if the caller of method may call it, else a
-// PermissionDenied or Unauthenticated status, which it logs.
-func (n *Node) authorize(ctx context.Context, method string) error {
+// authorize returns the identity of the caller of method (known false
+// without TLS) if it may call it, else a PermissionDenied or
+// Unauthenticated status, which it logs.
+func (n *Node) authorize(ctx context.Context, method string) (id tlsx.Identity, known bool, err error) {
 	if !n.sec.Enabled() {
-		return nil
+		return tlsx.Identity{}, false, nil
 	}
 	id, ok := n.caller(ctx)
 	if !ok {
 		n.log.Warn("refused a call without a client certificate or a valid token", "method", method)
 		if n.sec.Tokens != nil {
-			return status.Error(codes.Unauthenticated, "a client certificate of this site's CA, or a valid bearer token, is needed")
+			return id, false, status.Error(codes.Unauthenticated, "a client certificate of this site's CA, or a valid bearer token, is needed")
 		}
-		return status.Error(codes.Unauthenticated, "a client certificate of this site's CA is needed")
+		return id, false, status.Error(codes.Unauthenticated, "a client certificate of this site's CA is needed")
 	}
 	roles, listed := rolesFor(method)
 	switch {
 	case !listed:
 		n.log.Warn("refused a call to a method no role may call", "method", method, "identity", id.String())
-		return status.Errorf(codes.PermissionDenied, "%s may not call %s: no role may", id, method)
+		return id, true, status.Errorf(codes.PermissionDenied, "%s may not call %s: no role may", id, method)
 	case !id.Role.AllowsAny(roles...):
 		n.log.Warn("refused a call", "method", method, "identity", id.String(), "needs", roles)
-		return status.Errorf(codes.PermissionDenied, "%s may not call %s: it needs the role %s", id, method, rolesString(roles))
+		return id, true, status.Errorf(codes.PermissionDenied, "%s may not call %s: it needs the role %s", id, method, rolesString(roles))
 	case (id.Role == tlsx.RoleNode || id.Role == tlsx.RoleRelay) && id.Site != n.cfg.SiteName:
 		n.log.Warn("refused a call from another site's process", "method", method, "identity", id.String())
-		return status.Errorf(codes.PermissionDenied, "%s belongs to site %q, not %q", id, id.Site, n.cfg.SiteName)
+		return id, true, status.Errorf(codes.PermissionDenied, "%s belongs to site %q, not %q", id, id.Site, n.cfg.SiteName)
 	}
-	if id.Role.AllowsAny(tlsx.RoleAdmin) && isAdminMethod(method) {
+	if id.Role.AllowsAny(tlsx.RoleAdmin) && isAdminMethod(method, roles) {
 		n.log.Info("audit", "identity", id.String(), "method", method)
 	}
-	return nil
+	return id, true, nil
 }
 
 // caller is the identity of a call's client: its certificate's, else its
@@ -123,10 +123,9 @@ func (n *Node) caller(ctx context.Context) (tlsx.Identity, bool) {
 	return n.sec.Tokens.FromContext(ctx)
 }
 
-// isAdminMethod reports whether method changes what an operator changes
-// (the audit log records who called it).
-func isAdminMethod(method string) bool {
-	roles, _ := rolesFor(method)
+// isAdminMethod reports whether method, which roles may call, changes what
+// an operator changes (the audit log records who called it).
+func isAdminMethod(method string, roles []tlsx.Role) bool {
 	return len(roles) == 1 && roles[0] == tlsx.RoleAdmin && !strings.HasSuffix(method, "/Apply")
 }
 
@@ -138,15 +137,21 @@ func rolesString(roles []tlsx.Role) string {
 	return strings.Join(s, " or ")
 }
 
+// authorizeUnary authorizes a unary call, then holds its client to its
+// rate, with the identity worked out once.
 func (n *Node) authorizeUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if err := n.authorize(ctx, info.FullMethod); err != nil {
+	id, known, err := n.authorize(ctx, info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.rateLimit(ctx, id, known); err != nil {
 		return nil, err
 	}
 	return handler(ctx, req)
 }
 
 func (n *Node) authorizeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if err := n.authorize(ss.Context(), info.FullMethod); err != nil {
+	if _, _, err := n.authorize(ss.Context(), info.FullMethod); err != nil {
 		return err
 	}
 	return handler(srv, ss)

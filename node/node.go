@@ -169,7 +169,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 
 	n.grpcSrv = grpc.NewServer(netx.ServerOptions(n.sec.ServerOption(),
-		grpc.ChainUnaryInterceptor(n.authorizeUnary, n.rateLimitUnary, n.metrics.unary), grpc.ChainStreamInterceptor(n.authorizeStream))...)
+		grpc.ChainUnaryInterceptor(n.authorizeUnary, n.metrics.unary), grpc.ChainStreamInterceptor(n.authorizeStream))...)
 	pb.RegisterDataServer(n.grpcSrv, &dataServer{n: n})
 	pb.RegisterShardAdminServer(n.grpcSrv, &adminServer{n: n})
 	pb.RegisterNameserverServer(n.grpcSrv, &nameserverServer{n: n})

@@ -8,7 +8,6 @@ import (
 
 	"github.com/aviarydb/aviary/internal/tlsx"
 	"golang.org/x/time/rate"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -41,11 +40,11 @@ func newClientLimits(perSecond float64, burst int) *clientLimits {
 	return &clientLimits{rate: rate.Limit(perSecond), burst: max(burst, 1), clients: map[string]*clientLimit{}}
 }
 
-// allow reports whether the client of ctx may make a call now, and names
-// it.
-func (l *clientLimits) allow(ctx context.Context, caller func(context.Context) (tlsx.Identity, bool)) (string, bool) {
+// allow reports whether the client of ctx, whose identity is id if known,
+// may make a call now, and names it.
+func (l *clientLimits) allow(ctx context.Context, id tlsx.Identity, known bool) (string, bool) {
 	key := ""
-	if id, ok := caller(ctx); ok {
+	if known {
 		if id.Role == tlsx.RoleNode || id.Role == tlsx.RoleRelay {
 			return id.String(), true
 		}
@@ -83,12 +82,14 @@ func (l *clientLimits) forgetIdle(now time.Time) {
 	}
 }
 
-func (n *Node) rateLimitUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if n.limits != nil {
-		if who, ok := n.limits.allow(ctx, n.caller); !ok {
-			n.metrics.rateLimited.Inc()
-			return nil, status.Errorf(codes.ResourceExhausted, "rate limit: %s is above %g calls per second (burst %d); slow down and retry", who, float64(n.limits.rate), n.limits.burst)
-		}
+// rateLimit refuses a call of a client above its rate (no limit: nil).
+func (n *Node) rateLimit(ctx context.Context, id tlsx.Identity, known bool) error {
+	if n.limits == nil {
+		return nil
 	}
-	return handler(ctx, req)
+	if who, ok := n.limits.allow(ctx, id, known); !ok {
+		n.metrics.rateLimited.Inc()
+		return status.Errorf(codes.ResourceExhausted, "rate limit: %s is above %g calls per second (burst %d); slow down and retry", who, float64(n.limits.rate), n.limits.burst)
+	}
+	return nil
 }

@@ -194,7 +194,7 @@ func (r *replicator) publish(ctx context.Context) {
 // session publishes over one connection until it fails.
 func (r *replicator) session(ctx context.Context, url string) error {
 	n := r.n
-	nc, js, err := natsx.Connect(ctx, url, "aviary-node-"+n.cfg.NodeID, n.natsClientTLS(url)...)
+	nc, js, err := natsx.Connect(ctx, url, "aviary-node-"+n.cfg.NodeID, natsx.Secure(n.cfg.TLS, url)...)
 	if err != nil {
 		return err
 	}
@@ -701,13 +701,4 @@ func (n *Node) natsClientAuth() func(*tls.ConnectionState) (string, *natsx.Permi
 		}
 		return "", nil, fmt.Errorf("%s may not connect to site %s's NATS (nodes of the site and other sites' relays may)", id, site)
 	}
-}
-
-// natsClientTLS returns the options of a TLS connection to the NATS server
-// at url (none: plaintext).
-func (n *Node) natsClientTLS(url string) []nats.Option {
-	if !n.sec.Enabled() {
-		return nil
-	}
-	return []nats.Option{nats.Secure(n.cfg.TLS.ClientConfig(tlsx.ServerNameOf(url), tlsx.Expect{}))}
 }

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"maps"
 	"slices"
 
 	"github.com/aviarydb/aviary/gizzard"
@@ -41,15 +40,13 @@ func (n *Node) newTimelines(reg prometheus.Registerer) error {
 	return nil
 }
 
-// Timelines returns the node's Timelines service, for in-process tools.
-func (n *Node) Timelines() *home.Service { return n.timelines }
-
 // timelineMembers is what the timelines need of a map: the timeline nodes
 // and the sites.
 func timelineMembers(m *gizzard.Map, site uint32) home.Members {
 	ms := home.Members{Site: site}
-	for _, id := range slices.Sorted(maps.Keys(m.Nodes)) {
-		if nd := m.Nodes[id]; nd.Timeline {
+	// SetMembers orders the nodes itself.
+	for id, nd := range m.Nodes {
+		if nd.Timeline {
 			ms.Timeline = append(ms.Timeline, home.Member{ID: id, Addr: nd.GRPCAddr})
 		}
 	}

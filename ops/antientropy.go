@@ -559,14 +559,7 @@ func shardHashRanges(m *gizzard.Map, id string) (map[string][]*pb.HashRange, err
 	if _, ok := m.Shards[id]; !ok {
 		return nil, fmt.Errorf("shard %q is not in the map (see ops shards)", id)
 	}
-	root := id
-	for range len(m.Shards) {
-		p := m.Parent(root)
-		if p == "" {
-			break
-		}
-		root = p
-	}
+	root := m.TreeRoot(id)
 	rs := treeRanges(m, root)
 	if len(rs) == 0 {
 		return nil, fmt.Errorf("no forwarding points to %q, the tree of shard %q: it holds no hash range", root, id)

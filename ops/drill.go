@@ -15,6 +15,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/api/client"
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/internal/timex"
 	"github.com/spf13/cobra"
@@ -261,7 +262,7 @@ func (s *session) drillFailover(ctx context.Context, f drillFlags) error {
 		return err
 	}
 
-	sums, err := s.drillDigests(ctx, d, d.dep.Sites)
+	sums, err := s.drillDigests(ctx, d.dep.Sites)
 	if err != nil {
 		return err
 	}
@@ -490,6 +491,11 @@ func (d *drill) killSite(st devSubsite) []devNode {
 // be applying: the cut is taken once two reads a second apart agree.
 func (d *drill) cut(ctx context.Context, w *drillLoad) ([]vwrite, error) {
 	var prev []vwrite
+	c, err := d.siteClient(d.to)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
 	deadline := time.Now().Add(d.f.wait)
 	for try := 0; ; try++ {
 		var atA []vwrite
@@ -498,11 +504,7 @@ func (d *drill) cut(ctx context.Context, w *drillLoad) ([]vwrite, error) {
 				atA = append(atA, v)
 			}
 		}
-		src, err := d.s.tlsSource()
-		if err != nil {
-			return nil, err
-		}
-		missing, err := missingAt(ctx, src, siteAddrs(d.to), atA)
+		missing, err := missingAt(ctx, c, atA)
 		if err != nil {
 			return nil, fmt.Errorf("cut: read %s: %w", d.to.Name, err)
 		}
@@ -517,6 +519,15 @@ func (d *drill) cut(ctx context.Context, w *drillLoad) ([]vwrite, error) {
 			return nil, err
 		}
 	}
+}
+
+// siteClient dials the nodes of st as the drill's other clients do.
+func (d *drill) siteClient(st devSubsite) (*client.Client, error) {
+	src, err := d.s.tlsSource()
+	if err != nil {
+		return nil, err
+	}
+	return client.Dial(siteAddrs(st), client.WithTLS(src))
 }
 
 // waitAck waits until the workload has a write of home's clients
@@ -547,6 +558,11 @@ func (d *drill) waitApplied(ctx context.Context, from devSubsite, to []devSubsit
 	deadline := time.Now().Add(d.f.wait)
 	for {
 		pending := []string{}
+		// Each site of to: its nodes' status, read once per round.
+		applied := make([]map[string]uint64, len(to))
+		for i, t := range to {
+			applied[i] = d.appliedFrom(ctx, t, from.Name)
+		}
 		for _, n := range from.Nodes {
 			st, err := d.s.nodeReplication(ctx, n.GRPCAddr)
 			if err != nil {
@@ -556,8 +572,8 @@ func (d *drill) waitApplied(ctx context.Context, from devSubsite, to []devSubsit
 			if _, ok := want[n.ID]; !ok {
 				want[n.ID] = st.OutboxNewestSeq
 			}
-			for _, t := range to {
-				if wm := max(st.SiteWatermarks[t.Name], d.appliedAt(ctx, t, from.Name, n.ID)); want[n.ID] > 0 && wm < want[n.ID] {
+			for i, t := range to {
+				if wm := max(st.SiteWatermarks[t.Name], applied[i][n.ID]); want[n.ID] > 0 && wm < want[n.ID] {
 					pending = append(pending, fmt.Sprintf("%s has applied %s/%s up to %d of %d", t.Name, from.Name, n.ID, wm, want[n.ID]))
 				}
 			}
@@ -574,19 +590,19 @@ func (d *drill) waitApplied(ctx context.Context, from devSubsite, to []devSubsit
 	}
 }
 
-// appliedAt returns how far site t has applied the entries of node of
-// site origin, as t's own nodes say (the origin hears of it only at its
+// appliedFrom returns, by node of site origin, how far site t has applied
+// its entries, as t's own nodes say (the origin hears of it only at its
 // next outbox trim, a second later).
-func (d *drill) appliedAt(ctx context.Context, t devSubsite, origin, node string) uint64 {
-	var wm uint64
+func (d *drill) appliedFrom(ctx context.Context, t devSubsite, origin string) map[string]uint64 {
+	wm := map[string]uint64{}
 	for _, n := range t.Nodes {
 		st, err := d.s.nodeReplication(ctx, n.GRPCAddr)
 		if err != nil {
 			continue
 		}
 		for _, o := range st.Origins {
-			if o.OriginSiteName == origin && o.OriginNode == node {
-				wm = max(wm, o.Watermark)
+			if o.OriginSiteName == origin {
+				wm[o.OriginNode] = max(wm[o.OriginNode], o.Watermark)
 			}
 		}
 	}

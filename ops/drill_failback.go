@@ -206,7 +206,7 @@ func (d *drill) failback(ctx context.Context) error {
 	// a moment later.
 	deadline := time.Now().Add(d.f.wait)
 	for {
-		sums, err := s.drillDigests(ctx, d, d.dep.Sites)
+		sums, err := s.drillDigests(ctx, d.dep.Sites)
 		if err != nil {
 			return err
 		}
@@ -290,13 +290,14 @@ func (d *drill) restartSite(ctx context.Context) error {
 // waitPresent waits, up to --wait, until site st holds every write of ws,
 // and returns those it still lacks then.
 func (d *drill) waitPresent(ctx context.Context, st devSubsite, ws []vwrite) ([]vwrite, error) {
+	c, err := d.siteClient(st)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
 	deadline := time.Now().Add(d.f.wait)
 	for {
-		src, err := d.s.tlsSource()
-		if err != nil {
-			return nil, err
-		}
-		missing, err := missingAt(ctx, src, siteAddrs(st), ws)
+		missing, err := missingAt(ctx, c, ws)
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", st.Name, err)
 		}

@@ -243,7 +243,7 @@ func dirSize(dir string) uint64 {
 }
 
 // drillDigests returns every site's digest of its data.
-func (s *session) drillDigests(ctx context.Context, d *drill, sites []devSubsite) (map[string]siteDigest, error) {
+func (s *session) drillDigests(ctx context.Context, sites []devSubsite) (map[string]siteDigest, error) {
 	ae, err := s.antiEntropy(ctx, endpoints(sites...), aeOptions{DigestsOnly: true})
 	if err != nil {
 		return nil, fmt.Errorf("digests: %w", err)
@@ -343,7 +343,6 @@ func metStr(ok bool) string {
 type reportView struct {
 	R            *drillReport
 	Chart        template.HTML
-	Sites        []string
 	DigestsEqual bool
 }
 
@@ -351,9 +350,6 @@ func (d *drill) view() reportView {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	v := reportView{R: d.rep, Chart: lagChart(d.rep.Lag)}
-	for _, st := range d.dep.Sites {
-		v.Sites = append(v.Sites, st.Name)
-	}
 	v.DigestsEqual = len(d.rep.DigestsAfter) > 0 && digestsDiffer(d.rep.DigestsAfter) == ""
 	return v
 }

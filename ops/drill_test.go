@@ -154,7 +154,12 @@ func TestDrills(t *testing.T) {
 			atA = append(atA, v)
 		}
 	}
-	missing, err := missingAt(t.Context(), admin, siteAddrs(site.Sites[1]), atA)
+	siteB, err := client.Dial(siteAddrs(site.Sites[1]), client.WithTLS(admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer siteB.Close()
+	missing, err := missingAt(t.Context(), siteB, atA)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -274,17 +274,11 @@ func (w *drillLoad) snapshot() []vwrite {
 	return slices.Clone(w.acked)
 }
 
-// missingAt returns the writes of ws that the site whose nodes are at
-// addrs (dialled with TLS by src, nil for plaintext) does not hold (absent, or holding another value). A read reaches one
-// replica, which may not have a write its site journaled yet: a write
+// missingAt returns the writes of ws that the site c reaches does not hold
+// (absent, or holding another value). A read reaches one replica, which may not have a write its site journaled yet: a write
 // counts as missing only if missingReads reads, missingGap apart, all miss
 // it.
-func missingAt(ctx context.Context, src *tlsx.Source, addrs []string, ws []vwrite) ([]vwrite, error) {
-	c, err := client.Dial(addrs, client.WithTLS(src))
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
+func missingAt(ctx context.Context, c *client.Client, ws []vwrite) (_ []vwrite, err error) {
 	for i := 0; i < missingReads && len(ws) > 0; i++ {
 		if i > 0 {
 			if err := timex.Sleep(ctx, missingGap); err != nil {

@@ -182,7 +182,7 @@ func devAdmin(t *testing.T, dir string) *tlsx.Source {
 func dialAs(t *testing.T, src *tlsx.Source, addr string) *grpc.ClientConn {
 	t.Helper()
 	sec := &netx.Security{TLS: src}
-	cc, err := netx.Dial(addr, sec.DialOption(addr, nodePeer))
+	cc, err := netx.Dial(addr, sec.DialOption(addr, sec.NodePeer()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -127,7 +127,7 @@ func (s *session) conn(addr string) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	cc, err := netx.Dial(addr, sec.DialOption(addr, nodePeer))
+	cc, err := netx.Dial(addr, sec.DialOption(addr, sec.NodePeer()))
 	if err != nil {
 		return nil, fmt.Errorf("ops: %w", err)
 	}

@@ -23,9 +23,6 @@ const (
 	devValidity = 10 * 8760 * time.Hour
 )
 
-// nodePeer is what ops expects of every server it dials: a node.
-var nodePeer = tlsx.Expect{Roles: []tlsx.Role{tlsx.RoleNode}}
-
 // tlsChoice is the TLS material of a session, and where it came from.
 type tlsChoice struct {
 	files tlsx.Files // zero: plaintext

@@ -15,7 +15,6 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/internal/timex"
-	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/aviarydb/aviary/replication/natsx"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -142,9 +141,7 @@ func (p *path) session(ctx context.Context) (consumed bool, err error) {
 			p.fail(fmt.Errorf("connect to %s: %w", p.src.NATSURL, err))
 		}
 	})}
-	if cfg.TLS != nil {
-		opts = append(opts, nats.Secure(cfg.TLS.ClientConfig(tlsx.ServerNameOf(p.src.NATSURL), tlsx.Expect{})))
-	}
+	opts = append(opts, natsx.Secure(cfg.TLS, p.src.NATSURL)...)
 	nc, js, err := natsx.Connect(ctx, p.src.NATSURL, name, opts...)
 	if err != nil {
 		return false, err

@@ -400,9 +400,15 @@ func getRecord(r pebble.Reader, key []byte) (rec record, enc []byte, found bool,
 	if err != nil {
 		return record{}, nil, false, err
 	}
-	enc = append([]byte(nil), v...)
-	_ = closer.Close()
-	rec, err = decodeRecord(enc)
+	defer closer.Close()
+	return decodeStored(key, v)
+}
+
+// decodeStored decodes the stored value v of key, copying it out of the
+// reader's buffer.
+func decodeStored(key, v []byte) (record, []byte, bool, error) {
+	enc := append([]byte(nil), v...)
+	rec, err := decodeRecord(enc)
 	if err != nil {
 		return record{}, nil, false, fmt.Errorf("%w (key %x)", err, key)
 	}
@@ -454,12 +460,7 @@ func (ac *applyCtx) content(key []byte) (record, []byte, bool, error) {
 	if err != nil {
 		return record{}, nil, false, err
 	}
-	enc := append([]byte(nil), v...)
-	rec, err := decodeRecord(enc)
-	if err != nil {
-		return record{}, nil, false, fmt.Errorf("%w (key %x)", err, key)
-	}
-	return rec, enc, true, nil
+	return decodeStored(key, v)
 }
 
 func (s *Store) applyOne(ac *applyCtx, b *pebble.Batch, r *resolved) (Outcome, error) {

@@ -128,9 +128,6 @@ func Dial(addrs []string, opts ...DialOption) (*Client, error) {
 	return dial(addrs, o)
 }
 
-// nodePeer is what a client expects of the servers it dials: nodes.
-var nodePeer = tlsx.Expect{Roles: []tlsx.Role{tlsx.RoleNode}}
-
 func dial(addrs []string, o dialOptions) (*Client, error) {
 	if len(addrs) == 0 {
 		return nil, errors.New("client: no node address")
@@ -138,7 +135,7 @@ func dial(addrs []string, o dialOptions) (*Client, error) {
 	sec := &netx.Security{TLS: o.tls}
 	c := &Client{}
 	for _, a := range addrs {
-		extra := []grpc.DialOption{sec.DialOption(a, nodePeer)}
+		extra := []grpc.DialOption{sec.DialOption(a, sec.NodePeer())}
 		if o.token != "" {
 			extra = append(extra, grpc.WithPerRPCCredentials(tlsx.BearerToken(o.token)))
 		}

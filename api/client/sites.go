@@ -8,6 +8,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/ids"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -22,14 +23,7 @@ type Site struct {
 }
 
 // Clock gives the time the failover back-off is measured with.
-// ids.SystemClock and ids.ManualClock are Clocks.
-type Clock interface {
-	Now() time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
+type Clock = ids.Clock
 
 // Sites' defaults.
 const (
@@ -159,7 +153,7 @@ type siteSwitch struct{ from, to, reason string }
 // DialSites returns a client for sites, in order of preference (at least
 // one; names unique). Connections are made lazily.
 func DialSites(sites []Site, opts ...SiteOption) (*Sites, error) {
-	o := siteOptions{backoff: DefaultBackoff, maxBackoff: DefaultMaxBackoff, probeTimeout: DefaultProbeTimeout, clock: systemClock{}}
+	o := siteOptions{backoff: DefaultBackoff, maxBackoff: DefaultMaxBackoff, probeTimeout: DefaultProbeTimeout, clock: ids.SystemClock{}}
 	for _, opt := range opts {
 		opt.applySite(&o)
 	}

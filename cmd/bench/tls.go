@@ -79,5 +79,5 @@ func dial(addr string) (*grpc.ClientConn, error) {
 		return netx.Dial(addr)
 	}
 	sec := &netx.Security{TLS: runTLS.client}
-	return netx.Dial(addr, sec.DialOption(addr, tlsx.Expect{Roles: []tlsx.Role{tlsx.RoleNode}}))
+	return netx.Dial(addr, sec.DialOption(addr, sec.NodePeer()))
 }

@@ -308,17 +308,13 @@ func security(src *tlsx.Source, log *slog.Logger) *netx.Security {
 	case id.Role != tlsx.RoleRelay:
 		log.Warn("the relay's certificate is not a relay's (ops certs issue relay-SITE --role relay --site SITE)", "identity", id.String())
 	}
-	sec.Site = id.Site
 	return sec
 }
-
-// nodePeer is what the relay expects of the servers at --addr: nodes.
-var nodePeer = tlsx.Expect{Roles: []tlsx.Role{tlsx.RoleNode}}
 
 func dialSite(addrs []string, sec *netx.Security, log *slog.Logger) (*site, error) {
 	s := &site{log: log, addrs: addrs}
 	for _, a := range addrs {
-		cc, err := netx.Dial(a, sec.DialOption(a, nodePeer))
+		cc, err := netx.Dial(a, sec.DialOption(a, sec.NodePeer()))
 		if err != nil {
 			s.close()
 			return nil, err

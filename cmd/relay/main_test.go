@@ -192,7 +192,7 @@ func startTLSNode(t *testing.T, site string, id uint32, src, client *tlsx.Source
 		t.Fatalf("node %s not ready: %v", site, err)
 	}
 	sec := &netx.Security{TLS: client}
-	cc, err := netx.Dial(n.GRPCAddr(), sec.DialOption(n.GRPCAddr(), nodePeer))
+	cc, err := netx.Dial(n.GRPCAddr(), sec.DialOption(n.GRPCAddr(), sec.NodePeer()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -121,7 +121,8 @@ type Security struct {
 // Enabled reports whether s is TLS.
 func (s *Security) Enabled() bool { return s != nil && s.TLS != nil }
 
-// NodePeer is what a node expects of another node of its site.
+// NodePeer is what this process expects of a node it dials: a node, of its
+// site when it has one (another node), of any site otherwise (a client).
 func (s *Security) NodePeer() tlsx.Expect {
 	return tlsx.Expect{Roles: []tlsx.Role{tlsx.RoleNode}, Site: s.site()}
 }

@@ -205,15 +205,12 @@ func PeerIdentity(ctx context.Context) (Identity, bool) {
 	if !ok {
 		return Identity{}, false
 	}
-	return identityOfState(info.State)
+	return StateIdentity(info.State)
 }
 
 // StateIdentity is the identity of the peer of a verified connection: the
 // leaf of its first verified chain (a NATS server's client, say).
-func StateIdentity(cs tls.ConnectionState) (Identity, bool) { return identityOfState(cs) }
-
-// identityOfState is the identity of the leaf of the first verified chain.
-func identityOfState(cs tls.ConnectionState) (Identity, bool) {
+func StateIdentity(cs tls.ConnectionState) (Identity, bool) {
 	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
 		return Identity{}, false
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -118,4 +119,13 @@ func LogEvents(l *slog.Logger) nats.Option {
 		}
 		return nil
 	}
+}
+
+// Secure returns the options of a mutual-TLS connection to the NATS server
+// at url with src's certificate (none with a nil src: plaintext).
+func Secure(src *tlsx.Source, url string) []nats.Option {
+	if src == nil {
+		return nil
+	}
+	return []nats.Option{nats.Secure(src.ClientConfig(tlsx.ServerNameOf(url), tlsx.Expect{}))}
 }
