@@ -31,15 +31,16 @@ var (
 // methodRoles lists, per full gRPC method name, the roles allowed to call
 // it. A service listed with "/*" covers its methods not listed one by one.
 var methodRoles = map[string][]tlsx.Role{
-	"/aviary.v1.Data/Get":      read,
-	"/aviary.v1.Data/MultiGet": read,
-	"/aviary.v1.Data/Range":    read,
-	"/aviary.v1.Data/Count":    read,
-	"/aviary.v1.Data/Put":      write,
-	"/aviary.v1.Data/Delete":   write,
-	"/aviary.v1.Data/Append":   write,
-	"/aviary.v1.Data/Remove":   write,
-	"/aviary.v1.Data/Write":    write,
+	"/aviary.v1.Data/Get":         read,
+	"/aviary.v1.Data/MultiGet":    read,
+	"/aviary.v1.Data/Range":       read,
+	"/aviary.v1.Data/Count":       read,
+	"/aviary.v1.Data/Put":         write,
+	"/aviary.v1.Data/Delete":      write,
+	"/aviary.v1.Data/Append":      write,
+	"/aviary.v1.Data/Remove":      write,
+	"/aviary.v1.Data/Write":       write,
+	"/aviary.v1.Data/WriteStream": write,
 
 	"/aviary.v1.Timelines/Read":   read,
 	"/aviary.v1.Timelines/Length": read,

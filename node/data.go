@@ -61,30 +61,67 @@ func (d *dataServer) Write(ctx context.Context, r *pb.WriteRequest) (*pb.WriteRe
 }
 
 // write converts and stamps mutations, then applies them as one atomic
-// batch: to the named shards of this node directly, or, when they name no
-// shard, through the router.
+// batch (with other calls' writes, see commitQueue): to the named shards of
+// this node directly, or, when they name no shard, through the router.
 func (n *Node) write(ctx context.Context, ms []*pb.Mutation, c pb.Consistency) ([]*pb.WriteResult, error) {
+	p, err := n.prepare(ms)
+	if err != nil {
+		return nil, err
+	}
+	return n.commits.apply(ctx, p, c)
+}
+
+// prepared is a batch of mutations converted, stamped and checked, ready
+// to apply.
+type prepared struct {
+	muts  []shard.Mutation
+	named bool // every mutation names a physical shard of this node
+	bytes int  // what the mutations count toward the batch byte limit
+}
+
+// prepare converts and stamps ms and checks them as far as can be done
+// without applying them.
+func (n *Node) prepare(ms []*pb.Mutation) (prepared, error) {
 	if max := n.cfg.Limits.MaxBatchMutations; len(ms) > max {
-		return nil, status.Errorf(codes.ResourceExhausted, "mutations: %d in one batch, limit is %d", len(ms), max)
+		return prepared{}, status.Errorf(codes.ResourceExhausted, "mutations: %d in one batch, limit is %d", len(ms), max)
 	}
 	muts := make([]shard.Mutation, len(ms))
 	named := 0
 	for i, m := range ms {
 		if err := n.convert(m, &muts[i]); err != nil {
 			if len(ms) > 1 {
-				return nil, status.Errorf(status.Code(err), "mutations[%d]: %s", i, status.Convert(err).Message())
+				return prepared{}, status.Errorf(status.Code(err), "mutations[%d]: %s", i, status.Convert(err).Message())
 			}
-			return nil, err
+			return prepared{}, err
 		}
 		if muts[i].Shard != "" {
 			named++
 		}
 	}
 	if named > 0 && named < len(muts) {
-		return nil, invalidf("mutations: %d of %d name a shard: a batch names shards for all its mutations or for none", named, len(muts))
+		return prepared{}, invalidf("mutations: %d of %d name a shard: a batch names shards for all its mutations or for none", named, len(muts))
 	}
+	if named == 0 {
+		if !n.ready.Load() {
+			return prepared{}, status.Error(codes.Unavailable, "node is not ready: it is not part of its site's shard map yet")
+		}
+		if err := n.store.Check(muts); err != nil {
+			return prepared{}, toStatus(err)
+		}
+	}
+	p := prepared{muts: muts, named: named > 0}
+	for i := range muts {
+		p.bytes += muts[i].Size()
+	}
+	return p, nil
+}
+
+// apply applies p as one atomic batch (per shard) and acknowledges it once
+// durable.
+func (n *Node) apply(ctx context.Context, p prepared, c pb.Consistency) ([]*pb.WriteResult, error) {
+	muts := p.muts
 	res := make([]*pb.WriteResult, len(muts))
-	if named > 0 {
+	if p.named {
 		outcomes, err := n.store.Apply(ctx, muts)
 		if err != nil {
 			return nil, toStatus(err)
@@ -93,12 +130,6 @@ func (n *Node) write(ctx context.Context, ms []*pb.Mutation, c pb.Consistency) (
 			res[i] = &pb.WriteResult{Outcome: pb.Outcome(outcomes[i]), Shard: muts[i].Shard, Replicas: 1, Acked: 1}
 		}
 	} else {
-		if !n.ready.Load() {
-			return nil, status.Error(codes.Unavailable, "node is not ready: it is not part of its site's shard map yet")
-		}
-		if err := n.store.Check(muts); err != nil {
-			return nil, toStatus(err)
-		}
 		cons := router.DefaultConsistency
 		if c == pb.Consistency_CONSISTENCY_ALL {
 			cons = router.All

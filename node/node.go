@@ -55,6 +55,7 @@ type Node struct {
 	metrics *metrics
 	ns      *nameserver.Server
 	router  *router.Router
+	commits *commitQueue // applies concurrent writes in batches
 	remotes remotes
 	sec     *netx.Security
 	limits  *clientLimits
@@ -88,6 +89,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, hlc: ids.NewHLC(cfg.Clock, cfg.MaxClockSkew), readyCh: make(chan struct{}), fence: newFence()}
+	n.commits = &commitQueue{n: n}
 	if n.ids, err = ids.NewGenerator(cfg.SiteID, cfg.WorkerID, cfg.Clock); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}

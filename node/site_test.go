@@ -395,6 +395,21 @@ func TestSiteStateRefusesWrites(t *testing.T) {
 			if !strings.Contains(err.Error(), `write to site "b"`) {
 				t.Fatalf("%s: the message does not name the site to use: %v", st, err)
 			}
+			// So is a write on a stream: held no longer than its writer
+			// waits, its refusal arrives in time.
+			c, err := client.Dial([]string{tn.n.GRPCAddr()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ws := c.Stream()
+			pctx, cancel = context.WithTimeout(ctx, 200*time.Millisecond)
+			_, err = ws.Put(pctx, &pb.PutRequest{Table: "statuses", Key: []byte("k"), Value: []byte("v")})
+			cancel()
+			_ = ws.Close()
+			_ = c.Close()
+			if r, ok := client.ParseSiteRefusal(err); !ok || r.Use != "b" {
+				t.Fatalf("%s: stream put at node %d: %v, want a refusal naming b", st, i, err)
+			}
 		}
 		// A write another site accepted is applied all the same.
 		mut := shard.Mutation{Op: shard.OpPut, Table: "statuses", Key: []byte("remote-" + string(st)), Value: []byte("r"), Version: shard.Version{HLC: s.nodes[0].n.hlc.Now(), Site: other.ID}}

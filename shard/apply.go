@@ -53,7 +53,8 @@ type Mutation struct {
 	Version Version
 }
 
-func (m *Mutation) size() int { return len(m.Key) + len(m.Value) + len(m.Payload) }
+// Size is what the mutation counts toward a batch's byte limit (Limits.MaxBatchBytes).
+func (m *Mutation) Size() int { return len(m.Key) + len(m.Value) + len(m.Payload) }
 
 // Outcome says what applying a mutation did.
 type Outcome uint8
@@ -219,7 +220,7 @@ func (s *Store) checkBatchLocked(muts []Mutation) error {
 	}
 	total := 0
 	for i := range muts {
-		total += muts[i].size()
+		total += muts[i].Size()
 	}
 	if total > lim.MaxBatchBytes {
 		return fmt.Errorf("%w: %d bytes of keys, values and payloads, limit is %d", ErrTooLarge, total, lim.MaxBatchBytes)

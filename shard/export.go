@@ -285,7 +285,7 @@ func (s *Store) ExportPage(ctx context.Context, shard string, after []byte, limi
 		if n == limit || size >= s.opts.Limits.MaxBatchBytes/2 {
 			return false
 		}
-		size += m.size()
+		size += m.Size()
 		return true
 	})
 }

@@ -1459,6 +1459,133 @@ func (x *WriteResponse) GetResults() []*WriteResult {
 	return nil
 }
 
+type WriteStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Echoed in the response; ids of writes in flight on a stream must differ.
+	Id    uint64        `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Write *WriteRequest `protobuf:"bytes,2,opt,name=write,proto3" json:"write,omitempty"`
+	// The time the writer waits for the answer, in milliseconds; 0: no
+	// limit. A draining site holds the write no longer than this, so that
+	// its refusal arrives in time (a Write call uses its deadline).
+	TimeoutMs     uint32 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteStreamRequest) Reset() {
+	*x = WriteStreamRequest{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteStreamRequest) ProtoMessage() {}
+
+func (x *WriteStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteStreamRequest.ProtoReflect.Descriptor instead.
+func (*WriteStreamRequest) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WriteStreamRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *WriteStreamRequest) GetWrite() *WriteRequest {
+	if x != nil {
+		return x.Write
+	}
+	return nil
+}
+
+func (x *WriteStreamRequest) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+type WriteStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// One result per mutation, in request order, when the write succeeded.
+	Results []*WriteResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	// When it failed: the gRPC status (code, message and details) a Write
+	// call would have returned, as a serialized google.rpc.Status.
+	Status        []byte `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteStreamResponse) Reset() {
+	*x = WriteStreamResponse{}
+	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteStreamResponse) ProtoMessage() {}
+
+func (x *WriteStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteStreamResponse.ProtoReflect.Descriptor instead.
+func (*WriteStreamResponse) Descriptor() ([]byte, []int) {
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *WriteStreamResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *WriteStreamResponse) GetResults() []*WriteResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *WriteStreamResponse) GetStatus() []byte {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
 type ExportPageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Shard string                 `protobuf:"bytes,1,opt,name=shard,proto3" json:"shard,omitempty"`
@@ -1472,7 +1599,7 @@ type ExportPageRequest struct {
 
 func (x *ExportPageRequest) Reset() {
 	*x = ExportPageRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[18]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1484,7 +1611,7 @@ func (x *ExportPageRequest) String() string {
 func (*ExportPageRequest) ProtoMessage() {}
 
 func (x *ExportPageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[18]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1497,7 +1624,7 @@ func (x *ExportPageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPageRequest.ProtoReflect.Descriptor instead.
 func (*ExportPageRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{18}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ExportPageRequest) GetShard() string {
@@ -1534,7 +1661,7 @@ type HashRange struct {
 
 func (x *HashRange) Reset() {
 	*x = HashRange{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1673,7 @@ func (x *HashRange) String() string {
 func (*HashRange) ProtoMessage() {}
 
 func (x *HashRange) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[19]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1686,7 @@ func (x *HashRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashRange.ProtoReflect.Descriptor instead.
 func (*HashRange) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{19}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *HashRange) GetTable() string {
@@ -1604,7 +1731,7 @@ type ExportShardRequest struct {
 
 func (x *ExportShardRequest) Reset() {
 	*x = ExportShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1616,7 +1743,7 @@ func (x *ExportShardRequest) String() string {
 func (*ExportShardRequest) ProtoMessage() {}
 
 func (x *ExportShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[20]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1629,7 +1756,7 @@ func (x *ExportShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportShardRequest.ProtoReflect.Descriptor instead.
 func (*ExportShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{20}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ExportShardRequest) GetShard() string {
@@ -1707,7 +1834,7 @@ type ExportShardResponse struct {
 
 func (x *ExportShardResponse) Reset() {
 	*x = ExportShardResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1846,7 @@ func (x *ExportShardResponse) String() string {
 func (*ExportShardResponse) ProtoMessage() {}
 
 func (x *ExportShardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[21]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1859,7 @@ func (x *ExportShardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportShardResponse.ProtoReflect.Descriptor instead.
 func (*ExportShardResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{21}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ExportShardResponse) GetMutations() []*Mutation {
@@ -1796,7 +1923,7 @@ type CopyShardRequest struct {
 
 func (x *CopyShardRequest) Reset() {
 	*x = CopyShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +1935,7 @@ func (x *CopyShardRequest) String() string {
 func (*CopyShardRequest) ProtoMessage() {}
 
 func (x *CopyShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[22]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +1948,7 @@ func (x *CopyShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyShardRequest.ProtoReflect.Descriptor instead.
 func (*CopyShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{22}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CopyShardRequest) GetMigrationId() string {
@@ -1889,7 +2016,7 @@ type CopyStateRequest struct {
 
 func (x *CopyStateRequest) Reset() {
 	*x = CopyStateRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1901,7 +2028,7 @@ func (x *CopyStateRequest) String() string {
 func (*CopyStateRequest) ProtoMessage() {}
 
 func (x *CopyStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[23]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1914,7 +2041,7 @@ func (x *CopyStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyStateRequest.ProtoReflect.Descriptor instead.
 func (*CopyStateRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{23}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CopyStateRequest) GetMigrationId() string {
@@ -1943,7 +2070,7 @@ type CopyProgress struct {
 
 func (x *CopyProgress) Reset() {
 	*x = CopyProgress{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2082,7 @@ func (x *CopyProgress) String() string {
 func (*CopyProgress) ProtoMessage() {}
 
 func (x *CopyProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[24]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2095,7 @@ func (x *CopyProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyProgress.ProtoReflect.Descriptor instead.
 func (*CopyProgress) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{24}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CopyProgress) GetRecords() uint64 {
@@ -2032,7 +2159,7 @@ type DigestDataRequest struct {
 
 func (x *DigestDataRequest) Reset() {
 	*x = DigestDataRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2171,7 @@ func (x *DigestDataRequest) String() string {
 func (*DigestDataRequest) ProtoMessage() {}
 
 func (x *DigestDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[25]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2184,7 @@ func (x *DigestDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestDataRequest.ProtoReflect.Descriptor instead.
 func (*DigestDataRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{25}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DigestDataRequest) GetShard() string {
@@ -2099,7 +2226,7 @@ type PurgeShardRequest struct {
 
 func (x *PurgeShardRequest) Reset() {
 	*x = PurgeShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2111,7 +2238,7 @@ func (x *PurgeShardRequest) String() string {
 func (*PurgeShardRequest) ProtoMessage() {}
 
 func (x *PurgeShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[26]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2124,7 +2251,7 @@ func (x *PurgeShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeShardRequest.ProtoReflect.Descriptor instead.
 func (*PurgeShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{26}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PurgeShardRequest) GetShard() string {
@@ -2150,7 +2277,7 @@ type PurgeShardResponse struct {
 
 func (x *PurgeShardResponse) Reset() {
 	*x = PurgeShardResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2162,7 +2289,7 @@ func (x *PurgeShardResponse) String() string {
 func (*PurgeShardResponse) ProtoMessage() {}
 
 func (x *PurgeShardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[27]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2175,7 +2302,7 @@ func (x *PurgeShardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeShardResponse.ProtoReflect.Descriptor instead.
 func (*PurgeShardResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{27}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PurgeShardResponse) GetRecords() uint64 {
@@ -2199,7 +2326,7 @@ type ExportPageResponse struct {
 
 func (x *ExportPageResponse) Reset() {
 	*x = ExportPageResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2211,7 +2338,7 @@ func (x *ExportPageResponse) String() string {
 func (*ExportPageResponse) ProtoMessage() {}
 
 func (x *ExportPageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[28]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2224,7 +2351,7 @@ func (x *ExportPageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportPageResponse.ProtoReflect.Descriptor instead.
 func (*ExportPageResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{28}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExportPageResponse) GetMutations() []*Mutation {
@@ -2263,7 +2390,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2275,7 +2402,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[29]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2288,7 +2415,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{29}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListJobsRequest) GetErrorQueue() bool {
@@ -2334,7 +2461,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2346,7 +2473,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[30]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2359,7 +2486,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{30}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Job) GetSeq() uint64 {
@@ -2417,7 +2544,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2429,7 +2556,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[31]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2442,7 +2569,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{31}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -2476,7 +2603,7 @@ type JobRef struct {
 
 func (x *JobRef) Reset() {
 	*x = JobRef{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2615,7 @@ func (x *JobRef) String() string {
 func (*JobRef) ProtoMessage() {}
 
 func (x *JobRef) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[32]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2628,7 @@ func (x *JobRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRef.ProtoReflect.Descriptor instead.
 func (*JobRef) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{32}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *JobRef) GetSeq() uint64 {
@@ -2526,7 +2653,7 @@ type RetryJobResponse struct {
 
 func (x *RetryJobResponse) Reset() {
 	*x = RetryJobResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2538,7 +2665,7 @@ func (x *RetryJobResponse) String() string {
 func (*RetryJobResponse) ProtoMessage() {}
 
 func (x *RetryJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[33]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2551,7 +2678,7 @@ func (x *RetryJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryJobResponse.ProtoReflect.Descriptor instead.
 func (*RetryJobResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{33}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{35}
 }
 
 type DropJobResponse struct {
@@ -2562,7 +2689,7 @@ type DropJobResponse struct {
 
 func (x *DropJobResponse) Reset() {
 	*x = DropJobResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2574,7 +2701,7 @@ func (x *DropJobResponse) String() string {
 func (*DropJobResponse) ProtoMessage() {}
 
 func (x *DropJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[34]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2587,7 +2714,7 @@ func (x *DropJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropJobResponse.ProtoReflect.Descriptor instead.
 func (*DropJobResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{34}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{36}
 }
 
 type ShardInfo struct {
@@ -2604,7 +2731,7 @@ type ShardInfo struct {
 
 func (x *ShardInfo) Reset() {
 	*x = ShardInfo{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2616,7 +2743,7 @@ func (x *ShardInfo) String() string {
 func (*ShardInfo) ProtoMessage() {}
 
 func (x *ShardInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[35]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2629,7 +2756,7 @@ func (x *ShardInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardInfo.ProtoReflect.Descriptor instead.
 func (*ShardInfo) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{35}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ShardInfo) GetName() string {
@@ -2669,7 +2796,7 @@ type CreateShardRequest struct {
 
 func (x *CreateShardRequest) Reset() {
 	*x = CreateShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2681,7 +2808,7 @@ func (x *CreateShardRequest) String() string {
 func (*CreateShardRequest) ProtoMessage() {}
 
 func (x *CreateShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[36]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2694,7 +2821,7 @@ func (x *CreateShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateShardRequest.ProtoReflect.Descriptor instead.
 func (*CreateShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{36}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CreateShardRequest) GetName() string {
@@ -2713,7 +2840,7 @@ type DropShardRequest struct {
 
 func (x *DropShardRequest) Reset() {
 	*x = DropShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2725,7 +2852,7 @@ func (x *DropShardRequest) String() string {
 func (*DropShardRequest) ProtoMessage() {}
 
 func (x *DropShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[37]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2738,7 +2865,7 @@ func (x *DropShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropShardRequest.ProtoReflect.Descriptor instead.
 func (*DropShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{37}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DropShardRequest) GetName() string {
@@ -2756,7 +2883,7 @@ type DropShardResponse struct {
 
 func (x *DropShardResponse) Reset() {
 	*x = DropShardResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2768,7 +2895,7 @@ func (x *DropShardResponse) String() string {
 func (*DropShardResponse) ProtoMessage() {}
 
 func (x *DropShardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[38]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2781,7 +2908,7 @@ func (x *DropShardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropShardResponse.ProtoReflect.Descriptor instead.
 func (*DropShardResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{38}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{40}
 }
 
 type ListShardsRequest struct {
@@ -2792,7 +2919,7 @@ type ListShardsRequest struct {
 
 func (x *ListShardsRequest) Reset() {
 	*x = ListShardsRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +2931,7 @@ func (x *ListShardsRequest) String() string {
 func (*ListShardsRequest) ProtoMessage() {}
 
 func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[39]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +2944,7 @@ func (x *ListShardsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListShardsRequest.ProtoReflect.Descriptor instead.
 func (*ListShardsRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{39}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{41}
 }
 
 type ListShardsResponse struct {
@@ -2829,7 +2956,7 @@ type ListShardsResponse struct {
 
 func (x *ListShardsResponse) Reset() {
 	*x = ListShardsResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2841,7 +2968,7 @@ func (x *ListShardsResponse) String() string {
 func (*ListShardsResponse) ProtoMessage() {}
 
 func (x *ListShardsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[40]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2854,7 +2981,7 @@ func (x *ListShardsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListShardsResponse.ProtoReflect.Descriptor instead.
 func (*ListShardsResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{40}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListShardsResponse) GetShards() []*ShardInfo {
@@ -2877,7 +3004,7 @@ type DigestShardRequest struct {
 
 func (x *DigestShardRequest) Reset() {
 	*x = DigestShardRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2889,7 +3016,7 @@ func (x *DigestShardRequest) String() string {
 func (*DigestShardRequest) ProtoMessage() {}
 
 func (x *DigestShardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[41]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2902,7 +3029,7 @@ func (x *DigestShardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestShardRequest.ProtoReflect.Descriptor instead.
 func (*DigestShardRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{41}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DigestShardRequest) GetName() string {
@@ -2938,7 +3065,7 @@ type DigestShardResponse struct {
 
 func (x *DigestShardResponse) Reset() {
 	*x = DigestShardResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2950,7 +3077,7 @@ func (x *DigestShardResponse) String() string {
 func (*DigestShardResponse) ProtoMessage() {}
 
 func (x *DigestShardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[42]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2963,7 +3090,7 @@ func (x *DigestShardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestShardResponse.ProtoReflect.Descriptor instead.
 func (*DigestShardResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{42}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DigestShardResponse) GetSum() []byte {
@@ -3004,7 +3131,7 @@ type TableInfo struct {
 
 func (x *TableInfo) Reset() {
 	*x = TableInfo{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3016,7 +3143,7 @@ func (x *TableInfo) String() string {
 func (*TableInfo) ProtoMessage() {}
 
 func (x *TableInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[43]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3029,7 +3156,7 @@ func (x *TableInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TableInfo.ProtoReflect.Descriptor instead.
 func (*TableInfo) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{43}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TableInfo) GetName() string {
@@ -3056,7 +3183,7 @@ type CreateTableRequest struct {
 
 func (x *CreateTableRequest) Reset() {
 	*x = CreateTableRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3068,7 +3195,7 @@ func (x *CreateTableRequest) String() string {
 func (*CreateTableRequest) ProtoMessage() {}
 
 func (x *CreateTableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[44]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3081,7 +3208,7 @@ func (x *CreateTableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTableRequest.ProtoReflect.Descriptor instead.
 func (*CreateTableRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{44}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CreateTableRequest) GetName() string {
@@ -3106,7 +3233,7 @@ type ListTablesRequest struct {
 
 func (x *ListTablesRequest) Reset() {
 	*x = ListTablesRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3118,7 +3245,7 @@ func (x *ListTablesRequest) String() string {
 func (*ListTablesRequest) ProtoMessage() {}
 
 func (x *ListTablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[45]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3131,7 +3258,7 @@ func (x *ListTablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTablesRequest.ProtoReflect.Descriptor instead.
 func (*ListTablesRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{45}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{47}
 }
 
 type ListTablesResponse struct {
@@ -3143,7 +3270,7 @@ type ListTablesResponse struct {
 
 func (x *ListTablesResponse) Reset() {
 	*x = ListTablesResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3155,7 +3282,7 @@ func (x *ListTablesResponse) String() string {
 func (*ListTablesResponse) ProtoMessage() {}
 
 func (x *ListTablesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[46]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3168,7 +3295,7 @@ func (x *ListTablesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTablesResponse.ProtoReflect.Descriptor instead.
 func (*ListTablesResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{46}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListTablesResponse) GetTables() []*TableInfo {
@@ -3191,7 +3318,7 @@ type DropMonthsRequest struct {
 
 func (x *DropMonthsRequest) Reset() {
 	*x = DropMonthsRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3203,7 +3330,7 @@ func (x *DropMonthsRequest) String() string {
 func (*DropMonthsRequest) ProtoMessage() {}
 
 func (x *DropMonthsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[47]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3216,7 +3343,7 @@ func (x *DropMonthsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropMonthsRequest.ProtoReflect.Descriptor instead.
 func (*DropMonthsRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{47}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *DropMonthsRequest) GetTable() string {
@@ -3248,7 +3375,7 @@ type DropMonthsResponse struct {
 
 func (x *DropMonthsResponse) Reset() {
 	*x = DropMonthsResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3260,7 +3387,7 @@ func (x *DropMonthsResponse) String() string {
 func (*DropMonthsResponse) ProtoMessage() {}
 
 func (x *DropMonthsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[48]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3273,7 +3400,7 @@ func (x *DropMonthsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropMonthsResponse.ProtoReflect.Descriptor instead.
 func (*DropMonthsResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{48}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{50}
 }
 
 type CollectTombstonesRequest struct {
@@ -3284,7 +3411,7 @@ type CollectTombstonesRequest struct {
 
 func (x *CollectTombstonesRequest) Reset() {
 	*x = CollectTombstonesRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3296,7 +3423,7 @@ func (x *CollectTombstonesRequest) String() string {
 func (*CollectTombstonesRequest) ProtoMessage() {}
 
 func (x *CollectTombstonesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[49]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3309,7 +3436,7 @@ func (x *CollectTombstonesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectTombstonesRequest.ProtoReflect.Descriptor instead.
 func (*CollectTombstonesRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{49}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{51}
 }
 
 type CollectTombstonesResponse struct {
@@ -3321,7 +3448,7 @@ type CollectTombstonesResponse struct {
 
 func (x *CollectTombstonesResponse) Reset() {
 	*x = CollectTombstonesResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3333,7 +3460,7 @@ func (x *CollectTombstonesResponse) String() string {
 func (*CollectTombstonesResponse) ProtoMessage() {}
 
 func (x *CollectTombstonesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[50]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3346,7 +3473,7 @@ func (x *CollectTombstonesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectTombstonesResponse.ProtoReflect.Descriptor instead.
 func (*CollectTombstonesResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{50}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CollectTombstonesResponse) GetCollected() uint64 {
@@ -3364,7 +3491,7 @@ type GetMapRequest struct {
 
 func (x *GetMapRequest) Reset() {
 	*x = GetMapRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3376,7 +3503,7 @@ func (x *GetMapRequest) String() string {
 func (*GetMapRequest) ProtoMessage() {}
 
 func (x *GetMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[51]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3389,7 +3516,7 @@ func (x *GetMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMapRequest.ProtoReflect.Descriptor instead.
 func (*GetMapRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{51}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{53}
 }
 
 type WatchRequest struct {
@@ -3401,7 +3528,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3413,7 +3540,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[52]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3426,7 +3553,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{52}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *WatchRequest) GetAfterVersion() uint64 {
@@ -3447,7 +3574,7 @@ type MapResponse struct {
 
 func (x *MapResponse) Reset() {
 	*x = MapResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3459,7 +3586,7 @@ func (x *MapResponse) String() string {
 func (*MapResponse) ProtoMessage() {}
 
 func (x *MapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[53]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3472,7 +3599,7 @@ func (x *MapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MapResponse.ProtoReflect.Descriptor instead.
 func (*MapResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{53}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *MapResponse) GetVersion() uint64 {
@@ -3500,7 +3627,7 @@ type ProposeRequest struct {
 
 func (x *ProposeRequest) Reset() {
 	*x = ProposeRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3512,7 +3639,7 @@ func (x *ProposeRequest) String() string {
 func (*ProposeRequest) ProtoMessage() {}
 
 func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[54]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3525,7 +3652,7 @@ func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
 func (*ProposeRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{54}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ProposeRequest) GetChangeJson() []byte {
@@ -3544,7 +3671,7 @@ type ProposeResponse struct {
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3556,7 +3683,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[55]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3569,7 +3696,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{55}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ProposeResponse) GetVersion() uint64 {
@@ -3592,7 +3719,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3604,7 +3731,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[56]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3617,7 +3744,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{56}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *JoinRequest) GetNodeId() string {
@@ -3657,7 +3784,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3669,7 +3796,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[57]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3682,7 +3809,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{57}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *JoinResponse) GetVersion() uint64 {
@@ -3700,7 +3827,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[58]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3712,7 +3839,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[58]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3725,7 +3852,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{58}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{60}
 }
 
 type StatusResponse struct {
@@ -3750,7 +3877,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3762,7 +3889,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[59]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3775,7 +3902,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{59}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -3872,7 +3999,7 @@ type ReplicationMessage struct {
 
 func (x *ReplicationMessage) Reset() {
 	*x = ReplicationMessage{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[60]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3884,7 +4011,7 @@ func (x *ReplicationMessage) String() string {
 func (*ReplicationMessage) ProtoMessage() {}
 
 func (x *ReplicationMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[60]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3897,7 +4024,7 @@ func (x *ReplicationMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationMessage.ProtoReflect.Descriptor instead.
 func (*ReplicationMessage) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{60}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ReplicationMessage) GetOriginSite() uint32 {
@@ -3973,7 +4100,7 @@ type ApplyRemoteRequest struct {
 
 func (x *ApplyRemoteRequest) Reset() {
 	*x = ApplyRemoteRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3985,7 +4112,7 @@ func (x *ApplyRemoteRequest) String() string {
 func (*ApplyRemoteRequest) ProtoMessage() {}
 
 func (x *ApplyRemoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[61]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3998,7 +4125,7 @@ func (x *ApplyRemoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRemoteRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRemoteRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{61}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ApplyRemoteRequest) GetOriginSite() uint32 {
@@ -4058,7 +4185,7 @@ type ApplyRemoteResponse struct {
 
 func (x *ApplyRemoteResponse) Reset() {
 	*x = ApplyRemoteResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[62]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4070,7 +4197,7 @@ func (x *ApplyRemoteResponse) String() string {
 func (*ApplyRemoteResponse) ProtoMessage() {}
 
 func (x *ApplyRemoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[62]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4083,7 +4210,7 @@ func (x *ApplyRemoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRemoteResponse.ProtoReflect.Descriptor instead.
 func (*ApplyRemoteResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{62}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ApplyRemoteResponse) GetWatermark() uint64 {
@@ -4124,7 +4251,7 @@ type ReplicationStatusRequest struct {
 
 func (x *ReplicationStatusRequest) Reset() {
 	*x = ReplicationStatusRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[63]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4136,7 +4263,7 @@ func (x *ReplicationStatusRequest) String() string {
 func (*ReplicationStatusRequest) ProtoMessage() {}
 
 func (x *ReplicationStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[63]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4149,7 +4276,7 @@ func (x *ReplicationStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReplicationStatusRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{63}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ReplicationStatusRequest) GetConflicts() int32 {
@@ -4183,7 +4310,7 @@ type OriginStatus struct {
 
 func (x *OriginStatus) Reset() {
 	*x = OriginStatus{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[64]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4195,7 +4322,7 @@ func (x *OriginStatus) String() string {
 func (*OriginStatus) ProtoMessage() {}
 
 func (x *OriginStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[64]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4208,7 +4335,7 @@ func (x *OriginStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OriginStatus.ProtoReflect.Descriptor instead.
 func (*OriginStatus) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{64}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *OriginStatus) GetOriginSite() uint32 {
@@ -4312,7 +4439,7 @@ type Conflict struct {
 
 func (x *Conflict) Reset() {
 	*x = Conflict{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[65]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4324,7 +4451,7 @@ func (x *Conflict) String() string {
 func (*Conflict) ProtoMessage() {}
 
 func (x *Conflict) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[65]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4337,7 +4464,7 @@ func (x *Conflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Conflict.ProtoReflect.Descriptor instead.
 func (*Conflict) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{65}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *Conflict) GetTable() string {
@@ -4411,7 +4538,7 @@ type ReplicationStatusResponse struct {
 
 func (x *ReplicationStatusResponse) Reset() {
 	*x = ReplicationStatusResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[66]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4423,7 +4550,7 @@ func (x *ReplicationStatusResponse) String() string {
 func (*ReplicationStatusResponse) ProtoMessage() {}
 
 func (x *ReplicationStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[66]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4436,7 +4563,7 @@ func (x *ReplicationStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReplicationStatusResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{66}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ReplicationStatusResponse) GetOrigins() []*OriginStatus {
@@ -4514,7 +4641,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[67]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4526,7 +4653,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[67]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4539,7 +4666,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{67}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ApplyRequest) GetMutations() []*Mutation {
@@ -4565,7 +4692,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[68]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4577,7 +4704,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[68]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4590,7 +4717,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{68}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ApplyResponse) GetOutcomes() []Outcome {
@@ -4620,7 +4747,7 @@ type JournalEntry struct {
 
 func (x *JournalEntry) Reset() {
 	*x = JournalEntry{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[69]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4632,7 +4759,7 @@ func (x *JournalEntry) String() string {
 func (*JournalEntry) ProtoMessage() {}
 
 func (x *JournalEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[69]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4645,7 +4772,7 @@ func (x *JournalEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JournalEntry.ProtoReflect.Descriptor instead.
 func (*JournalEntry) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{69}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *JournalEntry) GetMutations() []*Mutation {
@@ -4709,7 +4836,7 @@ type TimelineEntry struct {
 
 func (x *TimelineEntry) Reset() {
 	*x = TimelineEntry{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4721,7 +4848,7 @@ func (x *TimelineEntry) String() string {
 func (*TimelineEntry) ProtoMessage() {}
 
 func (x *TimelineEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[70]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4734,7 +4861,7 @@ func (x *TimelineEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimelineEntry.ProtoReflect.Descriptor instead.
 func (*TimelineEntry) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{70}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *TimelineEntry) GetStatusId() uint64 {
@@ -4770,7 +4897,7 @@ type PostRequest struct {
 
 func (x *PostRequest) Reset() {
 	*x = PostRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[71]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4782,7 +4909,7 @@ func (x *PostRequest) String() string {
 func (*PostRequest) ProtoMessage() {}
 
 func (x *PostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[71]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4795,7 +4922,7 @@ func (x *PostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PostRequest.ProtoReflect.Descriptor instead.
 func (*PostRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{71}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *PostRequest) GetAuthorId() uint64 {
@@ -4828,7 +4955,7 @@ type PostResponse struct {
 
 func (x *PostResponse) Reset() {
 	*x = PostResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[72]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4840,7 +4967,7 @@ func (x *PostResponse) String() string {
 func (*PostResponse) ProtoMessage() {}
 
 func (x *PostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[72]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4853,7 +4980,7 @@ func (x *PostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PostResponse.ProtoReflect.Descriptor instead.
 func (*PostResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{72}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *PostResponse) GetStatusId() uint64 {
@@ -4874,7 +5001,7 @@ type FollowRequest struct {
 
 func (x *FollowRequest) Reset() {
 	*x = FollowRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[73]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4886,7 +5013,7 @@ func (x *FollowRequest) String() string {
 func (*FollowRequest) ProtoMessage() {}
 
 func (x *FollowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[73]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4899,7 +5026,7 @@ func (x *FollowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowRequest.ProtoReflect.Descriptor instead.
 func (*FollowRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{73}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *FollowRequest) GetFollowerId() uint64 {
@@ -4931,7 +5058,7 @@ type FollowResponse struct {
 
 func (x *FollowResponse) Reset() {
 	*x = FollowResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[74]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4943,7 +5070,7 @@ func (x *FollowResponse) String() string {
 func (*FollowResponse) ProtoMessage() {}
 
 func (x *FollowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[74]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4956,7 +5083,7 @@ func (x *FollowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowResponse.ProtoReflect.Descriptor instead.
 func (*FollowResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{74}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{76}
 }
 
 type PushRequest struct {
@@ -4969,7 +5096,7 @@ type PushRequest struct {
 
 func (x *PushRequest) Reset() {
 	*x = PushRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[75]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4981,7 +5108,7 @@ func (x *PushRequest) String() string {
 func (*PushRequest) ProtoMessage() {}
 
 func (x *PushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[75]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4994,7 +5121,7 @@ func (x *PushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushRequest.ProtoReflect.Descriptor instead.
 func (*PushRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{75}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *PushRequest) GetEntry() *TimelineEntry {
@@ -5023,7 +5150,7 @@ type PushResponse struct {
 
 func (x *PushResponse) Reset() {
 	*x = PushResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[76]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5035,7 +5162,7 @@ func (x *PushResponse) String() string {
 func (*PushResponse) ProtoMessage() {}
 
 func (x *PushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[76]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5048,7 +5175,7 @@ func (x *PushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResponse.ProtoReflect.Descriptor instead.
 func (*PushResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{76}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *PushResponse) GetAdded() uint32 {
@@ -5080,7 +5207,7 @@ type TimelineQuery struct {
 
 func (x *TimelineQuery) Reset() {
 	*x = TimelineQuery{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[77]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5092,7 +5219,7 @@ func (x *TimelineQuery) String() string {
 func (*TimelineQuery) ProtoMessage() {}
 
 func (x *TimelineQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[77]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5105,7 +5232,7 @@ func (x *TimelineQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimelineQuery.ProtoReflect.Descriptor instead.
 func (*TimelineQuery) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{77}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *TimelineQuery) GetOwner() uint64 {
@@ -5145,7 +5272,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[78]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5157,7 +5284,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[78]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5170,7 +5297,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{78}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *ReadRequest) GetQueries() []*TimelineQuery {
@@ -5194,7 +5321,7 @@ type TimelineResult struct {
 
 func (x *TimelineResult) Reset() {
 	*x = TimelineResult{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[79]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5206,7 +5333,7 @@ func (x *TimelineResult) String() string {
 func (*TimelineResult) ProtoMessage() {}
 
 func (x *TimelineResult) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[79]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5219,7 +5346,7 @@ func (x *TimelineResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimelineResult.ProtoReflect.Descriptor instead.
 func (*TimelineResult) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{79}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *TimelineResult) GetOwner() uint64 {
@@ -5259,7 +5386,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[80]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5271,7 +5398,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[80]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5284,7 +5411,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{80}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ReadResponse) GetResults() []*TimelineResult {
@@ -5304,7 +5431,7 @@ type TimelineRemoveRequest struct {
 
 func (x *TimelineRemoveRequest) Reset() {
 	*x = TimelineRemoveRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[81]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5316,7 +5443,7 @@ func (x *TimelineRemoveRequest) String() string {
 func (*TimelineRemoveRequest) ProtoMessage() {}
 
 func (x *TimelineRemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[81]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5329,7 +5456,7 @@ func (x *TimelineRemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimelineRemoveRequest.ProtoReflect.Descriptor instead.
 func (*TimelineRemoveRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{81}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *TimelineRemoveRequest) GetStatusId() uint64 {
@@ -5356,7 +5483,7 @@ type TimelineRemoveResponse struct {
 
 func (x *TimelineRemoveResponse) Reset() {
 	*x = TimelineRemoveResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[82]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5368,7 +5495,7 @@ func (x *TimelineRemoveResponse) String() string {
 func (*TimelineRemoveResponse) ProtoMessage() {}
 
 func (x *TimelineRemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[82]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5381,7 +5508,7 @@ func (x *TimelineRemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimelineRemoveResponse.ProtoReflect.Descriptor instead.
 func (*TimelineRemoveResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{82}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *TimelineRemoveResponse) GetRemoved() uint32 {
@@ -5407,7 +5534,7 @@ type LengthRequest struct {
 
 func (x *LengthRequest) Reset() {
 	*x = LengthRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[83]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5419,7 +5546,7 @@ func (x *LengthRequest) String() string {
 func (*LengthRequest) ProtoMessage() {}
 
 func (x *LengthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[83]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5432,7 +5559,7 @@ func (x *LengthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LengthRequest.ProtoReflect.Descriptor instead.
 func (*LengthRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{83}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *LengthRequest) GetOwner() uint64 {
@@ -5452,7 +5579,7 @@ type LengthResponse struct {
 
 func (x *LengthResponse) Reset() {
 	*x = LengthResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[84]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5464,7 +5591,7 @@ func (x *LengthResponse) String() string {
 func (*LengthResponse) ProtoMessage() {}
 
 func (x *LengthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[84]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5477,7 +5604,7 @@ func (x *LengthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LengthResponse.ProtoReflect.Descriptor instead.
 func (*LengthResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{84}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *LengthResponse) GetLength() uint32 {
@@ -5505,7 +5632,7 @@ type Delivery struct {
 
 func (x *Delivery) Reset() {
 	*x = Delivery{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[85]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5517,7 +5644,7 @@ func (x *Delivery) String() string {
 func (*Delivery) ProtoMessage() {}
 
 func (x *Delivery) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[85]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5530,7 +5657,7 @@ func (x *Delivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
 func (*Delivery) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{85}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *Delivery) GetEntry() *TimelineEntry {
@@ -5556,7 +5683,7 @@ type ReplicaPushRequest struct {
 
 func (x *ReplicaPushRequest) Reset() {
 	*x = ReplicaPushRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[86]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5568,7 +5695,7 @@ func (x *ReplicaPushRequest) String() string {
 func (*ReplicaPushRequest) ProtoMessage() {}
 
 func (x *ReplicaPushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[86]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5581,7 +5708,7 @@ func (x *ReplicaPushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaPushRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaPushRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{86}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *ReplicaPushRequest) GetDeliveries() []*Delivery {
@@ -5603,7 +5730,7 @@ type ReplicaPushResponse struct {
 
 func (x *ReplicaPushResponse) Reset() {
 	*x = ReplicaPushResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[87]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5615,7 +5742,7 @@ func (x *ReplicaPushResponse) String() string {
 func (*ReplicaPushResponse) ProtoMessage() {}
 
 func (x *ReplicaPushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[87]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5628,7 +5755,7 @@ func (x *ReplicaPushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaPushResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaPushResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{87}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *ReplicaPushResponse) GetAdded() uint32 {
@@ -5654,7 +5781,7 @@ type ReplicaReadRequest struct {
 
 func (x *ReplicaReadRequest) Reset() {
 	*x = ReplicaReadRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[88]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5666,7 +5793,7 @@ func (x *ReplicaReadRequest) String() string {
 func (*ReplicaReadRequest) ProtoMessage() {}
 
 func (x *ReplicaReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[88]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5679,7 +5806,7 @@ func (x *ReplicaReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaReadRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaReadRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{88}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *ReplicaReadRequest) GetQueries() []*TimelineQuery {
@@ -5703,7 +5830,7 @@ type ReplicaTimeline struct {
 
 func (x *ReplicaTimeline) Reset() {
 	*x = ReplicaTimeline{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[89]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5715,7 +5842,7 @@ func (x *ReplicaTimeline) String() string {
 func (*ReplicaTimeline) ProtoMessage() {}
 
 func (x *ReplicaTimeline) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[89]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5728,7 +5855,7 @@ func (x *ReplicaTimeline) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaTimeline.ProtoReflect.Descriptor instead.
 func (*ReplicaTimeline) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{89}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *ReplicaTimeline) GetOwner() uint64 {
@@ -5768,7 +5895,7 @@ type ReplicaReadResponse struct {
 
 func (x *ReplicaReadResponse) Reset() {
 	*x = ReplicaReadResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[90]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5780,7 +5907,7 @@ func (x *ReplicaReadResponse) String() string {
 func (*ReplicaReadResponse) ProtoMessage() {}
 
 func (x *ReplicaReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[90]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5793,7 +5920,7 @@ func (x *ReplicaReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaReadResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaReadResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{90}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *ReplicaReadResponse) GetResults() []*ReplicaTimeline {
@@ -5813,7 +5940,7 @@ type ReplicaRemoveRequest struct {
 
 func (x *ReplicaRemoveRequest) Reset() {
 	*x = ReplicaRemoveRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[91]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5825,7 +5952,7 @@ func (x *ReplicaRemoveRequest) String() string {
 func (*ReplicaRemoveRequest) ProtoMessage() {}
 
 func (x *ReplicaRemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[91]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5838,7 +5965,7 @@ func (x *ReplicaRemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRemoveRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaRemoveRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{91}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *ReplicaRemoveRequest) GetStatusId() uint64 {
@@ -5864,7 +5991,7 @@ type ReplicaRemoveResponse struct {
 
 func (x *ReplicaRemoveResponse) Reset() {
 	*x = ReplicaRemoveResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[92]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5876,7 +6003,7 @@ func (x *ReplicaRemoveResponse) String() string {
 func (*ReplicaRemoveResponse) ProtoMessage() {}
 
 func (x *ReplicaRemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[92]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5889,7 +6016,7 @@ func (x *ReplicaRemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRemoveResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaRemoveResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{92}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *ReplicaRemoveResponse) GetRemoved() uint32 {
@@ -5908,7 +6035,7 @@ type ReplicaMergeRequest struct {
 
 func (x *ReplicaMergeRequest) Reset() {
 	*x = ReplicaMergeRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[93]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5920,7 +6047,7 @@ func (x *ReplicaMergeRequest) String() string {
 func (*ReplicaMergeRequest) ProtoMessage() {}
 
 func (x *ReplicaMergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[93]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5933,7 +6060,7 @@ func (x *ReplicaMergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaMergeRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaMergeRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{93}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *ReplicaMergeRequest) GetTimelines() []*ReplicaTimeline {
@@ -5951,7 +6078,7 @@ type ReplicaMergeResponse struct {
 
 func (x *ReplicaMergeResponse) Reset() {
 	*x = ReplicaMergeResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[94]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5963,7 +6090,7 @@ func (x *ReplicaMergeResponse) String() string {
 func (*ReplicaMergeResponse) ProtoMessage() {}
 
 func (x *ReplicaMergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[94]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5976,7 +6103,7 @@ func (x *ReplicaMergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaMergeResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaMergeResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{94}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{96}
 }
 
 type ReplicaReserveRequest struct {
@@ -5988,7 +6115,7 @@ type ReplicaReserveRequest struct {
 
 func (x *ReplicaReserveRequest) Reset() {
 	*x = ReplicaReserveRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[95]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6000,7 +6127,7 @@ func (x *ReplicaReserveRequest) String() string {
 func (*ReplicaReserveRequest) ProtoMessage() {}
 
 func (x *ReplicaReserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[95]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6013,7 +6140,7 @@ func (x *ReplicaReserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaReserveRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaReserveRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{95}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *ReplicaReserveRequest) GetOwners() []uint64 {
@@ -6031,7 +6158,7 @@ type ReplicaReserveResponse struct {
 
 func (x *ReplicaReserveResponse) Reset() {
 	*x = ReplicaReserveResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[96]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6043,7 +6170,7 @@ func (x *ReplicaReserveResponse) String() string {
 func (*ReplicaReserveResponse) ProtoMessage() {}
 
 func (x *ReplicaReserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[96]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6056,7 +6183,7 @@ func (x *ReplicaReserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaReserveResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaReserveResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{96}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{98}
 }
 
 type ReplicaExportRequest struct {
@@ -6071,7 +6198,7 @@ type ReplicaExportRequest struct {
 
 func (x *ReplicaExportRequest) Reset() {
 	*x = ReplicaExportRequest{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[97]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6083,7 +6210,7 @@ func (x *ReplicaExportRequest) String() string {
 func (*ReplicaExportRequest) ProtoMessage() {}
 
 func (x *ReplicaExportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[97]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6096,7 +6223,7 @@ func (x *ReplicaExportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaExportRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaExportRequest) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{97}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *ReplicaExportRequest) GetNode() string {
@@ -6122,7 +6249,7 @@ type ReplicaExportResponse struct {
 
 func (x *ReplicaExportResponse) Reset() {
 	*x = ReplicaExportResponse{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[98]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6134,7 +6261,7 @@ func (x *ReplicaExportResponse) String() string {
 func (*ReplicaExportResponse) ProtoMessage() {}
 
 func (x *ReplicaExportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[98]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6147,7 +6274,7 @@ func (x *ReplicaExportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaExportResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaExportResponse) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{98}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *ReplicaExportResponse) GetTimelines() []*ReplicaTimeline {
@@ -6169,7 +6296,7 @@ type MultiGetResponse_Item struct {
 
 func (x *MultiGetResponse_Item) Reset() {
 	*x = MultiGetResponse_Item{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[99]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6181,7 +6308,7 @@ func (x *MultiGetResponse_Item) String() string {
 func (*MultiGetResponse_Item) ProtoMessage() {}
 
 func (x *MultiGetResponse_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[99]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6236,7 +6363,7 @@ type CountResponse_Month struct {
 
 func (x *CountResponse_Month) Reset() {
 	*x = CountResponse_Month{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[100]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6248,7 +6375,7 @@ func (x *CountResponse_Month) String() string {
 func (*CountResponse_Month) ProtoMessage() {}
 
 func (x *CountResponse_Month) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[100]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6288,7 +6415,7 @@ type Mutation_Put struct {
 
 func (x *Mutation_Put) Reset() {
 	*x = Mutation_Put{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[101]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6300,7 +6427,7 @@ func (x *Mutation_Put) String() string {
 func (*Mutation_Put) ProtoMessage() {}
 
 func (x *Mutation_Put) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[101]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6339,7 +6466,7 @@ type Mutation_Delete struct {
 
 func (x *Mutation_Delete) Reset() {
 	*x = Mutation_Delete{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[102]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6351,7 +6478,7 @@ func (x *Mutation_Delete) String() string {
 func (*Mutation_Delete) ProtoMessage() {}
 
 func (x *Mutation_Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[102]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6385,7 +6512,7 @@ type Mutation_Append struct {
 
 func (x *Mutation_Append) Reset() {
 	*x = Mutation_Append{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[103]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6397,7 +6524,7 @@ func (x *Mutation_Append) String() string {
 func (*Mutation_Append) ProtoMessage() {}
 
 func (x *Mutation_Append) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[103]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6444,7 +6571,7 @@ type Mutation_Remove struct {
 
 func (x *Mutation_Remove) Reset() {
 	*x = Mutation_Remove{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[104]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6456,7 +6583,7 @@ func (x *Mutation_Remove) String() string {
 func (*Mutation_Remove) ProtoMessage() {}
 
 func (x *Mutation_Remove) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[104]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6498,7 +6625,7 @@ type JournalEntry_Target struct {
 
 func (x *JournalEntry_Target) Reset() {
 	*x = JournalEntry_Target{}
-	mi := &file_aviary_v1_aviary_proto_msgTypes[107]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6510,7 +6637,7 @@ func (x *JournalEntry_Target) String() string {
 func (*JournalEntry_Target) ProtoMessage() {}
 
 func (x *JournalEntry_Target) ProtoReflect() protoreflect.Message {
-	mi := &file_aviary_v1_aviary_proto_msgTypes[107]
+	mi := &file_aviary_v1_aviary_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6523,7 +6650,7 @@ func (x *JournalEntry_Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JournalEntry_Target.ProtoReflect.Descriptor instead.
 func (*JournalEntry_Target) Descriptor() ([]byte, []int) {
-	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{69, 0}
+	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{71, 0}
 }
 
 func (x *JournalEntry_Target) GetNode() string {
@@ -6660,7 +6787,16 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\tmutations\x18\x01 \x03(\v2\x13.aviary.v1.MutationR\tmutations\x128\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x16.aviary.v1.ConsistencyR\vconsistency\"A\n" +
 	"\rWriteResponse\x120\n" +
-	"\aresults\x18\x01 \x03(\v2\x16.aviary.v1.WriteResultR\aresults\"U\n" +
+	"\aresults\x18\x01 \x03(\v2\x16.aviary.v1.WriteResultR\aresults\"r\n" +
+	"\x12WriteStreamRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12-\n" +
+	"\x05write\x18\x02 \x01(\v2\x17.aviary.v1.WriteRequestR\x05write\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\rR\ttimeoutMs\"o\n" +
+	"\x13WriteStreamResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
+	"\aresults\x18\x02 \x03(\v2\x16.aviary.v1.WriteResultR\aresults\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\fR\x06status\"U\n" +
 	"\x11ExportPageRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\tR\x05shard\x12\x14\n" +
 	"\x05after\x18\x02 \x01(\fR\x05after\x12\x14\n" +
@@ -7011,7 +7147,7 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\tTableKind\x12\x1a\n" +
 	"\x16TABLE_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12TABLE_KIND_CONTENT\x10\x01\x12\x14\n" +
-	"\x10TABLE_KIND_INDEX\x10\x022\x9f\x04\n" +
+	"\x10TABLE_KIND_INDEX\x10\x022\xf1\x04\n" +
 	"\x04Data\x124\n" +
 	"\x03Put\x12\x15.aviary.v1.PutRequest\x1a\x16.aviary.v1.WriteResult\x124\n" +
 	"\x03Get\x12\x15.aviary.v1.GetRequest\x1a\x16.aviary.v1.GetResponse\x12C\n" +
@@ -7021,7 +7157,8 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\x06Remove\x12\x18.aviary.v1.RemoveRequest\x1a\x16.aviary.v1.WriteResult\x12:\n" +
 	"\x05Range\x12\x17.aviary.v1.RangeRequest\x1a\x18.aviary.v1.RangeResponse\x12:\n" +
 	"\x05Count\x12\x17.aviary.v1.CountRequest\x1a\x18.aviary.v1.CountResponse\x12:\n" +
-	"\x05Write\x12\x17.aviary.v1.WriteRequest\x1a\x18.aviary.v1.WriteResponse2\xe0\t\n" +
+	"\x05Write\x12\x17.aviary.v1.WriteRequest\x1a\x18.aviary.v1.WriteResponse\x12P\n" +
+	"\vWriteStream\x12\x1d.aviary.v1.WriteStreamRequest\x1a\x1e.aviary.v1.WriteStreamResponse(\x010\x012\xe0\t\n" +
 	"\n" +
 	"ShardAdmin\x12B\n" +
 	"\vCreateShard\x12\x1d.aviary.v1.CreateShardRequest\x1a\x14.aviary.v1.ShardInfo\x12F\n" +
@@ -7085,7 +7222,7 @@ func file_aviary_v1_aviary_proto_rawDescGZIP() []byte {
 }
 
 var file_aviary_v1_aviary_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_aviary_v1_aviary_proto_msgTypes = make([]protoimpl.MessageInfo, 108)
+var file_aviary_v1_aviary_proto_msgTypes = make([]protoimpl.MessageInfo, 110)
 var file_aviary_v1_aviary_proto_goTypes = []any{
 	(Consistency)(0),                  // 0: aviary.v1.Consistency
 	(Outcome)(0),                      // 1: aviary.v1.Outcome
@@ -7108,96 +7245,98 @@ var file_aviary_v1_aviary_proto_goTypes = []any{
 	(*Mutation)(nil),                  // 18: aviary.v1.Mutation
 	(*WriteRequest)(nil),              // 19: aviary.v1.WriteRequest
 	(*WriteResponse)(nil),             // 20: aviary.v1.WriteResponse
-	(*ExportPageRequest)(nil),         // 21: aviary.v1.ExportPageRequest
-	(*HashRange)(nil),                 // 22: aviary.v1.HashRange
-	(*ExportShardRequest)(nil),        // 23: aviary.v1.ExportShardRequest
-	(*ExportShardResponse)(nil),       // 24: aviary.v1.ExportShardResponse
-	(*CopyShardRequest)(nil),          // 25: aviary.v1.CopyShardRequest
-	(*CopyStateRequest)(nil),          // 26: aviary.v1.CopyStateRequest
-	(*CopyProgress)(nil),              // 27: aviary.v1.CopyProgress
-	(*DigestDataRequest)(nil),         // 28: aviary.v1.DigestDataRequest
-	(*PurgeShardRequest)(nil),         // 29: aviary.v1.PurgeShardRequest
-	(*PurgeShardResponse)(nil),        // 30: aviary.v1.PurgeShardResponse
-	(*ExportPageResponse)(nil),        // 31: aviary.v1.ExportPageResponse
-	(*ListJobsRequest)(nil),           // 32: aviary.v1.ListJobsRequest
-	(*Job)(nil),                       // 33: aviary.v1.Job
-	(*ListJobsResponse)(nil),          // 34: aviary.v1.ListJobsResponse
-	(*JobRef)(nil),                    // 35: aviary.v1.JobRef
-	(*RetryJobResponse)(nil),          // 36: aviary.v1.RetryJobResponse
-	(*DropJobResponse)(nil),           // 37: aviary.v1.DropJobResponse
-	(*ShardInfo)(nil),                 // 38: aviary.v1.ShardInfo
-	(*CreateShardRequest)(nil),        // 39: aviary.v1.CreateShardRequest
-	(*DropShardRequest)(nil),          // 40: aviary.v1.DropShardRequest
-	(*DropShardResponse)(nil),         // 41: aviary.v1.DropShardResponse
-	(*ListShardsRequest)(nil),         // 42: aviary.v1.ListShardsRequest
-	(*ListShardsResponse)(nil),        // 43: aviary.v1.ListShardsResponse
-	(*DigestShardRequest)(nil),        // 44: aviary.v1.DigestShardRequest
-	(*DigestShardResponse)(nil),       // 45: aviary.v1.DigestShardResponse
-	(*TableInfo)(nil),                 // 46: aviary.v1.TableInfo
-	(*CreateTableRequest)(nil),        // 47: aviary.v1.CreateTableRequest
-	(*ListTablesRequest)(nil),         // 48: aviary.v1.ListTablesRequest
-	(*ListTablesResponse)(nil),        // 49: aviary.v1.ListTablesResponse
-	(*DropMonthsRequest)(nil),         // 50: aviary.v1.DropMonthsRequest
-	(*DropMonthsResponse)(nil),        // 51: aviary.v1.DropMonthsResponse
-	(*CollectTombstonesRequest)(nil),  // 52: aviary.v1.CollectTombstonesRequest
-	(*CollectTombstonesResponse)(nil), // 53: aviary.v1.CollectTombstonesResponse
-	(*GetMapRequest)(nil),             // 54: aviary.v1.GetMapRequest
-	(*WatchRequest)(nil),              // 55: aviary.v1.WatchRequest
-	(*MapResponse)(nil),               // 56: aviary.v1.MapResponse
-	(*ProposeRequest)(nil),            // 57: aviary.v1.ProposeRequest
-	(*ProposeResponse)(nil),           // 58: aviary.v1.ProposeResponse
-	(*JoinRequest)(nil),               // 59: aviary.v1.JoinRequest
-	(*JoinResponse)(nil),              // 60: aviary.v1.JoinResponse
-	(*StatusRequest)(nil),             // 61: aviary.v1.StatusRequest
-	(*StatusResponse)(nil),            // 62: aviary.v1.StatusResponse
-	(*ReplicationMessage)(nil),        // 63: aviary.v1.ReplicationMessage
-	(*ApplyRemoteRequest)(nil),        // 64: aviary.v1.ApplyRemoteRequest
-	(*ApplyRemoteResponse)(nil),       // 65: aviary.v1.ApplyRemoteResponse
-	(*ReplicationStatusRequest)(nil),  // 66: aviary.v1.ReplicationStatusRequest
-	(*OriginStatus)(nil),              // 67: aviary.v1.OriginStatus
-	(*Conflict)(nil),                  // 68: aviary.v1.Conflict
-	(*ReplicationStatusResponse)(nil), // 69: aviary.v1.ReplicationStatusResponse
-	(*ApplyRequest)(nil),              // 70: aviary.v1.ApplyRequest
-	(*ApplyResponse)(nil),             // 71: aviary.v1.ApplyResponse
-	(*JournalEntry)(nil),              // 72: aviary.v1.JournalEntry
-	(*TimelineEntry)(nil),             // 73: aviary.v1.TimelineEntry
-	(*PostRequest)(nil),               // 74: aviary.v1.PostRequest
-	(*PostResponse)(nil),              // 75: aviary.v1.PostResponse
-	(*FollowRequest)(nil),             // 76: aviary.v1.FollowRequest
-	(*FollowResponse)(nil),            // 77: aviary.v1.FollowResponse
-	(*PushRequest)(nil),               // 78: aviary.v1.PushRequest
-	(*PushResponse)(nil),              // 79: aviary.v1.PushResponse
-	(*TimelineQuery)(nil),             // 80: aviary.v1.TimelineQuery
-	(*ReadRequest)(nil),               // 81: aviary.v1.ReadRequest
-	(*TimelineResult)(nil),            // 82: aviary.v1.TimelineResult
-	(*ReadResponse)(nil),              // 83: aviary.v1.ReadResponse
-	(*TimelineRemoveRequest)(nil),     // 84: aviary.v1.TimelineRemoveRequest
-	(*TimelineRemoveResponse)(nil),    // 85: aviary.v1.TimelineRemoveResponse
-	(*LengthRequest)(nil),             // 86: aviary.v1.LengthRequest
-	(*LengthResponse)(nil),            // 87: aviary.v1.LengthResponse
-	(*Delivery)(nil),                  // 88: aviary.v1.Delivery
-	(*ReplicaPushRequest)(nil),        // 89: aviary.v1.ReplicaPushRequest
-	(*ReplicaPushResponse)(nil),       // 90: aviary.v1.ReplicaPushResponse
-	(*ReplicaReadRequest)(nil),        // 91: aviary.v1.ReplicaReadRequest
-	(*ReplicaTimeline)(nil),           // 92: aviary.v1.ReplicaTimeline
-	(*ReplicaReadResponse)(nil),       // 93: aviary.v1.ReplicaReadResponse
-	(*ReplicaRemoveRequest)(nil),      // 94: aviary.v1.ReplicaRemoveRequest
-	(*ReplicaRemoveResponse)(nil),     // 95: aviary.v1.ReplicaRemoveResponse
-	(*ReplicaMergeRequest)(nil),       // 96: aviary.v1.ReplicaMergeRequest
-	(*ReplicaMergeResponse)(nil),      // 97: aviary.v1.ReplicaMergeResponse
-	(*ReplicaReserveRequest)(nil),     // 98: aviary.v1.ReplicaReserveRequest
-	(*ReplicaReserveResponse)(nil),    // 99: aviary.v1.ReplicaReserveResponse
-	(*ReplicaExportRequest)(nil),      // 100: aviary.v1.ReplicaExportRequest
-	(*ReplicaExportResponse)(nil),     // 101: aviary.v1.ReplicaExportResponse
-	(*MultiGetResponse_Item)(nil),     // 102: aviary.v1.MultiGetResponse.Item
-	(*CountResponse_Month)(nil),       // 103: aviary.v1.CountResponse.Month
-	(*Mutation_Put)(nil),              // 104: aviary.v1.Mutation.Put
-	(*Mutation_Delete)(nil),           // 105: aviary.v1.Mutation.Delete
-	(*Mutation_Append)(nil),           // 106: aviary.v1.Mutation.Append
-	(*Mutation_Remove)(nil),           // 107: aviary.v1.Mutation.Remove
-	nil,                               // 108: aviary.v1.StatusResponse.VotersEntry
-	nil,                               // 109: aviary.v1.ReplicationStatusResponse.SiteWatermarksEntry
-	(*JournalEntry_Target)(nil),       // 110: aviary.v1.JournalEntry.Target
+	(*WriteStreamRequest)(nil),        // 21: aviary.v1.WriteStreamRequest
+	(*WriteStreamResponse)(nil),       // 22: aviary.v1.WriteStreamResponse
+	(*ExportPageRequest)(nil),         // 23: aviary.v1.ExportPageRequest
+	(*HashRange)(nil),                 // 24: aviary.v1.HashRange
+	(*ExportShardRequest)(nil),        // 25: aviary.v1.ExportShardRequest
+	(*ExportShardResponse)(nil),       // 26: aviary.v1.ExportShardResponse
+	(*CopyShardRequest)(nil),          // 27: aviary.v1.CopyShardRequest
+	(*CopyStateRequest)(nil),          // 28: aviary.v1.CopyStateRequest
+	(*CopyProgress)(nil),              // 29: aviary.v1.CopyProgress
+	(*DigestDataRequest)(nil),         // 30: aviary.v1.DigestDataRequest
+	(*PurgeShardRequest)(nil),         // 31: aviary.v1.PurgeShardRequest
+	(*PurgeShardResponse)(nil),        // 32: aviary.v1.PurgeShardResponse
+	(*ExportPageResponse)(nil),        // 33: aviary.v1.ExportPageResponse
+	(*ListJobsRequest)(nil),           // 34: aviary.v1.ListJobsRequest
+	(*Job)(nil),                       // 35: aviary.v1.Job
+	(*ListJobsResponse)(nil),          // 36: aviary.v1.ListJobsResponse
+	(*JobRef)(nil),                    // 37: aviary.v1.JobRef
+	(*RetryJobResponse)(nil),          // 38: aviary.v1.RetryJobResponse
+	(*DropJobResponse)(nil),           // 39: aviary.v1.DropJobResponse
+	(*ShardInfo)(nil),                 // 40: aviary.v1.ShardInfo
+	(*CreateShardRequest)(nil),        // 41: aviary.v1.CreateShardRequest
+	(*DropShardRequest)(nil),          // 42: aviary.v1.DropShardRequest
+	(*DropShardResponse)(nil),         // 43: aviary.v1.DropShardResponse
+	(*ListShardsRequest)(nil),         // 44: aviary.v1.ListShardsRequest
+	(*ListShardsResponse)(nil),        // 45: aviary.v1.ListShardsResponse
+	(*DigestShardRequest)(nil),        // 46: aviary.v1.DigestShardRequest
+	(*DigestShardResponse)(nil),       // 47: aviary.v1.DigestShardResponse
+	(*TableInfo)(nil),                 // 48: aviary.v1.TableInfo
+	(*CreateTableRequest)(nil),        // 49: aviary.v1.CreateTableRequest
+	(*ListTablesRequest)(nil),         // 50: aviary.v1.ListTablesRequest
+	(*ListTablesResponse)(nil),        // 51: aviary.v1.ListTablesResponse
+	(*DropMonthsRequest)(nil),         // 52: aviary.v1.DropMonthsRequest
+	(*DropMonthsResponse)(nil),        // 53: aviary.v1.DropMonthsResponse
+	(*CollectTombstonesRequest)(nil),  // 54: aviary.v1.CollectTombstonesRequest
+	(*CollectTombstonesResponse)(nil), // 55: aviary.v1.CollectTombstonesResponse
+	(*GetMapRequest)(nil),             // 56: aviary.v1.GetMapRequest
+	(*WatchRequest)(nil),              // 57: aviary.v1.WatchRequest
+	(*MapResponse)(nil),               // 58: aviary.v1.MapResponse
+	(*ProposeRequest)(nil),            // 59: aviary.v1.ProposeRequest
+	(*ProposeResponse)(nil),           // 60: aviary.v1.ProposeResponse
+	(*JoinRequest)(nil),               // 61: aviary.v1.JoinRequest
+	(*JoinResponse)(nil),              // 62: aviary.v1.JoinResponse
+	(*StatusRequest)(nil),             // 63: aviary.v1.StatusRequest
+	(*StatusResponse)(nil),            // 64: aviary.v1.StatusResponse
+	(*ReplicationMessage)(nil),        // 65: aviary.v1.ReplicationMessage
+	(*ApplyRemoteRequest)(nil),        // 66: aviary.v1.ApplyRemoteRequest
+	(*ApplyRemoteResponse)(nil),       // 67: aviary.v1.ApplyRemoteResponse
+	(*ReplicationStatusRequest)(nil),  // 68: aviary.v1.ReplicationStatusRequest
+	(*OriginStatus)(nil),              // 69: aviary.v1.OriginStatus
+	(*Conflict)(nil),                  // 70: aviary.v1.Conflict
+	(*ReplicationStatusResponse)(nil), // 71: aviary.v1.ReplicationStatusResponse
+	(*ApplyRequest)(nil),              // 72: aviary.v1.ApplyRequest
+	(*ApplyResponse)(nil),             // 73: aviary.v1.ApplyResponse
+	(*JournalEntry)(nil),              // 74: aviary.v1.JournalEntry
+	(*TimelineEntry)(nil),             // 75: aviary.v1.TimelineEntry
+	(*PostRequest)(nil),               // 76: aviary.v1.PostRequest
+	(*PostResponse)(nil),              // 77: aviary.v1.PostResponse
+	(*FollowRequest)(nil),             // 78: aviary.v1.FollowRequest
+	(*FollowResponse)(nil),            // 79: aviary.v1.FollowResponse
+	(*PushRequest)(nil),               // 80: aviary.v1.PushRequest
+	(*PushResponse)(nil),              // 81: aviary.v1.PushResponse
+	(*TimelineQuery)(nil),             // 82: aviary.v1.TimelineQuery
+	(*ReadRequest)(nil),               // 83: aviary.v1.ReadRequest
+	(*TimelineResult)(nil),            // 84: aviary.v1.TimelineResult
+	(*ReadResponse)(nil),              // 85: aviary.v1.ReadResponse
+	(*TimelineRemoveRequest)(nil),     // 86: aviary.v1.TimelineRemoveRequest
+	(*TimelineRemoveResponse)(nil),    // 87: aviary.v1.TimelineRemoveResponse
+	(*LengthRequest)(nil),             // 88: aviary.v1.LengthRequest
+	(*LengthResponse)(nil),            // 89: aviary.v1.LengthResponse
+	(*Delivery)(nil),                  // 90: aviary.v1.Delivery
+	(*ReplicaPushRequest)(nil),        // 91: aviary.v1.ReplicaPushRequest
+	(*ReplicaPushResponse)(nil),       // 92: aviary.v1.ReplicaPushResponse
+	(*ReplicaReadRequest)(nil),        // 93: aviary.v1.ReplicaReadRequest
+	(*ReplicaTimeline)(nil),           // 94: aviary.v1.ReplicaTimeline
+	(*ReplicaReadResponse)(nil),       // 95: aviary.v1.ReplicaReadResponse
+	(*ReplicaRemoveRequest)(nil),      // 96: aviary.v1.ReplicaRemoveRequest
+	(*ReplicaRemoveResponse)(nil),     // 97: aviary.v1.ReplicaRemoveResponse
+	(*ReplicaMergeRequest)(nil),       // 98: aviary.v1.ReplicaMergeRequest
+	(*ReplicaMergeResponse)(nil),      // 99: aviary.v1.ReplicaMergeResponse
+	(*ReplicaReserveRequest)(nil),     // 100: aviary.v1.ReplicaReserveRequest
+	(*ReplicaReserveResponse)(nil),    // 101: aviary.v1.ReplicaReserveResponse
+	(*ReplicaExportRequest)(nil),      // 102: aviary.v1.ReplicaExportRequest
+	(*ReplicaExportResponse)(nil),     // 103: aviary.v1.ReplicaExportResponse
+	(*MultiGetResponse_Item)(nil),     // 104: aviary.v1.MultiGetResponse.Item
+	(*CountResponse_Month)(nil),       // 105: aviary.v1.CountResponse.Month
+	(*Mutation_Put)(nil),              // 106: aviary.v1.Mutation.Put
+	(*Mutation_Delete)(nil),           // 107: aviary.v1.Mutation.Delete
+	(*Mutation_Append)(nil),           // 108: aviary.v1.Mutation.Append
+	(*Mutation_Remove)(nil),           // 109: aviary.v1.Mutation.Remove
+	nil,                               // 110: aviary.v1.StatusResponse.VotersEntry
+	nil,                               // 111: aviary.v1.ReplicationStatusResponse.SiteWatermarksEntry
+	(*JournalEntry_Target)(nil),       // 112: aviary.v1.JournalEntry.Target
 }
 var file_aviary_v1_aviary_proto_depIdxs = []int32{
 	3,   // 0: aviary.v1.PutRequest.version:type_name -> aviary.v1.Version
@@ -7211,149 +7350,153 @@ var file_aviary_v1_aviary_proto_depIdxs = []int32{
 	3,   // 8: aviary.v1.WriteResult.version:type_name -> aviary.v1.Version
 	1,   // 9: aviary.v1.WriteResult.outcome:type_name -> aviary.v1.Outcome
 	3,   // 10: aviary.v1.GetResponse.version:type_name -> aviary.v1.Version
-	102, // 11: aviary.v1.MultiGetResponse.items:type_name -> aviary.v1.MultiGetResponse.Item
+	104, // 11: aviary.v1.MultiGetResponse.items:type_name -> aviary.v1.MultiGetResponse.Item
 	3,   // 12: aviary.v1.Entry.version:type_name -> aviary.v1.Version
 	14,  // 13: aviary.v1.RangeResponse.entries:type_name -> aviary.v1.Entry
-	103, // 14: aviary.v1.CountResponse.months:type_name -> aviary.v1.CountResponse.Month
+	105, // 14: aviary.v1.CountResponse.months:type_name -> aviary.v1.CountResponse.Month
 	3,   // 15: aviary.v1.Mutation.version:type_name -> aviary.v1.Version
-	104, // 16: aviary.v1.Mutation.put:type_name -> aviary.v1.Mutation.Put
-	105, // 17: aviary.v1.Mutation.delete:type_name -> aviary.v1.Mutation.Delete
-	106, // 18: aviary.v1.Mutation.append:type_name -> aviary.v1.Mutation.Append
-	107, // 19: aviary.v1.Mutation.remove:type_name -> aviary.v1.Mutation.Remove
+	106, // 16: aviary.v1.Mutation.put:type_name -> aviary.v1.Mutation.Put
+	107, // 17: aviary.v1.Mutation.delete:type_name -> aviary.v1.Mutation.Delete
+	108, // 18: aviary.v1.Mutation.append:type_name -> aviary.v1.Mutation.Append
+	109, // 19: aviary.v1.Mutation.remove:type_name -> aviary.v1.Mutation.Remove
 	18,  // 20: aviary.v1.WriteRequest.mutations:type_name -> aviary.v1.Mutation
 	0,   // 21: aviary.v1.WriteRequest.consistency:type_name -> aviary.v1.Consistency
 	8,   // 22: aviary.v1.WriteResponse.results:type_name -> aviary.v1.WriteResult
-	22,  // 23: aviary.v1.ExportShardRequest.ranges:type_name -> aviary.v1.HashRange
-	18,  // 24: aviary.v1.ExportShardResponse.mutations:type_name -> aviary.v1.Mutation
-	22,  // 25: aviary.v1.CopyShardRequest.ranges:type_name -> aviary.v1.HashRange
-	22,  // 26: aviary.v1.DigestDataRequest.ranges:type_name -> aviary.v1.HashRange
-	22,  // 27: aviary.v1.PurgeShardRequest.ranges:type_name -> aviary.v1.HashRange
-	18,  // 28: aviary.v1.ExportPageResponse.mutations:type_name -> aviary.v1.Mutation
-	33,  // 29: aviary.v1.ListJobsResponse.jobs:type_name -> aviary.v1.Job
-	38,  // 30: aviary.v1.ListShardsResponse.shards:type_name -> aviary.v1.ShardInfo
-	2,   // 31: aviary.v1.TableInfo.kind:type_name -> aviary.v1.TableKind
-	2,   // 32: aviary.v1.CreateTableRequest.kind:type_name -> aviary.v1.TableKind
-	46,  // 33: aviary.v1.ListTablesResponse.tables:type_name -> aviary.v1.TableInfo
-	108, // 34: aviary.v1.StatusResponse.voters:type_name -> aviary.v1.StatusResponse.VotersEntry
-	18,  // 35: aviary.v1.ReplicationMessage.mutations:type_name -> aviary.v1.Mutation
-	63,  // 36: aviary.v1.ApplyRemoteRequest.entries:type_name -> aviary.v1.ReplicationMessage
-	3,   // 37: aviary.v1.Conflict.loser:type_name -> aviary.v1.Version
-	67,  // 38: aviary.v1.ReplicationStatusResponse.origins:type_name -> aviary.v1.OriginStatus
-	68,  // 39: aviary.v1.ReplicationStatusResponse.conflicts:type_name -> aviary.v1.Conflict
-	109, // 40: aviary.v1.ReplicationStatusResponse.site_watermarks:type_name -> aviary.v1.ReplicationStatusResponse.SiteWatermarksEntry
-	18,  // 41: aviary.v1.ApplyRequest.mutations:type_name -> aviary.v1.Mutation
-	1,   // 42: aviary.v1.ApplyResponse.outcomes:type_name -> aviary.v1.Outcome
-	18,  // 43: aviary.v1.JournalEntry.mutations:type_name -> aviary.v1.Mutation
-	110, // 44: aviary.v1.JournalEntry.targets:type_name -> aviary.v1.JournalEntry.Target
-	73,  // 45: aviary.v1.PushRequest.entry:type_name -> aviary.v1.TimelineEntry
-	80,  // 46: aviary.v1.ReadRequest.queries:type_name -> aviary.v1.TimelineQuery
-	73,  // 47: aviary.v1.TimelineResult.entries:type_name -> aviary.v1.TimelineEntry
-	82,  // 48: aviary.v1.ReadResponse.results:type_name -> aviary.v1.TimelineResult
-	73,  // 49: aviary.v1.Delivery.entry:type_name -> aviary.v1.TimelineEntry
-	88,  // 50: aviary.v1.ReplicaPushRequest.deliveries:type_name -> aviary.v1.Delivery
-	80,  // 51: aviary.v1.ReplicaReadRequest.queries:type_name -> aviary.v1.TimelineQuery
-	73,  // 52: aviary.v1.ReplicaTimeline.entries:type_name -> aviary.v1.TimelineEntry
-	92,  // 53: aviary.v1.ReplicaReadResponse.results:type_name -> aviary.v1.ReplicaTimeline
-	92,  // 54: aviary.v1.ReplicaMergeRequest.timelines:type_name -> aviary.v1.ReplicaTimeline
-	92,  // 55: aviary.v1.ReplicaExportResponse.timelines:type_name -> aviary.v1.ReplicaTimeline
-	3,   // 56: aviary.v1.MultiGetResponse.Item.version:type_name -> aviary.v1.Version
-	4,   // 57: aviary.v1.Data.Put:input_type -> aviary.v1.PutRequest
-	9,   // 58: aviary.v1.Data.Get:input_type -> aviary.v1.GetRequest
-	11,  // 59: aviary.v1.Data.MultiGet:input_type -> aviary.v1.MultiGetRequest
-	5,   // 60: aviary.v1.Data.Delete:input_type -> aviary.v1.DeleteRequest
-	6,   // 61: aviary.v1.Data.Append:input_type -> aviary.v1.AppendRequest
-	7,   // 62: aviary.v1.Data.Remove:input_type -> aviary.v1.RemoveRequest
-	13,  // 63: aviary.v1.Data.Range:input_type -> aviary.v1.RangeRequest
-	16,  // 64: aviary.v1.Data.Count:input_type -> aviary.v1.CountRequest
-	19,  // 65: aviary.v1.Data.Write:input_type -> aviary.v1.WriteRequest
-	39,  // 66: aviary.v1.ShardAdmin.CreateShard:input_type -> aviary.v1.CreateShardRequest
-	40,  // 67: aviary.v1.ShardAdmin.DropShard:input_type -> aviary.v1.DropShardRequest
-	42,  // 68: aviary.v1.ShardAdmin.ListShards:input_type -> aviary.v1.ListShardsRequest
-	44,  // 69: aviary.v1.ShardAdmin.DigestShard:input_type -> aviary.v1.DigestShardRequest
-	47,  // 70: aviary.v1.ShardAdmin.CreateTable:input_type -> aviary.v1.CreateTableRequest
-	48,  // 71: aviary.v1.ShardAdmin.ListTables:input_type -> aviary.v1.ListTablesRequest
-	50,  // 72: aviary.v1.ShardAdmin.DropMonths:input_type -> aviary.v1.DropMonthsRequest
-	52,  // 73: aviary.v1.ShardAdmin.CollectTombstones:input_type -> aviary.v1.CollectTombstonesRequest
-	21,  // 74: aviary.v1.ShardAdmin.ExportPage:input_type -> aviary.v1.ExportPageRequest
-	23,  // 75: aviary.v1.ShardAdmin.ExportShard:input_type -> aviary.v1.ExportShardRequest
-	25,  // 76: aviary.v1.ShardAdmin.CopyShard:input_type -> aviary.v1.CopyShardRequest
-	26,  // 77: aviary.v1.ShardAdmin.CopyState:input_type -> aviary.v1.CopyStateRequest
-	28,  // 78: aviary.v1.ShardAdmin.DigestData:input_type -> aviary.v1.DigestDataRequest
-	29,  // 79: aviary.v1.ShardAdmin.PurgeShard:input_type -> aviary.v1.PurgeShardRequest
-	32,  // 80: aviary.v1.ShardAdmin.ListJobs:input_type -> aviary.v1.ListJobsRequest
-	35,  // 81: aviary.v1.ShardAdmin.RetryJob:input_type -> aviary.v1.JobRef
-	35,  // 82: aviary.v1.ShardAdmin.DropJob:input_type -> aviary.v1.JobRef
-	54,  // 83: aviary.v1.Nameserver.GetMap:input_type -> aviary.v1.GetMapRequest
-	55,  // 84: aviary.v1.Nameserver.Watch:input_type -> aviary.v1.WatchRequest
-	57,  // 85: aviary.v1.Nameserver.Propose:input_type -> aviary.v1.ProposeRequest
-	59,  // 86: aviary.v1.Nameserver.Join:input_type -> aviary.v1.JoinRequest
-	61,  // 87: aviary.v1.Nameserver.Status:input_type -> aviary.v1.StatusRequest
-	70,  // 88: aviary.v1.Replica.Apply:input_type -> aviary.v1.ApplyRequest
-	64,  // 89: aviary.v1.Replica.ApplyRemote:input_type -> aviary.v1.ApplyRemoteRequest
-	66,  // 90: aviary.v1.Replica.ReplicationStatus:input_type -> aviary.v1.ReplicationStatusRequest
-	74,  // 91: aviary.v1.Timelines.Post:input_type -> aviary.v1.PostRequest
-	76,  // 92: aviary.v1.Timelines.Follow:input_type -> aviary.v1.FollowRequest
-	78,  // 93: aviary.v1.Timelines.Push:input_type -> aviary.v1.PushRequest
-	81,  // 94: aviary.v1.Timelines.Read:input_type -> aviary.v1.ReadRequest
-	84,  // 95: aviary.v1.Timelines.Remove:input_type -> aviary.v1.TimelineRemoveRequest
-	86,  // 96: aviary.v1.Timelines.Length:input_type -> aviary.v1.LengthRequest
-	89,  // 97: aviary.v1.Timelines.ReplicaPush:input_type -> aviary.v1.ReplicaPushRequest
-	91,  // 98: aviary.v1.Timelines.ReplicaRead:input_type -> aviary.v1.ReplicaReadRequest
-	94,  // 99: aviary.v1.Timelines.ReplicaRemove:input_type -> aviary.v1.ReplicaRemoveRequest
-	96,  // 100: aviary.v1.Timelines.ReplicaMerge:input_type -> aviary.v1.ReplicaMergeRequest
-	98,  // 101: aviary.v1.Timelines.ReplicaReserve:input_type -> aviary.v1.ReplicaReserveRequest
-	100, // 102: aviary.v1.Timelines.ReplicaExport:input_type -> aviary.v1.ReplicaExportRequest
-	8,   // 103: aviary.v1.Data.Put:output_type -> aviary.v1.WriteResult
-	10,  // 104: aviary.v1.Data.Get:output_type -> aviary.v1.GetResponse
-	12,  // 105: aviary.v1.Data.MultiGet:output_type -> aviary.v1.MultiGetResponse
-	8,   // 106: aviary.v1.Data.Delete:output_type -> aviary.v1.WriteResult
-	8,   // 107: aviary.v1.Data.Append:output_type -> aviary.v1.WriteResult
-	8,   // 108: aviary.v1.Data.Remove:output_type -> aviary.v1.WriteResult
-	15,  // 109: aviary.v1.Data.Range:output_type -> aviary.v1.RangeResponse
-	17,  // 110: aviary.v1.Data.Count:output_type -> aviary.v1.CountResponse
-	20,  // 111: aviary.v1.Data.Write:output_type -> aviary.v1.WriteResponse
-	38,  // 112: aviary.v1.ShardAdmin.CreateShard:output_type -> aviary.v1.ShardInfo
-	41,  // 113: aviary.v1.ShardAdmin.DropShard:output_type -> aviary.v1.DropShardResponse
-	43,  // 114: aviary.v1.ShardAdmin.ListShards:output_type -> aviary.v1.ListShardsResponse
-	45,  // 115: aviary.v1.ShardAdmin.DigestShard:output_type -> aviary.v1.DigestShardResponse
-	46,  // 116: aviary.v1.ShardAdmin.CreateTable:output_type -> aviary.v1.TableInfo
-	49,  // 117: aviary.v1.ShardAdmin.ListTables:output_type -> aviary.v1.ListTablesResponse
-	51,  // 118: aviary.v1.ShardAdmin.DropMonths:output_type -> aviary.v1.DropMonthsResponse
-	53,  // 119: aviary.v1.ShardAdmin.CollectTombstones:output_type -> aviary.v1.CollectTombstonesResponse
-	31,  // 120: aviary.v1.ShardAdmin.ExportPage:output_type -> aviary.v1.ExportPageResponse
-	24,  // 121: aviary.v1.ShardAdmin.ExportShard:output_type -> aviary.v1.ExportShardResponse
-	27,  // 122: aviary.v1.ShardAdmin.CopyShard:output_type -> aviary.v1.CopyProgress
-	27,  // 123: aviary.v1.ShardAdmin.CopyState:output_type -> aviary.v1.CopyProgress
-	45,  // 124: aviary.v1.ShardAdmin.DigestData:output_type -> aviary.v1.DigestShardResponse
-	30,  // 125: aviary.v1.ShardAdmin.PurgeShard:output_type -> aviary.v1.PurgeShardResponse
-	34,  // 126: aviary.v1.ShardAdmin.ListJobs:output_type -> aviary.v1.ListJobsResponse
-	36,  // 127: aviary.v1.ShardAdmin.RetryJob:output_type -> aviary.v1.RetryJobResponse
-	37,  // 128: aviary.v1.ShardAdmin.DropJob:output_type -> aviary.v1.DropJobResponse
-	56,  // 129: aviary.v1.Nameserver.GetMap:output_type -> aviary.v1.MapResponse
-	56,  // 130: aviary.v1.Nameserver.Watch:output_type -> aviary.v1.MapResponse
-	58,  // 131: aviary.v1.Nameserver.Propose:output_type -> aviary.v1.ProposeResponse
-	60,  // 132: aviary.v1.Nameserver.Join:output_type -> aviary.v1.JoinResponse
-	62,  // 133: aviary.v1.Nameserver.Status:output_type -> aviary.v1.StatusResponse
-	71,  // 134: aviary.v1.Replica.Apply:output_type -> aviary.v1.ApplyResponse
-	65,  // 135: aviary.v1.Replica.ApplyRemote:output_type -> aviary.v1.ApplyRemoteResponse
-	69,  // 136: aviary.v1.Replica.ReplicationStatus:output_type -> aviary.v1.ReplicationStatusResponse
-	75,  // 137: aviary.v1.Timelines.Post:output_type -> aviary.v1.PostResponse
-	77,  // 138: aviary.v1.Timelines.Follow:output_type -> aviary.v1.FollowResponse
-	79,  // 139: aviary.v1.Timelines.Push:output_type -> aviary.v1.PushResponse
-	83,  // 140: aviary.v1.Timelines.Read:output_type -> aviary.v1.ReadResponse
-	85,  // 141: aviary.v1.Timelines.Remove:output_type -> aviary.v1.TimelineRemoveResponse
-	87,  // 142: aviary.v1.Timelines.Length:output_type -> aviary.v1.LengthResponse
-	90,  // 143: aviary.v1.Timelines.ReplicaPush:output_type -> aviary.v1.ReplicaPushResponse
-	93,  // 144: aviary.v1.Timelines.ReplicaRead:output_type -> aviary.v1.ReplicaReadResponse
-	95,  // 145: aviary.v1.Timelines.ReplicaRemove:output_type -> aviary.v1.ReplicaRemoveResponse
-	97,  // 146: aviary.v1.Timelines.ReplicaMerge:output_type -> aviary.v1.ReplicaMergeResponse
-	99,  // 147: aviary.v1.Timelines.ReplicaReserve:output_type -> aviary.v1.ReplicaReserveResponse
-	101, // 148: aviary.v1.Timelines.ReplicaExport:output_type -> aviary.v1.ReplicaExportResponse
-	103, // [103:149] is the sub-list for method output_type
-	57,  // [57:103] is the sub-list for method input_type
-	57,  // [57:57] is the sub-list for extension type_name
-	57,  // [57:57] is the sub-list for extension extendee
-	0,   // [0:57] is the sub-list for field type_name
+	19,  // 23: aviary.v1.WriteStreamRequest.write:type_name -> aviary.v1.WriteRequest
+	8,   // 24: aviary.v1.WriteStreamResponse.results:type_name -> aviary.v1.WriteResult
+	24,  // 25: aviary.v1.ExportShardRequest.ranges:type_name -> aviary.v1.HashRange
+	18,  // 26: aviary.v1.ExportShardResponse.mutations:type_name -> aviary.v1.Mutation
+	24,  // 27: aviary.v1.CopyShardRequest.ranges:type_name -> aviary.v1.HashRange
+	24,  // 28: aviary.v1.DigestDataRequest.ranges:type_name -> aviary.v1.HashRange
+	24,  // 29: aviary.v1.PurgeShardRequest.ranges:type_name -> aviary.v1.HashRange
+	18,  // 30: aviary.v1.ExportPageResponse.mutations:type_name -> aviary.v1.Mutation
+	35,  // 31: aviary.v1.ListJobsResponse.jobs:type_name -> aviary.v1.Job
+	40,  // 32: aviary.v1.ListShardsResponse.shards:type_name -> aviary.v1.ShardInfo
+	2,   // 33: aviary.v1.TableInfo.kind:type_name -> aviary.v1.TableKind
+	2,   // 34: aviary.v1.CreateTableRequest.kind:type_name -> aviary.v1.TableKind
+	48,  // 35: aviary.v1.ListTablesResponse.tables:type_name -> aviary.v1.TableInfo
+	110, // 36: aviary.v1.StatusResponse.voters:type_name -> aviary.v1.StatusResponse.VotersEntry
+	18,  // 37: aviary.v1.ReplicationMessage.mutations:type_name -> aviary.v1.Mutation
+	65,  // 38: aviary.v1.ApplyRemoteRequest.entries:type_name -> aviary.v1.ReplicationMessage
+	3,   // 39: aviary.v1.Conflict.loser:type_name -> aviary.v1.Version
+	69,  // 40: aviary.v1.ReplicationStatusResponse.origins:type_name -> aviary.v1.OriginStatus
+	70,  // 41: aviary.v1.ReplicationStatusResponse.conflicts:type_name -> aviary.v1.Conflict
+	111, // 42: aviary.v1.ReplicationStatusResponse.site_watermarks:type_name -> aviary.v1.ReplicationStatusResponse.SiteWatermarksEntry
+	18,  // 43: aviary.v1.ApplyRequest.mutations:type_name -> aviary.v1.Mutation
+	1,   // 44: aviary.v1.ApplyResponse.outcomes:type_name -> aviary.v1.Outcome
+	18,  // 45: aviary.v1.JournalEntry.mutations:type_name -> aviary.v1.Mutation
+	112, // 46: aviary.v1.JournalEntry.targets:type_name -> aviary.v1.JournalEntry.Target
+	75,  // 47: aviary.v1.PushRequest.entry:type_name -> aviary.v1.TimelineEntry
+	82,  // 48: aviary.v1.ReadRequest.queries:type_name -> aviary.v1.TimelineQuery
+	75,  // 49: aviary.v1.TimelineResult.entries:type_name -> aviary.v1.TimelineEntry
+	84,  // 50: aviary.v1.ReadResponse.results:type_name -> aviary.v1.TimelineResult
+	75,  // 51: aviary.v1.Delivery.entry:type_name -> aviary.v1.TimelineEntry
+	90,  // 52: aviary.v1.ReplicaPushRequest.deliveries:type_name -> aviary.v1.Delivery
+	82,  // 53: aviary.v1.ReplicaReadRequest.queries:type_name -> aviary.v1.TimelineQuery
+	75,  // 54: aviary.v1.ReplicaTimeline.entries:type_name -> aviary.v1.TimelineEntry
+	94,  // 55: aviary.v1.ReplicaReadResponse.results:type_name -> aviary.v1.ReplicaTimeline
+	94,  // 56: aviary.v1.ReplicaMergeRequest.timelines:type_name -> aviary.v1.ReplicaTimeline
+	94,  // 57: aviary.v1.ReplicaExportResponse.timelines:type_name -> aviary.v1.ReplicaTimeline
+	3,   // 58: aviary.v1.MultiGetResponse.Item.version:type_name -> aviary.v1.Version
+	4,   // 59: aviary.v1.Data.Put:input_type -> aviary.v1.PutRequest
+	9,   // 60: aviary.v1.Data.Get:input_type -> aviary.v1.GetRequest
+	11,  // 61: aviary.v1.Data.MultiGet:input_type -> aviary.v1.MultiGetRequest
+	5,   // 62: aviary.v1.Data.Delete:input_type -> aviary.v1.DeleteRequest
+	6,   // 63: aviary.v1.Data.Append:input_type -> aviary.v1.AppendRequest
+	7,   // 64: aviary.v1.Data.Remove:input_type -> aviary.v1.RemoveRequest
+	13,  // 65: aviary.v1.Data.Range:input_type -> aviary.v1.RangeRequest
+	16,  // 66: aviary.v1.Data.Count:input_type -> aviary.v1.CountRequest
+	19,  // 67: aviary.v1.Data.Write:input_type -> aviary.v1.WriteRequest
+	21,  // 68: aviary.v1.Data.WriteStream:input_type -> aviary.v1.WriteStreamRequest
+	41,  // 69: aviary.v1.ShardAdmin.CreateShard:input_type -> aviary.v1.CreateShardRequest
+	42,  // 70: aviary.v1.ShardAdmin.DropShard:input_type -> aviary.v1.DropShardRequest
+	44,  // 71: aviary.v1.ShardAdmin.ListShards:input_type -> aviary.v1.ListShardsRequest
+	46,  // 72: aviary.v1.ShardAdmin.DigestShard:input_type -> aviary.v1.DigestShardRequest
+	49,  // 73: aviary.v1.ShardAdmin.CreateTable:input_type -> aviary.v1.CreateTableRequest
+	50,  // 74: aviary.v1.ShardAdmin.ListTables:input_type -> aviary.v1.ListTablesRequest
+	52,  // 75: aviary.v1.ShardAdmin.DropMonths:input_type -> aviary.v1.DropMonthsRequest
+	54,  // 76: aviary.v1.ShardAdmin.CollectTombstones:input_type -> aviary.v1.CollectTombstonesRequest
+	23,  // 77: aviary.v1.ShardAdmin.ExportPage:input_type -> aviary.v1.ExportPageRequest
+	25,  // 78: aviary.v1.ShardAdmin.ExportShard:input_type -> aviary.v1.ExportShardRequest
+	27,  // 79: aviary.v1.ShardAdmin.CopyShard:input_type -> aviary.v1.CopyShardRequest
+	28,  // 80: aviary.v1.ShardAdmin.CopyState:input_type -> aviary.v1.CopyStateRequest
+	30,  // 81: aviary.v1.ShardAdmin.DigestData:input_type -> aviary.v1.DigestDataRequest
+	31,  // 82: aviary.v1.ShardAdmin.PurgeShard:input_type -> aviary.v1.PurgeShardRequest
+	34,  // 83: aviary.v1.ShardAdmin.ListJobs:input_type -> aviary.v1.ListJobsRequest
+	37,  // 84: aviary.v1.ShardAdmin.RetryJob:input_type -> aviary.v1.JobRef
+	37,  // 85: aviary.v1.ShardAdmin.DropJob:input_type -> aviary.v1.JobRef
+	56,  // 86: aviary.v1.Nameserver.GetMap:input_type -> aviary.v1.GetMapRequest
+	57,  // 87: aviary.v1.Nameserver.Watch:input_type -> aviary.v1.WatchRequest
+	59,  // 88: aviary.v1.Nameserver.Propose:input_type -> aviary.v1.ProposeRequest
+	61,  // 89: aviary.v1.Nameserver.Join:input_type -> aviary.v1.JoinRequest
+	63,  // 90: aviary.v1.Nameserver.Status:input_type -> aviary.v1.StatusRequest
+	72,  // 91: aviary.v1.Replica.Apply:input_type -> aviary.v1.ApplyRequest
+	66,  // 92: aviary.v1.Replica.ApplyRemote:input_type -> aviary.v1.ApplyRemoteRequest
+	68,  // 93: aviary.v1.Replica.ReplicationStatus:input_type -> aviary.v1.ReplicationStatusRequest
+	76,  // 94: aviary.v1.Timelines.Post:input_type -> aviary.v1.PostRequest
+	78,  // 95: aviary.v1.Timelines.Follow:input_type -> aviary.v1.FollowRequest
+	80,  // 96: aviary.v1.Timelines.Push:input_type -> aviary.v1.PushRequest
+	83,  // 97: aviary.v1.Timelines.Read:input_type -> aviary.v1.ReadRequest
+	86,  // 98: aviary.v1.Timelines.Remove:input_type -> aviary.v1.TimelineRemoveRequest
+	88,  // 99: aviary.v1.Timelines.Length:input_type -> aviary.v1.LengthRequest
+	91,  // 100: aviary.v1.Timelines.ReplicaPush:input_type -> aviary.v1.ReplicaPushRequest
+	93,  // 101: aviary.v1.Timelines.ReplicaRead:input_type -> aviary.v1.ReplicaReadRequest
+	96,  // 102: aviary.v1.Timelines.ReplicaRemove:input_type -> aviary.v1.ReplicaRemoveRequest
+	98,  // 103: aviary.v1.Timelines.ReplicaMerge:input_type -> aviary.v1.ReplicaMergeRequest
+	100, // 104: aviary.v1.Timelines.ReplicaReserve:input_type -> aviary.v1.ReplicaReserveRequest
+	102, // 105: aviary.v1.Timelines.ReplicaExport:input_type -> aviary.v1.ReplicaExportRequest
+	8,   // 106: aviary.v1.Data.Put:output_type -> aviary.v1.WriteResult
+	10,  // 107: aviary.v1.Data.Get:output_type -> aviary.v1.GetResponse
+	12,  // 108: aviary.v1.Data.MultiGet:output_type -> aviary.v1.MultiGetResponse
+	8,   // 109: aviary.v1.Data.Delete:output_type -> aviary.v1.WriteResult
+	8,   // 110: aviary.v1.Data.Append:output_type -> aviary.v1.WriteResult
+	8,   // 111: aviary.v1.Data.Remove:output_type -> aviary.v1.WriteResult
+	15,  // 112: aviary.v1.Data.Range:output_type -> aviary.v1.RangeResponse
+	17,  // 113: aviary.v1.Data.Count:output_type -> aviary.v1.CountResponse
+	20,  // 114: aviary.v1.Data.Write:output_type -> aviary.v1.WriteResponse
+	22,  // 115: aviary.v1.Data.WriteStream:output_type -> aviary.v1.WriteStreamResponse
+	40,  // 116: aviary.v1.ShardAdmin.CreateShard:output_type -> aviary.v1.ShardInfo
+	43,  // 117: aviary.v1.ShardAdmin.DropShard:output_type -> aviary.v1.DropShardResponse
+	45,  // 118: aviary.v1.ShardAdmin.ListShards:output_type -> aviary.v1.ListShardsResponse
+	47,  // 119: aviary.v1.ShardAdmin.DigestShard:output_type -> aviary.v1.DigestShardResponse
+	48,  // 120: aviary.v1.ShardAdmin.CreateTable:output_type -> aviary.v1.TableInfo
+	51,  // 121: aviary.v1.ShardAdmin.ListTables:output_type -> aviary.v1.ListTablesResponse
+	53,  // 122: aviary.v1.ShardAdmin.DropMonths:output_type -> aviary.v1.DropMonthsResponse
+	55,  // 123: aviary.v1.ShardAdmin.CollectTombstones:output_type -> aviary.v1.CollectTombstonesResponse
+	33,  // 124: aviary.v1.ShardAdmin.ExportPage:output_type -> aviary.v1.ExportPageResponse
+	26,  // 125: aviary.v1.ShardAdmin.ExportShard:output_type -> aviary.v1.ExportShardResponse
+	29,  // 126: aviary.v1.ShardAdmin.CopyShard:output_type -> aviary.v1.CopyProgress
+	29,  // 127: aviary.v1.ShardAdmin.CopyState:output_type -> aviary.v1.CopyProgress
+	47,  // 128: aviary.v1.ShardAdmin.DigestData:output_type -> aviary.v1.DigestShardResponse
+	32,  // 129: aviary.v1.ShardAdmin.PurgeShard:output_type -> aviary.v1.PurgeShardResponse
+	36,  // 130: aviary.v1.ShardAdmin.ListJobs:output_type -> aviary.v1.ListJobsResponse
+	38,  // 131: aviary.v1.ShardAdmin.RetryJob:output_type -> aviary.v1.RetryJobResponse
+	39,  // 132: aviary.v1.ShardAdmin.DropJob:output_type -> aviary.v1.DropJobResponse
+	58,  // 133: aviary.v1.Nameserver.GetMap:output_type -> aviary.v1.MapResponse
+	58,  // 134: aviary.v1.Nameserver.Watch:output_type -> aviary.v1.MapResponse
+	60,  // 135: aviary.v1.Nameserver.Propose:output_type -> aviary.v1.ProposeResponse
+	62,  // 136: aviary.v1.Nameserver.Join:output_type -> aviary.v1.JoinResponse
+	64,  // 137: aviary.v1.Nameserver.Status:output_type -> aviary.v1.StatusResponse
+	73,  // 138: aviary.v1.Replica.Apply:output_type -> aviary.v1.ApplyResponse
+	67,  // 139: aviary.v1.Replica.ApplyRemote:output_type -> aviary.v1.ApplyRemoteResponse
+	71,  // 140: aviary.v1.Replica.ReplicationStatus:output_type -> aviary.v1.ReplicationStatusResponse
+	77,  // 141: aviary.v1.Timelines.Post:output_type -> aviary.v1.PostResponse
+	79,  // 142: aviary.v1.Timelines.Follow:output_type -> aviary.v1.FollowResponse
+	81,  // 143: aviary.v1.Timelines.Push:output_type -> aviary.v1.PushResponse
+	85,  // 144: aviary.v1.Timelines.Read:output_type -> aviary.v1.ReadResponse
+	87,  // 145: aviary.v1.Timelines.Remove:output_type -> aviary.v1.TimelineRemoveResponse
+	89,  // 146: aviary.v1.Timelines.Length:output_type -> aviary.v1.LengthResponse
+	92,  // 147: aviary.v1.Timelines.ReplicaPush:output_type -> aviary.v1.ReplicaPushResponse
+	95,  // 148: aviary.v1.Timelines.ReplicaRead:output_type -> aviary.v1.ReplicaReadResponse
+	97,  // 149: aviary.v1.Timelines.ReplicaRemove:output_type -> aviary.v1.ReplicaRemoveResponse
+	99,  // 150: aviary.v1.Timelines.ReplicaMerge:output_type -> aviary.v1.ReplicaMergeResponse
+	101, // 151: aviary.v1.Timelines.ReplicaReserve:output_type -> aviary.v1.ReplicaReserveResponse
+	103, // 152: aviary.v1.Timelines.ReplicaExport:output_type -> aviary.v1.ReplicaExportResponse
+	106, // [106:153] is the sub-list for method output_type
+	59,  // [59:106] is the sub-list for method input_type
+	59,  // [59:59] is the sub-list for extension type_name
+	59,  // [59:59] is the sub-list for extension extendee
+	0,   // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_aviary_v1_aviary_proto_init() }
@@ -7373,7 +7516,7 @@ func file_aviary_v1_aviary_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aviary_v1_aviary_proto_rawDesc), len(file_aviary_v1_aviary_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   108,
+			NumMessages:   110,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

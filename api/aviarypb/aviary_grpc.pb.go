@@ -34,15 +34,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Data_Put_FullMethodName      = "/aviary.v1.Data/Put"
-	Data_Get_FullMethodName      = "/aviary.v1.Data/Get"
-	Data_MultiGet_FullMethodName = "/aviary.v1.Data/MultiGet"
-	Data_Delete_FullMethodName   = "/aviary.v1.Data/Delete"
-	Data_Append_FullMethodName   = "/aviary.v1.Data/Append"
-	Data_Remove_FullMethodName   = "/aviary.v1.Data/Remove"
-	Data_Range_FullMethodName    = "/aviary.v1.Data/Range"
-	Data_Count_FullMethodName    = "/aviary.v1.Data/Count"
-	Data_Write_FullMethodName    = "/aviary.v1.Data/Write"
+	Data_Put_FullMethodName         = "/aviary.v1.Data/Put"
+	Data_Get_FullMethodName         = "/aviary.v1.Data/Get"
+	Data_MultiGet_FullMethodName    = "/aviary.v1.Data/MultiGet"
+	Data_Delete_FullMethodName      = "/aviary.v1.Data/Delete"
+	Data_Append_FullMethodName      = "/aviary.v1.Data/Append"
+	Data_Remove_FullMethodName      = "/aviary.v1.Data/Remove"
+	Data_Range_FullMethodName       = "/aviary.v1.Data/Range"
+	Data_Count_FullMethodName       = "/aviary.v1.Data/Count"
+	Data_Write_FullMethodName       = "/aviary.v1.Data/Write"
+	Data_WriteStream_FullMethodName = "/aviary.v1.Data/WriteStream"
 )
 
 // DataClient is the client API for Data service.
@@ -72,6 +73,18 @@ type DataClient interface {
 	// Write applies a batch of mixed mutations. The whole batch applies or none
 	// of it does.
 	Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*WriteResponse, error)
+	// WriteStream carries many independent Writes over one call, for clients
+	// that write at high rates: a unary call costs far more than the write it
+	// carries. Each request is a Write (atomic per shard, as Write) with an id
+	// of the client's choosing; each is answered once it is durable (or has
+	// failed), by a response with the same id, in any order. Writes in flight
+	// together are unordered, as concurrent Write calls are: wait for a
+	// write's answer before sending one that must follow it. A failed write
+	// fails only its own response; the stream ends only when the client ends
+	// it or the call fails (then writes without an answer may or may not
+	// have been applied). The node applies the writes that arrive together
+	// in one batch and one fsync.
+	WriteStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WriteStreamRequest, WriteStreamResponse], error)
 }
 
 type dataClient struct {
@@ -172,6 +185,19 @@ func (c *dataClient) Write(ctx context.Context, in *WriteRequest, opts ...grpc.C
 	return out, nil
 }
 
+func (c *dataClient) WriteStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WriteStreamRequest, WriteStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Data_ServiceDesc.Streams[0], Data_WriteStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WriteStreamRequest, WriteStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Data_WriteStreamClient = grpc.BidiStreamingClient[WriteStreamRequest, WriteStreamResponse]
+
 // DataServer is the server API for Data service.
 // All implementations must embed UnimplementedDataServer
 // for forward compatibility.
@@ -199,6 +225,18 @@ type DataServer interface {
 	// Write applies a batch of mixed mutations. The whole batch applies or none
 	// of it does.
 	Write(context.Context, *WriteRequest) (*WriteResponse, error)
+	// WriteStream carries many independent Writes over one call, for clients
+	// that write at high rates: a unary call costs far more than the write it
+	// carries. Each request is a Write (atomic per shard, as Write) with an id
+	// of the client's choosing; each is answered once it is durable (or has
+	// failed), by a response with the same id, in any order. Writes in flight
+	// together are unordered, as concurrent Write calls are: wait for a
+	// write's answer before sending one that must follow it. A failed write
+	// fails only its own response; the stream ends only when the client ends
+	// it or the call fails (then writes without an answer may or may not
+	// have been applied). The node applies the writes that arrive together
+	// in one batch and one fsync.
+	WriteStream(grpc.BidiStreamingServer[WriteStreamRequest, WriteStreamResponse]) error
 	mustEmbedUnimplementedDataServer()
 }
 
@@ -235,6 +273,9 @@ func (UnimplementedDataServer) Count(context.Context, *CountRequest) (*CountResp
 }
 func (UnimplementedDataServer) Write(context.Context, *WriteRequest) (*WriteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Write not implemented")
+}
+func (UnimplementedDataServer) WriteStream(grpc.BidiStreamingServer[WriteStreamRequest, WriteStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method WriteStream not implemented")
 }
 func (UnimplementedDataServer) mustEmbedUnimplementedDataServer() {}
 func (UnimplementedDataServer) testEmbeddedByValue()              {}
@@ -419,6 +460,13 @@ func _Data_Write_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Data_WriteStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(DataServer).WriteStream(&grpc.GenericServerStream[WriteStreamRequest, WriteStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Data_WriteStreamServer = grpc.BidiStreamingServer[WriteStreamRequest, WriteStreamResponse]
+
 // Data_ServiceDesc is the grpc.ServiceDesc for Data service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -463,7 +511,14 @@ var Data_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Data_Write_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WriteStream",
+			Handler:       _Data_WriteStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "aviary/v1/aviary.proto",
 }
 

@@ -450,6 +450,7 @@ type workload struct {
 
 var workloads = []workload{
 	{"put", 1, (*bench).nodePut, (*bench).rawPut},
+	{"putstream", 1, (*bench).nodePutStream, (*bench).rawPut},
 	{"batch100", batchMutations, (*bench).nodeBatch100, (*bench).rawBatch100},
 	{"get", 0, (*bench).nodeGet, (*bench).rawGet},
 	{"range20", 0, (*bench).nodeRange20, nil},
@@ -470,9 +471,11 @@ type bench struct {
 	out     io.Writer
 	mu      sync.Mutex // serialises writes to out
 	root    string     // temporary directory of this run
+	addr    string     // gRPC address of the node measured
 	conns   []*grpc.ClientConn
 	clients []pb.DataClient
-	records []any // for --json
+	closers []func() error // closed at the end, last first
+	records []any          // for --json
 	errors  uint64
 	wcol    int // width of the table's workload column
 }
@@ -567,7 +570,11 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 		b.conns = append(b.conns, cc)
 		b.clients = append(b.clients, pb.NewDataClient(cc))
 	}
+	b.addr = addr
 	defer func() {
+		for i := len(b.closers) - 1; i >= 0; i-- {
+			_ = b.closers[i]()
+		}
 		for _, cc := range b.conns {
 			_ = cc.Close()
 		}

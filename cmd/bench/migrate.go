@@ -719,7 +719,7 @@ func (b *bench) migrateWindow(ctx context.Context, s *site, client func(int) pb.
 	c := &b.cfg
 	label := rateLabel(rate)
 	o.rate = label
-	newOp := putOps(client, c.MigrateValueBytes, pb.Consistency_CONSISTENCY_DEFAULT, 0)
+	newOp := putOps(unary(client), c.MigrateValueBytes, pb.Consistency_CONSISTENCY_DEFAULT, 0)
 	b.settle(ctx, s, "the idle window")
 	b.printf("# %s idle: the baseline for %s; load average %s\n", migratePutName, label, loadAvg())
 	cpu0 := cpuNow()

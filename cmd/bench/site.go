@@ -361,7 +361,7 @@ func (b *bench) routerSite(ctx context.Context, r int, prop bool) (_ map[string]
 			return out, nil
 		}
 		res := runLoop(ctx, routerPutName, fmt.Sprintf("r=%d %s", r, cons.label), c.Concurrency, 1, c.Warmup, c.Duration,
-			putOps(client, c.ValueBytes, cons.level, r))
+			putOps(unary(client), c.ValueBytes, cons.level, r))
 		if res == nil {
 			return out, nil
 		}

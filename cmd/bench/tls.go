@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/aviarydb/aviary/api/client"
 	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/aviarydb/aviary/node"
@@ -80,4 +81,12 @@ func dial(addr string) (*grpc.ClientConn, error) {
 	}
 	sec := &netx.Security{TLS: runTLS.client}
 	return netx.Dial(addr, sec.DialOption(addr, sec.NodePeer()))
+}
+
+// dialClient is dial for an api/client Client.
+func dialClient(addr string) (*client.Client, error) {
+	if runTLS == nil {
+		return client.Dial([]string{addr})
+	}
+	return client.Dial([]string{addr}, client.WithTLS(runTLS.client))
 }

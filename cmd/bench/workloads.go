@@ -10,6 +10,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/api/client"
 	"github.com/aviarydb/aviary/ids"
 )
 
@@ -36,7 +37,7 @@ const (
 )
 
 // workloadNames are the workloads in the order they run by default.
-var workloadNames = []string{"put", "batch100", "get", "range20"}
+var workloadNames = []string{"put", "putstream", "batch100", "get", "range20"}
 
 // opFunc performs one operation of a workload.
 type opFunc func(ctx context.Context) error
@@ -256,7 +257,31 @@ func (b *bench) preload(ctx context.Context, what string, total, chunk, workers 
 
 // nodePut: one durable Put RPC of a new random key per operation.
 func (b *bench) nodePut(_ context.Context) (func(int) opFunc, error) {
-	return putOps(b.client, b.cfg.ValueBytes, pb.Consistency_CONSISTENCY_DEFAULT, 0), nil
+	return putOps(unary(b.client), b.cfg.ValueBytes, pb.Consistency_CONSISTENCY_DEFAULT, 0), nil
+}
+
+// nodePutStream: the put workload over write streams (client.Stream), one
+// per connection, shared by the clients on it: each operation is still one
+// durable Put of a new random key, waited for alone, but it is a message on
+// a stream rather than a unary call, and the node applies the puts that
+// arrive together in one batch.
+func (b *bench) nodePutStream(_ context.Context) (func(int) opFunc, error) {
+	streams := make([]*client.Stream, len(b.conns))
+	for i := range streams {
+		c, err := dialClient(b.addr)
+		if err != nil {
+			return nil, err
+		}
+		b.closers = append(b.closers, c.Close)
+		streams[i] = c.Stream()
+		b.closers = append(b.closers, streams[i].Close)
+	}
+	return putOps(func(w int) putter { return streams[w%len(streams)] }, b.cfg.ValueBytes, pb.Consistency_CONSISTENCY_DEFAULT, 0), nil
+}
+
+// putter sends one Put: a DataClient's unary call or a client.Stream.
+type putter interface {
+	Put(ctx context.Context, r *pb.PutRequest) (*pb.WriteResult, error)
 }
 
 // putOps is the put workload, shared by put and router: one Put RPC of a
@@ -264,7 +289,7 @@ func (b *bench) nodePut(_ context.Context) (func(int) opFunc, error) {
 // consistency, from client goroutine w over client(w). A positive
 // wantReplicas also checks the acknowledgement: the write went to that many
 // replicas, and at least one (all, for CONSISTENCY_ALL) had applied it.
-func putOps(client func(int) pb.DataClient, valueBytes int, consistency pb.Consistency, wantReplicas int) func(int) opFunc {
+func putOps(client func(int) putter, valueBytes int, consistency pb.Consistency, wantReplicas int) func(int) opFunc {
 	return func(w int) opFunc {
 		c, rng := client(w), newRand()
 		key, val := make([]byte, 0, keyLen), make([]byte, valueBytes)
@@ -288,6 +313,17 @@ func putOps(client func(int) pb.DataClient, valueBytes int, consistency pb.Consi
 			return nil
 		}
 	}
+}
+
+// unary sends the Puts of client goroutine w as unary calls on client(w).
+func unary(client func(int) pb.DataClient) func(int) putter {
+	return func(w int) putter { return unaryPutter{client(w)} }
+}
+
+type unaryPutter struct{ c pb.DataClient }
+
+func (u unaryPutter) Put(ctx context.Context, r *pb.PutRequest) (*pb.WriteResult, error) {
+	return u.c.Put(ctx, r)
 }
 
 // nodeBatch100: one Write RPC of batchMutations Puts of new random keys.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/api/client"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -49,8 +50,30 @@ type ackedPut struct {
 
 const batchSize = 10
 
+// writes is what a crash test writer calls: unary calls (unaryWrites) or
+// a client.Stream.
+type writes interface {
+	Put(ctx context.Context, r *pb.PutRequest) (*pb.WriteResult, error)
+	Append(ctx context.Context, r *pb.AppendRequest) (*pb.WriteResult, error)
+	Write(ctx context.Context, r *pb.WriteRequest) (*pb.WriteResponse, error)
+}
+
+type unaryWrites struct{ d pb.DataClient }
+
+func (u unaryWrites) Put(ctx context.Context, r *pb.PutRequest) (*pb.WriteResult, error) {
+	return u.d.Put(ctx, r)
+}
+
+func (u unaryWrites) Append(ctx context.Context, r *pb.AppendRequest) (*pb.WriteResult, error) {
+	return u.d.Append(ctx, r)
+}
+
+func (u unaryWrites) Write(ctx context.Context, r *pb.WriteRequest) (*pb.WriteResponse, error) {
+	return u.d.Write(ctx, r)
+}
+
 // writer drives one client's writes until an error (the node died) or stop.
-func (l *ledger) writer(ctx context.Context, d pb.DataClient, w, cycle int, rng *rand.Rand) {
+func (l *ledger) writer(ctx context.Context, d writes, w, cycle int, rng *rand.Rand) {
 	owner := uint64(1000 + w)
 	for i := 0; ctx.Err() == nil; i++ {
 		var err error
@@ -172,7 +195,8 @@ func (l *ledger) verify(t *testing.T, d pb.DataClient) {
 }
 
 // TestCrashRecovery kills the real node binary with SIGKILL under a
-// concurrent write load several times, restarting it on the same data each
+// concurrent write load (half of the writers unary calls, half a shared
+// write stream) several times, restarting it on the same data each
 // time, and checks every acknowledged write after each restart.
 func TestCrashRecovery(t *testing.T) {
 	if testing.Short() {
@@ -190,13 +214,23 @@ func TestCrashRecovery(t *testing.T) {
 			l.verify(t, d)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
+		// Half the writers send unary calls, half share a write stream.
+		c, err := client.Dial([]string{p.grpcAddr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stream := c.Stream()
 		var wg sync.WaitGroup
 		for w := range writers {
 			wrng := rand.New(rand.NewPCG(rng.Uint64(), uint64(w)))
+			var ws writes = unaryWrites{d}
+			if w%2 == 1 {
+				ws = stream
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				l.writer(ctx, d, w, cycle, wrng)
+				l.writer(ctx, ws, w, cycle, wrng)
 			}()
 		}
 		// Kill at a random point: after a random number of further acks.
@@ -211,6 +245,8 @@ func TestCrashRecovery(t *testing.T) {
 		p.kill()
 		wg.Wait()
 		cancel()
+		_ = stream.Close()
+		_ = c.Close()
 		t.Logf("cycle %d: killed with SIGKILL after %d acknowledged writes in total", cycle, l.acks.Load())
 	}
 	p := startProc(t, nodeCmd(t, dir))

@@ -299,7 +299,7 @@ type writeOptions struct {
 // checksSite reports whether a write is subject to its site's state: a
 // client's write, on its first try.
 func (r *Router) checksSite(ctx context.Context, o writeOptions) bool {
-	return r.cfg.Site != "" && o.origin == nil && !o.rerouted && !isInternal(ctx)
+	return r.cfg.Site != "" && o.origin == nil && !o.rerouted && !IsInternal(ctx)
 }
 
 func (r *Router) route(ctx context.Context, muts []shard.Mutation, c Consistency, o writeOptions) ([]Result, error) {

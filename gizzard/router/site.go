@@ -96,6 +96,9 @@ func (r *Router) holdWhileDraining(ctx context.Context, m *gizzard.Map) (*gizzar
 	if d, ok := ctx.Deadline(); ok {
 		until = minTime(until, d.Add(-holdMargin))
 	}
+	if d, ok := ctx.Value(holdKey{}).(time.Time); ok {
+		until = minTime(until, d.Add(-holdMargin))
+	}
 	ctx, cancel := context.WithDeadline(ctx, until)
 	defer cancel()
 	for {
@@ -116,6 +119,16 @@ func (r *Router) holdWhileDraining(ctx context.Context, m *gizzard.Map) (*gizzar
 
 type internalKey struct{}
 
+type holdKey struct{}
+
+// HoldUntil bounds how long a write of ctx is held while the site drains
+// by deadline, as if it were ctx's deadline, but without ending ctx: for
+// a batch that carries writes of several calls (the node's commit queue),
+// each refused in time for its own caller's deadline.
+func HoldUntil(ctx context.Context, deadline time.Time) context.Context {
+	return context.WithValue(ctx, holdKey{}, deadline)
+}
+
 // Internal marks ctx as carrying a write of Aviary itself (a timeline
 // worker removing the queue entries it delivered, say), which its site's
 // state does not stop: only clients' writes are refused by a site that is
@@ -124,7 +137,8 @@ func Internal(ctx context.Context) context.Context {
 	return context.WithValue(ctx, internalKey{}, true)
 }
 
-func isInternal(ctx context.Context) bool {
+// IsInternal reports whether ctx was marked by Internal.
+func IsInternal(ctx context.Context) bool {
 	v, _ := ctx.Value(internalKey{}).(bool)
 	return v
 }

@@ -1,0 +1,258 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"math"
+	"sync"
+	"time"
+
+	pb "github.com/aviarydb/aviary/api/aviarypb"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// Stream sends writes to the site over one Data.WriteStream call instead
+// of a unary call per write: for programs that write at high rates from
+// many goroutines. Each Write or Put still waits for its own answer, given
+// once the write is durable, with the same results and errors as the
+// unary call; writes in flight together are applied in one batch and one
+// fsync by the node. They are unordered, as concurrent unary calls are.
+//
+// The stream is opened on the first write, to the node the Client would
+// call first, and opened again, on the next node, after it breaks. Writes
+// that were in flight when it broke fail with codes.Unavailable and may or
+// may not have been applied (see the package comment on retries); a write
+// not yet sent is sent on the new stream. A Stream is safe for concurrent
+// use; Close it when done.
+type Stream struct {
+	c *Client
+
+	mu     sync.Mutex
+	cur    *streamConn
+	closed bool
+}
+
+// Stream returns a Stream writing to c's nodes.
+func (c *Client) Stream() *Stream { return &Stream{c: c} }
+
+// streamConn is one WriteStream call and the writes waiting on it.
+type streamConn struct {
+	addr   string
+	st     pb.Data_WriteStreamClient
+	cancel context.CancelFunc
+
+	sendMu sync.Mutex
+
+	mu      sync.Mutex
+	next    uint64
+	waiting map[uint64]chan *pb.WriteStreamResponse
+	err     error // why the stream ended; nil while it is up
+}
+
+// Put sets (table, key) to value, as Client.Put.
+func (s *Stream) Put(ctx context.Context, r *pb.PutRequest) (*pb.WriteResult, error) {
+	return s.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
+		Op: &pb.Mutation_Put_{Put: &pb.Mutation_Put{Key: r.Key, Value: r.Value}}})
+}
+
+// Delete deletes (table, key), as Client.Delete.
+func (s *Stream) Delete(ctx context.Context, r *pb.DeleteRequest) (*pb.WriteResult, error) {
+	return s.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
+		Op: &pb.Mutation_Delete_{Delete: &pb.Mutation_Delete{Key: r.Key}}})
+}
+
+// Append adds an index entry, as Client.Append.
+func (s *Stream) Append(ctx context.Context, r *pb.AppendRequest) (*pb.WriteResult, error) {
+	return s.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
+		Op: &pb.Mutation_Append_{Append: &pb.Mutation_Append{Owner: r.Owner, Id: r.Id, Payload: r.Payload}}})
+}
+
+// Remove deletes an index entry, as Client.Remove.
+func (s *Stream) Remove(ctx context.Context, r *pb.RemoveRequest) (*pb.WriteResult, error) {
+	return s.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
+		Op: &pb.Mutation_Remove_{Remove: &pb.Mutation_Remove{Owner: r.Owner, Id: r.Id}}})
+}
+
+func (s *Stream) one(ctx context.Context, c pb.Consistency, m *pb.Mutation) (*pb.WriteResult, error) {
+	resp, err := s.Write(ctx, &pb.WriteRequest{Consistency: c, Mutations: []*pb.Mutation{m}})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Results[0], nil
+}
+
+// Write applies a batch of mutations, as Client.Write.
+func (s *Stream) Write(ctx context.Context, r *pb.WriteRequest) (*pb.WriteResponse, error) {
+	// A stream that broke before this write was sent is replaced once: the
+	// write did not reach the node, so sending it again is safe.
+	for attempt := 0; ; attempt++ {
+		sc, err := s.conn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		resp, sent, err := sc.write(ctx, r)
+		if err != nil && !sent && attempt == 0 && ctx.Err() == nil {
+			s.drop(sc)
+			continue
+		}
+		return resp, err
+	}
+}
+
+// Close ends the stream. Writes in flight fail with codes.Canceled.
+func (s *Stream) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.cur != nil {
+		s.cur.cancel()
+		s.cur = nil
+	}
+	return nil
+}
+
+// conn returns the open stream, opening one if there is none: on the
+// Client's current node, failing over to the next as Client calls do.
+func (s *Stream) conn(ctx context.Context) (*streamConn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, status.Error(codes.Canceled, "client: stream closed")
+	}
+	if s.cur != nil && s.cur.broken() == nil {
+		return s.cur, nil
+	}
+	s.cur = nil
+	// The call outlives ctx (it carries later writes too): only opening
+	// it waits on ctx.
+	sc, err := do(ctx, s.c, func(n *node) (*streamConn, error) {
+		sctx, cancel := context.WithCancel(context.Background())
+		opened := make(chan struct{})
+		go func() { // opening does not outlive ctx
+			select {
+			case <-ctx.Done():
+				cancel()
+			case <-opened:
+			}
+		}()
+		st, err := n.data.WriteStream(sctx)
+		close(opened)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		return &streamConn{addr: n.addr, st: st, cancel: cancel, waiting: map[uint64]chan *pb.WriteStreamResponse{}}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	go sc.receive()
+	s.cur = sc
+	return sc, nil
+}
+
+// drop forgets sc if it is still the current stream.
+func (s *Stream) drop(sc *streamConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur == sc {
+		s.cur = nil
+	}
+	sc.cancel()
+}
+
+func (sc *streamConn) broken() error {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return sc.err
+}
+
+// write sends r and waits for its answer. sent reports whether r may have
+// reached the node.
+func (sc *streamConn) write(ctx context.Context, r *pb.WriteRequest) (resp *pb.WriteResponse, sent bool, err error) {
+	ch := make(chan *pb.WriteStreamResponse, 1)
+	sc.mu.Lock()
+	if sc.err != nil {
+		sc.mu.Unlock()
+		return nil, false, sc.err
+	}
+	sc.next++
+	id := sc.next
+	sc.waiting[id] = ch
+	sc.mu.Unlock()
+	forget := func() {
+		sc.mu.Lock()
+		delete(sc.waiting, id)
+		sc.mu.Unlock()
+	}
+
+	req := &pb.WriteStreamRequest{Id: id, Write: r}
+	if d, ok := ctx.Deadline(); ok {
+		req.TimeoutMs = uint32(max(1, min(time.Until(d).Milliseconds(), math.MaxUint32)))
+	}
+	sc.sendMu.Lock()
+	err = sc.st.Send(req)
+	sc.sendMu.Unlock()
+	if err != nil {
+		// Send fails with io.EOF when the call has ended; the reason is
+		// what receive saw. The message was not sent.
+		forget()
+		sc.cancel()
+		return nil, false, status.Errorf(codes.Unavailable, "client: write stream to %s ended before the write was sent: %v", sc.addr, err)
+	}
+	select {
+	case m, ok := <-ch:
+		if !ok {
+			return nil, true, sc.broken()
+		}
+		if len(m.Status) > 0 {
+			var st spb.Status
+			if err := proto.Unmarshal(m.Status, &st); err != nil {
+				return nil, true, status.Errorf(codes.Internal, "client: write stream to %s: undecodable status: %v", sc.addr, err)
+			}
+			return nil, true, status.ErrorProto(&st)
+		}
+		if len(m.Results) != len(r.Mutations) {
+			return nil, true, status.Errorf(codes.Internal, "client: write stream to %s: %d results for %d mutations", sc.addr, len(m.Results), len(r.Mutations))
+		}
+		return &pb.WriteResponse{Results: m.Results}, true, nil
+	case <-ctx.Done():
+		forget()
+		return nil, true, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// receive hands each answer to its writer until the call ends, then fails
+// the writes still waiting.
+func (sc *streamConn) receive() {
+	for {
+		m, err := sc.st.Recv()
+		if err != nil {
+			why := status.Convert(err)
+			if errors.Is(err, context.Canceled) || why.Code() == codes.Canceled {
+				err = status.Errorf(codes.Canceled, "client: write stream to %s closed; the write may or may not have been applied", sc.addr)
+			} else {
+				err = status.Errorf(codes.Unavailable, "client: write stream to %s ended (%s: %s); the write may or may not have been applied", sc.addr, why.Code(), why.Message())
+			}
+			sc.mu.Lock()
+			sc.err = err
+			for id, ch := range sc.waiting {
+				close(ch)
+				delete(sc.waiting, id)
+			}
+			sc.mu.Unlock()
+			sc.cancel()
+			return
+		}
+		sc.mu.Lock()
+		ch, ok := sc.waiting[m.Id]
+		delete(sc.waiting, m.Id)
+		sc.mu.Unlock()
+		if ok {
+			ch <- m
+		}
+	}
+}

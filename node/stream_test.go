@@ -1,0 +1,219 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/api/client"
+	"github.com/aviarydb/aviary/ids"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// TestWriteStream: concurrent writers share one write stream; every write
+// gets its own answer with its own results, every acknowledged write reads
+// back with its version, and a bad write is refused alone, with the
+// status a unary call gets, while the stream carries on.
+func TestWriteStream(t *testing.T) {
+	tn := startNode(t, Config{Limits: limitsForTest()})
+	ctx := t.Context()
+	c, err := client.Dial([]string{tn.n.GRPCAddr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := c.Stream()
+	defer s.Close()
+
+	const writers, writes = 16, 30
+	type acked struct {
+		key string
+		hlc uint64
+	}
+	var (
+		mu      sync.Mutex
+		puts    []acked
+		entries = map[uint64][]uint64{} // owner -> acknowledged entry ids
+		errs    []error
+	)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			owner := uint64(100 + w)
+			for i := range writes {
+				key := fmt.Sprintf("w%d-%d", w, i)
+				switch i % 3 {
+				case 0:
+					r, err := s.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte(key), Value: []byte(key)})
+					mu.Lock()
+					if err != nil {
+						errs = append(errs, err)
+					} else {
+						puts = append(puts, acked{key, r.Version.GetHlc()})
+					}
+					mu.Unlock()
+				case 1:
+					r, err := s.Append(ctx, &pb.AppendRequest{Table: "user_timeline", Owner: owner, Payload: []byte("p")})
+					mu.Lock()
+					if err != nil {
+						errs = append(errs, err)
+					} else {
+						entries[owner] = append(entries[owner], r.Id)
+					}
+					mu.Unlock()
+				case 2:
+					// A batch of two: both results, in order, for this write.
+					r, err := s.Write(ctx, &pb.WriteRequest{Mutations: []*pb.Mutation{
+						{Table: "statuses", Op: &pb.Mutation_Put_{Put: &pb.Mutation_Put{Key: []byte(key + "a"), Value: []byte(key + "a")}}},
+						{Table: "statuses", Op: &pb.Mutation_Put_{Put: &pb.Mutation_Put{Key: []byte(key + "b"), Value: []byte(key + "b")}}},
+					}})
+					mu.Lock()
+					if err != nil {
+						errs = append(errs, err)
+					} else if len(r.Results) != 2 {
+						errs = append(errs, fmt.Errorf("write %s: %d results", key, len(r.Results)))
+					} else {
+						puts = append(puts, acked{key + "a", r.Results[0].Version.GetHlc()}, acked{key + "b", r.Results[1].Version.GetHlc()})
+					}
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d writes failed, first: %v", len(errs), errs[0])
+	}
+	for _, p := range puts {
+		got, err := tn.data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte(p.key)})
+		if err != nil {
+			t.Fatalf("acknowledged %s: %v", p.key, err)
+		}
+		if string(got.Value) != p.key || got.Version.GetHlc() != p.hlc {
+			t.Fatalf("%s: read %q@%d, acknowledged %q@%d", p.key, got.Value, got.Version.GetHlc(), p.key, p.hlc)
+		}
+	}
+	for owner, ids := range entries {
+		r, err := tn.data.Count(ctx, &pb.CountRequest{Table: "user_timeline", Owner: owner})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Total != uint64(len(ids)) {
+			t.Fatalf("owner %d: count %d, %d appends acknowledged", owner, r.Total, len(ids))
+		}
+	}
+
+	// Writes queued together are combined only up to the batch limits: 16
+	// writes of 1000 bytes each, against a limit of 2048 bytes a batch,
+	// all succeed.
+	var big sync.WaitGroup
+	bigErrs := make(chan error, 16)
+	for i := range 16 {
+		big.Go(func() {
+			_, err := s.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte(fmt.Sprintf("big-%d", i)), Value: bytes.Repeat([]byte("x"), 1000)})
+			bigErrs <- err
+		})
+	}
+	big.Wait()
+	close(bigErrs)
+	for err := range bigErrs {
+		if err != nil {
+			t.Fatalf("a write within the limits, combined with others: %v", err)
+		}
+	}
+
+	// Bad writes: refused alone, as a unary call is.
+	farHLC := uint64(ids.MakeTimestamp(time.Now().Add(time.Hour).UnixMilli(), 0))
+	many := make([]*pb.Mutation, 11)
+	for i := range many {
+		many[i] = &pb.Mutation{Table: "statuses", Op: &pb.Mutation_Put_{Put: &pb.Mutation_Put{Key: []byte{byte(i)}, Value: []byte("v")}}}
+	}
+	for _, bad := range []struct {
+		name string
+		w    *pb.WriteRequest
+		code codes.Code
+		msg  string
+	}{
+		{"empty", &pb.WriteRequest{}, codes.InvalidArgument, "write.mutations is empty"},
+		{"empty key", &pb.WriteRequest{Mutations: []*pb.Mutation{{Table: "statuses", Op: &pb.Mutation_Put_{Put: &pb.Mutation_Put{Value: []byte("v")}}}}}, codes.InvalidArgument, "key is empty"},
+		{"value too big", &pb.WriteRequest{Mutations: []*pb.Mutation{{Table: "statuses", Op: &pb.Mutation_Put_{Put: &pb.Mutation_Put{Key: []byte("k"), Value: bytes.Repeat([]byte("x"), 1025)}}}}}, codes.InvalidArgument, "1024"},
+		{"unknown table", &pb.WriteRequest{Mutations: []*pb.Mutation{{Table: "nope", Op: &pb.Mutation_Put_{Put: &pb.Mutation_Put{Key: []byte("k"), Value: []byte("v")}}}}}, codes.NotFound, "nope"},
+		{"too many", &pb.WriteRequest{Mutations: many}, codes.ResourceExhausted, "limit is 10"},
+		{"far future", &pb.WriteRequest{Mutations: []*pb.Mutation{{Table: "statuses", Version: &pb.Version{Hlc: farHLC}, Op: &pb.Mutation_Put_{Put: &pb.Mutation_Put{Key: []byte("k"), Value: []byte("v")}}}}}, codes.InvalidArgument, "version.hlc"},
+	} {
+		_, err := s.Write(ctx, bad.w)
+		if status.Code(err) != bad.code || !strings.Contains(status.Convert(err).Message(), bad.msg) {
+			t.Errorf("%s: %v, want %s naming %q", bad.name, err, bad.code, bad.msg)
+		}
+		if _, err := s.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("after-" + bad.name), Value: []byte("v")}); err != nil {
+			t.Errorf("a write after the bad %s: %v", bad.name, err)
+		}
+	}
+
+	// A writer that gives up gets its context's error.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.Put(cctx, &pb.PutRequest{Table: "statuses", Key: []byte("k"), Value: []byte("v")}); status.Code(err) != codes.Canceled {
+		t.Fatalf("put with a cancelled context: %v, want Canceled", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte("k"), Value: []byte("v")}); status.Code(err) != codes.Canceled {
+		t.Fatalf("put on a closed stream: %v, want Canceled", err)
+	}
+}
+
+// TestWriteStreamFailsOver: when the node a stream writes to stops, the
+// stream is opened again on another node of the site and writing goes on;
+// every acknowledged write is readable there.
+func TestWriteStreamFailsOver(t *testing.T) {
+	s := newSite(t)
+	ctx := t.Context()
+	addrs := make([]string, len(s.nodes))
+	for i, tn := range s.nodes {
+		addrs[i] = tn.n.GRPCAddr()
+	}
+	c, err := client.Dial(addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	st := c.Stream()
+	defer st.Close()
+	var acked []string
+	write := func(key string) error {
+		_, err := st.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte(key), Value: []byte(key)})
+		if err == nil {
+			acked = append(acked, key)
+		}
+		return err
+	}
+	for i := range 20 {
+		if err := write(fmt.Sprintf("before-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.nodes[0].stop(); err != nil {
+		t.Fatal(err)
+	}
+	// No write was in flight when the node stopped: the next one finds the
+	// stream gone before sending and goes to another node.
+	for i := range 20 {
+		if err := write(fmt.Sprintf("after-%d", i)); err != nil {
+			t.Fatalf("write %d after node-0 stopped: %v", i, err)
+		}
+	}
+	for _, key := range acked {
+		got, err := s.nodes[1].data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte(key)})
+		if err != nil || string(got.Value) != key {
+			t.Fatalf("acknowledged %s: %q, %v", key, got.GetValue(), err)
+		}
+	}
+}
