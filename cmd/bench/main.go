@@ -200,6 +200,7 @@ type config struct {
 	TimelineMany     int
 	TimelineCapacity int
 	TimelineRedis    bool
+	TimelineProfile  string
 	// CPUProfile, if set, receives a CPU profile of the whole run.
 	CPUProfile string
 	// TLS runs the in-process nodes and the bench's connections with
@@ -231,6 +232,9 @@ func (c *config) validate() error {
 		return fmt.Errorf("--migrate-value-bytes %d: must be from 1 to %d", c.MigrateValueBytes, maxLoadBatchBytes-keyLen)
 	case c.MigrateWriters < 1:
 		return fmt.Errorf("--migrate-writers %d: must be at least 1", c.MigrateWriters)
+	}
+	if c.CPUProfile != "" && c.TimelineProfile != "" {
+		return errors.New("--cpuprofile and --timeline-profile: give one (Go runs one CPU profile at a time)")
 	}
 	all := strings.Join(append(workloadNames[:len(workloadNames):len(workloadNames)], routerWorkload, migrateWorkload, relayWorkload, timelineWorkload), ",")
 	for _, w := range c.Workloads {
@@ -394,6 +398,7 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.IntVar(&cfg.TimelineReaders, "timeline-readers", 16, "timeline: concurrent readers, in the fan-out phase and the read phases")
 	f.IntVar(&cfg.TimelineMany, "timeline-many", 20, "timeline: timelines per call in the many-timelines read phase")
 	f.IntVar(&cfg.TimelineCapacity, "timeline-capacity", 800, "timeline: timeline capacity (Aviary's and the Redis LTRIM)")
+	f.StringVar(&cfg.TimelineProfile, "timeline-profile", "", "timeline: write a CPU profile of the measured part of Aviary's fan-out phase (clients and nodes) to this file; not with --cpuprofile")
 	f.BoolVar(&cfg.TimelineRedis, "timeline-redis", true, "timeline: also drive Redis lists the same way (installs redis-server with apt-get if missing) and print the ratios")
 	f.BoolVar(&cfg.TLS, "tls", false, "run the in-process nodes and every connection with mutual TLS 1.3 (certificates made for the run), to measure its cost; not with the relay workload")
 	f.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run (clients and in-process nodes) to this file")
@@ -427,6 +432,23 @@ func flagString(fl *pflag.Flag) string {
 		return strings.Join(sv.GetSlice(), ",")
 	}
 	return fl.Value.String()
+}
+
+// startProfile starts a CPU profile into a new file at path; stop ends
+// it and closes the file.
+func startProfile(path string) (stop func() error, err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
 }
 
 // shellQuote quotes s for a POSIX shell if it needs it.
@@ -499,17 +521,11 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 		defer os.RemoveAll(runTLS.dir)
 	}
 	if cfg.CPUProfile != "" {
-		f, err := os.Create(cfg.CPUProfile)
+		stop, err := startProfile(cfg.CPUProfile)
 		if err != nil {
 			return err
 		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer func() {
-			pprof.StopCPUProfile()
-			err = errors.Join(err, f.Close())
-		}()
+		defer func() { err = errors.Join(err, stop()) }()
 	}
 	b := &bench{cfg: cfg, out: out, wcol: 10}
 	router, others := hasRouter(cfg.Workloads)
@@ -602,7 +618,7 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 		if name == timelineWorkload {
 			err := runTimeline(ctx, timelineConfig{Users: cfg.TimelineUsers, Follows: cfg.TimelineFollows, PostRate: cfg.TimelinePostRate,
 				Readers: cfg.TimelineReaders, Many: cfg.TimelineMany, Capacity: cfg.TimelineCapacity, Warmup: cfg.Warmup, Duration: cfg.Duration,
-				Redis: cfg.TimelineRedis, Seed: 1}, printer{b})
+				Redis: cfg.TimelineRedis, Seed: 1, Profile: cfg.TimelineProfile}, printer{b})
 			if err != nil {
 				shutdownErrs = append(shutdownErrs, err)
 			}

@@ -37,6 +37,7 @@ type timelineConfig struct {
 	Duration time.Duration // measured, per phase
 	Redis    bool          // also measure Redis
 	Seed     uint64
+	Profile  string // CPU profile of the fan-out phase's measured time, if set
 }
 
 // deliveries collects when each post was delivered, by status id, so the
@@ -304,6 +305,9 @@ type phaseResult struct {
 	errors                     uint64
 	undelivered, postsMeasured int
 	firstErr                   string
+	// The Go scheduler's wait (runnable to running) over the measured
+	// time, in this process: Aviary's nodes and the clients.
+	schedP50, schedP99, schedP999 time.Duration
 }
 
 func (p phaseResult) print(out io.Writer, name string, replicas int) {
@@ -314,6 +318,10 @@ func (p phaseResult) print(out io.Writer, name string, replicas int) {
 	}
 	if p.undelivered > 0 {
 		fmt.Fprintf(out, "# %d of %d measured posts were not delivered within a minute after the phase\n", p.undelivered, p.postsMeasured)
+	}
+	if p.schedP99 > 0 {
+		fmt.Fprintf(out, "# %s: goroutines waited for a CPU (runnable to running) p50 %s, p99 %s, p99.9 %s\n",
+			name, p.schedP50, p.schedP99, p.schedP999)
 	}
 }
 
@@ -348,6 +356,24 @@ func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]u
 		return false, !t0.Before(from)
 	}
 	var wg sync.WaitGroup
+	var sched0 schedLatency
+	wg.Go(func() {
+		if timex.Sleep(pctx, time.Until(from)) != nil {
+			return
+		}
+		sched0 = schedNow()
+		if c.Profile != "" {
+			stop, err := startProfile(c.Profile)
+			if err != nil {
+				firstErr.CompareAndSwap(nil, err)
+				return
+			}
+			_ = timex.Sleep(pctx, time.Until(to))
+			if err := stop(); err != nil {
+				firstErr.CompareAndSwap(nil, err)
+			}
+		}
+	})
 	var seq atomic.Int64
 	interval := time.Second / time.Duration(c.PostRate)
 	const posters = 32
@@ -400,6 +426,7 @@ func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]u
 		})
 	}
 	wg.Wait()
+	sched := schedNow().since(sched0, 0.5, 0.99, 0.999)
 	// Wait for the measured posts to be delivered.
 	deadline := time.Now().Add(time.Minute)
 	h, missing, last := dl.of(measured)
@@ -416,6 +443,7 @@ func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]u
 		readP50:     readH.Quantile(0.50), readP99: readH.Quantile(0.99),
 		errors:      errs.Load(),
 		undelivered: missing, postsMeasured: len(measured),
+		schedP50: sched[0], schedP99: sched[1], schedP999: sched[2],
 	}
 	if e := firstErr.Load(); e != nil {
 		res.firstErr = e.(error).Error()
