@@ -188,6 +188,7 @@ func (a *adminServer) RetryJob(ctx context.Context, r *pb.JobRef) (*pb.RetryJobR
 	if err := a.n.store.RetryErrorJob(r.Seq, r.Target); err != nil {
 		return nil, toStatus(err)
 	}
+	a.n.router.Retried(r.Seq)
 	a.n.log.Info("error job retried", "seq", r.Seq, "target", r.Target)
 	return &pb.RetryJobResponse{}, nil
 }

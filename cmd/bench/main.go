@@ -73,7 +73,9 @@
 //     --concurrency, --keys and --value-bytes and cannot be used with --addr.
 //   - relay (not run by default): cross-site replication. Three in-process
 //     one-node sites, each with its embedded nats-server and its relay.
-//     --relay-writers clients write durable Puts of 100-byte values at
+//     --relay-writers clients write durable Puts of 100-byte values (over
+//     one shared write stream, or a unary call each with
+//     --relay-stream=false) at
 //     site-a at --relay-rate writes/s (paced) for --duration; one write in
 //     10 is read at site-b every millisecond until it is there: its lag,
 //     from the acknowledgement at site-a to the read at site-b. Then each
@@ -190,6 +192,7 @@ type config struct {
 	RelayRate    int
 	RelaySteps   []int
 	RelayWriters int
+	RelayStream  bool
 	// timeline: users, follows per user, posts/s, readers, timelines per
 	// call of the many-timelines reads, capacity, and whether Redis is
 	// measured beside.
@@ -392,6 +395,7 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.IntVar(&cfg.RelayRate, "relay-rate", 3000, "relay: steady writes/s at site-a whose lag to site-b is measured")
 	f.IntSliceVar(&cfg.RelaySteps, "relay-steps", []int{2000, 3000, 4000, 6000, 8000, 11000, 15000, 20000}, "relay: rising writes/s tried for the highest rate site-b keeps up with")
 	f.IntVar(&cfg.RelayWriters, "relay-writers", 64, "relay: concurrent writers at site-a")
+	f.BoolVar(&cfg.RelayStream, "relay-stream", true, "relay: the writers share one write stream to site-a (client.Stream, for high rates); false: a unary Put each")
 	f.IntVar(&cfg.TimelineUsers, "timeline-users", 5000, "timeline: users (each has a home timeline in memory)")
 	f.IntVar(&cfg.TimelineFollows, "timeline-follows", 120, "timeline: users each user follows, drawn from a Zipf distribution (so the average followers per author)")
 	f.IntVar(&cfg.TimelinePostRate, "timeline-post-rate", 350, "timeline: posts/s (paced, random authors) during the fan-out phase")
@@ -626,7 +630,7 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 		}
 		if name == relayWorkload {
 			var buf strings.Builder
-			err := runRelay(ctx, relayConfig{Rate: cfg.RelayRate, Duration: cfg.Duration, Steps: cfg.RelaySteps, Writers: cfg.RelayWriters, RawMsgs: 200_000}, &buf)
+			err := runRelay(ctx, relayConfig{Rate: cfg.RelayRate, Duration: cfg.Duration, Steps: cfg.RelaySteps, Writers: cfg.RelayWriters, Stream: cfg.RelayStream, RawMsgs: 200_000}, &buf)
 			b.printf("%s", buf.String())
 			if err != nil {
 				shutdownErrs = append(shutdownErrs, err)

@@ -41,6 +41,7 @@ type relayConfig struct {
 	Duration time.Duration // of the steady phase, and of each step
 	Steps    []int         // rates tried for the sustained maximum
 	Writers  int           // concurrent writers at A
+	Stream   bool          // writers share a write stream (client.Stream), not a unary call each
 	RawMsgs  int           // messages of the raw JetStream baseline
 }
 
@@ -50,6 +51,7 @@ type benchSite struct {
 	cc   *grpc.ClientConn
 	data pb.DataClient
 	ns   pb.NameserverClient
+	put  func(context.Context, *pb.PutRequest) (*pb.WriteResult, error) // the writers' Put
 	url  string
 	stop func()
 }
@@ -164,8 +166,21 @@ func runRelay(ctx context.Context, c relayConfig, out io.Writer) error {
 		relays.Go(func() { _ = r.Run(rctx) })
 	}
 	a, b := sites[0], sites[1]
-	fmt.Fprintf(out, "relay: 3 in-process one-node sites (embedded nats-server, relay each), %d-byte values, writes at %s, lag read at %s (1 write in %d sampled)\n",
-		relayValue, a.name, b.name, lagSampleEvery)
+	how := "a unary Put each"
+	a.put = unaryPutter{a.data}.Put
+	if c.Stream {
+		how = "one write stream (client.Stream) shared by the writers"
+		cl, err := dialClient(a.n.GRPCAddr())
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		st := cl.Stream()
+		defer st.Close()
+		a.put = st.Put
+	}
+	fmt.Fprintf(out, "relay: 3 in-process one-node sites (embedded nats-server, relay each), %d-byte values, writes at %s over %s, lag read at %s (1 write in %d sampled)\n",
+		relayValue, a.name, how, b.name, lagSampleEvery)
 
 	// Warm up: the first write reaches B once the paths run.
 	if _, err := lagRun(ctx, a, b, 50, 2*time.Second, c.Writers, "warmup"); err != nil {
@@ -261,7 +276,7 @@ func lagRun(ctx context.Context, a, b *benchSite, rate int, d time.Duration, wri
 				next = next.Add(interval)
 				seq := lagSeq.Add(1)
 				key := fmt.Appendf(nil, "lag-%d", seq)
-				_, err := a.data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: key, Value: make([]byte, relayValue)})
+				_, err := a.put(ctx, &pb.PutRequest{Table: "statuses", Key: key, Value: make([]byte, relayValue)})
 				if err != nil {
 					errs.Add(1)
 					continue

@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -177,6 +178,15 @@ type Router struct {
 		sync.Mutex
 		inflight map[jobID]struct{}
 		rng      *rand.Rand
+		// scanFrom is the lowest journal seq that may hold a job the
+		// retry loop must see: a scan starts there rather than at the
+		// journal's start, over which the jobs done lie deleted (an LSM
+		// keeps their tombstones for a while, and stepping over them on
+		// every scan costs more than the scan's work). 0: scan it all.
+		scanFrom uint64
+		// failedMin is the lowest seq of a job that failed since the
+		// current scan began (math.MaxUint64: none).
+		failedMin uint64
 	}
 }
 
@@ -717,6 +727,7 @@ func (r *Router) settle(kind string, j shard.Job, err error) {
 	if e := r.cfg.Store.JobFailed(j, toErrors); e != nil && !errors.Is(e, shard.ErrClosed) {
 		r.log.Error("journal: cannot record a failed job", "seq", j.Seq, "target", j.Target, "err", e)
 	}
+	r.jobFailed(j.Seq)
 	if toErrors {
 		r.log.Warn("replica job moved to the error queue", "seq", j.Seq, "target", j.Target, "attempts", j.Attempts, "err", err)
 	}
@@ -776,9 +787,31 @@ func (r *Router) Run(ctx context.Context) {
 }
 
 // scan starts a delivery for every due job not already in flight.
+//
+// It lists the jobs from scanFrom on. Every job it lists that a later
+// scan must see again (one left by an earlier process, or one that has
+// failed) moves scanFrom no higher than its seq; a job of this process
+// that has not failed is being delivered by its Write, and if that fails,
+// jobFailed lowers scanFrom to it.
 func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 	var afterSeq uint64
 	var afterTarget string
+	r.mu.Lock()
+	if r.mu.scanFrom > 0 {
+		afterSeq = r.mu.scanFrom - 1 // Jobs lists after (seq, target); "" sorts first
+	}
+	r.mu.failedMin = math.MaxUint64
+	r.mu.Unlock()
+	lowest := uint64(math.MaxUint64)
+	complete := false
+	defer func() {
+		if !complete {
+			return // the next scan starts where this one did
+		}
+		r.mu.Lock()
+		r.mu.scanFrom = min(lowest, r.mu.failedMin, r.cfg.Store.JournalSeq()+1)
+		r.mu.Unlock()
+	}()
 	for ctx.Err() == nil {
 		jobs, err := r.cfg.Store.Jobs(false, afterSeq, afterTarget, 256)
 		if err != nil {
@@ -790,7 +823,11 @@ func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 		now := r.cfg.Clock.Now()
 		for _, j := range jobs {
 			afterSeq, afterTarget = j.Seq, j.Target
-			if j.Next.After(now) || (j.Seq > r.startSeq && j.Failed.IsZero()) {
+			if j.Seq > r.startSeq && j.Failed.IsZero() {
+				continue
+			}
+			lowest = min(lowest, j.Seq)
+			if j.Next.After(now) {
 				continue
 			}
 			id := jobID{j.Seq, j.Target}
@@ -819,9 +856,26 @@ func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 			}()
 		}
 		if len(jobs) < 256 {
+			complete = true
 			return
 		}
 	}
+}
+
+// jobFailed makes the retry loop's scans start no later than seq, whose
+// job failed and waits in the journal.
+func (r *Router) jobFailed(seq uint64) {
+	r.mu.Lock()
+	r.mu.scanFrom = min(r.mu.scanFrom, seq)
+	r.mu.failedMin = min(r.mu.failedMin, seq)
+	r.mu.Unlock()
+}
+
+// Retried tells the retry loop that job seq is pending again (moved back
+// from the error queue) and wakes it.
+func (r *Router) Retried(seq uint64) {
+	r.jobFailed(seq)
+	r.poke()
 }
 
 // jobMutations returns a job's share of its journal entry (naming the
