@@ -22,23 +22,19 @@ type dataServer struct {
 }
 
 func (d *dataServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.WriteResult, error) {
-	return d.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
-		Op: &pb.Mutation_Put_{Put: &pb.Mutation_Put{Key: r.Key, Value: r.Value}}})
+	return d.one(ctx, r.Consistency, r.Mutation())
 }
 
 func (d *dataServer) Delete(ctx context.Context, r *pb.DeleteRequest) (*pb.WriteResult, error) {
-	return d.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
-		Op: &pb.Mutation_Delete_{Delete: &pb.Mutation_Delete{Key: r.Key}}})
+	return d.one(ctx, r.Consistency, r.Mutation())
 }
 
 func (d *dataServer) Append(ctx context.Context, r *pb.AppendRequest) (*pb.WriteResult, error) {
-	return d.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
-		Op: &pb.Mutation_Append_{Append: &pb.Mutation_Append{Owner: r.Owner, Id: r.Id, Payload: r.Payload}}})
+	return d.one(ctx, r.Consistency, r.Mutation())
 }
 
 func (d *dataServer) Remove(ctx context.Context, r *pb.RemoveRequest) (*pb.WriteResult, error) {
-	return d.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
-		Op: &pb.Mutation_Remove_{Remove: &pb.Mutation_Remove{Owner: r.Owner, Id: r.Id}}})
+	return d.one(ctx, r.Consistency, r.Mutation())
 }
 
 func (d *dataServer) one(ctx context.Context, c pb.Consistency, m *pb.Mutation) (*pb.WriteResult, error) {

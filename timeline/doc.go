@@ -54,10 +54,14 @@
 //
 // Owners are spread over Options.Shards independently locked maps by a hash
 // of the owner, so concurrent calls for different owners rarely wait; a
-// lock is held for one map lookup and one list operation (Range and Get
-// allocate their result under it, Merge a larger buffer if it needs one).
-// Each lists a shard's owners under its lock, then takes it again for each
-// timeline only to copy it, and calls its function with no lock held.
+// lock is held for one map lookup and one list operation (Range, Read and
+// Get allocate their result under it, Merge a larger buffer if it needs
+// one). Read answers a replica's read (held? which entries? how many?)
+// under one lock, where Has, Range and Len take it once each. Each lists a
+// shard's owners under its lock, then takes it again for each timeline only
+// to copy it, and calls its function with no lock held; EachWhere first
+// asks, with no lock held, whether the caller wants an owner, and copies
+// only those it does.
 //
 // # Placement
 //
@@ -101,13 +105,13 @@
 //	PushMany, k owners k × Push, one lock at a time          0                     65-110 ns per owner
 //	PushManyMissing    as PushMany                           0, unless missing
 //	                                                         grows
-//	Range              O(log n) for a bounded max_id or a    1, the result         220-530 ns for the
+//	Range, Read        O(log n) for a bounded max_id or a    1, the result         220-530 ns for the
 //	                   since_id inside the page, + O(limit)                        newest 20; 540-750
 //	                                                                               at a max_id cursor
 //	Get                O(n)                                  1, the result
-//	Each               O(S + owners + entries), one lock     1 per timeline, its
-//	                   at a time                             copy (+ a list of
-//	                                                         owners, reused)
+//	Each, EachWhere    O(S + owners + entries), one lock     1 per timeline
+//	                   at a time (EachWhere: the entries     copied (+ a list of
+//	                   of the owners it keeps)               owners, reused)
 //	Remove             O(log n) + O(min(i, n-i))             0
 //	Len, Has           O(1)                                  0
 //	Replace            O(k log k) sort outside the lock      2, the list and its

@@ -198,19 +198,28 @@ func (s *Store) PushManyMissing(owners []uint64, e Entry, missing []uint64) (add
 // entry matches, whether or not the timeline is held (see Has), and for a
 // pending timeline. The result is a copy that the caller owns.
 func (s *Store) Range(owner, maxID, sinceID uint64, limit int) []Entry {
+	entries, _, _ := s.Read(owner, maxID, sinceID, limit)
+	return entries
+}
+
+// Read is Has, Range and Len in one call, for a replica's read: it
+// returns what Range returns, the number of entries of the timeline, and
+// whether it is held (nil, 0 and false if it is not held or is pending).
+// It takes the shard's lock once, so the three describe one moment.
+func (s *Store) Read(owner, maxID, sinceID uint64, limit int) (entries []Entry, n int, held bool) {
 	limit = min(max(limit, 1), s.capacity)
 	sh := s.shard(owner)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	l := sh.mu.timelines[owner]
 	if l == nil || l.pending {
-		return nil
+		return nil, 0, false
 	}
 	lo, hi := l.span(maxID, sinceID, limit)
 	if lo == hi {
-		return nil
+		return nil, l.n, true
 	}
-	return l.appendRange(make([]Entry, 0, hi-lo), lo, hi)
+	return l.appendRange(make([]Entry, 0, hi-lo), lo, hi), l.n, true
 }
 
 // Remove deletes the entry with statusID from owner's timeline, held or
@@ -270,6 +279,14 @@ func (s *Store) Get(owner uint64) (entries []Entry, held bool) {
 // is visited once, and one installed or dropped during it may or may not
 // be.
 func (s *Store) Each(fn func(owner uint64, entries []Entry) bool) {
+	s.EachWhere(nil, fn)
+}
+
+// EachWhere is Each over the held timelines whose owner keep accepts (all
+// of them if keep is nil): only those are copied, so a caller that wants a
+// few of many timelines does not pay for copying the rest. keep is called
+// with no lock held, once for each held owner listed, before its copy.
+func (s *Store) EachWhere(keep func(owner uint64) bool, fn func(owner uint64, entries []Entry) bool) {
 	var owners []uint64
 	for i := range s.shards {
 		sh := &s.shards[i]
@@ -282,6 +299,9 @@ func (s *Store) Each(fn func(owner uint64, entries []Entry) bool) {
 		}
 		sh.mu.Unlock()
 		for _, owner := range owners {
+			if keep != nil && !keep(owner) {
+				continue
+			}
 			sh.mu.Lock()
 			l := sh.mu.timelines[owner]
 			held := l != nil && !l.pending

@@ -435,6 +435,12 @@ func TestModel(t *testing.T) {
 					if !slices.Equal(got, want) {
 						t.Fatalf("step %d: Range(%d, %d, %d, %d) = %v, want %v", step, owner, maxID, sinceID, limit, statusIDs(got), statusIDs(want))
 					}
+					whole, held := m.view(owner)
+					read, n, readHeld := s.Read(owner, maxID, sinceID, limit)
+					if !slices.Equal(read, want) || (want == nil && read != nil) || n != len(whole) || readHeld != held {
+						t.Fatalf("step %d: Read(%d, %d, %d, %d) = %v %d %v, want %v %d %v",
+							step, owner, maxID, sinceID, limit, statusIDs(read), n, readHeld, statusIDs(want), len(whole), held)
+					}
 				case r < 82:
 					op = "replace"
 					batch := make([]Entry, rng.IntN(2*capacity+1))
@@ -898,6 +904,34 @@ func TestEach(t *testing.T) {
 	s.Each(func(uint64, []Entry) bool { calls++; return calls < 5 })
 	if calls != 5 {
 		t.Fatalf("Each went on after false: %d calls", calls)
+	}
+
+	// EachWhere asks about each held owner once and visits those it keeps.
+	asked := make(map[uint64]int)
+	seen = make(map[uint64][]uint64)
+	s.EachWhere(func(owner uint64) bool {
+		asked[owner]++
+		return owner%2 == 0
+	}, func(owner uint64, entries []Entry) bool {
+		seen[owner] = statusIDs(entries)
+		return true
+	})
+	for o := range uint64(50) {
+		_, held := want[o]
+		wantAsked := 0
+		if held {
+			wantAsked = 1
+		}
+		if asked[o] != wantAsked {
+			t.Errorf("EachWhere asked about owner %d %d times, want %d", o, asked[o], wantAsked)
+		}
+		got, visited := seen[o]
+		if visited != (held && o%2 == 0) {
+			t.Errorf("EachWhere visited owner %d: %v (held %v)", o, visited, held)
+		}
+		if all, _ := s.Get(o); visited && !slices.Equal(got, statusIDs(all)) {
+			t.Errorf("EachWhere owner %d: %v, want %v", o, got, statusIDs(all))
+		}
 	}
 }
 

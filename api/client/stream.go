@@ -54,26 +54,22 @@ type streamConn struct {
 
 // Put sets (table, key) to value, as Client.Put.
 func (s *Stream) Put(ctx context.Context, r *pb.PutRequest) (*pb.WriteResult, error) {
-	return s.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
-		Op: &pb.Mutation_Put_{Put: &pb.Mutation_Put{Key: r.Key, Value: r.Value}}})
+	return s.one(ctx, r.Consistency, r.Mutation())
 }
 
 // Delete deletes (table, key), as Client.Delete.
 func (s *Stream) Delete(ctx context.Context, r *pb.DeleteRequest) (*pb.WriteResult, error) {
-	return s.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
-		Op: &pb.Mutation_Delete_{Delete: &pb.Mutation_Delete{Key: r.Key}}})
+	return s.one(ctx, r.Consistency, r.Mutation())
 }
 
 // Append adds an index entry, as Client.Append.
 func (s *Stream) Append(ctx context.Context, r *pb.AppendRequest) (*pb.WriteResult, error) {
-	return s.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
-		Op: &pb.Mutation_Append_{Append: &pb.Mutation_Append{Owner: r.Owner, Id: r.Id, Payload: r.Payload}}})
+	return s.one(ctx, r.Consistency, r.Mutation())
 }
 
 // Remove deletes an index entry, as Client.Remove.
 func (s *Stream) Remove(ctx context.Context, r *pb.RemoveRequest) (*pb.WriteResult, error) {
-	return s.one(ctx, r.Consistency, &pb.Mutation{Table: r.Table, Shard: r.Shard, Version: r.Version,
-		Op: &pb.Mutation_Remove_{Remove: &pb.Mutation_Remove{Owner: r.Owner, Id: r.Id}}})
+	return s.one(ctx, r.Consistency, r.Mutation())
 }
 
 func (s *Stream) one(ctx context.Context, c pb.Consistency, m *pb.Mutation) (*pb.WriteResult, error) {

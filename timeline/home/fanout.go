@@ -100,6 +100,9 @@ type pushResult struct {
 	err     error
 	missing map[uint64]bool
 	added   uint32
+	// sent is the deliveries sent to the node: the (entry, owner) pairs of
+	// the timelines it is a replica of.
+	sent int
 }
 
 // pushOwners pushes each entry to its owners' replicas, one ReplicaPush per
@@ -139,6 +142,9 @@ func (s *Service) pushOwners(ctx context.Context, v *view, entries []*pb.Timelin
 	var wg sync.WaitGroup
 	for n, req := range reqs {
 		res := &pushResult{missing: map[uint64]bool{}}
+		for _, d := range req.Deliveries {
+			res.sent += len(d.Owners)
+		}
 		results[n] = res
 		wg.Go(func() {
 			err := s.replicaCall(ctx, v, n, func(c pb.TimelinesClient) error {
@@ -233,13 +239,12 @@ func (s *Service) Push(ctx context.Context, r *pb.PushRequest) (*pb.PushResponse
 	}
 	results, _ := s.pushOwners(ctx, v, []*pb.TimelineEntry{r.Entry}, [][]uint64{r.Owners})
 	resp := &pb.PushResponse{}
-	for n, res := range results {
+	for _, res := range results {
 		if res.err != nil {
-			for _, o := range r.Owners {
-				if reps := v.replicas(o); slices.Contains(reps[:], n) {
-					resp.Failed++
-				}
-			}
+			// One entry: what was sent to the node is one delivery per
+			// owner listed that it is a replica of, found by pushOwners'
+			// ring lookups.
+			resp.Failed += uint32(res.sent)
 			continue
 		}
 		resp.Added += res.added

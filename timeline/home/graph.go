@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -163,6 +164,12 @@ func (s *Service) rebuild(ctx context.Context, v *view, owner uint64) ([]timelin
 				s.scheduleRepair(repair{owner: owner, node: n})
 			}
 		}()
+		// A failed rebuild leaves its reservations, rather than giving them
+		// up (Store.Unreserve): readers see a pending timeline as not held,
+		// so the next read rebuilds it again, and in the meantime it keeps
+		// the entries pushed to it for that rebuild's merge. Giving it up
+		// could also drop a reservation a rebuild of the same timeline on
+		// another node is counting on.
 		authors, err := s.following(ctx, owner)
 		if err != nil {
 			return nil, err
@@ -271,16 +278,24 @@ func (c *celebrities) all() map[uint64]bool {
 	return nil
 }
 
+// add adds ids to the set. Readers load the set without a lock, so a
+// change is a new map swapped in; it is made only if an id is new, as the
+// set only grows and its reread every celebritiesEvery mostly finds
+// nothing new.
 func (c *celebrities) add(ids ...uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	m := map[uint64]bool{}
-	if old := c.set.Load(); old != nil {
-		for id := range *old {
-			m[id] = true
-		}
+	var cur map[uint64]bool
+	if p := c.set.Load(); p != nil {
+		cur = *p
 	}
-	for _, id := range ids {
+	i := slices.IndexFunc(ids, func(id uint64) bool { return !cur[id] })
+	if i < 0 {
+		return
+	}
+	m := make(map[uint64]bool, len(cur)+len(ids)-i)
+	maps.Copy(m, cur)
+	for _, id := range ids[i:] {
 		m[id] = true
 	}
 	c.set.Store(&m)

@@ -2,6 +2,7 @@ package home
 
 import (
 	"context"
+	"slices"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/timeline"
@@ -86,14 +87,16 @@ func (s *Service) ReplicaRead(ctx context.Context, r *pb.ReplicaReadRequest) (*p
 	return resp, nil
 }
 
+// readLocal answers one query from st. It is on every read's path, so it
+// takes the timeline's shard lock once (Store.Read), not once each for
+// Has, Range and Len.
 func readLocal(st *timeline.Store, q *pb.TimelineQuery) *pb.ReplicaTimeline {
-	t := &pb.ReplicaTimeline{Owner: q.Owner}
-	if !st.Has(q.Owner) {
-		return t
+	es, n, held := st.Read(q.Owner, q.MaxId, q.SinceId, int(q.Limit))
+	t := &pb.ReplicaTimeline{Owner: q.Owner, Held: held}
+	if held {
+		t.Entries = fromEntries(es)
+		t.Length = uint32(n)
 	}
-	t.Held = true
-	t.Entries = fromEntries(st.Range(q.Owner, q.MaxId, q.SinceId, int(q.Limit)))
-	t.Length = uint32(st.Len(q.Owner))
 	return t
 }
 
@@ -153,16 +156,17 @@ func (s *Service) ReplicaExport(r *pb.ReplicaExportRequest, stream pb.Timelines_
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "ring_nodes: %v", err)
 	}
+	// Whether r.Node is a replica depends on the owner alone, so it is
+	// decided before the copy: only the timelines sent are copied (with n
+	// nodes, about 2/(n-1) of those held here).
+	placed := func(owner uint64) bool {
+		reps := rings.Replicas(owner)
+		return slices.Contains(reps[:], r.Node)
+	}
 	batch := &pb.ReplicaExportResponse{}
 	var sendErr error
-	st.Each(func(owner uint64, es []timeline.Entry) bool {
-		reps := rings.Replicas(owner)
-		for _, n := range reps {
-			if n == r.Node {
-				batch.Timelines = append(batch.Timelines, &pb.ReplicaTimeline{Owner: owner, Held: true, Entries: fromEntries(es), Length: uint32(len(es))})
-				break
-			}
-		}
+	st.EachWhere(placed, func(owner uint64, es []timeline.Entry) bool {
+		batch.Timelines = append(batch.Timelines, &pb.ReplicaTimeline{Owner: owner, Held: true, Entries: fromEntries(es), Length: uint32(len(es))})
 		if len(batch.Timelines) >= exportBatch {
 			sendErr = stream.Send(batch)
 			batch = &pb.ReplicaExportResponse{}
