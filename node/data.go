@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
@@ -187,7 +188,10 @@ func pbVersion(v shard.Version) *pb.Version {
 // readFrom runs read against the replicas of the tree that hash h of table
 // goes to, in the router's order, until one answers. A replica that is
 // down, slow or does not hold the shard yet is skipped; any other answer
-// (including "key not found") is final.
+// (including "key not found") is final. Aviary's own reads
+// (router.Internal: the timeline fan-out's) try this node's replica first,
+// if it has one, sparing a call to another node; clients' reads are spread
+// over the replicas by their weights.
 func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(leaf gizzard.Leaf, remote pb.DataClient) error) error {
 	if !n.ready.Load() {
 		return status.Error(codes.Unavailable, "node is not ready: it is not part of its site's shard map yet")
@@ -195,6 +199,11 @@ func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(l
 	m, leaves, err := n.router.ReadCandidates(table, h)
 	if err != nil {
 		return toStatus(err)
+	}
+	if router.IsInternal(ctx) {
+		if i := slices.IndexFunc(leaves, func(l gizzard.Leaf) bool { return l.Node == n.cfg.NodeID }); i > 0 {
+			leaves = slices.Concat(leaves[i:i+1], leaves[:i], leaves[i+1:])
+		}
 	}
 	var errs []string
 	for _, leaf := range leaves {

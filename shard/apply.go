@@ -539,8 +539,11 @@ func (s *Store) applyOne(ac *applyCtx, b *pebble.Batch, r *resolved) (Outcome, e
 		}
 		n--
 	}
-	if n == 0 {
-		return Applied, b.Delete(ck, nil)
-	}
+	// A count that falls to zero is kept as zero, not deleted: a queue-like
+	// owner's count goes between 0 and 1 all the time, and a read of a
+	// deleted key steps over every version of it still in the memtable,
+	// while a read of a set one stops at the newest. A zero count means
+	// what an absent one does; digests skip it, and dropping the month
+	// removes it.
 	return Applied, b.Set(ck, binary.BigEndian.AppendUint64(nil, n), nil)
 }

@@ -29,7 +29,8 @@ func (d Digest) String() string {
 // start <= k < end (nil start or end: unbounded), in key order, from one
 // consistent view. Shard-relative keys begin with the space byte ('c'
 // content, 'i' index entries, 'n' counts, 'r' retention floors); see the
-// package comment. Month markers are derived and not hashed.
+// package comment. Month markers are derived and not hashed, nor are zero
+// counts (kept rather than deleted; they mean what no count does).
 func (s *Store) Digest(ctx context.Context, shard string, start, end []byte) (Digest, error) {
 	if shard == "" {
 		return Digest{}, fmt.Errorf("%w: shard name is empty", ErrInvalid)
@@ -47,7 +48,7 @@ func (s *Store) Digest(ctx context.Context, shard string, start, end []byte) (Di
 		if end != nil && string(k) >= string(end) {
 			break
 		}
-		if len(k) > 0 && k[0] == spaceMonth {
+		if len(k) > 0 && (k[0] == spaceMonth || k[0] == spaceCount && zeroCount(it.Value())) {
 			continue
 		}
 		h.add(k, it.Value())
@@ -117,4 +118,9 @@ func (g *digester) sum() Digest {
 	d := g.d
 	g.h.Sum(d.Sum[:0])
 	return d
+}
+
+// zeroCount reports whether v is a count of zero.
+func zeroCount(v []byte) bool {
+	return len(v) == 8 && binary.BigEndian.Uint64(v) == 0
 }

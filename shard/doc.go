@@ -33,7 +33,7 @@
 //
 //	shard 'c' len(table) table key                      content record
 //	shard 'i' len(table) table ^month owner ^id          index entry record
-//	shard 'n' len(table) table ^month owner              live entry count (uint64)
+//	shard 'n' len(table) table ^month owner              live entry count (uint64; kept at 0, not deleted)
 //	shard 'm' len(table) table ^month                    month present marker
 //	shard 'r' len(table) table                           retention floor (month)
 //	0 'S' name                                           shard record

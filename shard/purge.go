@@ -17,8 +17,9 @@ const purgeChunk = 1000
 // PurgeMatching physically deletes every content record and index entry of
 // shard selected by filter, live or tombstoned, leaving no tombstones: it
 // removes the part of a shard that a split moved to another shard. The
-// counts of live entries stay exact (a count reaching 0 is deleted); month
-// markers stay. filter must not be nil.
+// counts of live entries stay exact (a count reaching 0 is deleted: a
+// purge is rare, unlike Apply's zero counts, which it keeps); month markers
+// stay. filter must not be nil.
 //
 // It works in batches of at most 1000 records, each read from a fresh view,
 // then deleted atomically and durably under the locks Apply takes for those

@@ -132,7 +132,8 @@ func HoldUntil(ctx context.Context, deadline time.Time) context.Context {
 // Internal marks ctx as carrying a write of Aviary itself (a timeline
 // worker removing the queue entries it delivered, say), which its site's
 // state does not stop: only clients' writes are refused by a site that is
-// not active.
+// not active. A node serves Aviary's own reads from its own replica when
+// it has one.
 func Internal(ctx context.Context) context.Context {
 	return context.WithValue(ctx, internalKey{}, true)
 }

@@ -316,7 +316,9 @@ func (s *Service) runFanout(ctx context.Context) {
 	for {
 		v, changed := s.current()
 		owned := s.owned(v)
-		wctx, cancel := context.WithCancel(ctx)
+		// The workers' reads and writes are Aviary's own: their reads are
+		// served by this node's replicas when it has them (router.Internal).
+		wctx, cancel := context.WithCancel(router.Internal(ctx))
 		var wg sync.WaitGroup
 		for _, p := range owned {
 			wg.Go(func() {
