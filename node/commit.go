@@ -2,12 +2,14 @@ package node
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard/router"
 	"github.com/aviarydb/aviary/shard"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -26,18 +28,23 @@ const committers = 4
 // of consistency ALL is applied alone, as its outcome depends on its own
 // replicas; others are combined with the writes queued beside them that
 // have the same consistency, all name shards or none, and are Aviary's own
-// or not, up to the node's batch limits (mutations and bytes). A combined
-// batch applies or fails as a whole, like one Write of all its mutations,
-// and each write in it gets the results of its own mutations; every write
-// was checked before it queued (prepare), so what fails a batch is what
-// would have failed each of its writes (the site not active, a shard
-// fenced, the node shutting down).
+// or not, up to the node's batch limits (mutations and bytes). Each write
+// of a batch gets the answer it would have got alone: every write was
+// checked before it queued (prepare); a write whose own mutations reached
+// enough replicas is acknowledged even if others of its batch did not; and
+// when a batch is refused before anything is applied (one write's tree is
+// read-only or blocked, say), its writes are applied one by one, each to
+// its own answer. A batch whose trees lack replicas waits, like a Write of
+// all its mutations, for those deliveries to fail or time out before its
+// other writes are answered.
 type commitQueue struct {
 	n *Node
 
 	mu      sync.Mutex
 	queue   []queuedWrite
 	running int
+	closed  bool
+	wg      sync.WaitGroup // running committers
 }
 
 // queuedWrite is a write waiting for a committer.
@@ -50,18 +57,35 @@ type queuedWrite struct {
 }
 
 // submit queues a write; done is called once with its results or error,
-// from a committer's goroutine.
+// from a committer's goroutine (or at once, refused, if the queue is
+// closed).
 func (q *commitQueue) submit(w queuedWrite) {
 	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		w.done(nil, status.Error(codes.Unavailable, "node is shutting down; the write was not applied"))
+		return
+	}
 	q.queue = append(q.queue, w)
 	start := q.running < committers
 	if start {
 		q.running++
+		q.wg.Add(1)
 	}
 	q.mu.Unlock()
 	if start {
 		go q.run()
 	}
+}
+
+// close refuses new writes and waits for the committers to apply what is
+// queued: the node calls it once no call can submit more (its gRPC server
+// has stopped), before it stops the router and closes the store.
+func (q *commitQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.wg.Wait()
 }
 
 // apply queues a write and waits for it, or for ctx: a write whose caller
@@ -88,6 +112,7 @@ func (q *commitQueue) apply(ctx context.Context, p prepared, c pb.Consistency) (
 // run applies batches until the queue is empty. It stops under mu, having
 // found the queue empty, so no write queued is left without a committer.
 func (q *commitQueue) run() {
+	defer q.wg.Done()
 	for {
 		batch := q.take()
 		if batch == nil {
@@ -129,43 +154,95 @@ func (q *commitQueue) take() []queuedWrite {
 }
 
 func (q *commitQueue) applyBatch(batch []queuedWrite) {
-	p := batch[0].p
-	if len(batch) > 1 {
-		n := 0
-		for _, w := range batch {
-			n += len(w.p.muts)
-		}
-		p.muts = make([]shard.Mutation, 0, n)
-		for _, w := range batch {
-			p.muts = append(p.muts, w.p.muts...)
-		}
+	ctx, cancel := batchContext(batch)
+	defer cancel()
+	if len(batch) == 1 {
+		w := batch[0]
+		w.done(q.n.apply(ctx, w.p, w.c))
+		return
 	}
-	// A batch outlives the calls it carries, and during a graceful
-	// shutdown the calls in flight finish before the store closes.
-	ctx := context.Background()
-	if batch[0].internal {
-		ctx = router.Internal(ctx)
-	}
-	// A draining site holds writes no longer than the first caller's
-	// deadline: each is refused in time to hear it.
-	var hold time.Time
+	n := 0
 	for _, w := range batch {
-		if !w.deadline.IsZero() && (hold.IsZero() || w.deadline.Before(hold)) {
-			hold = w.deadline
-		}
+		n += len(w.p.muts)
 	}
-	if !hold.IsZero() {
-		ctx = router.HoldUntil(ctx, hold)
+	muts := make([]shard.Mutation, 0, n)
+	for _, w := range batch {
+		muts = append(muts, w.p.muts...)
 	}
-	res, err := q.n.apply(ctx, p, batch[0].c)
+	var (
+		outcomes []shard.Outcome
+		rr       []router.Result
+		err      error
+	)
+	if batch[0].p.named {
+		outcomes, err = q.n.store.Apply(ctx, muts)
+	} else {
+		rr, err = q.n.router.Write(ctx, muts, routerConsistency(batch[0].c))
+	}
 	off := 0
 	for _, w := range batch {
 		k := len(w.p.muts)
-		if err != nil {
-			w.done(nil, err)
-		} else {
-			w.done(res[off:off+k:off+k], nil)
+		part := muts[off : off+k : off+k]
+		switch {
+		case err == nil:
+			if rr != nil {
+				w.done(q.n.results(part, nil, rr[off:off+k]), nil)
+			} else {
+				w.done(q.n.results(part, outcomes[off:off+k], nil), nil)
+			}
+		case errors.Is(err, router.ErrNotEnoughReplicas):
+			// Some trees of the batch lacked replicas: a write whose own
+			// mutations had enough is acknowledged (it is durable), the
+			// others get the error, as each would alone.
+			if rr != nil && router.Satisfied(rr[off:off+k], routerConsistency(w.c)) {
+				w.done(q.n.results(part, nil, rr[off:off+k]), nil)
+			} else {
+				w.done(nil, toStatus(err))
+			}
+		case ctx.Err() != nil, errors.Is(err, router.ErrSiteNotActive):
+			// What every write of the batch would have met alone.
+			w.done(nil, toStatus(err))
+		default:
+			// Refused before anything was applied, most likely by one
+			// write's tree (read-only, blocked, no route) or named shard:
+			// each write is applied alone to get its own answer. Applying
+			// one again is harmless if it was applied after all: versions
+			// and ids were stamped once, in prepare.
+			w.done(q.n.apply(ctx, w.p, w.c))
 		}
 		off += k
 	}
 }
+
+// batchContext is the context a batch is applied under: not its callers'
+// (a batch outlives any one of them, and a graceful shutdown lets the
+// calls in flight finish), but ending at the latest of their deadlines,
+// or after maxBatchWait if one has none, so that no batch waits without
+// bound (for a map version, say). A draining site holds the batch no
+// longer than its first caller's deadline (router.HoldUntil): each is
+// refused in time to hear it.
+func batchContext(batch []queuedWrite) (context.Context, context.CancelFunc) {
+	var first, last time.Time
+	for _, w := range batch {
+		d := w.deadline
+		if d.IsZero() {
+			d = time.Now().Add(maxBatchWait)
+		}
+		if first.IsZero() || d.Before(first) {
+			first = d
+		}
+		if d.After(last) {
+			last = d
+		}
+	}
+	ctx := context.Background()
+	if batch[0].internal {
+		ctx = router.Internal(ctx)
+	}
+	ctx = router.HoldUntil(ctx, first)
+	return context.WithDeadline(ctx, last)
+}
+
+// maxBatchWait bounds a batch none of whose callers has a deadline (as the
+// node's default deadline of unary calls does for a call).
+const maxBatchWait = 30 * time.Second

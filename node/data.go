@@ -116,35 +116,42 @@ func (n *Node) prepare(ms []*pb.Mutation) (prepared, error) {
 // apply applies p as one atomic batch (per shard) and acknowledges it once
 // durable.
 func (n *Node) apply(ctx context.Context, p prepared, c pb.Consistency) ([]*pb.WriteResult, error) {
-	muts := p.muts
-	res := make([]*pb.WriteResult, len(muts))
 	if p.named {
-		outcomes, err := n.store.Apply(ctx, muts)
+		outcomes, err := n.store.Apply(ctx, p.muts)
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		for i := range muts {
-			res[i] = &pb.WriteResult{Outcome: pb.Outcome(outcomes[i]), Shard: muts[i].Shard, Replicas: 1, Acked: 1}
-		}
-	} else {
-		cons := router.DefaultConsistency
-		if c == pb.Consistency_CONSISTENCY_ALL {
-			cons = router.All
-		}
-		rr, err := n.router.Write(ctx, muts, cons)
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		for i := range muts {
-			res[i] = &pb.WriteResult{Outcome: pb.Outcome(rr[i].Outcome), Shard: rr[i].Root, Replicas: uint32(rr[i].Replicas), Acked: uint32(rr[i].Acked)}
-		}
+		return n.results(p.muts, outcomes, nil), nil
 	}
+	rr, err := n.router.Write(ctx, p.muts, routerConsistency(c))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return n.results(p.muts, nil, rr), nil
+}
+
+func routerConsistency(c pb.Consistency) router.Consistency {
+	if c == pb.Consistency_CONSISTENCY_ALL {
+		return router.All
+	}
+	return router.DefaultConsistency
+}
+
+// results are the answers to muts applied to named shards (outcomes) or
+// through the router (rr), counted in the node's metrics.
+func (n *Node) results(muts []shard.Mutation, outcomes []shard.Outcome, rr []router.Result) []*pb.WriteResult {
+	res := make([]*pb.WriteResult, len(muts))
 	var counts [5][4]int // op, outcome
 	for i := range muts {
 		m := &muts[i]
-		counts[m.Op][res[i].Outcome]++
+		if rr != nil {
+			res[i] = &pb.WriteResult{Outcome: pb.Outcome(rr[i].Outcome), Shard: rr[i].Root, Replicas: uint32(rr[i].Replicas), Acked: uint32(rr[i].Acked)}
+		} else {
+			res[i] = &pb.WriteResult{Outcome: pb.Outcome(outcomes[i]), Shard: m.Shard, Replicas: 1, Acked: 1}
+		}
 		res[i].Version = pbVersion(m.Version)
 		res[i].Id = m.ID
+		counts[m.Op][res[i].Outcome]++
 	}
 	for op := range counts {
 		for oc, c := range counts[op] {
@@ -153,7 +160,7 @@ func (n *Node) apply(ctx context.Context, p prepared, c pb.Consistency) ([]*pb.W
 			}
 		}
 	}
-	return res, nil
+	return res
 }
 
 // convert fills m from p: it assigns an entry id where one was asked for,

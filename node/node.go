@@ -56,9 +56,11 @@ type Node struct {
 	ns      *nameserver.Server
 	router  *router.Router
 	commits *commitQueue // applies concurrent writes in batches
-	remotes remotes
-	sec     *netx.Security
-	limits  *clientLimits
+	// draining is closed when the node starts shutting down.
+	draining chan struct{}
+	remotes  remotes
+	sec      *netx.Security
+	limits   *clientLimits
 
 	// routedVersion is the map version the router routes with; ready is
 	// set once the map lists this node and its shards exist.
@@ -90,6 +92,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, hlc: ids.NewHLC(cfg.Clock, cfg.MaxClockSkew), readyCh: make(chan struct{}), fence: newFence()}
 	n.commits = &commitQueue{n: n}
+	n.draining = make(chan struct{})
 	if n.ids, err = ids.NewGenerator(cfg.SiteID, cfg.WorkerID, cfg.Clock); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
@@ -273,6 +276,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.serving.Store(false)
 	n.health.Shutdown()
 	stopBG()
+	close(n.draining) // write streams finish what they took and end
 
 	stopped := make(chan struct{})
 	go func() {
@@ -293,7 +297,9 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.httpSrv.Shutdown(shutCtx); err != nil {
 		n.log.Warn("http shutdown", "err", err)
 	}
-	// No request can start a write now: let deliveries in flight finish.
+	// No call can start a write now: apply what callers that gave up left
+	// queued, then let deliveries in flight finish.
+	n.commits.close()
 	stopRouter()
 	<-routerDone
 	wg.Wait()

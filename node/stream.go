@@ -20,29 +20,73 @@ const streamInflight = 1024
 
 const methodWriteStream = "/aviary.v1.Data/WriteStream"
 
+// errStreamShutdown ends a write stream when the node shuts down. The
+// writes it answered before are final; any it did not read were not
+// applied, and the client sends them to another node.
+var errStreamShutdown = status.Error(codes.Unavailable, "node is shutting down: the writes of this stream not answered were not applied; write to another node")
+
 // WriteStream applies the writes a client streams. Each request is checked
 // as it arrives (a bad one is answered at once) and queued for the node's
 // committers (commitQueue), which apply it with the writes queued beside
 // it, from this stream and others, and answer it once it is durable.
+//
+// Answers go out through one sender goroutine per stream, from a buffer
+// with room for every write in flight: a client slow to read its answers
+// holds back its own stream (the node stops reading it), never a committer
+// or other clients' writes. When the node shuts down, the stream stops
+// taking writes, answers those it took, and ends with Unavailable.
 func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 	n := d.n
 	ctx := st.Context()
 	id, known := n.caller(ctx)
 	internal := router.IsInternal(ctx)
 	streamDeadline, _ := ctx.Deadline()
-	w := &streamAnswers{n: n, st: st, slots: make(chan struct{}, streamInflight)}
-	// Answers are sent by committers: the call must not end before them.
-	defer w.wg.Wait()
-	for {
-		req, err := st.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
+
+	w := &streamAnswers{n: n, slots: make(chan struct{}, streamInflight), out: make(chan answer, streamInflight)}
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		w.send(st)
+	}()
+	defer func() {
+		w.wg.Wait() // every write taken is answered...
+		close(w.out)
+		<-sent // ...and the answers are sent before the call ends
+	}()
+
+	reqs, recvErr := make(chan *pb.WriteStreamRequest), make(chan error, 1)
+	go func() {
+		for {
+			req, err := st.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
 		}
-		if err != nil {
+	}()
+	for {
+		var req *pb.WriteStreamRequest
+		select {
+		case req = <-reqs:
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
 			return err
+		case <-n.draining:
+			return errStreamShutdown
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
 		}
 		select {
 		case w.slots <- struct{}{}:
+		case <-n.draining:
+			return errStreamShutdown
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		}
@@ -73,31 +117,45 @@ func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 	}
 }
 
-// streamAnswers sends a stream's answers, one at a time.
+// streamAnswers collects a stream's answers for its sender.
 type streamAnswers struct {
-	n      *Node
-	st     pb.Data_WriteStreamServer
-	slots  chan struct{} // one per write received and not yet answered
-	wg     sync.WaitGroup
-	sendMu sync.Mutex
+	n     *Node
+	slots chan struct{} // one per write taken and not yet sent an answer
+	out   chan answer   // room for every slot: answer never blocks
+	wg    sync.WaitGroup
 }
 
-// answer sends the response to write id and frees its slot.
+type answer struct {
+	resp  *pb.WriteStreamResponse
+	start time.Time
+	code  codes.Code
+}
+
+// answer queues the response to write id.
 func (w *streamAnswers) answer(id uint64, start time.Time, res []*pb.WriteResult, err error) {
-	defer w.wg.Done()
 	resp := &pb.WriteStreamResponse{Id: id, Results: res}
 	if err != nil {
 		resp.Results = nil
 		resp.Status, _ = proto.Marshal(status.Convert(err).Proto())
 	}
-	w.sendMu.Lock()
-	sendErr := w.st.Send(resp)
-	w.sendMu.Unlock()
-	<-w.slots
-	code := status.Code(err)
-	if sendErr != nil && err == nil {
-		code = codes.Canceled // the client is gone; Recv reports why
+	w.out <- answer{resp: resp, start: start, code: status.Code(err)}
+	w.wg.Done()
+}
+
+// send sends the answers until out is closed. After a failed Send (the
+// client is gone) it discards them, so that no writer waits on it.
+func (w *streamAnswers) send(st pb.Data_WriteStreamServer) {
+	var failed bool
+	for a := range w.out {
+		if !failed && st.Send(a.resp) != nil {
+			failed = true
+		}
+		<-w.slots
+		code := a.code
+		if failed && code == codes.OK {
+			code = codes.Canceled // the answer did not reach the client
+		}
+		w.n.metrics.latency.WithLabelValues(methodWriteStream).Observe(time.Since(a.start).Seconds())
+		w.n.metrics.requests.WithLabelValues(methodWriteStream, code.String()).Inc()
 	}
-	w.n.metrics.latency.WithLabelValues(methodWriteStream).Observe(time.Since(start).Seconds())
-	w.n.metrics.requests.WithLabelValues(methodWriteStream, code.String()).Inc()
 }

@@ -11,6 +11,7 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/api/client"
+	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/ids"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -216,4 +217,80 @@ func TestWriteStreamFailsOver(t *testing.T) {
 			t.Fatalf("acknowledged %s: %q, %v", key, got.GetValue(), err)
 		}
 	}
+}
+
+// TestCombinedWritesAnsweredAlone: writes applied in one batch by the
+// commit queue get the answers they would get alone. With one shard tree
+// blocked, concurrent writes to every tree through one stream: those to
+// the blocked tree are refused (FailedPrecondition), every other one
+// succeeds and reads back, whatever it was combined with.
+func TestCombinedWritesAnsweredAlone(t *testing.T) {
+	s := newSite(t)
+	ctx := t.Context()
+	m := s.nodes[0].n.ns.Map()
+	root := m.Roots()[0]
+	const blk = "blocked-0"
+	c := gizzard.Change{Who: "test", Steps: []gizzard.Step{{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: blk, Kind: gizzard.KindBlocked}}}}
+	for tbl, fs := range m.Forwardings {
+		for _, f := range fs {
+			if f.Root == root {
+				c.Steps = append(c.Steps, gizzard.Step{Op: gizzard.OpRemoveForwarding, Forwarding: &gizzard.Forwarding{Table: tbl, Base: f.Base, Root: root}},
+					gizzard.Step{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: tbl, Base: f.Base, Root: blk}})
+			}
+		}
+	}
+	c.Steps = append(c.Steps, gizzard.Step{Op: gizzard.OpAddLink, Parent: blk, Child: root, Weight: 1})
+	s.propose(t, c)
+	m = s.nodes[0].n.ns.Map() // propose waited for every node to route with it
+
+	cl, err := client.Dial([]string{s.nodes[0].n.GRPCAddr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	st := cl.Stream()
+	defer st.Close()
+	var (
+		wg               sync.WaitGroup
+		mu               sync.Mutex
+		refused, applied []string
+		wrong            []string
+	)
+	for w := range 32 {
+		wg.Go(func() {
+			for i := range 20 {
+				key := fmt.Sprintf("w%d-%d", w, i)
+				fw, err := m.Lookup("statuses", gizzard.Hash([]byte(key)))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_, err = st.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte(key), Value: []byte(key)})
+				mu.Lock()
+				switch {
+				case fw.Root == blk && status.Code(err) == codes.FailedPrecondition:
+					refused = append(refused, key)
+				case fw.Root != blk && err == nil:
+					applied = append(applied, key)
+				default:
+					wrong = append(wrong, fmt.Sprintf("%s (tree %s): %v", key, fw.Root, err))
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(wrong) > 0 {
+		t.Fatalf("%d writes answered as they would not be alone, first: %s", len(wrong), wrong[0])
+	}
+	if len(refused) == 0 || len(applied) == 0 {
+		t.Fatalf("%d refused, %d applied: the keys did not cover both kinds of tree", len(refused), len(applied))
+	}
+	for _, key := range applied {
+		got, err := s.nodes[0].data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte(key)})
+		if err != nil || string(got.Value) != key {
+			t.Fatalf("acknowledged %s: %q, %v", key, got.GetValue(), err)
+		}
+	}
+	t.Logf("%d writes refused by the blocked tree, %d applied", len(refused), len(applied))
 }

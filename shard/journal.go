@@ -283,18 +283,34 @@ func (s *Store) RetryErrorJob(seq uint64, target string) error {
 	s.journal.mu.Lock()
 	defer s.journal.mu.Unlock()
 	ek := jobKey(metaErrorJob, seq, target)
-	if _, closer, err := s.db.Get(ek); err != nil {
-		if errors.Is(err, pebble.ErrNotFound) {
-			return fmt.Errorf("%w: error job %d for %s", ErrNotFound, seq, target)
-		}
+	v, closer, err := s.db.Get(ek)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return fmt.Errorf("%w: error job %d for %s", ErrNotFound, seq, target)
+	}
+	if err != nil {
 		return err
-	} else {
-		_ = closer.Close()
+	}
+	var j Job
+	err = json.Unmarshal(v, &j)
+	_ = closer.Close()
+	if err != nil {
+		return fmt.Errorf("shard: corrupt error job %d for %s: %w", seq, target, err)
+	}
+	// Due now, attempts reset; it keeps its failure time, which tells a
+	// router's retry loop that the job is its to deliver (a job that never
+	// failed belongs to the Write that journaled it).
+	j.Attempts, j.Next = 0, time.Time{}
+	if j.Failed.IsZero() {
+		j.Failed = time.Now()
+	}
+	rec, err := json.Marshal(&j)
+	if err != nil {
+		return err
 	}
 	b := s.db.NewBatch()
 	defer b.Close()
 	_ = b.Delete(ek, nil)
-	_ = b.Set(jobKey(metaJob, seq, target), []byte("{}"), nil)
+	_ = b.Set(jobKey(metaJob, seq, target), rec, nil)
 	return b.Commit(pebble.Sync)
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/internal/netx"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -22,11 +23,14 @@ import (
 // fsync by the node. They are unordered, as concurrent unary calls are.
 //
 // The stream is opened on the first write, to the node the Client would
-// call first, and opened again, on the next node, after it breaks. Writes
-// that were in flight when it broke fail with codes.Unavailable and may or
-// may not have been applied (see the package comment on retries); a write
-// not yet sent is sent on the new stream. A Stream is safe for concurrent
-// use; Close it when done.
+// call first, and opened again, on the next node, after it breaks. A write
+// not yet sent when it broke is sent on the new stream; so, once, is a
+// write in flight when the stream ended with codes.Unavailable (a node
+// shutting down answers the writes it took and refuses the rest so; a
+// lost connection looks the same), as a unary call fails over: such a
+// write may have been applied where it was first sent (see the package
+// comment on retries). A Stream is safe for concurrent use; Close it when
+// done.
 type Stream struct {
 	c *Client
 
@@ -44,12 +48,17 @@ type streamConn struct {
 	st     pb.Data_WriteStreamClient
 	cancel context.CancelFunc
 
-	sendMu sync.Mutex
+	// send is held to send (one message at a time); a channel, so that a
+	// writer waiting for it can give up with its context.
+	send chan struct{}
 
 	mu      sync.Mutex
 	next    uint64
 	waiting map[uint64]chan *pb.WriteStreamResponse
 	err     error // why the stream ended; nil while it is up
+	// refused: the node ended the stream with Unavailable (shutting down,
+	// say); the writes it did not answer may go to another node.
+	refused bool
 }
 
 // Put sets (table, key) to value, as Client.Put.
@@ -82,15 +91,18 @@ func (s *Stream) one(ctx context.Context, c pb.Consistency, m *pb.Mutation) (*pb
 
 // Write applies a batch of mutations, as Client.Write.
 func (s *Stream) Write(ctx context.Context, r *pb.WriteRequest) (*pb.WriteResponse, error) {
-	// A stream that broke before this write was sent is replaced once: the
-	// write did not reach the node, so sending it again is safe.
+	// A stream that broke is replaced once, and the write sent again on
+	// the new one (to the next node), as a unary call fails over: when the
+	// write had not been sent, or when the node ended the stream with
+	// Unavailable (it answers every write it took before it ends a stream
+	// on shutdown).
 	for attempt := 0; ; attempt++ {
 		sc, err := s.conn(ctx)
 		if err != nil {
 			return nil, err
 		}
-		resp, sent, err := sc.write(ctx, r)
-		if err != nil && !sent && attempt == 0 && ctx.Err() == nil {
+		resp, again, err := sc.write(ctx, r)
+		if err != nil && again && attempt == 0 && ctx.Err() == nil {
 			s.drop(sc)
 			continue
 		}
@@ -140,7 +152,7 @@ func (s *Stream) conn(ctx context.Context) (*streamConn, error) {
 			cancel()
 			return nil, err
 		}
-		return &streamConn{addr: n.addr, st: st, cancel: cancel, waiting: map[uint64]chan *pb.WriteStreamResponse{}}, nil
+		return &streamConn{addr: n.addr, st: st, cancel: cancel, send: make(chan struct{}, 1), waiting: map[uint64]chan *pb.WriteStreamResponse{}}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -166,58 +178,71 @@ func (sc *streamConn) broken() error {
 	return sc.err
 }
 
-// write sends r and waits for its answer. sent reports whether r may have
-// reached the node.
-func (sc *streamConn) write(ctx context.Context, r *pb.WriteRequest) (resp *pb.WriteResponse, sent bool, err error) {
+// write sends r and waits for its answer. again reports whether r may be
+// sent again elsewhere: it was not sent, or the node refused the stream's
+// unanswered writes as it ended it.
+func (sc *streamConn) write(ctx context.Context, r *pb.WriteRequest) (resp *pb.WriteResponse, again bool, err error) {
+	req := &pb.WriteStreamRequest{Write: r}
+	if d, ok := ctx.Deadline(); ok {
+		req.TimeoutMs = uint32(max(1, min(time.Until(d).Milliseconds(), math.MaxUint32)))
+	}
+	// gRPC ends the whole call when it cannot send a message: refuse one
+	// that is too large here, alone, as a unary call would be.
+	if n := proto.Size(req); n > netx.MaxSendMsgBytes {
+		return nil, false, status.Errorf(codes.ResourceExhausted, "client: write of %d bytes, larger than the %d a message may carry", n, netx.MaxSendMsgBytes)
+	}
 	ch := make(chan *pb.WriteStreamResponse, 1)
 	sc.mu.Lock()
 	if sc.err != nil {
 		sc.mu.Unlock()
-		return nil, false, sc.err
+		return nil, true, sc.err
 	}
 	sc.next++
-	id := sc.next
-	sc.waiting[id] = ch
+	req.Id = sc.next
+	sc.waiting[req.Id] = ch
 	sc.mu.Unlock()
 	forget := func() {
 		sc.mu.Lock()
-		delete(sc.waiting, id)
+		delete(sc.waiting, req.Id)
 		sc.mu.Unlock()
 	}
 
-	req := &pb.WriteStreamRequest{Id: id, Write: r}
-	if d, ok := ctx.Deadline(); ok {
-		req.TimeoutMs = uint32(max(1, min(time.Until(d).Milliseconds(), math.MaxUint32)))
+	select {
+	case sc.send <- struct{}{}:
+	case <-ctx.Done():
+		forget()
+		return nil, false, status.FromContextError(ctx.Err()).Err()
 	}
-	sc.sendMu.Lock()
 	err = sc.st.Send(req)
-	sc.sendMu.Unlock()
+	<-sc.send
 	if err != nil {
 		// Send fails with io.EOF when the call has ended; the reason is
 		// what receive saw. The message was not sent.
 		forget()
 		sc.cancel()
-		return nil, false, status.Errorf(codes.Unavailable, "client: write stream to %s ended before the write was sent: %v", sc.addr, err)
+		return nil, true, status.Errorf(codes.Unavailable, "client: write stream to %s ended before the write was sent: %v", sc.addr, err)
 	}
 	select {
 	case m, ok := <-ch:
 		if !ok {
-			return nil, true, sc.broken()
+			sc.mu.Lock()
+			defer sc.mu.Unlock()
+			return nil, sc.refused, sc.err
 		}
 		if len(m.Status) > 0 {
 			var st spb.Status
 			if err := proto.Unmarshal(m.Status, &st); err != nil {
-				return nil, true, status.Errorf(codes.Internal, "client: write stream to %s: undecodable status: %v", sc.addr, err)
+				return nil, false, status.Errorf(codes.Internal, "client: write stream to %s: undecodable status: %v", sc.addr, err)
 			}
-			return nil, true, status.ErrorProto(&st)
+			return nil, false, status.ErrorProto(&st)
 		}
 		if len(m.Results) != len(r.Mutations) {
-			return nil, true, status.Errorf(codes.Internal, "client: write stream to %s: %d results for %d mutations", sc.addr, len(m.Results), len(r.Mutations))
+			return nil, false, status.Errorf(codes.Internal, "client: write stream to %s: %d results for %d mutations", sc.addr, len(m.Results), len(r.Mutations))
 		}
-		return &pb.WriteResponse{Results: m.Results}, true, nil
+		return &pb.WriteResponse{Results: m.Results}, false, nil
 	case <-ctx.Done():
 		forget()
-		return nil, true, status.FromContextError(ctx.Err()).Err()
+		return nil, false, status.FromContextError(ctx.Err()).Err()
 	}
 }
 
@@ -235,6 +260,7 @@ func (sc *streamConn) receive() {
 			}
 			sc.mu.Lock()
 			sc.err = err
+			sc.refused = why.Code() == codes.Unavailable
 			for id, ch := range sc.waiting {
 				close(ch)
 				delete(sc.waiting, id)

@@ -275,7 +275,8 @@ type delivery struct {
 }
 
 // Write routes, journals and applies versioned mutations (their Shard
-// fields are ignored) and acknowledges per c.
+// fields are ignored) and acknowledges per c. With ErrNotEnoughReplicas it
+// may also return the results as they stood (see Satisfied).
 func (r *Router) Write(ctx context.Context, muts []shard.Mutation, c Consistency) ([]Result, error) {
 	return r.route(ctx, muts, c, writeOptions{})
 }
@@ -629,13 +630,19 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 		// again so that it is acknowledged by the shards that now hold it.
 		return nil, fenced
 	}
-	return nil, fmt.Errorf("%w (consistency %s; the write is journaled and will be retried): %w", ErrNotEnoughReplicas, c, errors.Join(errs...))
+	// The results say which mutations had enough replicas: a caller that
+	// combined several writes into this one judges each by its own.
+	return res, fmt.Errorf("%w (consistency %s; the write is journaled and will be retried): %w", ErrNotEnoughReplicas, c, errors.Join(errs...))
 }
 
 // satisfied reports whether every mutation has been applied by enough
 // replicas: One needs a replica that serves reads (any replica if none of
 // them does), so that an acknowledged write can be read back; All, and a
 // tree whose migration is cutting over, need every replica.
+// Satisfied reports whether every mutation of res (results of a Write, or
+// a part of them) was applied by enough replicas for consistency c.
+func Satisfied(res []Result, c Consistency) bool { return satisfied(res, c) }
+
 func satisfied(res []Result, c Consistency) bool {
 	for _, r := range res {
 		switch {
