@@ -244,6 +244,10 @@ type TimelineConfig struct {
 	// FanoutPartitions is the fan-out queue partitions per site; every node
 	// of a site must use the same. Default 16.
 	FanoutPartitions int
+	// FanoutLinger: a fan-out worker that found fewer posts queued than a
+	// batch waits this long before it looks again, so that posts go out
+	// together. Default 0.
+	FanoutLinger time.Duration
 	// HedgeMin and HedgeMax bound the delay after which a timeline read is
 	// sent to the next replica too. Defaults 1ms and 50ms.
 	HedgeMin, HedgeMax time.Duration

@@ -28,6 +28,7 @@ func (n *Node) newTimelines(reg prometheus.Registerer) error {
 		Capacity:           n.cfg.Timelines.Capacity,
 		CelebrityFollowers: n.cfg.Timelines.CelebrityFollowers,
 		FanoutPartitions:   n.cfg.Timelines.FanoutPartitions,
+		FanoutLinger:       n.cfg.Timelines.FanoutLinger,
 		HedgeMin:           n.cfg.Timelines.HedgeMin,
 		HedgeMax:           n.cfg.Timelines.HedgeMax,
 		Logger:             n.log,

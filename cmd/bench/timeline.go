@@ -37,7 +37,8 @@ type timelineConfig struct {
 	Duration time.Duration // measured, per phase
 	Redis    bool          // also measure Redis
 	Seed     uint64
-	Profile  string // CPU profile of the fan-out phase's measured time, if set
+	Profile  string        // CPU profile of the fan-out phase's measured time, if set
+	Linger   time.Duration // the nodes' fan-out linger (cmd/node --fanout-linger)
 }
 
 // deliveries collects when each post was delivered, by status id, so the
@@ -117,6 +118,7 @@ func runTimeline(ctx context.Context, c timelineConfig, out io.Writer) error {
 		cfg.Timeline = true
 		cfg.Timelines.Capacity = c.Capacity
 		cfg.Timelines.OnDelivered = dl.delivered
+		cfg.Timelines.FanoutLinger = c.Linger
 	})
 	if err != nil {
 		return err

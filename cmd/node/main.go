@@ -139,6 +139,7 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.IntVar(&cfg.Timelines.Capacity, "timeline-capacity", 800, "most entries of one home timeline")
 	f.IntVar(&cfg.Timelines.CelebrityFollowers, "celebrity-followers", 10000, "authors with more followers are merged into timelines at read time instead of pushed")
 	f.IntVar(&cfg.Timelines.FanoutPartitions, "fanout-partitions", 16, "fan-out queue partitions per site (every node of a site must use the same)")
+	f.DurationVar(&cfg.Timelines.FanoutLinger, "fanout-linger", 100*time.Millisecond, "a fan-out worker that found less than a batch queued waits this long before it looks again, so that posts go out together (fewer calls per post, less CPU taken from reads) at the cost of that much delivery latency; 0: look again at once")
 	f.DurationVar(&cfg.Timelines.HedgeMin, "hedge-min", time.Millisecond, "shortest delay before a timeline read is also sent to the next replica (the delay is the recent p95)")
 	f.DurationVar(&cfg.Timelines.HedgeMax, "hedge-max", 50*time.Millisecond, "longest hedge delay")
 	tlsFlags.Register(f, "this node (role node, its site's name as site)")

@@ -377,6 +377,9 @@ func (s *Service) work(ctx context.Context, v *view, p int) {
 		backoff = 100 * time.Millisecond
 		if n > 0 {
 			idle = idleMin
+			if n < s.cfg.FanoutBatch && s.cfg.FanoutLinger > 0 && timex.Sleep(ctx, s.cfg.FanoutLinger) != nil {
+				return
+			}
 			continue
 		}
 		t := time.NewTimer(idle)

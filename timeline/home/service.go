@@ -63,6 +63,11 @@ type Config struct {
 	// FanoutBatch is the most queue entries a worker takes at once.
 	// Default 256.
 	FanoutBatch int
+	// FanoutLinger: a worker that took fewer than FanoutBatch entries waits
+	// this long before it looks again, so that the posts arriving meanwhile
+	// go out together (fewer calls per post) at the cost of that much
+	// delivery latency. Default 0: look again at once.
+	FanoutLinger time.Duration
 	// HedgeMin and HedgeMax bound the hedge delay. Default 1ms and 50ms.
 	HedgeMin, HedgeMax time.Duration
 	// Rings configures the placement rings.
