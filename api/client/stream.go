@@ -34,9 +34,12 @@ import (
 type Stream struct {
 	c *Client
 
-	mu     sync.Mutex
-	cur    *streamConn
-	closed bool
+	mu  sync.Mutex
+	cur *streamConn
+	// opening is closed when the open under way ends; nil if none is.
+	// Writers wait for it under their own contexts.
+	opening chan struct{}
+	closed  bool
 }
 
 // Stream returns a Stream writing to c's nodes.
@@ -123,20 +126,57 @@ func (s *Stream) Close() error {
 }
 
 // conn returns the open stream, opening one if there is none: on the
-// Client's current node, failing over to the next as Client calls do.
+// Client's current node, failing over to the next as Client calls do. One
+// writer opens; the others wait for it, each no longer than its context.
 func (s *Stream) conn(ctx context.Context) (*streamConn, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil, status.Error(codes.Canceled, "client: stream closed")
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return nil, status.Error(codes.Canceled, "client: stream closed")
+		}
+		if s.cur != nil && s.cur.broken() == nil {
+			sc := s.cur
+			s.mu.Unlock()
+			return sc, nil
+		}
+		if wait := s.opening; wait != nil {
+			s.mu.Unlock()
+			select {
+			case <-wait:
+				continue // opened, or failed: look again
+			case <-ctx.Done():
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+		}
+		done := make(chan struct{})
+		s.opening, s.cur = done, nil
+		s.mu.Unlock()
+
+		sc, err := s.open(ctx)
+		s.mu.Lock()
+		s.opening = nil
+		if err == nil && s.closed {
+			sc.cancel()
+			err = status.Error(codes.Canceled, "client: stream closed")
+		}
+		if err == nil {
+			s.cur = sc
+			go sc.receive()
+		}
+		s.mu.Unlock()
+		close(done)
+		if err != nil {
+			return nil, err
+		}
+		return sc, nil
 	}
-	if s.cur != nil && s.cur.broken() == nil {
-		return s.cur, nil
-	}
-	s.cur = nil
-	// The call outlives ctx (it carries later writes too): only opening
-	// it waits on ctx.
-	sc, err := do(ctx, s.c, func(n *node) (*streamConn, error) {
+}
+
+// open opens a write stream. The call outlives ctx (it carries later
+// writes too): only opening it waits on ctx.
+func (s *Stream) open(ctx context.Context) (*streamConn, error) {
+	return do(ctx, s.c, func(n *node) (*streamConn, error) {
 		sctx, cancel := context.WithCancel(context.Background())
 		opened := make(chan struct{})
 		go func() { // opening does not outlive ctx
@@ -154,12 +194,6 @@ func (s *Stream) conn(ctx context.Context) (*streamConn, error) {
 		}
 		return &streamConn{addr: n.addr, st: st, cancel: cancel, send: make(chan struct{}, 1), waiting: map[uint64]chan *pb.WriteStreamResponse{}}, nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	go sc.receive()
-	s.cur = sc
-	return sc, nil
 }
 
 // drop forgets sc if it is still the current stream.
