@@ -173,7 +173,8 @@ func TestWriteStream(t *testing.T) {
 
 // TestWriteStreamFailsOver: when the node a stream writes to stops, the
 // stream is opened again on another node of the site and writing goes on;
-// every acknowledged write is readable there.
+// every acknowledged write is readable there. Then the same while writers
+// are busy: the stopping node answers what it took and ends the stream.
 func TestWriteStreamFailsOver(t *testing.T) {
 	s := newSite(t)
 	ctx := t.Context()
@@ -211,12 +212,73 @@ func TestWriteStreamFailsOver(t *testing.T) {
 			t.Fatalf("write %d after node-0 stopped: %v", i, err)
 		}
 	}
+	// Writers busy while the node they stream to shuts down: it answers
+	// the writes it took and ends the stream; the rest go to another node.
+	// Every acknowledged write is there afterwards.
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	stop := make(chan struct{})
+	for w := range 8 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				key := fmt.Sprintf("during-%d-%d", w, i)
+				_, err := st.Put(ctx, &pb.PutRequest{Table: "statuses", Key: []byte(key), Value: []byte(key)})
+				mu.Lock()
+				if err == nil {
+					acked = append(acked, key)
+				} else {
+					errs = append(errs, err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked)
+	}
+	before := count()
+	waitFor(t, 10*time.Second, func() error {
+		if n := count(); n < before+200 {
+			return fmt.Errorf("%d writes acknowledged", n)
+		}
+		return nil
+	})
+	if err := s.nodes[1].stop(); err != nil {
+		t.Fatal(err)
+	}
+	atStop := count()
+	waitFor(t, 10*time.Second, func() error {
+		if n := count(); n < atStop+200 {
+			return fmt.Errorf("%d writes acknowledged since node-1 stopped", n-atStop)
+		}
+		return nil
+	})
+	close(stop)
+	wg.Wait()
+	for _, err := range errs {
+		// A write can still fail if the node it failed over to was the
+		// stopped one too; it must say so, not be lost silently.
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("write during the shutdown: %v, want Unavailable at worst", err)
+		}
+	}
 	for _, key := range acked {
-		got, err := s.nodes[1].data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte(key)})
+		got, err := s.nodes[2].data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte(key)})
 		if err != nil || string(got.Value) != key {
 			t.Fatalf("acknowledged %s: %q, %v", key, got.GetValue(), err)
 		}
 	}
+	t.Logf("%d writes acknowledged, %d failed with Unavailable", len(acked), len(errs))
 }
 
 // TestCombinedWritesAnsweredAlone: writes applied in one batch by the
