@@ -216,7 +216,8 @@ func TestDevSitesRelayKilled(t *testing.T) {
 		}
 		r := st.Relay
 		if r.HTTPAddr != net.JoinHostPort("127.0.0.1", strconv.Itoa(p+relayPortOffset)) || r.Log != filepath.Join(dir, st.Name, "relay", "log") || !processAlive(r.PID) {
-			t.Fatalf("%s's relay in site.json: %+v (running %v)", st.Name, r, processAlive(r.PID))
+			log, _ := os.ReadFile(r.Log)
+			t.Fatalf("%s's relay in site.json: %+v (running %v); its log:\n%s", st.Name, r, processAlive(r.PID), log)
 		}
 		cc := dialAs(t, admin, n.GRPCAddr)
 		clients[s] = devSiteClients{name: st.Name, data: pb.NewDataClient(cc), admin: pb.NewShardAdminClient(cc)}
