@@ -25,18 +25,18 @@ import (
 const committers = 4
 
 // commitQueue applies prepared writes in batches (see committers). A write
-// of consistency ALL is applied alone, as its outcome depends on its own
-// replicas; others are combined with the writes queued beside them that
-// have the same consistency, all name shards or none, and are Aviary's own
-// or not, up to the node's batch limits (mutations and bytes). Each write
+// that this node's replicas alone acknowledge (prepared.local: not of
+// consistency ALL, every mutation with a readable replica here) is
+// combined with the local writes queued beside it that have the same
+// consistency, all name shards or none, and are Aviary's own or not, up to
+// the node's batch limits (mutations and bytes); any other write is applied
+// alone, so that one waiting on other nodes holds back no other. Each write
 // of a batch gets the answer it would have got alone: every write was
 // checked before it queued (prepare); a write whose own mutations reached
 // enough replicas is acknowledged even if others of its batch did not; and
 // when a batch is refused before anything is applied (one write's tree is
 // read-only or blocked, say), its writes are applied one by one, each to
-// its own answer. A batch whose trees lack replicas waits, like a Write of
-// all its mutations, for those deliveries to fail or time out before its
-// other writes are answered.
+// its own answer.
 type commitQueue struct {
 	n *Node
 
@@ -133,9 +133,9 @@ func (q *commitQueue) take() []queuedWrite {
 	}
 	first, lim := q.queue[0], &q.n.cfg.Limits
 	k, muts, bytes := 1, len(first.p.muts), first.p.bytes
-	for first.c != pb.Consistency_CONSISTENCY_ALL && k < len(q.queue) {
+	for first.p.local && k < len(q.queue) {
 		next := q.queue[k]
-		if next.c != first.c || next.p.named != first.p.named || next.internal != first.internal ||
+		if !next.p.local || next.c != first.c || next.p.named != first.p.named || next.internal != first.internal ||
 			muts+len(next.p.muts) > lim.MaxBatchMutations || bytes+next.p.bytes > lim.MaxBatchBytes {
 			break
 		}

@@ -61,7 +61,7 @@ func (d *dataServer) Write(ctx context.Context, r *pb.WriteRequest) (*pb.WriteRe
 // batch (with other calls' writes, see commitQueue): to the named shards of
 // this node directly, or, when they name no shard, through the router.
 func (n *Node) write(ctx context.Context, ms []*pb.Mutation, c pb.Consistency) ([]*pb.WriteResult, error) {
-	p, err := n.prepare(ms)
+	p, err := n.prepare(ms, c)
 	if err != nil {
 		return nil, err
 	}
@@ -74,11 +74,14 @@ type prepared struct {
 	muts  []shard.Mutation
 	named bool // every mutation names a physical shard of this node
 	bytes int  // what the mutations count toward the batch byte limit
+	// local: acknowledged by this node alone (named, or router.Local), so
+	// it may share a batch with others (commitQueue).
+	local bool
 }
 
 // prepare converts and stamps ms and checks them as far as can be done
-// without applying them.
-func (n *Node) prepare(ms []*pb.Mutation) (prepared, error) {
+// without applying them, for consistency c.
+func (n *Node) prepare(ms []*pb.Mutation, c pb.Consistency) (prepared, error) {
 	if max := n.cfg.Limits.MaxBatchMutations; len(ms) > max {
 		return prepared{}, status.Errorf(codes.ResourceExhausted, "mutations: %d in one batch, limit is %d", len(ms), max)
 	}
@@ -110,6 +113,7 @@ func (n *Node) prepare(ms []*pb.Mutation) (prepared, error) {
 	for i := range muts {
 		p.bytes += muts[i].Size()
 	}
+	p.local = p.named || n.router.Local(muts, routerConsistency(c))
 	return p, nil
 }
 

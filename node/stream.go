@@ -106,7 +106,7 @@ func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 			w.answer(wid, start, nil, invalidf("write.mutations is empty"))
 			continue
 		}
-		p, err := n.prepare(req.Write.Mutations)
+		p, err := n.prepare(req.Write.Mutations, req.Write.Consistency)
 		if err != nil {
 			w.answer(wid, start, nil, err)
 			continue

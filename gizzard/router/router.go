@@ -639,6 +639,44 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 // replicas: One needs a replica that serves reads (any replica if none of
 // them does), so that an acknowledged write can be read back; All, and a
 // tree whose migration is cutting over, need every replica.
+// Local reports whether a write of muts with consistency c, routed by the
+// current map, is acknowledged on this node's replicas alone: c is not
+// All, and every mutation that is stored goes to a replica on this node
+// that serves reads (any replica here, for a tree with none that does), of
+// a tree that does not need all its replicas (a migration's). A node's
+// commit queue combines only such writes, so that a write waiting on other
+// nodes never holds back another. A write that cannot be routed is not
+// local (it goes alone, to its own error).
+func (r *Router) Local(muts []shard.Mutation, c Consistency) bool {
+	if c == All {
+		return false
+	}
+	targets, res, err := plan(r.cfg.Map(), muts, &r.trees)
+	if err != nil {
+		return false
+	}
+	covered := make([]bool, len(muts))
+	for _, t := range targets {
+		if t.leaf.Node != r.cfg.NodeID {
+			continue
+		}
+		for _, i := range t.idx {
+			if t.readable || res[i].readable == 0 {
+				covered[i] = true
+			}
+		}
+	}
+	for i := range res {
+		if res[i].Replicas == 0 {
+			continue // a black hole: nothing to wait for
+		}
+		if res[i].syncing || !covered[i] {
+			return false
+		}
+	}
+	return true
+}
+
 // Satisfied reports whether every mutation of res (results of a Write, or
 // a part of them) was applied by enough replicas for consistency c.
 func Satisfied(res []Result, c Consistency) bool { return satisfied(res, c) }

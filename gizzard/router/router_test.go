@@ -120,3 +120,51 @@ func openStore(t *testing.T) *shard.Store {
 	t.Cleanup(func() { _ = st.Close() })
 	return st
 }
+
+// TestLocal: a write is local (the node's commit queue may combine it with
+// others) only when this node's readable replicas acknowledge it alone.
+func TestLocal(t *testing.T) {
+	m := gizzard.NewMap()
+	if err := m.Apply(gizzard.Change{Who: "test", Steps: []gizzard.Step{
+		{Op: gizzard.OpAddNode, Node: &gizzard.Node{ID: "self"}},
+		{Op: gizzard.OpAddNode, Node: &gizzard.Node{ID: "other"}},
+		{Op: gizzard.OpCreateTable, Table: &gizzard.Table{Name: "both", Kind: gizzard.TableContent}},
+		{Op: gizzard.OpCreateTable, Table: &gizzard.Table{Name: "remote", Kind: gizzard.TableContent}},
+		{Op: gizzard.OpCreateTable, Table: &gizzard.Table{Name: "wo", Kind: gizzard.TableContent}},
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "a", Kind: gizzard.KindPhysical, Node: "self"}},
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "b", Kind: gizzard.KindPhysical, Node: "other"}},
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "c", Kind: gizzard.KindPhysical, Node: "other"}},
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "d", Kind: gizzard.KindPhysical, Node: "self"}},
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "e", Kind: gizzard.KindPhysical, Node: "other"}},
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "r", Kind: gizzard.KindReplicating, Children: []gizzard.Link{{Child: "a", Weight: 1}, {Child: "b", Weight: 1}}}},
+		// A write-only copy here does not acknowledge a read's replica.
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "w", Kind: gizzard.KindWriteOnly, Children: []gizzard.Link{{Child: "d", Weight: 1}}}},
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "rw", Kind: gizzard.KindReplicating, Children: []gizzard.Link{{Child: "w", Weight: 1}, {Child: "e", Weight: 1}}}},
+		{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: "both", Base: 0, Root: "r"}},
+		{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: "remote", Base: 0, Root: "c"}},
+		{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: "wo", Base: 0, Root: "rw"}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	r := New(Config{NodeID: "self", Store: openStore(t), Map: func() *gizzard.Map { return m }})
+	put := func(table string) shard.Mutation {
+		return shard.Mutation{Op: shard.OpPut, Table: table, Key: []byte("k"), Value: []byte("v")}
+	}
+	for _, c := range []struct {
+		name string
+		muts []shard.Mutation
+		cons Consistency
+		want bool
+	}{
+		{"a readable replica here", []shard.Mutation{put("both")}, One, true},
+		{"consistency ALL", []shard.Mutation{put("both")}, All, false},
+		{"only on another node", []shard.Mutation{put("remote")}, One, false},
+		{"one mutation only on another node", []shard.Mutation{put("both"), put("remote")}, One, false},
+		{"a write-only copy here", []shard.Mutation{put("wo")}, One, false},
+		{"an unknown table", []shard.Mutation{put("nope")}, One, false},
+	} {
+		if got := r.Local(c.muts, c.cons); got != c.want {
+			t.Errorf("%s: Local %v, want %v", c.name, got, c.want)
+		}
+	}
+}
