@@ -133,7 +133,10 @@ func (q *commitQueue) take() []queuedWrite {
 	}
 	first, lim := q.queue[0], &q.n.cfg.Limits
 	k, muts, bytes := 1, len(first.p.muts), first.p.bytes
-	for first.p.local && k < len(q.queue) {
+	// While the site drains, clients' writes are held, each until its own
+	// deadline: they go alone.
+	combine := first.p.local && (first.internal || first.p.named || !q.n.router.Draining())
+	for combine && k < len(q.queue) {
 		next := q.queue[k]
 		if !next.p.local || next.c != first.c || next.p.named != first.p.named || next.internal != first.internal ||
 			muts+len(next.p.muts) > lim.MaxBatchMutations || bytes+next.p.bytes > lim.MaxBatchBytes {

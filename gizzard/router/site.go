@@ -59,6 +59,18 @@ func (r *Router) siteAdmits(m *gizzard.Map) error {
 	return &SiteError{Site: site, State: s.State, Use: use}
 }
 
+// Draining reports whether the router's site is draining: its clients'
+// writes are held (holdWhileDraining), each until its own deadline, so a
+// node does not combine them into one batch, which the first deadline
+// would end for all.
+func (r *Router) Draining() bool {
+	if r.cfg.Site == "" {
+		return false
+	}
+	s, ok := r.cfg.Map().Sites[r.cfg.Site]
+	return ok && s.State == gizzard.SiteDraining
+}
+
 // firstActive names the first active site of m other than site ("" if
 // none).
 func firstActive(m *gizzard.Map, site string) string {
