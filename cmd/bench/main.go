@@ -9,6 +9,9 @@
 //
 //   - put: one Put RPC of a new random key per operation, acknowledged
 //     after fsync.
+//   - putstream: the same Puts as messages on write streams
+//     (client.Stream), one per connection shared by its clients; each
+//     client still waits for its own Put's answer.
 //   - batch100: one Write RPC of 100 Puts per operation (ops/s are batches/s;
 //     mut/s are mutations/s).
 //   - get: --keys keys are preloaded with Write batches of 1000, then Gets of
@@ -94,10 +97,11 @@
 //     call; the ratios Aviary/Redis and the issue's targets. See
 //     docs/benchmarks.md.
 //
-// Unless --raw=false, put, batch100 and get are also run against bare Pebble
-// in a fresh directory next to the node's data (so on the same disk), with
-// the same concurrency and sync setting: synced db.Set, synced 100-Set
-// batches, and db.Get after an unsynced bulk load and a flush. The ratio
+// Unless --raw=false, put, putstream, batch100 and get are also run
+// against bare Pebble in a fresh directory next to the node's data (so on
+// the same disk), with the same concurrency and sync setting: synced
+// db.Set (for put and putstream alike), synced 100-Set batches, and db.Get
+// after an unsynced bulk load and a flush. The ratio
 // node/raw of their throughputs is what the node (gRPC, versioning,
 // read-before-write, key locks) costs. range20 has no raw baseline.
 //
@@ -319,9 +323,10 @@ func newCommand() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure an Aviary node's throughput and latency over gRPC",
 		Long: `Measure an Aviary storage node over real gRPC: --concurrency clients over
---conns connections run each workload (put, batch100, get, range20) for a
-warmup and then --duration, and the throughput, latency quantiles and errors
-are printed as a table. put, batch100 and get are also run against bare
+--conns connections run each workload (put, putstream, batch100, get,
+range20) for a warmup and then --duration, and the throughput, latency
+quantiles and errors are printed as a table. put, putstream (the same Puts
+over write streams), batch100 and get are also run against bare
 Pebble on the same disk with the same sync setting, and the ratio node/raw of
 the throughputs is printed.
 
@@ -381,7 +386,7 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.DurationVar(&cfg.Warmup, "warmup", time.Second, "unmeasured warmup before each measurement")
 	f.IntVar(&cfg.Concurrency, "concurrency", 64, "concurrent clients, each looping until the deadline")
 	f.IntVar(&cfg.Conns, "conns", 4, "gRPC connections; clients are spread over them round-robin")
-	f.StringSliceVar(&cfg.Workloads, "workloads", workloadNames, "workloads to run, comma separated: put, batch100, get, range20, router (not by default: a 3-node site per --replicas value), migrate (not by default: online migration on a 2-node site)")
+	f.StringSliceVar(&cfg.Workloads, "workloads", workloadNames, "workloads to run, comma separated: put, putstream, batch100, get, range20, router (not by default: a 3-node site per --replicas value), migrate (not by default: online migration on a 2-node site)")
 	f.IntVar(&cfg.Keys, "keys", 1000000, "keys preloaded for get")
 	f.IntVar(&cfg.ValueBytes, "value-bytes", 128, "bytes of every value written (random, so incompressible)")
 	f.IntVar(&cfg.Owners, "owners", 10000, "owners preloaded for range20")
