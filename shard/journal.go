@@ -142,16 +142,22 @@ func (s *Store) removeJob(kind byte, seq uint64, target string) error {
 	s.journal.mu.Lock() // serialises the "last job of the entry" check
 	defer s.journal.mu.Unlock()
 	k := jobKey(kind, seq, target)
-	if kind == metaErrorJob {
-		_, closer, err := s.db.Get(k)
-		if errors.Is(err, pebble.ErrNotFound) {
+	// A job is removed once. A pending job can be delivered twice (a retry
+	// scan that listed it before another delivery of it finished), and the
+	// second JobDone must change nothing: counting it again would take the
+	// entry's last job for done while another target still needs the
+	// entry, and delete the entry under it.
+	_, closer, err := s.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		if kind == metaErrorJob {
 			return fmt.Errorf("%w: error job %d for %s", ErrNotFound, seq, target)
 		}
-		if err != nil {
-			return err
-		}
-		_ = closer.Close()
+		return nil
 	}
+	if err != nil {
+		return err
+	}
+	_ = closer.Close()
 	b := s.db.NewBatch()
 	defer b.Close()
 	_ = b.Delete(k, nil)

@@ -89,3 +89,28 @@ func TestJournal(t *testing.T) {
 		t.Fatalf("entry without targets: %v", err)
 	}
 }
+
+// TestJobDoneTwice: a job reported done twice (delivered twice) is removed
+// once: the entry stays while another of its jobs is pending.
+func TestJobDoneTwice(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, "db", testOptions())
+	seq, err := s.JournalAppend(ctx, []byte("one"), []string{"a/s1", "b/s1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := s.JobDone(seq, "a/s1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.JournalEntry(seq); err != nil {
+		t.Fatalf("entry with a job pending, after its other job was done twice: %v", err)
+	}
+	if err := s.JobDone(seq, "b/s1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.JournalEntry(seq); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("entry after its last job: %v", err)
+	}
+}
