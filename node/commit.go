@@ -172,16 +172,7 @@ func (q *commitQueue) applyBatch(batch []queuedWrite) {
 	for _, w := range batch {
 		muts = append(muts, w.p.muts...)
 	}
-	var (
-		outcomes []shard.Outcome
-		rr       []router.Result
-		err      error
-	)
-	if batch[0].p.named {
-		outcomes, err = q.n.store.Apply(ctx, muts)
-	} else {
-		rr, err = q.n.router.Write(ctx, muts, routerConsistency(batch[0].c))
-	}
+	outcomes, rr, err := q.n.applyMuts(ctx, muts, batch[0].p.named, batch[0].c)
 	off := 0
 	for _, w := range batch {
 		k := len(w.p.muts)

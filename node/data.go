@@ -120,18 +120,22 @@ func (n *Node) prepare(ms []*pb.Mutation, c pb.Consistency) (prepared, error) {
 // apply applies p as one atomic batch (per shard) and acknowledges it once
 // durable.
 func (n *Node) apply(ctx context.Context, p prepared, c pb.Consistency) ([]*pb.WriteResult, error) {
-	if p.named {
-		outcomes, err := n.store.Apply(ctx, p.muts)
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		return n.results(p.muts, outcomes, nil), nil
-	}
-	rr, err := n.router.Write(ctx, p.muts, routerConsistency(c))
+	outcomes, rr, err := n.applyMuts(ctx, p.muts, p.named, c)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return n.results(p.muts, nil, rr), nil
+	return n.results(p.muts, outcomes, rr), nil
+}
+
+// applyMuts applies muts to the named shards of this node (outcomes) or
+// through the router (rr, also returned with ErrNotEnoughReplicas).
+func (n *Node) applyMuts(ctx context.Context, muts []shard.Mutation, named bool, c pb.Consistency) ([]shard.Outcome, []router.Result, error) {
+	if named {
+		outcomes, err := n.store.Apply(ctx, muts)
+		return outcomes, nil, err
+	}
+	rr, err := n.router.Write(ctx, muts, routerConsistency(c))
+	return nil, rr, err
 }
 
 func routerConsistency(c pb.Consistency) router.Consistency {
