@@ -86,8 +86,9 @@ func (o Outcome) String() string {
 // resolved is a validated mutation with its shard number.
 type resolved struct {
 	*Mutation
-	num   uint32
-	month uint32
+	num    uint32
+	month  uint32
+	stripe int // set by lockStripes
 }
 
 // Apply applies a batch of mutations atomically and durably: when it returns
@@ -374,7 +375,8 @@ func stripeOf(r *resolved) int {
 func (s *Store) lockStripes(rs []resolved) func() {
 	idx := make([]int, len(rs))
 	for i := range rs {
-		idx[i] = stripeOf(&rs[i])
+		rs[i].stripe = stripeOf(&rs[i])
+		idx[i] = rs[i].stripe
 	}
 	return s.lockStripeSet(idx)
 }
@@ -470,6 +472,19 @@ func (s *Store) applyOne(ac *applyCtx, b *pebble.Batch, r *resolved) (Outcome, e
 	case OpPut, OpDelete:
 		key := contentKey(r.num, r.Table, r.Key)
 		enc := encodeRecord(r.Version, r.Op == OpDelete, r.Value)
+		// Above its stripe's bound, the mutation wins whatever the key
+		// holds, in the database or earlier in this batch (bound.go).
+		if st, v := &s.stripes[r.stripe], uint64(r.Version.HLC); v > st.bound {
+			if err := s.persistAtLeast(v); err != nil {
+				return 0, err
+			}
+			st.bound = v
+			if ac.it != nil && bytes.Compare(key, ac.last) > 0 {
+				// A later mutation of this key must read the batch.
+				ac.last = append(ac.last[:0], key...)
+			}
+			return Applied, b.Set(key, enc, nil)
+		}
 		cur, curEnc, found, err := ac.content(key)
 		if err != nil {
 			return 0, err

@@ -389,6 +389,10 @@ func TestApplyCorruptRecordAppliesNothing(t *testing.T) {
 	num := shardNum(t, s, shA)
 	id := idIn(time.March, 1, 0, 0)
 	mustApply(t, s, appM(shA, 1, id, "p", ver(100, 0, 1)))
+	// The key held a version newer than the batch's, so the batch reads
+	// it (a write above every version of its key is written blind,
+	// without reading what it replaces).
+	mustApply(t, s, putM(shA, "bad", "v", ver(5, 0, 1)))
 	for _, c := range []struct {
 		name string
 		key  []byte

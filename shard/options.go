@@ -102,9 +102,10 @@ type Options struct {
 	// CacheBytes is the size of Pebble's block cache. Default 256 MiB.
 	CacheBytes int64
 	// MemTableBytes is the size of one Pebble memtable. Default 64 MiB.
-	// (Every mutation first looks up the record it may replace, so the
-	// memtable's seek cost matters: short put-only runs were faster with
-	// 16 MiB, full runs of cmd/bench were not; see docs/benchmarks.md.)
+	// (A mutation that is not written blind (bound.go) first looks up the
+	// record it may replace, so the memtable's seek cost matters: short
+	// put-only runs were faster with 16 MiB, full runs of cmd/bench were
+	// not; see docs/benchmarks.md.)
 	MemTableBytes uint64
 }
 

@@ -48,8 +48,16 @@ type ShardInfo struct {
 
 // numStripes is the number of key-lock stripes. A mutation reads the current
 // record and writes the winner under its stripe's lock, held until the batch
-// is durable, so two writers of one key never interleave.
+// is visible, so two writers of one key never interleave.
 const numStripes = 1 << 16
+
+// stripe is one key-lock stripe.
+type stripe struct {
+	sync.Mutex
+	// bound is at or above the version of every content record whose key
+	// falls in this stripe (bound.go). Guarded by the mutex.
+	bound uint64
+}
 
 // Store is one Pebble database holding a node's physical shards. It is safe
 // for concurrent use.
@@ -57,7 +65,10 @@ type Store struct {
 	opts Options
 	db   *pebble.DB
 
-	stripes [numStripes]sync.Mutex
+	stripes [numStripes]stripe
+
+	// bound is the persisted bound on content versions (bound.go).
+	bound versionBound
 
 	journal struct {
 		seq atomic.Uint64 // last journal sequence number
@@ -117,8 +128,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             pebbleLogger{opts.Logger},
 	}
-	// Bloom filters let a read of an absent key (every mutation reads the
-	// record it may replace) skip sstables without searching them.
+	// Bloom filters let a read of an absent key (index mutations, and
+	// content writes not written blind, read the record they may replace)
+	// skip sstables without searching them.
 	for i := range popts.Levels {
 		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
@@ -133,6 +145,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	if err := s.loadJournalSeq(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if err := s.loadBound(); err != nil {
 		_ = db.Close()
 		return nil, err
 	}

@@ -103,7 +103,8 @@
 // db.Set (for put and putstream alike), synced 100-Set batches, and db.Get
 // after an unsynced bulk load and a flush. The ratio
 // node/raw of their throughputs is what the node (gRPC, versioning,
-// read-before-write, key locks) costs. range20 has no raw baseline.
+// journal, key locks, the read-before-write of writes not written blind)
+// costs. range20 has no raw baseline.
 //
 // Without --addr, the node runs in this process on 127.0.0.1 in a temporary
 // directory under --dir and is shut down at the end; clients and node then
@@ -146,6 +147,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"sort"
 	"strings"
@@ -211,6 +213,8 @@ type config struct {
 	TimelineLinger   time.Duration
 	// CPUProfile, if set, receives a CPU profile of the whole run.
 	CPUProfile string
+	// Trace, if set, receives a Go execution trace of the whole run.
+	Trace string
 	// TLS runs the in-process nodes and the bench's connections with
 	// mutual TLS (a CA and certificates made for the run).
 	TLS bool
@@ -413,6 +417,7 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.BoolVar(&cfg.TimelineRedis, "timeline-redis", true, "timeline: also drive Redis lists the same way (installs redis-server with apt-get if missing) and print the ratios")
 	f.BoolVar(&cfg.TLS, "tls", false, "run the in-process nodes and every connection with mutual TLS 1.3 (certificates made for the run), to measure its cost; not with the relay workload")
 	f.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run (clients and in-process nodes) to this file")
+	f.StringVar(&cfg.Trace, "trace", "", "write a Go execution trace of the whole run to this file (go tool trace: where goroutines wait); keep --duration short, traces grow fast")
 	envflag.Bind(f, "AVIARY_BENCH_")
 	return cmd
 }
@@ -537,6 +542,20 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 			return err
 		}
 		defer func() { err = errors.Join(err, stop()) }()
+	}
+	if cfg.Trace != "" {
+		f, err := os.Create(cfg.Trace)
+		if err != nil {
+			return err
+		}
+		if err := trace.Start(f); err != nil {
+			_ = f.Close()
+			return fmt.Errorf("trace: %w", err)
+		}
+		defer func() {
+			trace.Stop()
+			err = errors.Join(err, f.Close())
+		}()
 	}
 	b := &bench{cfg: cfg, out: out, wcol: 10}
 	router, others := hasRouter(cfg.Workloads)

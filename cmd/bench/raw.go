@@ -21,7 +21,7 @@ type rawDB struct {
 // openRaw opens a fresh Pebble database in dir. It uses the newest format,
 // like the node's store, and the store's default block cache and memtable
 // sizes, so the ratio node/raw measures what the node adds (gRPC, versions,
-// read-before-write, key locks), not different tuning.
+// journal, key locks), not different tuning.
 func openRaw(dir string) (*rawDB, error) {
 	var so shard.Options
 	so.EnsureDefaults()
