@@ -93,7 +93,8 @@
 //     --timeline-users Zipf follow graph with --timeline-follows follows per
 //     user; posts at --timeline-post-rate with --timeline-readers readers,
 //     delivery latency (acceptance to every follower's timeline) and read
-//     latency; then read throughput one and --timeline-many timelines per
+//     latency, with the readers back to back and then again with reads
+//     paced at --timeline-read-rate; then read throughput one and --timeline-many timelines per
 //     call; the ratios Aviary/Redis and the issue's targets. See
 //     docs/benchmarks.md.
 //
@@ -206,6 +207,7 @@ type config struct {
 	TimelineFollows  int
 	TimelinePostRate int
 	TimelineReaders  int
+	TimelineReadRate int
 	TimelineMany     int
 	TimelineCapacity int
 	TimelineRedis    bool
@@ -287,6 +289,8 @@ func (c *config) validate() error {
 			return fmt.Errorf("--timeline-post-rate %d, --timeline-readers %d, --timeline-many %d: want at least 1 (many at most 1000)", c.TimelinePostRate, c.TimelineReaders, c.TimelineMany)
 		case c.TimelineCapacity < 20:
 			return fmt.Errorf("--timeline-capacity %d: must be at least 20 (reads take 20)", c.TimelineCapacity)
+		case c.TimelineReadRate < -1:
+			return fmt.Errorf("--timeline-read-rate %d: want reads/s, 0 (half the back-to-back rate) or -1 (no paced phase)", c.TimelineReadRate)
 		}
 	}
 	if slices.Contains(c.Workloads, relayWorkload) {
@@ -409,7 +413,8 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.IntVar(&cfg.TimelineUsers, "timeline-users", 5000, "timeline: users (each has a home timeline in memory)")
 	f.IntVar(&cfg.TimelineFollows, "timeline-follows", 120, "timeline: users each user follows, drawn from a Zipf distribution (so the average followers per author)")
 	f.IntVar(&cfg.TimelinePostRate, "timeline-post-rate", 350, "timeline: posts/s (paced, random authors) during the fan-out phase")
-	f.IntVar(&cfg.TimelineReaders, "timeline-readers", 16, "timeline: concurrent readers, in the fan-out phase and the read phases")
+	f.IntVar(&cfg.TimelineReaders, "timeline-readers", 16, "timeline: concurrent readers, in the fan-out phases and the read phases")
+	f.IntVar(&cfg.TimelineReadRate, "timeline-read-rate", 0, "timeline: reads/s of the second fan-out phase, paced (its readers share a schedule; latency counts from the scheduled time); 0: half the reads/s the first phase's back-to-back readers reached; -1: no second phase")
 	f.IntVar(&cfg.TimelineMany, "timeline-many", 20, "timeline: timelines per call in the many-timelines read phase")
 	f.IntVar(&cfg.TimelineCapacity, "timeline-capacity", 800, "timeline: timeline capacity (Aviary's and the Redis LTRIM)")
 	f.DurationVar(&cfg.TimelineLinger, "timeline-linger", 100*time.Millisecond, "timeline: the nodes' fan-out linger (cmd/node --fanout-linger, same default)")
@@ -648,7 +653,7 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 		if name == timelineWorkload {
 			err := runTimeline(ctx, timelineConfig{Users: cfg.TimelineUsers, Follows: cfg.TimelineFollows, PostRate: cfg.TimelinePostRate,
 				Readers: cfg.TimelineReaders, Many: cfg.TimelineMany, Capacity: cfg.TimelineCapacity, Warmup: cfg.Warmup, Duration: cfg.Duration,
-				Redis: cfg.TimelineRedis, Seed: 1, Profile: cfg.TimelineProfile, Linger: cfg.TimelineLinger}, printer{b})
+				Redis: cfg.TimelineRedis, Seed: 1, Profile: cfg.TimelineProfile, Linger: cfg.TimelineLinger, ReadRate: cfg.TimelineReadRate}, printer{b})
 			if err != nil {
 				shutdownErrs = append(shutdownErrs, err)
 			}

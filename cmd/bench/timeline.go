@@ -39,6 +39,10 @@ type timelineConfig struct {
 	Seed     uint64
 	Profile  string        // CPU profile of the fan-out phase's measured time, if set
 	Linger   time.Duration // the nodes' fan-out linger (cmd/node --fanout-linger)
+	// ReadRate paces the reads of a second fan-out phase (reads/s, all
+	// readers together); 0: half the reads/s of the first, closed-loop one.
+	// Negative: no paced phase.
+	ReadRate int
 }
 
 // deliveries collects when each post was delivered, by status id, so the
@@ -155,14 +159,30 @@ func runTimeline(ctx context.Context, c timelineConfig, out io.Writer) error {
 	fmt.Fprintf(out, "loaded %d edges (both directions) and created %d timelines x 3 replicas in %s\n", edges, c.Users, time.Since(start).Round(time.Millisecond))
 
 	fmt.Fprintf(out, "%-28s %9s %9s %11s %9s %9s %9s %9s %9s %7s\n", "phase", "posts/s", "deliv/s", "pushes/s", "deliv p50", "deliv p99", "reads/s", "read p50", "read p99", "errors")
-	av := fanoutPhase(ctx, c, followers, &dl, func(ctx context.Context, w int, author uint64) (uint64, error) {
+	aPost := func(ctx context.Context, w int, author uint64) (uint64, error) {
 		resp, err := tls[w%len(tls)].Post(ctx, &pb.PostRequest{AuthorId: author})
 		return resp.GetStatusId(), err
-	}, func(ctx context.Context, w int, owner uint64) error {
+	}
+	aRead := func(ctx context.Context, w int, owner uint64) error {
 		_, err := tls[w%len(tls)].Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: owner, Limit: 20}}})
 		return err
-	})
+	}
+	av := fanoutPhase(ctx, c, 0, followers, &dl, aPost, aRead)
 	av.print(out, "aviary post+fan-out, read20", 3)
+	// The same fan-out with reads paced, so that their latency is that of
+	// a read under the fan-out rather than under the readers' own
+	// saturation of the CPUs.
+	var paced phaseResult
+	pacedRate := c.ReadRate
+	if pacedRate == 0 {
+		pacedRate = int(av.readsPerSec / 2)
+	}
+	if pacedRate > 0 {
+		paced = fanoutPhase(ctx, c, pacedRate, followers, &dl, aPost, aRead)
+		paced.print(out, fmt.Sprintf("aviary post+fan-out, read20 at %d/s", pacedRate), 3)
+		fmt.Fprintf(out, "read p99 under fan-out: %s with the readers back to back (%.0f reads/s), %s with %d reads/s paced (target < 5ms)\n",
+			fmtDur(av.readP99), av.readsPerSec, fmtDur(paced.readP99), pacedRate)
+	}
 
 	var rd *redisTimelines
 	var rs phaseResult
@@ -331,7 +351,14 @@ func (p phaseResult) print(out io.Writer, name string, replicas int) {
 // read random timelines, for warmup + duration; then waits for the
 // deliveries of the measured posts (those whose Post started after the
 // warmup). post (returning the status id) and read do one operation.
-func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]uint64, dl *deliveries,
+//
+// With readRate 0 the readers read back to back (a closed loop: they keep
+// the CPUs busy, so their latency includes waiting for them). With a
+// positive readRate they share a schedule of readRate reads/s (an open
+// loop), and a read's latency runs from the time the schedule gave it, not
+// from when a reader got to it: a read that had to wait for a free reader
+// counts that wait (no coordinated omission).
+func fanoutPhase(ctx context.Context, c timelineConfig, readRate int, followers map[uint64][]uint64, dl *deliveries,
 	post func(ctx context.Context, w int, author uint64) (uint64, error), read func(ctx context.Context, w int, owner uint64) error) phaseResult {
 	dl.reset()
 	start := time.Now()
@@ -409,11 +436,22 @@ func fanoutPhase(ctx context.Context, c timelineConfig, followers map[uint64][]u
 			}
 		})
 	}
+	var rseq atomic.Int64
 	for w := range c.Readers {
 		wg.Go(func() {
 			r := newRand()
 			for pctx.Err() == nil {
 				t0 := time.Now()
+				if readRate > 0 {
+					i := rseq.Add(1) - 1
+					t0 = start.Add(time.Duration(i) * time.Second / time.Duration(readRate))
+					if !t0.Before(to) {
+						return
+					}
+					if d := time.Until(t0); d > 0 && timex.Sleep(pctx, d) != nil {
+						return
+					}
+				}
 				err := read(pctx, w, uint64(r.IntN(c.Users))+1)
 				stop, measure := settle(t0, err)
 				if stop {
@@ -485,7 +523,7 @@ func redisFanoutPhase(ctx context.Context, c timelineConfig, followers map[uint6
 	}
 	defer func() { stopWorkers(); workers.Wait() }()
 	var ids atomic.Uint64
-	res := fanoutPhase(ctx, c, followers, &dl, func(ctx context.Context, _ int, author uint64) (uint64, error) {
+	res := fanoutPhase(ctx, c, 0, followers, &dl, func(ctx context.Context, _ int, author uint64) (uint64, error) {
 		p := queuedPost{author, ids.Add(1), time.Now()}
 		select {
 		case queue <- p:
