@@ -80,6 +80,8 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// CacheBytes is Pebble's block cache size. Default 256 MiB.
 	CacheBytes int64
+	// RescanVersionBound: see shard.Options.RescanVersionBound.
+	RescanVersionBound bool
 	// Pprof serves Go's profiler under /debug/pprof/ on the HTTP address.
 	Pprof bool
 

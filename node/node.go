@@ -111,6 +111,8 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		MaxClockAhead: cfg.MaxClockSkew,
 		Logger:        cfg.Logger,
 		CacheBytes:    cfg.CacheBytes,
+
+		RescanVersionBound: cfg.RescanVersionBound,
 	})
 	if err != nil {
 		return nil, err

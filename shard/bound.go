@@ -7,7 +7,9 @@ import (
 	"math"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/aviarydb/aviary/ids"
 	"github.com/cockroachdb/pebble/v2"
 )
 
@@ -17,10 +19,9 @@ const metaBound byte = 'V'
 var boundKey = metaKey(metaBound, "")
 
 // boundMargin is how far above the version that needs it the persisted
-// bound is raised: one synced write per boundMargin of steady local
-// writes, and after a restart blind writes resume once the clock has
-// passed the bound, at most boundMargin later.
-const boundMargin = 2000 << 16 // 2s of HLC wall time
+// bound is raised: after a restart, writes are written blind again once
+// the clock has passed the bound, at most boundMargin later.
+var boundMargin = uint64(ids.MakeTimestamp(2000, 0)) // 2s of HLC wall time
 
 // Blind writes. A content Put or Delete whose version is above that of
 // every record its key may hold wins whatever the key holds, so it is
@@ -40,29 +41,42 @@ const boundMargin = 2000 << 16 // 2s of HLC wall time
 // The bounds start, when the store opens, at a persisted bound that is at
 // or above every content version in the database (versionBound): before a
 // batch with a version above it commits, it is raised (synced) to that
-// version plus boundMargin, so steady writes raise it rarely.
+// version plus boundMargin. Steady writes find it raised ahead of them: a
+// write within half a margin of it raises it in the background.
+//
+// A build older than the bound stores versions without raising it: a
+// database it wrote to must be opened once with RescanVersionBound.
 type versionBound struct {
 	durable atomic.Uint64
-	mu      sync.Mutex // serialises raises of durable
+	raising atomic.Bool    // a background raise is under way
+	wg      sync.WaitGroup // background raises; Close waits for them
+	mu      sync.Mutex     // serialises raises of durable
 }
 
 // loadBound reads the persisted bound and starts every stripe at it. A
 // database written before the bound existed has none: its content records
 // are scanned once for their highest version, which is then persisted.
+// s.mu.shards must be loaded.
 func (s *Store) loadBound() error {
 	var b uint64
 	v, closer, err := s.db.Get(boundKey)
+	if err == nil && s.opts.RescanVersionBound {
+		_ = closer.Close()
+		err = pebble.ErrNotFound
+	}
 	switch {
 	case err == nil:
 		if len(v) != 8 {
 			_ = closer.Close()
-			return fmt.Errorf("shard: corrupt version bound (%d bytes)", len(v))
+			return fmt.Errorf("shard: corrupt version bound (%d bytes); open with RescanVersionBound to scan for it", len(v))
 		}
 		b = binary.BigEndian.Uint64(v)
 		_ = closer.Close()
 		s.bound.durable.Store(b)
 	case errors.Is(err, pebble.ErrNotFound):
-		if b, err = s.scanHighestVersion(); err != nil {
+		start := time.Now()
+		var records int
+		if b, records, err = s.scanHighestVersion(); err != nil {
 			return err
 		}
 		s.bound.mu.Lock()
@@ -70,6 +84,9 @@ func (s *Store) loadBound() error {
 		s.bound.mu.Unlock()
 		if err != nil {
 			return err
+		}
+		if records > 0 {
+			s.opts.Logger.Info("shard: scanned the content records for the highest version", "records", records, "highest", ids.Timestamp(b), "took", time.Since(start).Round(time.Millisecond))
 		}
 	default:
 		return fmt.Errorf("shard: read version bound: %w", err)
@@ -80,40 +97,63 @@ func (s *Store) loadBound() error {
 	return nil
 }
 
-// scanHighestVersion returns the highest version of any content record.
-func (s *Store) scanHighestVersion() (uint64, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: appendShard(nil, 1)})
-	if err != nil {
-		return 0, err
-	}
-	defer it.Close()
-	var highest uint64
-	for it.First(); it.Valid(); it.Next() {
-		k := it.Key()
-		if len(k) <= shardPrefixLen || k[shardPrefixLen] != spaceContent {
-			continue
-		}
-		v, err := it.ValueAndErr()
+// scanHighestVersion returns the highest version of any content record,
+// reading each shard's content space only. A record that does not decode
+// is logged and skipped: a write over it is blind or fails, as before.
+func (s *Store) scanHighestVersion() (highest uint64, records int, err error) {
+	for _, sh := range s.mu.shards {
+		lo := append(appendShard(nil, sh.Num), spaceContent)
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: prefixEnd(lo)})
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		rec, err := decodeRecord(v)
-		if err != nil {
-			return 0, fmt.Errorf("%w (key %x)", err, k)
+		for it.First(); it.Valid(); it.Next() {
+			v, err := it.ValueAndErr()
+			if err != nil {
+				_ = it.Close()
+				return 0, 0, err
+			}
+			rec, err := decodeRecord(v)
+			if err != nil {
+				s.opts.Logger.Warn("shard: version bound scan skipped an undecodable record", "shard", sh.Name, "key", fmt.Sprintf("%x", it.Key()), "err", err)
+				continue
+			}
+			records++
+			highest = max(highest, uint64(rec.version.HLC))
 		}
-		highest = max(highest, uint64(rec.version.HLC))
+		if err := errors.Join(it.Error(), it.Close()); err != nil {
+			return 0, 0, err
+		}
 	}
-	return highest, it.Error()
+	return highest, records, nil
 }
 
 // persistAtLeast makes the persisted bound at least v, synced, before it
-// returns. When it has to move, it moves boundMargin above v, so that the
-// writes that follow need not move it again.
+// returns. When it has to move, it moves boundMargin above v. A v within
+// half a margin of the bound moves it in the background, so that the
+// writes that follow rarely wait for it.
 func (s *Store) persistAtLeast(v uint64) error {
 	b := &s.bound
-	if v <= b.durable.Load() {
+	if d := b.durable.Load(); v <= d {
+		if d >= boundMargin && v > d-boundMargin/2 && b.raising.CompareAndSwap(false, true) {
+			// The caller holds s.mu for reading: Close waits for this.
+			b.wg.Add(1)
+			go func() {
+				defer b.wg.Done()
+				defer b.raising.Store(false)
+				if err := s.raise(d + 1); err != nil {
+					s.opts.Logger.Warn("shard: raising the version bound ahead of writes failed; the next write above it retries", "err", err)
+				}
+			}()
+		}
 		return nil
 	}
+	return s.raise(v)
+}
+
+// raise persists a bound of v plus boundMargin unless one at or above v is.
+func (s *Store) raise(v uint64) error {
+	b := &s.bound
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if v <= b.durable.Load() {

@@ -2,10 +2,14 @@ package shard
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/aviarydb/aviary/ids"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -157,5 +161,105 @@ func TestBlindWritesConcurrent(t *testing.T) {
 		if !ok || v.Version != want || string(v.Value) != want.String() {
 			t.Errorf("%s = %q %v, want the highest version %v", k, v.Value, v.Version, want)
 		}
+	}
+}
+
+// TestBlindWritesSortedImport: an import page (the sorted path, read with
+// one forward iterator) holding a key twice, newer first, keeps the newer.
+func TestBlindWritesSortedImport(t *testing.T) {
+	s := newTestStore(t, nil)
+	out, err := s.ImportPage(context.Background(), []Mutation{
+		putM(shA, "a", "a", ver(0, 1, 1)),
+		putM(shA, "k", "high", ver(0, 9, 1)),
+		putM(shA, "k", "low", ver(0, 2, 1)),
+		putM(shA, "z", "z", ver(0, 3, 1)),
+	}, "imp", []byte("state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []Outcome{Applied, Applied, Superseded, Applied}; fmt.Sprint(out) != fmt.Sprint(want) {
+		t.Fatalf("outcomes %v, want %v", out, want)
+	}
+	if v, _ := getValue(t, s, shA, "k"); string(v.Value) != "high" {
+		t.Fatalf("k = %q, want high", v.Value)
+	}
+}
+
+// TestBlindWritesEqualHLC: a version with the same HLC as the stored one
+// is not above the bound; the site breaks the tie, as without blind
+// writes.
+func TestBlindWritesEqualHLC(t *testing.T) {
+	s := newTestStore(t, nil)
+	mustApply(t, s, putM(shA, "k", "site2", ver(0, 5, 2)))
+	if out := mustApply(t, s, putM(shA, "k", "site1", ver(0, 5, 1))); out[0] != Superseded {
+		t.Fatalf("same HLC, lower site: %v, want superseded", out[0])
+	}
+	if out := mustApply(t, s, putM(shA, "k", "site3", ver(0, 5, 3))); out[0] != Applied {
+		t.Fatalf("same HLC, higher site: %v, want applied", out[0])
+	}
+	if v, _ := getValue(t, s, shA, "k"); string(v.Value) != "site3" {
+		t.Fatalf("k = %q, want site3", v.Value)
+	}
+}
+
+// TestVersionBoundScan: a database without a persisted bound (written
+// before it existed), or opened with RescanVersionBound after a build that
+// did not keep it, is scanned: the bound is the highest content version of
+// any shard, a tombstone's included, and a record that does not decode is
+// skipped, not fatal.
+func TestVersionBoundScan(t *testing.T) {
+	for _, rescan := range []bool{false, true} {
+		t.Run(fmt.Sprint("rescan=", rescan), func(t *testing.T) {
+			fs := vfs.NewMem()
+			opts := testOptions()
+			opts.FS = fs
+			s := openStore(t, "db", opts)
+			setupSchema(t, s)
+			highest := ver(-900, 0, 1)
+			mustApply(t, s,
+				putM(shA, "a", "a", ver(-100, 0, 1)),
+				putM(shB, "b", "b", ver(-200, 0, 1)),
+				appM(shA, 1, idIn(time.March, 1, 0, 0), "p", ver(-5000, 0, 1)), // index: not a content version
+			)
+			mustApply(t, s, delM(shB, "bb", highest), putM(shB, "c", "c", ver(-300, 0, 1)))
+			if err := s.db.Set(contentKey(shardNum(t, s, shA), tContent, []byte("bad")), []byte{1}, pebble.Sync); err != nil {
+				t.Fatal(err)
+			}
+			if rescan {
+				// What a build without the bound leaves: records above it.
+				if err := s.db.Set(boundKey, binary.BigEndian.AppendUint64(nil, uint64(ver(0, 0, 1).HLC)), pebble.Sync); err != nil {
+					t.Fatal(err)
+				}
+			} else if err := s.db.Delete(boundKey, pebble.Sync); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			opts.RescanVersionBound = rescan
+			r := openStore(t, "db", opts)
+			if got := r.stripes[12345].bound; got != uint64(highest.HLC) {
+				t.Fatalf("bound %v after the scan, want the highest content version %v", ids.Timestamp(got), highest.HLC)
+			}
+			if out := mustApply(t, r, putM(shB, "bb", "late", ver(-800, 0, 1))); out[0] != Superseded {
+				t.Fatalf("put older than the tombstone: %v, want superseded", out[0])
+			}
+		})
+	}
+}
+
+// TestBlindWriteOverCorruptRecord documents that a write above the bound
+// replaces a record that does not decode without reading it (a write at
+// or below the bound reads it and fails: TestApplyCorruptRecordAppliesNothing).
+func TestBlindWriteOverCorruptRecord(t *testing.T) {
+	s := newTestStore(t, nil)
+	if err := s.db.Set(contentKey(shardNum(t, s, shA), tContent, []byte("bad")), []byte{1}, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustApply(t, s, putM(shA, "bad", "fixed", ver(0, 1, 1))); out[0] != Applied {
+		t.Fatalf("blind put over a corrupt record: %v", out[0])
+	}
+	if v, _ := getValue(t, s, shA, "bad"); string(v.Value) != "fixed" {
+		t.Fatalf("bad = %q, want fixed", v.Value)
 	}
 }

@@ -39,6 +39,7 @@
 //	0 'S' name                                           shard record
 //	0 'T' name                                           table record
 //	0 'I' name                                           import state (ImportPage)
+//	0 'V'                                                bound on content versions (bound.go)
 //
 // Months and ids are stored bitwise inverted (^x) so that an ascending scan
 // returns the newest first. Records are version (8 bytes HLC, 4 bytes site),

@@ -96,6 +96,11 @@ type Options struct {
 	MaxClockAhead time.Duration
 	// Logger receives the store's logs. Default: discards.
 	Logger *slog.Logger
+	// RescanVersionBound discards the persisted bound on content versions
+	// at Open and scans the content records for it again (bound.go). Needed
+	// once after the database was written by a build older than the bound
+	// (a rollback): that build stored versions without raising it.
+	RescanVersionBound bool
 	// FS is the file system Pebble uses. Default vfs.Default; tests use
 	// vfs.NewMem or wrappers that inject faults.
 	FS vfs.FS

@@ -208,6 +208,7 @@ func (s *Store) Close() error {
 	s.mu.closed = true
 	s.mu.Unlock()
 	s.scans.Wait()
+	s.bound.wg.Wait()
 	s.closeExports()
 	return s.db.Close()
 }
