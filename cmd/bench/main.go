@@ -407,7 +407,7 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.IntVar(&cfg.MigrateWriters, "migrate-writers", 16, "migrate: concurrent foreground writers (durable single Puts) measured idle and during each throttled migration")
 	f.StringSliceVar(&cfg.MigrateRates, "migrate-rates", []string{ops.DefaultRate}, "migrate: copy throttles (ops migrate --rate) to measure foreground writes under, comma separated, e.g. 16MB/s,8MB/s,4MB/s")
 	f.IntVar(&cfg.RelayRate, "relay-rate", 3000, "relay: steady writes/s at site-a whose lag to site-b is measured")
-	f.IntSliceVar(&cfg.RelaySteps, "relay-steps", []int{2000, 3000, 4000, 6000, 8000, 11000, 15000, 20000}, "relay: rising writes/s tried for the highest rate site-b keeps up with")
+	f.IntSliceVar(&cfg.RelaySteps, "relay-steps", []int{2000, 4000, 8000, 11000, 15000, 20000, 25000, 30000, 35000, 40000}, "relay: rising writes/s tried for the highest rate site-b keeps up with")
 	f.IntVar(&cfg.RelayWriters, "relay-writers", 256, "relay: concurrent writers at site-a (each paced at its share of the rate: enough of them to offer the highest rates)")
 	f.BoolVar(&cfg.RelayStream, "relay-stream", true, "relay: the writers share one write stream to site-a (client.Stream, for high rates); false: a unary Put each")
 	f.IntVar(&cfg.TimelineUsers, "timeline-users", 5000, "timeline: users (each has a home timeline in memory)")

@@ -24,15 +24,17 @@ import (
 // The relay workload: three in-process one-node sites, each with its
 // embedded nats-server and its relay, on this machine. Writes at a steady
 // rate at site A; the lag of a write is from its acknowledgement at A to
-// the moment a read at B returns it (sampled: one write in lagSampleEvery
-// is polled for at B every lagPollEvery). Then rising rates, to find the
+// the moment a read at B returns it (sampled: about lagSamplesPerSec writes
+// a second, each polled for at B every lagPollEvery; a fixed number, so
+// that the probe's reads at B do not grow with the rate and become the load
+// measured: one write in 10 at 11,000/s polled 20,000 times a second). Then rising rates, to find the
 // highest one A sustains with B keeping up. In the same run, raw
 // JetStream publish+consume on A's nats-server gives the baseline.
 const (
-	relayWorkload  = "relay"
-	lagSampleEvery = 10
-	lagPollEvery   = time.Millisecond
-	relayValue     = 100 // bytes per value
+	relayWorkload    = "relay"
+	lagSamplesPerSec = 100
+	lagPollEvery     = time.Millisecond
+	relayValue       = 100 // bytes per value
 )
 
 // relayConfig configures the relay workload.
@@ -179,8 +181,8 @@ func runRelay(ctx context.Context, c relayConfig, out io.Writer) error {
 		defer st.Close()
 		a.put = st.Put
 	}
-	fmt.Fprintf(out, "relay: 3 in-process one-node sites (embedded nats-server, relay each), %d-byte values, writes at %s over %s, lag read at %s (1 write in %d sampled)\n",
-		relayValue, a.name, how, b.name, lagSampleEvery)
+	fmt.Fprintf(out, "relay: 3 in-process one-node sites (embedded nats-server, relay each), %d-byte values, writes at %s over %s, lag read at %s (about %d writes a second sampled)\n",
+		relayValue, a.name, how, b.name, lagSamplesPerSec)
 
 	// Warm up: the first write reaches B once the paths run.
 	if _, err := lagRun(ctx, a, b, 50, 2*time.Second, c.Writers, "warmup"); err != nil {
@@ -262,6 +264,7 @@ func lagRun(ctx context.Context, a, b *benchSite, rate int, d time.Duration, wri
 	start := time.Now()
 	end := start.Add(d)
 	interval := time.Duration(float64(time.Second) * float64(writers) / float64(rate))
+	sampleEvery := uint64(max(1, rate/lagSamplesPerSec))
 	var wg sync.WaitGroup
 	for w := range writers {
 		wg.Go(func() {
@@ -283,7 +286,7 @@ func lagRun(ctx context.Context, a, b *benchSite, rate int, d time.Duration, wri
 				}
 				acked := time.Now()
 				written.Add(1)
-				if seq%lagSampleEvery != 0 {
+				if seq%sampleEvery != 0 {
 					continue
 				}
 				samples.Go(func() {
