@@ -217,6 +217,8 @@ type config struct {
 	CPUProfile string
 	// Trace, if set, receives a Go execution trace of the whole run.
 	Trace string
+	// MemProfile, if set, receives an allocation profile of the whole run.
+	MemProfile string
 	// TLS runs the in-process nodes and the bench's connections with
 	// mutual TLS (a CA and certificates made for the run).
 	TLS bool
@@ -422,6 +424,7 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.BoolVar(&cfg.TimelineRedis, "timeline-redis", true, "timeline: also drive Redis lists the same way (installs redis-server with apt-get if missing) and print the ratios")
 	f.BoolVar(&cfg.TLS, "tls", false, "run the in-process nodes and every connection with mutual TLS 1.3 (certificates made for the run), to measure its cost; not with the relay workload")
 	f.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run (clients and in-process nodes) to this file")
+	f.StringVar(&cfg.MemProfile, "memprofile", "", "write an allocation profile of the whole run to this file at its end (go tool pprof -sample_index=alloc_space: what allocates, and so drives the GC)")
 	f.StringVar(&cfg.Trace, "trace", "", "write a Go execution trace of the whole run to this file (go tool trace: where goroutines wait); keep --duration short, traces grow fast")
 	envflag.Bind(f, "AVIARY_BENCH_")
 	return cmd
@@ -547,6 +550,15 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 			return err
 		}
 		defer func() { err = errors.Join(err, stop()) }()
+	}
+	if cfg.MemProfile != "" {
+		defer func() {
+			f, ferr := os.Create(cfg.MemProfile)
+			if ferr == nil {
+				ferr = errors.Join(pprof.Lookup("allocs").WriteTo(f, 0), f.Close())
+			}
+			err = errors.Join(err, ferr)
+		}()
 	}
 	if cfg.Trace != "" {
 		f, err := os.Create(cfg.Trace)
