@@ -79,9 +79,10 @@
 //     --relay-writers clients write durable Puts of 100-byte values (over
 //     one shared write stream, or a unary call each with
 //     --relay-stream=false) at
-//     site-a at --relay-rate writes/s (paced) for --duration; one write in
-//     10 is read at site-b every millisecond until it is there: its lag,
-//     from the acknowledgement at site-a to the read at site-b. Then each
+//     site-a at --relay-rate writes/s (paced) for --duration; about 100
+//     writes a second (whatever the rate) are read at site-b every
+//     millisecond until they are there: their lag, from the acknowledgement
+//     at site-a to the read at site-b. Then each
 //     --relay-steps rate in turn, until site-a no longer reaches 95% of it
 //     or the lag p99 passes 1s: the highest sustained rate. Then raw
 //     JetStream publish+consume of 200,000 256-byte messages on site-a's
