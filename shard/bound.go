@@ -58,43 +58,45 @@ type versionBound struct {
 // are scanned once for their highest version, which is then persisted.
 // s.mu.shards must be loaded.
 func (s *Store) loadBound() error {
-	var b uint64
-	v, closer, err := s.db.Get(boundKey)
-	if err == nil && s.opts.RescanVersionBound {
-		_ = closer.Close()
-		err = pebble.ErrNotFound
+	var (
+		b     uint64
+		found bool
+		err   error
+	)
+	if !s.opts.RescanVersionBound {
+		if b, found, err = getUint(s.db, boundKey, 8); err != nil {
+			return fmt.Errorf("%w (the version bound; open with RescanVersionBound to scan for it)", err)
+		}
 	}
-	switch {
-	case err == nil:
-		if len(v) != 8 {
-			_ = closer.Close()
-			return fmt.Errorf("shard: corrupt version bound (%d bytes); open with RescanVersionBound to scan for it", len(v))
-		}
-		b = binary.BigEndian.Uint64(v)
-		_ = closer.Close()
+	if found {
 		s.bound.durable.Store(b)
-	case errors.Is(err, pebble.ErrNotFound):
-		start := time.Now()
-		var records int
-		if b, records, err = s.scanHighestVersion(); err != nil {
-			return err
-		}
-		s.bound.mu.Lock()
-		err = s.persistBoundLocked(b)
-		s.bound.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		if records > 0 {
-			s.opts.Logger.Info("shard: scanned the content records for the highest version", "records", records, "highest", ids.Timestamp(b), "took", time.Since(start).Round(time.Millisecond))
-		}
-	default:
-		return fmt.Errorf("shard: read version bound: %w", err)
+	} else if b, err = s.scanBound(); err != nil {
+		return err
 	}
 	for i := range s.stripes {
 		s.stripes[i].bound = b
 	}
 	return nil
+}
+
+// scanBound scans the content records for their highest version and
+// persists it as the bound.
+func (s *Store) scanBound() (uint64, error) {
+	start := time.Now()
+	b, records, err := s.scanHighestVersion()
+	if err != nil {
+		return 0, err
+	}
+	s.bound.mu.Lock()
+	err = s.persistBoundLocked(b)
+	s.bound.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if records > 0 {
+		s.opts.Logger.Info("shard: scanned the content records for the highest version", "records", records, "highest", ids.Timestamp(b), "took", time.Since(start).Round(time.Millisecond))
+	}
+	return b, nil
 }
 
 // scanHighestVersion returns the highest version of any content record,

@@ -307,7 +307,7 @@ func (s *Store) RetryErrorJob(seq uint64, target string) error {
 	// failed belongs to the Write that journaled it).
 	j.Attempts, j.Next = 0, time.Time{}
 	if j.Failed.IsZero() {
-		j.Failed = time.Now()
+		j.Failed = s.opts.Clock.Now()
 	}
 	rec, err := json.Marshal(&j)
 	if err != nil {

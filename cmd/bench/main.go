@@ -95,8 +95,9 @@
 //     user; posts at --timeline-post-rate with --timeline-readers readers,
 //     delivery latency (acceptance to every follower's timeline) and read
 //     latency, with the readers back to back and then again with reads
-//     paced at --timeline-read-rate; then read throughput one and --timeline-many timelines per
-//     call; the ratios Aviary/Redis and the targets. See
+//     paced at --timeline-read-rate; then read throughput one and
+//     --timeline-many timelines per call; the ratios Aviary/Redis and the
+//     issue's targets. See
 //     docs/benchmarks.md.
 //
 // Unless --raw=false, put, putstream, batch100 and get are also run
@@ -462,16 +463,23 @@ func flagString(fl *pflag.Flag) string {
 // startProfile starts a CPU profile into a new file at path; stop ends
 // it and closes the file.
 func startProfile(path string) (stop func() error, err error) {
+	return startRecording("cpu profile", path, pprof.StartCPUProfile, pprof.StopCPUProfile)
+}
+
+// startRecording starts what start records (a CPU profile, an execution
+// trace) into a new file at path; stop ends it with end and closes the
+// file.
+func startRecording(what, path string, start func(io.Writer) error, end func()) (stop func() error, err error) {
 	f, err := os.Create(path)
 	if err != nil {
 		return nil, err
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
+	if err := start(f); err != nil {
 		_ = f.Close()
-		return nil, fmt.Errorf("cpu profile: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return func() error {
-		pprof.StopCPUProfile()
+		end()
 		return f.Close()
 	}, nil
 }
@@ -562,18 +570,11 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 		}()
 	}
 	if cfg.Trace != "" {
-		f, err := os.Create(cfg.Trace)
+		stop, err := startRecording("trace", cfg.Trace, trace.Start, trace.Stop)
 		if err != nil {
 			return err
 		}
-		if err := trace.Start(f); err != nil {
-			_ = f.Close()
-			return fmt.Errorf("trace: %w", err)
-		}
-		defer func() {
-			trace.Stop()
-			err = errors.Join(err, f.Close())
-		}()
+		defer func() { err = errors.Join(err, stop()) }()
 	}
 	b := &bench{cfg: cfg, out: out, wcol: 10}
 	router, others := hasRouter(cfg.Workloads)

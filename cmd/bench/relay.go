@@ -27,9 +27,10 @@ import (
 // the moment a read at B returns it (sampled: about lagSamplesPerSec writes
 // a second, each polled for at B every lagPollEvery; a fixed number, so
 // that the probe's reads at B do not grow with the rate and become the load
-// measured: one write in 10 at 11,000/s polled 20,000 times a second). Then rising rates, to find the
-// highest one A sustains with B keeping up. In the same run, raw
-// JetStream publish+consume on A's nats-server gives the baseline.
+// measured: one write in 10 at 11,000/s polled 20,000 times a second).
+// Then rising rates, to find the highest one A sustains with B keeping up.
+// In the same run, raw JetStream publish+consume on A's nats-server gives
+// the baseline.
 const (
 	relayWorkload    = "relay"
 	lagSamplesPerSec = 100

@@ -172,13 +172,12 @@ func runTimeline(ctx context.Context, c timelineConfig, out io.Writer) error {
 	// The same fan-out with reads paced, so that their latency is that of
 	// a read under the fan-out rather than under the readers' own
 	// saturation of the CPUs.
-	var paced phaseResult
 	pacedRate := c.ReadRate
 	if pacedRate == 0 {
 		pacedRate = int(av.readsPerSec / 2)
 	}
 	if pacedRate > 0 {
-		paced = fanoutPhase(ctx, c, pacedRate, followers, &dl, aPost, aRead)
+		paced := fanoutPhase(ctx, c, pacedRate, followers, &dl, aPost, aRead)
 		paced.print(out, fmt.Sprintf("aviary post+fan-out, read20 at %d/s", pacedRate), 3)
 		fmt.Fprintf(out, "read p99 under fan-out: %s with the readers back to back (%.0f reads/s), %s with %d reads/s paced (target < 5ms)\n",
 			fmtDur(av.readP99), av.readsPerSec, fmtDur(paced.readP99), pacedRate)

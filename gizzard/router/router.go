@@ -635,10 +635,6 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 	return res, fmt.Errorf("%w (consistency %s; the write is journaled and will be retried): %w", ErrNotEnoughReplicas, c, errors.Join(errs...))
 }
 
-// satisfied reports whether every mutation has been applied by enough
-// replicas: One needs a replica that serves reads (any replica if none of
-// them does), so that an acknowledged write can be read back; All, and a
-// tree whose migration is cutting over, need every replica.
 // Local reports whether a write of muts with consistency c, routed by the
 // current map, is acknowledged on this node's replicas alone: c is not
 // All, and every mutation that is stored goes to a replica on this node
@@ -681,6 +677,10 @@ func (r *Router) Local(muts []shard.Mutation, c Consistency) bool {
 // a part of them) was applied by enough replicas for consistency c.
 func Satisfied(res []Result, c Consistency) bool { return satisfied(res, c) }
 
+// satisfied reports whether every mutation has been applied by enough
+// replicas: One needs a replica that serves reads (any replica if none of
+// them does), so that an acknowledged write can be read back; All, and a
+// tree whose migration is cutting over, need every replica.
 func satisfied(res []Result, c Consistency) bool {
 	for _, r := range res {
 		switch {
