@@ -143,7 +143,7 @@ func (s *Store) apply(ctx context.Context, muts []Mutation, sync, sorted bool, e
 		b = s.db.NewBatch()
 	}
 	defer b.Close()
-	ac := &applyCtx{rd: r, floors: map[string]uint32{}}
+	ac := &applyCtx{rd: r}
 	if sorted && len(rs) > 1 {
 		// Created under the stripes: no write of these keys can land
 		// between what it sees and this batch's commit.
@@ -436,12 +436,10 @@ func getUint(r pebble.Reader, key []byte, size int) (uint64, bool, error) {
 	return 0, false, fmt.Errorf("shard: corrupt %d-byte integer at key %x", len(v), key)
 }
 
-// applyOne adds r to b if it wins over what rd holds.
 // applyCtx is what the mutations of one batch read through: the batch (or
 // the database), and for sorted content keys a forward iterator.
 type applyCtx struct {
-	rd     pebble.Reader
-	floors map[string]uint32
+	rd pebble.Reader
 	// it, if set, reads content keys in ascending order from the
 	// database; last is the previous key it read. A content key is written
 	// only by its own mutation, so one above last is in no earlier
@@ -466,8 +464,9 @@ func (ac *applyCtx) content(key []byte) (record, []byte, bool, error) {
 	return decodeStored(key, v)
 }
 
+// applyOne adds r to b if it wins over what ac reads.
 func (s *Store) applyOne(ac *applyCtx, b *pebble.Batch, r *resolved) (Outcome, error) {
-	rd, floors := ac.rd, ac.floors
+	rd := ac.rd
 	switch r.Op {
 	case OpPut, OpDelete:
 		key := contentKey(r.num, r.Table, r.Key)
@@ -496,15 +495,9 @@ func (s *Store) applyOne(ac *applyCtx, b *pebble.Batch, r *resolved) (Outcome, e
 	}
 
 	// Index entry.
-	fk := string(binary.BigEndian.AppendUint32(nil, r.num)) + r.Table
-	floor, ok := floors[fk]
-	if !ok {
-		f, _, err := getUint(rd, retentionKey(r.num, r.Table), 4)
-		if err != nil {
-			return 0, err
-		}
-		floor = uint32(f)
-		floors[fk] = floor
+	floor, err := s.retentionFloorLocked(r.num, r.Table)
+	if err != nil {
+		return 0, err
 	}
 	if r.month < floor {
 		return BelowRetention, nil

@@ -414,3 +414,51 @@ func TestDropMonthsBefore(t *testing.T) {
 		t.Fatalf("floor of unknown table: %v", err)
 	}
 }
+
+// TestRetentionFloorCached checks the store's cache of retention floors: a
+// drop raises the floor that later index mutations see, even after those
+// before it cached the old one; a reopened store loads the stored floor; a
+// shard dropped and created again starts with none.
+func TestRetentionFloorCached(t *testing.T) {
+	opts := testOptions()
+	s := openStore(t, "db", opts)
+	setupSchema(t, s)
+	ctx := context.Background()
+	jan, feb, mar := idIn(time.January, 2, 0, 0), idIn(time.February, 2, 0, 0), idIn(time.March, 2, 0, 0)
+	// Caches floor 0 through the apply path.
+	if out := mustApply(t, s, appM(shA, owner, jan, "a", ver(100, 0, 1))); out[0] != Applied {
+		t.Fatalf("append before any drop: %v", out)
+	}
+	if err := s.DropMonthsBefore(ctx, shA, tIndex, month2026(time.March)); err != nil {
+		t.Fatal(err)
+	}
+	below := func(s *Store, kept uint64) {
+		t.Helper()
+		out := mustApply(t, s, appM(shA, owner, feb, "late", ver(50, 0, 1)), appM(shA, owner, kept, "kept", ver(50, 0, 1)))
+		if !slices.Equal(out, []Outcome{BelowRetention, Applied}) {
+			t.Fatalf("outcomes after the drop %v, want [BelowRetention Applied]", out)
+		}
+	}
+	below(s, mar)
+	// Another shard's floor is its own.
+	if out := mustApply(t, s, appM(shB, owner, feb, "b", ver(50, 0, 1))); out[0] != Applied {
+		t.Fatalf("append to %s: %v", shB, out)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, "db", opts)
+	below(s, mar+1)
+	if err := s.DropShard(ctx, shA); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateShard(ctx, shA); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := s.RetentionFloor(shA, tIndex); err != nil || f != 0 {
+		t.Fatalf("floor of the recreated shard %d, %v; want 0", f, err)
+	}
+	if out := mustApply(t, s, appM(shA, owner, jan, "again", ver(40, 0, 1))); out[0] != Applied {
+		t.Fatalf("append of January to the recreated shard: %v", out)
+	}
+}

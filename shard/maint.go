@@ -25,17 +25,16 @@ func (s *Store) DropMonthsBefore(ctx context.Context, shard, table string, month
 	if err != nil {
 		return err
 	}
-	rk := retentionKey(num, table)
-	floor, _, err := getUint(s.db, rk, 4)
+	floor, err := s.retentionFloorLocked(num, table)
 	if err != nil {
 		return err
 	}
-	if uint64(month) <= floor || month == 0 {
+	if month <= floor || month == 0 {
 		return nil
 	}
 	b := s.db.NewBatch()
 	defer b.Close()
-	_ = b.Set(rk, binary.BigEndian.AppendUint32(nil, month), nil)
+	_ = b.Set(retentionKey(num, table), binary.BigEndian.AppendUint32(nil, month), nil)
 	// Months before month are stored as ^m > ^month, i.e. from ^(month-1) on.
 	for _, sp := range []byte{spaceIndex, spaceCount, spaceMonth} {
 		p := tablePrefix(num, sp, table)
@@ -45,6 +44,9 @@ func (s *Store) DropMonthsBefore(ctx context.Context, shard, table string, month
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("shard: drop months of %q before %s: %w", table, ids.MonthString(month), err)
 	}
+	s.floors.mu.Lock()
+	s.floors.m[floorKey{num, table}] = month
+	s.floors.mu.Unlock()
 	return nil
 }
 
@@ -57,8 +59,36 @@ func (s *Store) RetentionFloor(shard, table string) (uint32, error) {
 	if err != nil {
 		return 0, err
 	}
-	f, _, err := getUint(s.db, retentionKey(num, table), 4)
-	return uint32(f), err
+	return s.retentionFloorLocked(num, table)
+}
+
+// floorKey names an index table of a shard, by the shard's number.
+type floorKey struct {
+	num   uint32
+	table string
+}
+
+// retentionFloorLocked returns the retention floor of table in shard num,
+// from the store's cache or, the first time, from the database. The caller
+// holds mu, for reading or writing. A floor is written only with mu held
+// for writing (DropMonthsBefore, DropShard), so with mu held the cached
+// value is the stored one.
+func (s *Store) retentionFloorLocked(num uint32, table string) (uint32, error) {
+	k := floorKey{num, table}
+	s.floors.mu.Lock()
+	f, ok := s.floors.m[k]
+	s.floors.mu.Unlock()
+	if ok {
+		return f, nil
+	}
+	v, _, err := getUint(s.db, retentionKey(num, table), 4)
+	if err != nil {
+		return 0, err
+	}
+	s.floors.mu.Lock()
+	s.floors.m[k] = uint32(v)
+	s.floors.mu.Unlock()
+	return uint32(v), nil
 }
 
 // collectChunk is how many tombstones one collection step deletes at once.

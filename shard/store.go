@@ -88,6 +88,13 @@ type Store struct {
 		committing map[uint64]struct{}
 	}
 
+	// floors caches the index tables' retention floors (maint.go), read
+	// by every index mutation.
+	floors struct {
+		mu sync.Mutex
+		m  map[floorKey]uint32
+	}
+
 	// scans counts long reads (digests, tombstone collection) that hold a
 	// Pebble iterator without holding mu. Close waits for them.
 	scans sync.WaitGroup
@@ -140,6 +147,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("shard: open %s: %w", dir, err)
 	}
 	s := &Store{opts: opts, db: db}
+	s.floors.m = map[floorKey]uint32{}
 	if err := s.loadMeta(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -378,6 +386,14 @@ func (s *Store) DropShard(ctx context.Context, name string) error {
 		return fmt.Errorf("shard: drop shard %q: %w", name, err)
 	}
 	delete(s.mu.shards, name)
+	// Its number is never used again: this only frees the cached floors.
+	s.floors.mu.Lock()
+	for k := range s.floors.m {
+		if k.num == sh.Num {
+			delete(s.floors.m, k)
+		}
+	}
+	s.floors.mu.Unlock()
 	return nil
 }
 
