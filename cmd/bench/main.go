@@ -160,7 +160,6 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/internal/envflag"
-	"github.com/aviarydb/aviary/internal/procs"
 	"github.com/aviarydb/aviary/node"
 	"github.com/aviarydb/aviary/ops"
 	"github.com/aviarydb/aviary/shard"
@@ -222,9 +221,6 @@ type config struct {
 	Trace string
 	// MemProfile, if set, receives an allocation profile of the whole run.
 	MemProfile string
-	// GOMAXPROCS is the --gomaxprocs value (internal/procs) of the whole
-	// process, as cmd/node's.
-	GOMAXPROCS int
 	// TLS runs the in-process nodes and the bench's connections with
 	// mutual TLS (a CA and certificates made for the run).
 	TLS bool
@@ -384,9 +380,6 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 			if err := cfg.validate(); err != nil {
 				return err
 			}
-			if _, err := procs.Set(cfg.GOMAXPROCS); err != nil {
-				return err
-			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			go func() {
@@ -432,7 +425,6 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.StringVar(&cfg.TimelineProfile, "timeline-profile", "", "timeline: write a CPU profile of the measured part of Aviary's fan-out phase (clients and nodes) to this file; not with --cpuprofile")
 	f.BoolVar(&cfg.TimelineRedis, "timeline-redis", true, "timeline: also drive Redis lists the same way (installs redis-server with apt-get if missing) and print the ratios")
 	f.BoolVar(&cfg.TLS, "tls", false, "run the in-process nodes and every connection with mutual TLS 1.3 (certificates made for the run), to measure its cost; not with the relay workload")
-	f.IntVar(&cfg.GOMAXPROCS, "gomaxprocs", 0, "as cmd/node --gomaxprocs, for this whole process (clients, in-process nodes and raw baselines alike): "+procs.Flag)
 	f.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run (clients and in-process nodes) to this file")
 	f.StringVar(&cfg.MemProfile, "memprofile", "", "write an allocation profile of the whole run to this file at its end (go tool pprof -sample_index=alloc_space: what allocates, and so drives the GC)")
 	f.StringVar(&cfg.Trace, "trace", "", "write a Go execution trace of the whole run to this file (go tool trace: where goroutines wait); keep --duration short, traces grow fast")

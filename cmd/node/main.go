@@ -11,14 +11,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/aviarydb/aviary/internal/envflag"
 	"github.com/aviarydb/aviary/internal/logx"
-	"github.com/aviarydb/aviary/internal/procs"
 	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/aviarydb/aviary/node"
 	"github.com/aviarydb/aviary/shard"
@@ -39,7 +37,6 @@ func newCommand() *cobra.Command {
 		tables     string
 		logFormat  string
 		logLevel   string
-		gomaxprocs int
 	)
 	cfg.EnsureDefaults()
 	cmd := &cobra.Command{
@@ -79,11 +76,6 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 				return err
 			}
 			cfg.Logger = logger
-			ps, err := procs.Set(gomaxprocs)
-			if err != nil {
-				return err
-			}
-			logger.Info("go scheduler", "gomaxprocs", ps, "cpus", runtime.NumCPU())
 			if cfg.TLS, err = tlsFlags.Load(logger); err != nil {
 				return err
 			}
@@ -142,7 +134,6 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.DurationVar(&cfg.GCInterval, "gc-interval", cfg.GCInterval, "how often expired tombstones are collected")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for in-flight requests")
 	f.Int64Var(&cfg.CacheBytes, "cache-bytes", 256<<20, "Pebble block cache size in bytes")
-	f.IntVar(&gomaxprocs, "gomaxprocs", 0, procs.Flag)
 	f.BoolVar(&cfg.RescanVersionBound, "rescan-version-bound", false, "scan the stored content versions for their highest at startup, instead of trusting the bound the store keeps: needed once after the data directory was run by an Aviary build older than that bound (a rollback), which stores versions without raising it")
 	f.BoolVar(&cfg.StartRecovering, "start-recovering", false, "refuse this site's clients' writes from the start, as a recovering site does, until the site map lists the site in a state other than active (ops drill failback starts a failed-over site so, then sets it recovering and active)")
 	f.BoolVar(&cfg.Timeline, "timeline", true, "hold home timelines in memory (the timeline role: on the site's three timeline rings, working a share of the fan-out queue)")
