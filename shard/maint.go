@@ -41,12 +41,19 @@ func (s *Store) DropMonthsBefore(ctx context.Context, shard, table string, month
 		start := binary.BigEndian.AppendUint32(append([]byte(nil), p...), ^(month - 1))
 		_ = b.DeleteRange(start, prefixEnd(p), nil)
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	err = b.Commit(pebble.Sync)
+	s.floors.mu.Lock()
+	if err != nil {
+		// A commit that failed in its fsync is applied all the same:
+		// read the floor again.
+		delete(s.floors.m, floorKey{num, table})
+	} else {
+		s.floors.m[floorKey{num, table}] = month
+	}
+	s.floors.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("shard: drop months of %q before %s: %w", table, ids.MonthString(month), err)
 	}
-	s.floors.mu.Lock()
-	s.floors.m[floorKey{num, table}] = month
-	s.floors.mu.Unlock()
 	return nil
 }
 
@@ -75,9 +82,9 @@ type floorKey struct {
 // value is the stored one.
 func (s *Store) retentionFloorLocked(num uint32, table string) (uint32, error) {
 	k := floorKey{num, table}
-	s.floors.mu.Lock()
+	s.floors.mu.RLock()
 	f, ok := s.floors.m[k]
-	s.floors.mu.Unlock()
+	s.floors.mu.RUnlock()
 	if ok {
 		return f, nil
 	}

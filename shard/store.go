@@ -91,7 +91,7 @@ type Store struct {
 	// floors caches the index tables' retention floors (maint.go), read
 	// by every index mutation.
 	floors struct {
-		mu sync.Mutex
+		mu sync.RWMutex
 		m  map[floorKey]uint32
 	}
 

@@ -83,8 +83,9 @@
 //     writes a second (whatever the rate) are read at site-b every
 //     millisecond until they are there: their lag, from the acknowledgement
 //     at site-a to the read at site-b. Then each
-//     --relay-steps rate in turn, until site-a no longer reaches 95% of it
-//     or the lag p99 passes 1s: the highest sustained rate. Then raw
+//     --relay-steps rate in turn, until site-a no longer accepts 95% of it
+//     or the lag p99 passes 1s (or a write or sample fails): the sustained
+//     rate is the highest accepted at site-a with site-b keeping up. Then raw
 //     JetStream publish+consume of 200,000 256-byte messages on site-a's
 //     nats-server, and the ratio sustained/raw. Targets: lag p99 < 100ms at
 //     3,000 writes/s; sustained >= 30% of raw JetStream.

@@ -37,7 +37,8 @@ const (
 	relayWorkload    = "relay"
 	lagSamplesPerSec = 100
 	lagPollEvery     = time.Millisecond
-	relayValue       = 100 // bytes per value
+	lagGiveUp        = 30 * time.Second // a sample not at B by then is an error
+	relayValue       = 100              // bytes per value
 )
 
 // relayConfig configures the relay workload.
@@ -197,7 +198,10 @@ func runRelay(ctx context.Context, c relayConfig, out io.Writer) error {
 		return err
 	}
 	steady.print(out)
-	best, limit := 0.0, "the highest step"
+	best, limit := 0.0, "no step"
+	if len(c.Steps) > 0 {
+		limit = fmt.Sprintf("the last step, %d/s", c.Steps[len(c.Steps)-1])
+	}
 	for _, rate := range c.Steps {
 		r, err := lagRun(ctx, a, b, rate, c.Duration, c.Writers, "step")
 		if err != nil {
@@ -208,7 +212,7 @@ func runRelay(ctx context.Context, c relayConfig, out io.Writer) error {
 		// at the 99th percentile, so it did not grow without bound over
 		// the step. The rates go on rising while A accepts 95% of each.
 		if r.p99 >= time.Second || r.errs > 0 {
-			limit = fmt.Sprintf("%s's lag or errors at %d/s", b.name, rate)
+			limit = fmt.Sprintf("%s's lag (p99 %s) or %d errors at %d/s", b.name, fmtDur(int64(r.p99)), r.errs, rate)
 			break
 		}
 		best = max(best, r.achieved)
@@ -297,7 +301,11 @@ func lagRun(ctx context.Context, a, b *benchSite, rate int, d time.Duration, wri
 					continue
 				}
 				samples.Go(func() {
-					for time.Since(acked) < 30*time.Second && ctx.Err() == nil {
+					for ctx.Err() == nil {
+						if time.Since(acked) > lagGiveUp {
+							errs.Add(1) // never seen at B: lost, or B fell far behind
+							return
+						}
 						_, err := b.data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: key})
 						if err == nil {
 							mu.Lock()
