@@ -96,12 +96,21 @@ func (g graph) check(t *testing.T, s *site, i, capacity int, replicas bool) {
 	t.Helper()
 	ctx := t.Context()
 	for u := uint64(1); u <= uint64(g.Users); u++ {
-		resp, err := s.timelines(i).Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: u, Limit: int32(capacity)}}})
+		// Packed first: after a restart it is the read that rebuilds.
+		q := []*pb.TimelineQuery{{Owner: u, Limit: int32(capacity)}}
+		packed, err := s.timelines(i).Read(ctx, &pb.ReadRequest{Queries: q, Packed: true})
+		if err != nil {
+			t.Fatalf("packed read %d: %v", u, err)
+		}
+		resp, err := s.timelines(i).Read(ctx, &pb.ReadRequest{Queries: q})
 		if err != nil {
 			t.Fatalf("read %d: %v", u, err)
 		}
 		if got, want := tltest.StatusIDs(resp.Results[0].Entries), g.Expected(u, capacity); !slices.Equal(got, want) {
 			t.Fatalf("timeline %d: got %d entries %v\nwant %d %v", u, len(got), got, len(want), want)
+		}
+		if err := samePacked(resp.Results[0].Entries, packed.Results[0]); err != nil {
+			t.Fatalf("timeline %d: %v", u, err)
 		}
 		if !replicas {
 			continue
@@ -282,4 +291,20 @@ func TestTimelineBadInput(t *testing.T) {
 			t.Errorf("%s: got %v, want InvalidArgument with a message", tc.name, err)
 		}
 	}
+}
+
+// samePacked reports how a packed result differs from entries, if it does.
+func samePacked(entries []*pb.TimelineEntry, r *pb.TimelineResult) error {
+	if len(r.Entries) != 0 {
+		return fmt.Errorf("packed result has %d entries, want none", len(r.Entries))
+	}
+	if len(r.StatusIds) != len(entries) || len(r.AuthorIds) != len(entries) || len(r.Flags) != len(entries) {
+		return fmt.Errorf("packed columns of %d, %d, %d values; want %d", len(r.StatusIds), len(r.AuthorIds), len(r.Flags), len(entries))
+	}
+	for k, e := range entries {
+		if r.StatusIds[k] != e.StatusId || r.AuthorIds[k] != e.AuthorId || r.Flags[k] != e.Flags {
+			return fmt.Errorf("packed entry %d is (%d, %d, %d), want (%d, %d, %d)", k, r.StatusIds[k], r.AuthorIds[k], r.Flags[k], e.StatusId, e.AuthorId, e.Flags)
+		}
+	}
+	return nil
 }

@@ -5264,8 +5264,13 @@ func (x *TimelineQuery) GetLimit() int32 {
 }
 
 type ReadRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Queries       []*TimelineQuery       `protobuf:"bytes,1,rep,name=queries,proto3" json:"queries,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Queries []*TimelineQuery       `protobuf:"bytes,1,rep,name=queries,proto3" json:"queries,omitempty"`
+	// packed: each result carries its entries in the columns status_ids,
+	// author_ids and flags (entry i is the i-th value of each, newest first)
+	// instead of entries. The same data with no message per entry, so
+	// neither side allocates one: for readers of many entries.
+	Packed        bool `protobuf:"varint,2,opt,name=packed,proto3" json:"packed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5307,14 +5312,26 @@ func (x *ReadRequest) GetQueries() []*TimelineQuery {
 	return nil
 }
 
+func (x *ReadRequest) GetPacked() bool {
+	if x != nil {
+		return x.Packed
+	}
+	return false
+}
+
 type TimelineResult struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Owner   uint64                 `protobuf:"varint,1,opt,name=owner,proto3" json:"owner,omitempty"`
-	Entries []*TimelineEntry       `protobuf:"bytes,2,rep,name=entries,proto3" json:"entries,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Owner uint64                 `protobuf:"varint,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The entries, newest first (empty when the read asked for packed).
+	Entries []*TimelineEntry `protobuf:"bytes,2,rep,name=entries,proto3" json:"entries,omitempty"`
 	// The node whose replica answered ("" if the timeline was rebuilt).
 	Node string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
 	// The timeline was rebuilt from the index for this read.
-	Rebuilt       bool `protobuf:"varint,4,opt,name=rebuilt,proto3" json:"rebuilt,omitempty"`
+	Rebuilt bool `protobuf:"varint,4,opt,name=rebuilt,proto3" json:"rebuilt,omitempty"`
+	// With packed: the entries' status_id, author_id and flags, as columns.
+	StatusIds     []uint64 `protobuf:"fixed64,5,rep,packed,name=status_ids,json=statusIds,proto3" json:"status_ids,omitempty"`
+	AuthorIds     []uint64 `protobuf:"varint,6,rep,packed,name=author_ids,json=authorIds,proto3" json:"author_ids,omitempty"`
+	Flags         []uint32 `protobuf:"fixed32,7,rep,packed,name=flags,proto3" json:"flags,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5375,6 +5392,27 @@ func (x *TimelineResult) GetRebuilt() bool {
 		return x.Rebuilt
 	}
 	return false
+}
+
+func (x *TimelineResult) GetStatusIds() []uint64 {
+	if x != nil {
+		return x.StatusIds
+	}
+	return nil
+}
+
+func (x *TimelineResult) GetAuthorIds() []uint64 {
+	if x != nil {
+		return x.AuthorIds
+	}
+	return nil
+}
+
+func (x *TimelineResult) GetFlags() []uint32 {
+	if x != nil {
+		return x.Flags
+	}
+	return nil
 }
 
 type ReadResponse struct {
@@ -7078,14 +7116,20 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\x05owner\x18\x01 \x01(\x04R\x05owner\x12\x15\n" +
 	"\x06max_id\x18\x02 \x01(\x04R\x05maxId\x12\x19\n" +
 	"\bsince_id\x18\x03 \x01(\x04R\asinceId\x12\x14\n" +
-	"\x05limit\x18\x04 \x01(\x05R\x05limit\"A\n" +
+	"\x05limit\x18\x04 \x01(\x05R\x05limit\"Y\n" +
 	"\vReadRequest\x122\n" +
-	"\aqueries\x18\x01 \x03(\v2\x18.aviary.v1.TimelineQueryR\aqueries\"\x88\x01\n" +
+	"\aqueries\x18\x01 \x03(\v2\x18.aviary.v1.TimelineQueryR\aqueries\x12\x16\n" +
+	"\x06packed\x18\x02 \x01(\bR\x06packed\"\xdc\x01\n" +
 	"\x0eTimelineResult\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\x04R\x05owner\x122\n" +
 	"\aentries\x18\x02 \x03(\v2\x18.aviary.v1.TimelineEntryR\aentries\x12\x12\n" +
 	"\x04node\x18\x03 \x01(\tR\x04node\x12\x18\n" +
-	"\arebuilt\x18\x04 \x01(\bR\arebuilt\"C\n" +
+	"\arebuilt\x18\x04 \x01(\bR\arebuilt\x12\x1d\n" +
+	"\n" +
+	"status_ids\x18\x05 \x03(\x06R\tstatusIds\x12\x1d\n" +
+	"\n" +
+	"author_ids\x18\x06 \x03(\x04R\tauthorIds\x12\x14\n" +
+	"\x05flags\x18\a \x03(\aR\x05flags\"C\n" +
 	"\fReadResponse\x123\n" +
 	"\aresults\x18\x01 \x03(\v2\x19.aviary.v1.TimelineResultR\aresults\"L\n" +
 	"\x15TimelineRemoveRequest\x12\x1b\n" +

@@ -216,6 +216,7 @@ type config struct {
 	TimelineRedis    bool
 	TimelineProfile  string
 	TimelineLinger   time.Duration
+	TimelinePacked   bool
 	// CPUProfile, if set, receives a CPU profile of the whole run.
 	CPUProfile string
 	// Trace, if set, receives a Go execution trace of the whole run.
@@ -423,6 +424,7 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.IntVar(&cfg.TimelineMany, "timeline-many", 20, "timeline: timelines per call in the many-timelines read phase")
 	f.IntVar(&cfg.TimelineCapacity, "timeline-capacity", 800, "timeline: timeline capacity (Aviary's and the Redis LTRIM)")
 	f.DurationVar(&cfg.TimelineLinger, "timeline-linger", 100*time.Millisecond, "timeline: the nodes' fan-out linger (cmd/node --fanout-linger, same default)")
+	f.BoolVar(&cfg.TimelinePacked, "timeline-packed", true, "timeline: Aviary's reads ask for packed results (ReadRequest.packed: the entries as columns, no message per entry on either side); false: one message per entry")
 	f.StringVar(&cfg.TimelineProfile, "timeline-profile", "", "timeline: write a CPU profile of the measured part of Aviary's fan-out phase (clients and nodes) to this file; not with --cpuprofile")
 	f.BoolVar(&cfg.TimelineRedis, "timeline-redis", true, "timeline: also drive Redis lists the same way (installs redis-server with apt-get if missing) and print the ratios")
 	f.BoolVar(&cfg.TLS, "tls", false, "run the in-process nodes and every connection with mutual TLS 1.3 (certificates made for the run), to measure its cost; not with the relay workload")
@@ -668,7 +670,7 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 		if name == timelineWorkload {
 			err := runTimeline(ctx, timelineConfig{Users: cfg.TimelineUsers, Follows: cfg.TimelineFollows, PostRate: cfg.TimelinePostRate,
 				Readers: cfg.TimelineReaders, Many: cfg.TimelineMany, Capacity: cfg.TimelineCapacity, Warmup: cfg.Warmup, Duration: cfg.Duration,
-				Redis: cfg.TimelineRedis, Seed: 1, Profile: cfg.TimelineProfile, Linger: cfg.TimelineLinger, ReadRate: cfg.TimelineReadRate}, printer{b})
+				Redis: cfg.TimelineRedis, Seed: 1, Profile: cfg.TimelineProfile, Linger: cfg.TimelineLinger, ReadRate: cfg.TimelineReadRate, Packed: cfg.TimelinePacked}, printer{b})
 			if err != nil {
 				shutdownErrs = append(shutdownErrs, err)
 			}

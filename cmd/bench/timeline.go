@@ -39,6 +39,7 @@ type timelineConfig struct {
 	Seed     uint64
 	Profile  string        // CPU profile of the fan-out phase's measured time, if set
 	Linger   time.Duration // the nodes' fan-out linger (cmd/node --fanout-linger)
+	Packed   bool          // Aviary's reads ask for packed results (ReadRequest.packed)
 	// ReadRate paces the reads of a second fan-out phase (reads/s, all
 	// readers together); 0: half the reads/s of the first, closed-loop one.
 	// Negative: no paced phase.
@@ -164,7 +165,7 @@ func runTimeline(ctx context.Context, c timelineConfig, out io.Writer) error {
 		return resp.GetStatusId(), err
 	}
 	aRead := func(ctx context.Context, w int, owner uint64) error {
-		_, err := tls[w%len(tls)].Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: owner, Limit: 20}}})
+		_, err := tls[w%len(tls)].Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: owner, Limit: 20}}, Packed: c.Packed})
 		return err
 	}
 	av := fanoutPhase(ctx, c, 0, followers, &dl, aPost, aRead)
@@ -218,14 +219,14 @@ func runTimeline(ctx context.Context, c timelineConfig, out io.Writer) error {
 	aOne := readRow("aviary read 1/call", 1, runLoop(ctx, "tl-read", "aviary", c.Readers, 0, c.Warmup, c.Duration, func(w int) opFunc {
 		r, cl := newRand(), tls[w%len(tls)]
 		return func(ctx context.Context) error {
-			_, err := cl.Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: owners(r), Limit: 20}}})
+			_, err := cl.Read(ctx, &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: owners(r), Limit: 20}}, Packed: c.Packed})
 			return err
 		}
 	}))
 	aMany := readRow(fmt.Sprintf("aviary read %d/call", c.Many), c.Many, runLoop(ctx, "tl-read-many", "aviary", c.Readers, 0, c.Warmup, c.Duration, func(w int) opFunc {
 		r, cl := newRand(), tls[w%len(tls)]
 		return func(ctx context.Context) error {
-			req := &pb.ReadRequest{Queries: make([]*pb.TimelineQuery, c.Many)}
+			req := &pb.ReadRequest{Queries: make([]*pb.TimelineQuery, c.Many), Packed: c.Packed}
 			for i := range req.Queries {
 				req.Queries[i] = &pb.TimelineQuery{Owner: owners(r), Limit: 20}
 			}

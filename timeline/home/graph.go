@@ -365,24 +365,24 @@ func (s *Service) celebritiesOf(ctx context.Context, owner uint64) ([]uint64, er
 	return out, nil
 }
 
-// mergeCelebrities merges the newest posts of the celebrities a reader
-// follows into a read's result.
-func (s *Service) mergeCelebrities(ctx context.Context, q *pb.TimelineQuery, res *pb.TimelineResult) error {
+// celebrityPosts returns, for a read, the newest posts of each celebrity
+// its reader follows (none if the reader follows none), to be merged into
+// the timeline read.
+func (s *Service) celebrityPosts(ctx context.Context, q *pb.TimelineQuery) ([][]timeline.Entry, error) {
 	if len(s.celebs.all()) == 0 {
-		return nil
+		return nil, nil
 	}
 	cs, err := s.celebritiesOf(ctx, q.Owner)
 	if err != nil || len(cs) == 0 {
-		return err
+		return nil, err
 	}
-	lists := [][]timeline.Entry{toEntries(res.Entries)}
+	lists := make([][]timeline.Entry, 0, len(cs))
 	for _, c := range cs {
 		es, err := s.posts(ctx, c, q.MaxId, q.SinceId, int(q.Limit))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		lists = append(lists, es)
 	}
-	res.Entries = fromEntries(newest(lists, int(q.Limit)))
-	return nil
+	return lists, nil
 }

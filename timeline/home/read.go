@@ -55,7 +55,8 @@ type query struct {
 	tried    int // replicas asked, in order
 	inflight int
 	done     bool
-	answer   *pb.ReplicaTimeline
+	answer   *pb.ReplicaTimeline // another replica's answer
+	local    []timeline.Entry    // or this node's, from its memory (answer nil)
 	winner   string
 	lacking  []string // replicas that answered "not held"
 	failed   int      // replicas that failed
@@ -241,8 +242,8 @@ func (s *Service) Read(ctx context.Context, r *pb.ReadRequest) (*pb.ReadResponse
 		if qs[i].replicas[0] == s.cfg.NodeID && s.store != nil {
 			// This node is a replica, asked first: its memory answers
 			// without a goroutine, a timer or a network hop.
-			if t := readLocal(s.store, q); t.Held {
-				qs[i].done, qs[i].answer, qs[i].winner = true, t, s.cfg.NodeID
+			if es, _, held := s.store.Read(q.Owner, q.MaxId, q.SinceId, int(q.Limit)); held {
+				qs[i].done, qs[i].local, qs[i].winner = true, es, s.cfg.NodeID
 			} else {
 				qs[i].tried, qs[i].lacking = 1, []string{s.cfg.NodeID} // asked: the next replica
 			}
@@ -255,27 +256,56 @@ func (s *Service) Read(ctx context.Context, r *pb.ReadRequest) (*pb.ReadResponse
 	resp := &pb.ReadResponse{Results: make([]*pb.TimelineResult, len(qs))}
 	for i, q := range qs {
 		res := &pb.TimelineResult{Owner: q.q.Owner}
+		es := q.local
 		if q.done {
-			res.Entries, res.Node = q.answer.Entries, q.winner
+			res.Node = q.winner
 			for _, n := range q.lacking {
 				s.scheduleRepair(repair{owner: q.q.Owner, node: n})
 			}
 			s.metrics.reads.WithLabelValues("replica").Inc()
 		} else {
-			es, err := s.rebuild(ctx, v, q.q.Owner)
+			all, err := s.rebuild(ctx, v, q.q.Owner)
 			if err != nil {
 				s.metrics.reads.WithLabelValues("error").Inc()
 				return nil, status.Errorf(codes.Unavailable, "timeline %d: no replica answered and the rebuild from the index failed: %v", q.q.Owner, err)
 			}
-			res.Entries, res.Rebuilt = fromEntries(window(es, q.q)), true
+			es, res.Rebuilt = window(all, q.q), true
 			s.metrics.reads.WithLabelValues("rebuilt").Inc()
 		}
-		if err := s.mergeCelebrities(ctx, q.q, res); err != nil {
+		celebs, err := s.celebrityPosts(ctx, q.q)
+		if err != nil {
 			return nil, status.Errorf(status.Code(err), "timeline %d: celebrities: %s", q.q.Owner, status.Convert(err).Message())
 		}
+		if q.answer != nil {
+			if len(celebs) == 0 && !r.Packed {
+				res.Entries = q.answer.Entries // as the replica sent them
+				resp.Results[i] = res
+				continue
+			}
+			es = toEntries(q.answer.Entries)
+		}
+		if len(celebs) > 0 {
+			es = newest(append([][]timeline.Entry{es}, celebs...), int(q.q.Limit))
+		}
+		setEntries(res, es, r.Packed)
 		resp.Results[i] = res
 	}
 	return resp, nil
+}
+
+// setEntries puts es, newest first, into res: as entries, or packed as
+// columns (ReadRequest.packed).
+func setEntries(res *pb.TimelineResult, es []timeline.Entry, packed bool) {
+	if !packed {
+		res.Entries = fromEntries(es)
+		return
+	}
+	res.StatusIds = make([]uint64, len(es))
+	res.AuthorIds = make([]uint64, len(es))
+	res.Flags = make([]uint32, len(es))
+	for i, e := range es {
+		res.StatusIds[i], res.AuthorIds[i], res.Flags[i] = e.StatusID, e.AuthorID, e.Flags
+	}
 }
 
 // window applies a query's max_id, since_id and limit to a timeline held

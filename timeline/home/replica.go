@@ -26,10 +26,14 @@ func toEntry(e *pb.TimelineEntry) timeline.Entry {
 	return timeline.Entry{StatusID: e.GetStatusId(), AuthorID: e.GetAuthorId(), Flags: e.GetFlags()}
 }
 
+// fromEntries converts entries to messages, allocated together.
 func fromEntries(es []timeline.Entry) []*pb.TimelineEntry {
 	out := make([]*pb.TimelineEntry, len(es))
+	msgs := make([]pb.TimelineEntry, len(es))
 	for i, e := range es {
-		out[i] = &pb.TimelineEntry{StatusId: e.StatusID, AuthorId: e.AuthorID, Flags: e.Flags}
+		m := &msgs[i]
+		m.StatusId, m.AuthorId, m.Flags = e.StatusID, e.AuthorID, e.Flags
+		out[i] = m
 	}
 	return out
 }

@@ -1,0 +1,157 @@
+package home
+
+import (
+	"context"
+	"errors"
+	"net"
+	"slices"
+	"testing"
+
+	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/timeline"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// TestReadPackedFromReplica: a packed read that another replica answers
+// (over gRPC, on loopback) carries the same entries, as columns, as an
+// unpacked one.
+func TestReadPackedFromReplica(t *testing.T) {
+	const owner = 7
+	stB, err := timeline.NewStore(timeline.Options{Capacity: 50, Shards: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []timeline.Entry{{StatusID: 90, AuthorID: 3, Flags: 1}, {StatusID: 60, AuthorID: 4, Flags: 2}, {StatusID: 30, AuthorID: 3, Flags: 0}}
+	stB.Merge(owner, want)
+	noDial := func(string) (*grpc.ClientConn, error) { return nil, errors.New("no dialling from b in this test") }
+	b, err := New(Config{NodeID: "b", Store: stB, Data: &fakeData{}, Dial: noDial,
+		NewID: func() (uint64, error) { return 0, errors.New("no ids in this test") }}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.endLife)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	pb.RegisterTimelinesServer(srv, b)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+
+	stA, err := timeline.NewStore(timeline.Options{Capacity: 50, Shards: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Config{NodeID: "a", Store: stA, Data: &fakeData{},
+		Dial: func(string) (*grpc.ClientConn, error) {
+			return grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		},
+		NewID: func() (uint64, error) { return 0, errors.New("no ids in this test") }}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.endLife()
+		a.building.wg.Wait()
+	})
+	members := Members{Timeline: []Member{{ID: "a", Addr: "a:1"}, {ID: "b", Addr: lis.Addr().String()}}, Site: 1, Sites: []uint32{1}}
+	for _, s := range []*Service{a, b} {
+		if err := s.SetMembers(members); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v, _ := a.current()
+	if reps := v.replicas(owner); !slices.Contains(reps[:], "b") {
+		t.Fatalf("timeline %d's replicas do not include b", owner)
+	}
+
+	ctx := context.Background()
+	q := []*pb.TimelineQuery{{Owner: owner, Limit: 10}}
+	// a does not hold the timeline (it schedules a repair, which may copy
+	// it there before the second read: both answers must agree anyway).
+	packed, err := a.Read(ctx, &pb.ReadRequest{Queries: q, Packed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := packed.Results[0]
+	if r.Node != "b" || r.Rebuilt || len(r.Entries) != 0 {
+		t.Fatalf("packed read answered by %q (rebuilt %v) with %d entries; want b's answer, packed", r.Node, r.Rebuilt, len(r.Entries))
+	}
+	var got []timeline.Entry
+	for k := range r.StatusIds {
+		got = append(got, timeline.Entry{StatusID: r.StatusIds[k], AuthorID: r.AuthorIds[k], Flags: r.Flags[k]})
+	}
+	if len(r.AuthorIds) != len(r.StatusIds) || len(r.Flags) != len(r.StatusIds) || !slices.Equal(got, want) {
+		t.Fatalf("packed columns %v %v %v, want %v", r.StatusIds, r.AuthorIds, r.Flags, want)
+	}
+	plain, err := a.Read(ctx, &pb.ReadRequest{Queries: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := plain.Results[0]; !slices.Equal(toEntries(p.Entries), want) || len(p.StatusIds) != 0 {
+		t.Fatalf("unpacked read: entries %v, %d packed values; want %v and none", toEntries(p.Entries), len(p.StatusIds), want)
+	}
+}
+
+// BenchmarkRead reads a 20-entry timeline over gRPC on loopback, from the
+// node holding it, with and without packed results: allocations per read
+// (both sides, in this one process) are what packing saves.
+//
+//	go test ./timeline/home -run - -bench Read -benchmem
+func BenchmarkRead(b *testing.B) {
+	const owner = 7
+	st, err := timeline.NewStore(timeline.Options{Capacity: 800, Shards: 4})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var es []timeline.Entry
+	for i := range 800 {
+		es = append(es, timeline.Entry{StatusID: uint64(1_000_000_000_000 - i), AuthorID: uint64(i%97 + 1), Flags: uint32(i % 3)})
+	}
+	st.Merge(owner, es)
+	s, err := New(Config{NodeID: "a", Store: st, Data: &fakeData{},
+		Dial:  func(string) (*grpc.ClientConn, error) { return nil, errors.New("no dialling in this benchmark") },
+		NewID: func() (uint64, error) { return 0, errors.New("no ids in this benchmark") }}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(s.endLife)
+	if err := s.SetMembers(Members{Timeline: []Member{{ID: "a", Addr: "a:1"}}, Site: 1, Sites: []uint32{1}}); err != nil {
+		b.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	pb.RegisterTimelinesServer(srv, s)
+	go func() { _ = srv.Serve(lis) }()
+	b.Cleanup(srv.Stop)
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cc.Close() })
+	c := pb.NewTimelinesClient(cc)
+	for _, packed := range []bool{false, true} {
+		name := "entries"
+		if packed {
+			name = "packed"
+		}
+		b.Run(name, func(b *testing.B) {
+			req := &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: owner, Limit: 20}}, Packed: packed}
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := c.Read(context.Background(), req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if r := resp.Results[0]; len(r.Entries)+len(r.StatusIds) != 20 {
+					b.Fatalf("read %d entries and %d packed", len(r.Entries), len(r.StatusIds))
+				}
+			}
+		})
+	}
+}
