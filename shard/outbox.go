@@ -190,8 +190,14 @@ func (s *Store) OutboxEntries(after uint64, limit int) ([]OutboxEntry, error) {
 	for seq := range s.journal.committing {
 		bound = min(bound, seq)
 	}
+	// The in-memory set holds every marker (and some of entries still
+	// committing): with none in (after, bound) there is nothing to read,
+	// which is every call of a publisher that has caught up.
+	live := s.journal.outbox.live()
+	i, _ := slices.BinarySearch(live, after+1)
+	pending := i < len(live) && live[i] < bound
 	s.journal.mu.Unlock()
-	if bound <= after+1 {
+	if !pending {
 		return nil, nil
 	}
 	// A snapshot: a marker read and its entry are of one instant, even if
