@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"io"
 	"slices"
 	"time"
 
@@ -130,20 +131,13 @@ func (s *Store) apply(ctx context.Context, muts []Mutation, sync, sorted bool, e
 	}()
 
 	// Mutations read the records they replace. Within a batch of several,
-	// a later mutation must see an earlier one: read through an indexed
-	// batch. A single mutation reads the database directly (cheaper).
-	var (
-		b *pebble.Batch
-		r pebble.Reader = s.db
-	)
-	if len(rs) > 1 {
-		b = s.db.NewIndexedBatch()
-		r = b
-	} else {
-		b = s.db.NewBatch()
-	}
+	// a later mutation must see what an earlier one wrote (batchView).
+	b := s.db.NewBatch()
 	defer b.Close()
-	ac := &applyCtx{rd: r}
+	ac := &applyCtx{batchView: batchView{db: s.db, b: b}}
+	if len(rs) > 1 {
+		ac.record, ac.repeats = true, contentRepeats(rs)
+	}
 	if sorted && len(rs) > 1 {
 		// Created under the stripes: no write of these keys can land
 		// between what it sees and this batch's commit.
@@ -154,7 +148,7 @@ func (s *Store) apply(ctx context.Context, muts []Mutation, sync, sorted bool, e
 	}
 	out := make([]Outcome, len(rs))
 	for i := range rs {
-		if out[i], err = s.applyOne(ac, b, &rs[i]); err != nil {
+		if out[i], err = s.applyOne(ac, &rs[i]); err != nil {
 			return nil, err
 		}
 	}
@@ -394,8 +388,14 @@ func (s *Store) lockStripeSet(idx []int) func() {
 	}
 }
 
-// getRecord reads a record through the batch. found is false if absent.
-func getRecord(r pebble.Reader, key []byte) (rec record, enc []byte, found bool, err error) {
+// getter is what reads a single key: the database, a snapshot, an indexed
+// batch, or a batchView.
+type getter interface {
+	Get(key []byte) ([]byte, io.Closer, error)
+}
+
+// getRecord reads a record. found is false if absent.
+func getRecord(r getter, key []byte) (rec record, enc []byte, found bool, err error) {
 	v, closer, err := r.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return record{}, nil, false, nil
@@ -418,7 +418,7 @@ func decodeStored(key, v []byte) (record, []byte, bool, error) {
 	return rec, enc, true, nil
 }
 
-func getUint(r pebble.Reader, key []byte, size int) (uint64, bool, error) {
+func getUint(r getter, key []byte, size int) (uint64, bool, error) {
 	v, closer, err := r.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return 0, false, nil
@@ -436,10 +436,66 @@ func getUint(r pebble.Reader, key []byte, size int) (uint64, bool, error) {
 	return 0, false, fmt.Errorf("shard: corrupt %d-byte integer at key %x", len(v), key)
 }
 
-// applyCtx is what the mutations of one batch read through: the batch (or
-// the database), and for sorted content keys a forward iterator.
+// batchView reads what a batch being built holds, or else the database:
+// what an indexed batch would read, without building an iterator over the
+// batch and the database for each read. Every write of the batch goes
+// through set, so a key missing from pending was not written by the
+// batch. Without record (a batch of one mutation, which reads nothing it
+// wrote) set does not record.
+type batchView struct {
+	db      *pebble.DB
+	b       *pebble.Batch
+	record  bool
+	pending map[string][]byte // the last value set for each key
+}
+
+func (v *batchView) Get(key []byte) ([]byte, io.Closer, error) {
+	if val, ok := v.pending[string(key)]; ok {
+		return val, noClose, nil
+	}
+	return v.db.Get(key)
+}
+
+var noClose = io.NopCloser(nil)
+
+// set adds key = val to the batch. val must not change afterwards.
+func (v *batchView) set(key, val []byte) error {
+	if v.record {
+		if v.pending == nil {
+			v.pending = map[string][]byte{}
+		}
+		v.pending[string(key)] = val
+	}
+	return v.b.Set(key, val, nil)
+}
+
+// contentRepeats reports whether a content key may come twice in rs: two
+// content mutations share a lock stripe (lockStripes has set them).
+func contentRepeats(rs []resolved) bool {
+	stripes := make([]int, 0, len(rs))
+	for i := range rs {
+		if r := &rs[i]; r.Op == OpPut || r.Op == OpDelete {
+			stripes = append(stripes, r.stripe)
+		}
+	}
+	slices.Sort(stripes)
+	for i := 1; i < len(stripes); i++ {
+		if stripes[i] == stripes[i-1] {
+			return true
+		}
+	}
+	return false
+}
+
+// applyCtx is what the mutations of one batch write to and read through:
+// the batch and the database under it, and for sorted content keys a
+// forward iterator.
 type applyCtx struct {
-	rd pebble.Reader
+	batchView
+	// repeats: a content key may come twice in the batch, so content
+	// writes are recorded for the batch's later reads. Without, only
+	// index writes are (an owner's entries share its counts and months).
+	repeats bool
 	// it, if set, reads content keys in ascending order from the
 	// database; last is the previous key it read. A content key is written
 	// only by its own mutation, so one above last is in no earlier
@@ -448,10 +504,19 @@ type applyCtx struct {
 	last []byte
 }
 
+// setContent adds a content record to the batch, recorded for later reads
+// only if its key may come again.
+func (ac *applyCtx) setContent(key, enc []byte) error {
+	if !ac.repeats {
+		return ac.b.Set(key, enc, nil)
+	}
+	return ac.set(key, enc)
+}
+
 // content returns the record of a content key.
 func (ac *applyCtx) content(key []byte) (record, []byte, bool, error) {
 	if ac.it == nil || bytes.Compare(key, ac.last) <= 0 {
-		return getRecord(ac.rd, key)
+		return getRecord(&ac.batchView, key)
 	}
 	ac.last = append(ac.last[:0], key...)
 	if !ac.it.SeekGE(key) || !bytes.Equal(ac.it.Key(), key) {
@@ -464,9 +529,9 @@ func (ac *applyCtx) content(key []byte) (record, []byte, bool, error) {
 	return decodeStored(key, v)
 }
 
-// applyOne adds r to b if it wins over what ac reads.
-func (s *Store) applyOne(ac *applyCtx, b *pebble.Batch, r *resolved) (Outcome, error) {
-	rd := ac.rd
+// applyOne adds r to the batch if it wins over what ac reads.
+func (s *Store) applyOne(ac *applyCtx, r *resolved) (Outcome, error) {
+	rd := &ac.batchView
 	switch r.Op {
 	case OpPut, OpDelete:
 		key := contentKey(r.num, r.Table, r.Key)
@@ -482,7 +547,7 @@ func (s *Store) applyOne(ac *applyCtx, b *pebble.Batch, r *resolved) (Outcome, e
 				// A later mutation of this key must read the batch.
 				ac.last = append(ac.last[:0], key...)
 			}
-			return Applied, b.Set(key, enc, nil)
+			return Applied, ac.setContent(key, enc)
 		}
 		cur, curEnc, found, err := ac.content(key)
 		if err != nil {
@@ -491,7 +556,7 @@ func (s *Store) applyOne(ac *applyCtx, b *pebble.Batch, r *resolved) (Outcome, e
 		if found && !wins(r.Version, enc, cur, curEnc) {
 			return Superseded, nil
 		}
-		return Applied, b.Set(key, enc, nil)
+		return Applied, ac.setContent(key, enc)
 	}
 
 	// Index entry.
@@ -511,7 +576,7 @@ func (s *Store) applyOne(ac *applyCtx, b *pebble.Batch, r *resolved) (Outcome, e
 	if found && !wins(r.Version, enc, cur, curEnc) {
 		return Superseded, nil
 	}
-	if err := b.Set(key, enc, nil); err != nil {
+	if err := ac.set(key, enc); err != nil {
 		return 0, err
 	}
 	if !found {
@@ -521,7 +586,7 @@ func (s *Store) applyOne(ac *applyCtx, b *pebble.Batch, r *resolved) (Outcome, e
 		_, closer, err := rd.Get(mk)
 		switch {
 		case errors.Is(err, pebble.ErrNotFound):
-			if err := b.Set(mk, nil, nil); err != nil {
+			if err := ac.set(mk, nil); err != nil {
 				return 0, err
 			}
 		case err != nil:
@@ -553,5 +618,5 @@ func (s *Store) applyOne(ac *applyCtx, b *pebble.Batch, r *resolved) (Outcome, e
 	// while a read of a set one stops at the newest. A zero count means
 	// what an absent one does; digests skip it, and dropping the month
 	// removes it.
-	return Applied, b.Set(ck, binary.BigEndian.AppendUint64(nil, n), nil)
+	return Applied, ac.set(ck, binary.BigEndian.AppendUint64(nil, n))
 }
