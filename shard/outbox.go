@@ -190,7 +190,11 @@ func (s *Store) OutboxEntries(after uint64, limit int) ([]OutboxEntry, error) {
 	for seq := range s.journal.committing {
 		bound = min(bound, seq)
 	}
-	// The in-memory set holds every marker (and some of entries still
+	// Entries begun after this lock is released are out too: one of them
+	// may become visible before another begun earlier, and the snapshot
+	// below is taken after the release.
+	bound = min(bound, s.journal.seq.Load()+1)
+	// The in-memory set holds every marker (and those of entries still
 	// committing): with none in (after, bound) there is nothing to read,
 	// which is every call of a publisher that has caught up.
 	live := s.journal.outbox.live()

@@ -5268,8 +5268,10 @@ type ReadRequest struct {
 	Queries []*TimelineQuery       `protobuf:"bytes,1,rep,name=queries,proto3" json:"queries,omitempty"`
 	// packed: each result carries its entries in the columns status_ids,
 	// author_ids and flags (entry i is the i-th value of each, newest first)
-	// instead of entries. The same data with no message per entry, so
-	// neither side allocates one: for readers of many entries.
+	// instead of entries. The same data with no message per entry for the
+	// client to allocate (nor for the node, when it holds the timeline): for
+	// readers of many entries. A node older than this field ignores it and
+	// answers with entries, so a client reads whichever is set.
 	Packed        bool `protobuf:"varint,2,opt,name=packed,proto3" json:"packed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -5322,7 +5324,8 @@ func (x *ReadRequest) GetPacked() bool {
 type TimelineResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Owner uint64                 `protobuf:"varint,1,opt,name=owner,proto3" json:"owner,omitempty"`
-	// The entries, newest first (empty when the read asked for packed).
+	// The entries, newest first (empty when the read asked for packed and
+	// the node knows the field).
 	Entries []*TimelineEntry `protobuf:"bytes,2,rep,name=entries,proto3" json:"entries,omitempty"`
 	// The node whose replica answered ("" if the timeline was rebuilt).
 	Node string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`

@@ -424,7 +424,7 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.IntVar(&cfg.TimelineMany, "timeline-many", 20, "timeline: timelines per call in the many-timelines read phase")
 	f.IntVar(&cfg.TimelineCapacity, "timeline-capacity", 800, "timeline: timeline capacity (Aviary's and the Redis LTRIM)")
 	f.DurationVar(&cfg.TimelineLinger, "timeline-linger", 100*time.Millisecond, "timeline: the nodes' fan-out linger (cmd/node --fanout-linger, same default)")
-	f.BoolVar(&cfg.TimelinePacked, "timeline-packed", true, "timeline: Aviary's reads ask for packed results (ReadRequest.packed: the entries as columns, no message per entry on either side); false: one message per entry")
+	f.BoolVar(&cfg.TimelinePacked, "timeline-packed", true, "timeline: Aviary's reads ask for packed results (ReadRequest.packed: the entries as columns, no message per entry for the client, nor for a node that holds the timeline); false: one message per entry")
 	f.StringVar(&cfg.TimelineProfile, "timeline-profile", "", "timeline: write a CPU profile of the measured part of Aviary's fan-out phase (clients and nodes) to this file; not with --cpuprofile")
 	f.BoolVar(&cfg.TimelineRedis, "timeline-redis", true, "timeline: also drive Redis lists the same way (installs redis-server with apt-get if missing) and print the ratios")
 	f.BoolVar(&cfg.TLS, "tls", false, "run the in-process nodes and every connection with mutual TLS 1.3 (certificates made for the run), to measure its cost; not with the relay workload")
