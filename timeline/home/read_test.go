@@ -13,6 +13,21 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
+// serve serves s's Timelines API over gRPC on a loopback port until the
+// test ends, and returns its address.
+func serve(t testing.TB, s *Service) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	pb.RegisterTimelinesServer(srv, s)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	return lis.Addr().String()
+}
+
 // TestReadPackedFromReplica: a packed read that another replica answers
 // (over gRPC, on loopback) carries the same entries, as columns, as an
 // unpacked one.
@@ -31,14 +46,7 @@ func TestReadPackedFromReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.endLife)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	pb.RegisterTimelinesServer(srv, b)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
+	addrB := serve(t, b)
 
 	stA, err := timeline.NewStore(timeline.Options{Capacity: 50, Shards: 4})
 	if err != nil {
@@ -46,7 +54,7 @@ func TestReadPackedFromReplica(t *testing.T) {
 	}
 	a, err := New(Config{NodeID: "a", Store: stA, Data: &fakeData{},
 		Dial: func(string) (*grpc.ClientConn, error) {
-			return grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			return grpc.NewClient(addrB, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		},
 		NewID: func() (uint64, error) { return 0, errors.New("no ids in this test") }}, nil)
 	if err != nil {
@@ -56,7 +64,7 @@ func TestReadPackedFromReplica(t *testing.T) {
 		a.endLife()
 		a.building.wg.Wait()
 	})
-	members := Members{Timeline: []Member{{ID: "a", Addr: "a:1"}, {ID: "b", Addr: lis.Addr().String()}}, Site: 1, Sites: []uint32{1}}
+	members := Members{Timeline: []Member{{ID: "a", Addr: "a:1"}, {ID: "b", Addr: addrB}}, Site: 1, Sites: []uint32{1}}
 	for _, s := range []*Service{a, b} {
 		if err := s.SetMembers(members); err != nil {
 			t.Fatal(err)
@@ -121,15 +129,7 @@ func BenchmarkRead(b *testing.B) {
 	if err := s.SetMembers(Members{Timeline: []Member{{ID: "a", Addr: "a:1"}}, Site: 1, Sites: []uint32{1}}); err != nil {
 		b.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	pb.RegisterTimelinesServer(srv, s)
-	go func() { _ = srv.Serve(lis) }()
-	b.Cleanup(srv.Stop)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(serve(b, s), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		b.Fatal(err)
 	}
