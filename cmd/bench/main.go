@@ -190,7 +190,10 @@ type config struct {
 	EntriesPerOwner int
 	JSON            bool
 	Raw             bool
-	Replicas        []int // router: replica counts, one site each
+	// ReadRate is the paced rate of get and range20's second run (0: half
+	// the back-to-back rate; negative: none).
+	ReadRate int
+	Replicas []int // router: replica counts, one site each
 	// migrate: the records loaded into the moved shard, their value size,
 	// the foreground writers and the throttles measured.
 	MigrateRecords    int
@@ -342,7 +345,10 @@ range20) for a warmup and then --duration, and the throughput, latency
 quantiles and errors are printed as a table. put, putstream (the same Puts
 over write streams), batch100 and get are also run against bare
 Pebble on the same disk with the same sync setting, and the ratio node/raw of
-the throughputs is printed.
+the throughputs is printed. get and range20 then run once more against the
+node with their clients paced on one schedule (--read-rate, target
+"paced"): latency counted from the schedule's time, and a comment line with
+the latency from send to answer.
 
 The router workload (not run by default) starts, for each --replicas value
 R, a fresh in-process 3-node site whose shard trees have R replicas each,
@@ -407,6 +413,7 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.IntVar(&cfg.EntriesPerOwner, "entries-per-owner", 40, "index entries preloaded per owner for range20, spread over two months")
 	f.BoolVar(&cfg.JSON, "json", false, "also print the results as JSON lines at the end")
 	f.BoolVar(&cfg.Raw, "raw", true, "also run the raw Pebble baselines and print the ratios node/raw")
+	f.IntVar(&cfg.ReadRate, "read-rate", 0, "get, range20: ops/s of a second run against the node, paced (its clients share a schedule; latency counts from the scheduled time), printed as target paced; 0: half the ops/s the back-to-back run reached; -1: no paced run")
 	f.IntSliceVar(&cfg.Replicas, "replicas", []int{1, 3}, "router: replicas per shard tree to measure, comma separated, each 1 to 3; a fresh 3-node site for each")
 	f.IntVar(&cfg.MigrateRecords, "migrate-records", 1000000, "migrate: records loaded into the shard that moves")
 	f.IntVar(&cfg.MigrateValueBytes, "migrate-value-bytes", 100, "migrate: bytes of every value loaded and written (random, so incompressible)")
@@ -722,6 +729,17 @@ func (b *bench) runWorkload(ctx context.Context, w workload) {
 	if nr != nil {
 		b.report(nr)
 	}
+	if w.mutsPerOp == 0 && c.ReadRate >= 0 && nr != nil && ctx.Err() == nil {
+		// Reads again, paced: their latency under a load the node
+		// carries, rather than under the clients' own saturation of it.
+		rate := c.ReadRate
+		if rate == 0 {
+			rate = max(1, int(nr.OpsPerSec()/2))
+		}
+		if pr := runPaced(ctx, w.name, "paced", c.Concurrency, 0, rate, c.Warmup, c.Duration, newOp); pr != nil {
+			b.report(pr)
+		}
+	}
 	if !c.Raw || ctx.Err() != nil {
 		return
 	}
@@ -786,6 +804,10 @@ func (b *bench) report(r *result) {
 	}
 	b.row(r.Workload, r.Target, r.Concurrency, ops, mut,
 		q(h.Quantile(0.5)), q(h.Quantile(0.99)), q(h.Quantile(0.999)), q(h.Max()), r.Errors)
+	if sv := r.Service; sv != nil && sv.Count() > 0 {
+		b.printf("#   %s (%s): from send to answer (not counting the wait for the schedule's time): p50 %s, p99 %s, p999 %s\n",
+			r.Workload, r.Target, fmtDur(sv.Quantile(0.5)), fmtDur(sv.Quantile(0.99)), fmtDur(sv.Quantile(0.999)))
+	}
 	if r.Interrupted {
 		b.printf("#   %s (%s): interrupted after %s of measurement\n", r.Workload, r.Target, r.Elapsed.Round(time.Millisecond))
 	}

@@ -12,6 +12,7 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/api/client"
 	"github.com/aviarydb/aviary/ids"
+	"github.com/aviarydb/aviary/internal/timex"
 )
 
 // Tables the workloads use: two of the node's default tables.
@@ -53,6 +54,11 @@ type result struct {
 	Elapsed     time.Duration
 	Interrupted bool
 	Hist        *Histogram
+	// Service, of a paced run, times each operation from when it was
+	// sent, where Hist times it from when the schedule gave it: the
+	// difference is queueing for a free client and the load generator's
+	// own lateness in waking for it.
+	Service *Histogram
 	// ErrSamples counts errors by message, for a bounded number of
 	// distinct messages.
 	ErrSamples map[string]uint64
@@ -86,29 +92,50 @@ const maxErrSamples = 8
 // clients stop, operations cut short are discarded, and the result so far is
 // returned marked Interrupted (nil if the warmup had not finished).
 func runLoop(ctx context.Context, workload, target string, conc, mutsPerOp int, warmup, duration time.Duration, newOp func(worker int) opFunc) *result {
+	return runPaced(ctx, workload, target, conc, mutsPerOp, 0, warmup, duration, newOp)
+}
+
+// runPaced is runLoop with the clients sharing a schedule of rate
+// operations a second (an open loop; 0: back to back, as runLoop). An
+// operation's latency runs from the time the schedule gave it, so one that
+// waited for a free client counts the wait (no coordinated omission); it
+// is measured if that time is after the warmup and before the deadline.
+func runPaced(ctx context.Context, workload, target string, conc, mutsPerOp, rate int, warmup, duration time.Duration, newOp func(worker int) opFunc) *result {
 	type client struct {
-		h    *Histogram
-		errs map[string]uint64
-		nerr uint64
-		last time.Time
+		h, sv *Histogram
+		errs  map[string]uint64
+		nerr  uint64
+		last  time.Time
 	}
 	cs := make([]client, conc)
 	start := time.Now()
 	measureFrom := start.Add(warmup)
 	deadline := measureFrom.Add(duration)
+	var next atomic.Int64 // the schedule's next slot
+	var interval time.Duration
+	if rate > 0 {
+		interval = time.Second / time.Duration(rate)
+	}
 	var wg sync.WaitGroup
 	for w := range cs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			c := &cs[w]
-			c.h = NewHistogram()
+			c.h, c.sv = NewHistogram(), NewHistogram()
 			op := newOp(w)
 			for ctx.Err() == nil {
 				t0 := time.Now()
+				if rate > 0 {
+					t0 = start.Add(time.Duration(next.Add(1)-1) * interval)
+					if d := time.Until(t0); d > 0 && timex.Sleep(ctx, d) != nil {
+						return
+					}
+				}
 				if !t0.Before(deadline) {
 					return
 				}
+				sent := time.Now()
 				err := op(ctx)
 				t1 := time.Now()
 				if ctx.Err() != nil {
@@ -130,6 +157,7 @@ func runLoop(ctx context.Context, workload, target string, conc, mutsPerOp int, 
 					continue
 				}
 				c.h.RecordDuration(t1.Sub(t0))
+				c.sv.RecordDuration(t1.Sub(sent))
 			}
 		}()
 	}
@@ -137,10 +165,16 @@ func runLoop(ctx context.Context, workload, target string, conc, mutsPerOp int, 
 
 	r := &result{Workload: workload, Target: target, Concurrency: conc, MutsPerOp: mutsPerOp,
 		Hist: NewHistogram(), ErrSamples: map[string]uint64{}, Interrupted: ctx.Err() != nil}
+	if rate > 0 {
+		r.Service = NewHistogram()
+	}
 	var end time.Time
 	for i := range cs {
 		c := &cs[i]
 		r.Hist.Merge(c.h)
+		if r.Service != nil {
+			r.Service.Merge(c.sv)
+		}
 		r.Errors += c.nerr
 		for m, n := range c.errs {
 			r.ErrSamples[m] += n
