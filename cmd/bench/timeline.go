@@ -320,10 +320,13 @@ func createTimelines(ctx context.Context, tls []pb.TimelinesClient, users int) e
 
 // phaseResult is the measurement of a fan-out phase.
 type phaseResult struct {
-	postsPerSec, delivPerSec   float64
-	delivP50, delivP99         int64
-	readsPerSec                float64
-	readP50, readP99           int64
+	postsPerSec, delivPerSec float64
+	delivP50, delivP99       int64
+	readsPerSec              float64
+	readP50, readP99         int64
+	// Paced reads: from send to answer (without the wait for the
+	// schedule's time; 0 when the reads were not paced).
+	sentP50, sentP99           int64
 	errors                     uint64
 	undelivered, postsMeasured int
 	firstErr                   string
@@ -340,6 +343,10 @@ func (p phaseResult) print(out io.Writer, name string, replicas int) {
 	}
 	if p.undelivered > 0 {
 		fmt.Fprintf(out, "# %d of %d measured posts were not delivered within a minute after the phase\n", p.undelivered, p.postsMeasured)
+	}
+	if p.sentP99 > 0 {
+		fmt.Fprintf(out, "# %s: reads from send to answer (not counting the wait for the schedule's time) p50 %s, p99 %s\n",
+			name, fmtDur(p.sentP50), fmtDur(p.sentP99))
 	}
 	if p.schedP99 > 0 {
 		fmt.Fprintf(out, "# %s: goroutines waited for a CPU (runnable to running) p50 %s, p99 %s, p99.9 %s\n",
@@ -366,7 +373,7 @@ func fanoutPhase(ctx context.Context, c timelineConfig, readRate int, followers 
 	var mu sync.Mutex
 	var measured []uint64 // status ids of the measured posts
 	var timelines int     // their deliveries: author and followers
-	readH := NewHistogram()
+	readH, sentH := NewHistogram(), NewHistogram()
 	var errs atomic.Uint64
 	var firstErr atomic.Value
 	pctx, cancel := context.WithDeadline(ctx, to)
@@ -452,6 +459,7 @@ func fanoutPhase(ctx context.Context, c timelineConfig, readRate int, followers 
 						return
 					}
 				}
+				sent := time.Now()
 				err := read(pctx, w, uint64(r.IntN(c.Users))+1)
 				stop, measure := settle(t0, err)
 				if stop {
@@ -460,6 +468,7 @@ func fanoutPhase(ctx context.Context, c timelineConfig, readRate int, followers 
 				if measure {
 					mu.Lock()
 					readH.RecordDuration(time.Since(t0))
+					sentH.RecordDuration(time.Since(sent))
 					mu.Unlock()
 				}
 			}
@@ -484,6 +493,9 @@ func fanoutPhase(ctx context.Context, c timelineConfig, readRate int, followers 
 		errors:      errs.Load(),
 		undelivered: missing, postsMeasured: len(measured),
 		schedP50: sched[0], schedP99: sched[1], schedP999: sched[2],
+	}
+	if readRate > 0 {
+		res.sentP50, res.sentP99 = sentH.Quantile(0.50), sentH.Quantile(0.99)
 	}
 	if e := firstErr.Load(); e != nil {
 		res.firstErr = e.(error).Error()
