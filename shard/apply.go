@@ -388,8 +388,8 @@ func (s *Store) lockStripeSet(idx []int) func() {
 	}
 }
 
-// getter is what reads a single key: the database, a snapshot, an indexed
-// batch, or a batchView.
+// getter is what reads a single key: the database, a snapshot or a
+// batchView.
 type getter interface {
 	Get(key []byte) ([]byte, io.Closer, error)
 }
@@ -438,9 +438,11 @@ func getUint(r getter, key []byte, size int) (uint64, bool, error) {
 
 // batchView reads what a batch being built holds, or else the database:
 // what an indexed batch would read, without building an iterator over the
-// batch and the database for each read. Every write of the batch goes
-// through set, so a key missing from pending was not written by the
-// batch. Without record (a batch of one mutation, which reads nothing it
+// batch and the database for each read. Every write that a later
+// mutation of the batch may read goes through set (content records only
+// when a content key may repeat: setContent), so a key missing from
+// pending was not written by an earlier mutation. The extra writes of
+// apply's caller (journal, outbox, import state) are never read back. Without record (a batch of one mutation, which reads nothing it
 // wrote) set does not record.
 type batchView struct {
 	db      *pebble.DB

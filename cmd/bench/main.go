@@ -235,6 +235,8 @@ func (c *config) validate() error {
 	switch {
 	case c.Duration <= 0:
 		return fmt.Errorf("--duration %s: must be positive", c.Duration)
+	case c.ReadRate < -1 || c.ReadRate > maxPacedRate:
+		return fmt.Errorf("--read-rate %d: want ops/s up to %d, 0 (half the back-to-back rate) or -1 (no paced run)", c.ReadRate, maxPacedRate)
 	case c.Warmup < 0:
 		return fmt.Errorf("--warmup %s: must not be negative", c.Warmup)
 	case c.Concurrency < 1:
@@ -714,6 +716,10 @@ func run(ctx context.Context, cfg config, out io.Writer, cmdline, settings strin
 	return errors.Join(shutdownErrs...)
 }
 
+// maxPacedRate bounds --read-rate: far above what a node serves, and
+// slots a nanosecond or more apart.
+const maxPacedRate = 10_000_000
+
 // runWorkload prepares and measures one workload on the node, then on raw
 // Pebble, and prints the rows and the ratio.
 func (b *bench) runWorkload(ctx context.Context, w workload) {
@@ -738,6 +744,8 @@ func (b *bench) runWorkload(ctx context.Context, w workload) {
 		}
 		if pr := runPaced(ctx, w.name, "paced", c.Concurrency, 0, rate, c.Warmup, c.Duration, newOp); pr != nil {
 			b.report(pr)
+		} else if ctx.Err() == nil {
+			b.printf("#   %s (paced): no operation at %d/s fell in the measured time\n", w.name, rate)
 		}
 	}
 	if !c.Raw || ctx.Err() != nil {

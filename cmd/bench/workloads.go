@@ -112,30 +112,32 @@ func runPaced(ctx context.Context, workload, target string, conc, mutsPerOp, rat
 	measureFrom := start.Add(warmup)
 	deadline := measureFrom.Add(duration)
 	var next atomic.Int64 // the schedule's next slot
-	var interval time.Duration
-	if rate > 0 {
-		interval = time.Second / time.Duration(rate)
-	}
 	var wg sync.WaitGroup
 	for w := range cs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			c := &cs[w]
-			c.h, c.sv = NewHistogram(), NewHistogram()
+			c.h = NewHistogram()
+			if rate > 0 {
+				c.sv = NewHistogram()
+			}
 			op := newOp(w)
 			for ctx.Err() == nil {
 				t0 := time.Now()
 				if rate > 0 {
-					t0 = start.Add(time.Duration(next.Add(1)-1) * interval)
-					if d := time.Until(t0); d > 0 && timex.Sleep(ctx, d) != nil {
-						return
-					}
+					t0 = start.Add(time.Duration(next.Add(1)-1) * time.Second / time.Duration(rate))
 				}
 				if !t0.Before(deadline) {
 					return
 				}
-				sent := time.Now()
+				if d := time.Until(t0); d > 0 && timex.Sleep(ctx, d) != nil {
+					return
+				}
+				sent := t0
+				if rate > 0 {
+					sent = time.Now()
+				}
 				err := op(ctx)
 				t1 := time.Now()
 				if ctx.Err() != nil {
@@ -157,7 +159,9 @@ func runPaced(ctx context.Context, workload, target string, conc, mutsPerOp, rat
 					continue
 				}
 				c.h.RecordDuration(t1.Sub(t0))
-				c.sv.RecordDuration(t1.Sub(sent))
+				if c.sv != nil {
+					c.sv.RecordDuration(t1.Sub(sent))
+				}
 			}
 		}()
 	}
