@@ -442,8 +442,9 @@ func getUint(r getter, key []byte, size int) (uint64, bool, error) {
 // mutation of the batch may read goes through set (content records only
 // when a content key may repeat: setContent), so a key missing from
 // pending was not written by an earlier mutation. The extra writes of
-// apply's caller (journal, outbox, import state) are never read back. Without record (a batch of one mutation, which reads nothing it
-// wrote) set does not record.
+// apply's caller (journal, outbox, import state) are never read back.
+// Without record (a batch of one mutation, which reads nothing it wrote)
+// set does not record.
 type batchView struct {
 	db      *pebble.DB
 	b       *pebble.Batch
