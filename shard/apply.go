@@ -122,7 +122,7 @@ func (s *Store) apply(ctx context.Context, muts []Mutation, sync, sorted bool, e
 	if err != nil {
 		return nil, err
 	}
-	unlock := s.lockStripes(rs)
+	unlock, shared := s.lockStripes(rs)
 	locked := true
 	defer func() {
 		if locked {
@@ -136,7 +136,8 @@ func (s *Store) apply(ctx context.Context, muts []Mutation, sync, sorted bool, e
 	defer b.Close()
 	ac := &applyCtx{batchView: batchView{db: s.db, b: b}}
 	if len(rs) > 1 {
-		ac.record, ac.repeats = true, contentRepeats(rs)
+		// Two mutations of one content key share a stripe.
+		ac.record, ac.repeats = true, shared
 	}
 	if sorted && len(rs) > 1 {
 		// Created under the stripes: no write of these keys can land
@@ -365,17 +366,21 @@ func stripeOf(r *resolved) int {
 }
 
 // lockStripes locks the stripes of rs in ascending order (so batches never
-// deadlock) and returns the unlock function.
-func (s *Store) lockStripes(rs []resolved) func() {
+// deadlock) and returns the unlock function, and whether two mutations of
+// rs share a stripe.
+func (s *Store) lockStripes(rs []resolved) (unlock func(), shared bool) {
 	idx := make([]int, len(rs))
 	for i := range rs {
 		rs[i].stripe = stripeOf(&rs[i])
 		idx[i] = rs[i].stripe
 	}
-	return s.lockStripeSet(idx)
+	unlock, n := s.lockStripeSet(idx)
+	return unlock, n < len(rs)
 }
 
-func (s *Store) lockStripeSet(idx []int) func() {
+// lockStripeSet locks the stripes idx (sorting it) and returns the unlock
+// function and how many distinct stripes it locked.
+func (s *Store) lockStripeSet(idx []int) (func(), int) {
 	slices.Sort(idx)
 	idx = slices.Compact(idx)
 	for _, i := range idx {
@@ -385,7 +390,7 @@ func (s *Store) lockStripeSet(idx []int) func() {
 		for _, i := range idx {
 			s.stripes[i].Unlock()
 		}
-	}
+	}, len(idx)
 }
 
 // getter is what reads a single key: the database, a snapshot or a
@@ -472,32 +477,15 @@ func (v *batchView) set(key, val []byte) error {
 	return v.b.Set(key, val, nil)
 }
 
-// contentRepeats reports whether a content key may come twice in rs: two
-// content mutations share a lock stripe (lockStripes has set them).
-func contentRepeats(rs []resolved) bool {
-	stripes := make([]int, 0, len(rs))
-	for i := range rs {
-		if r := &rs[i]; r.Op == OpPut || r.Op == OpDelete {
-			stripes = append(stripes, r.stripe)
-		}
-	}
-	slices.Sort(stripes)
-	for i := 1; i < len(stripes); i++ {
-		if stripes[i] == stripes[i-1] {
-			return true
-		}
-	}
-	return false
-}
-
 // applyCtx is what the mutations of one batch write to and read through:
 // the batch and the database under it, and for sorted content keys a
 // forward iterator.
 type applyCtx struct {
 	batchView
-	// repeats: a content key may come twice in the batch, so content
-	// writes are recorded for the batch's later reads. Without, only
-	// index writes are (an owner's entries share its counts and months).
+	// repeats: a content key may come twice in the batch (two mutations
+	// share a stripe), so content writes are recorded for the batch's
+	// later reads. Without, only index writes are (an owner's entries
+	// share its counts and months).
 	repeats bool
 	// it, if set, reads content keys in ascending order from the
 	// database; last is the previous key it read. A content key is written

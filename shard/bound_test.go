@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/aviarydb/aviary/ids"
-
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )

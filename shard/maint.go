@@ -184,7 +184,7 @@ func (s *Store) deleteIfUnchanged(recs []staleRecord) (int, error) {
 	for i := range recs {
 		idx[i] = stripeOf(&recs[i].r)
 	}
-	unlock := s.lockStripeSet(idx)
+	unlock, _ := s.lockStripeSet(idx)
 	defer unlock()
 	b := s.db.NewBatch()
 	defer b.Close()

@@ -107,7 +107,7 @@ func (s *Store) purgeIfUnchanged(shard string, num uint32, recs []staleRecord) (
 	for i := range recs {
 		idx[i] = stripeOf(&recs[i].r)
 	}
-	unlock := s.lockStripeSet(idx)
+	unlock, _ := s.lockStripeSet(idx)
 	locked := true
 	defer func() {
 		if locked {

@@ -410,22 +410,14 @@ func fanoutPhase(ctx context.Context, c timelineConfig, readRate int, followers 
 			}
 		}
 	})
-	var seq atomic.Int64
-	interval := time.Second / time.Duration(c.PostRate)
+	posts := &schedule{start: start, rate: c.PostRate}
 	const posters = 32
 	for w := range posters {
 		wg.Go(func() {
 			r := newRand()
 			for {
-				i := seq.Add(1) - 1
-				at := start.Add(time.Duration(i) * interval)
-				if !at.Before(to) {
+				if _, ok := posts.wait(pctx, to); !ok {
 					return
-				}
-				if d := time.Until(at); d > 0 {
-					if timex.Sleep(pctx, d) != nil {
-						return
-					}
 				}
 				author := uint64(r.IntN(c.Users)) + 1
 				t0 := time.Now()
@@ -443,19 +435,15 @@ func fanoutPhase(ctx context.Context, c timelineConfig, readRate int, followers 
 			}
 		})
 	}
-	var rseq atomic.Int64
+	reads := &schedule{start: start, rate: readRate}
 	for w := range c.Readers {
 		wg.Go(func() {
 			r := newRand()
 			for pctx.Err() == nil {
 				t0 := time.Now()
 				if readRate > 0 {
-					i := rseq.Add(1) - 1
-					t0 = start.Add(time.Duration(i) * time.Second / time.Duration(readRate))
-					if !t0.Before(to) {
-						return
-					}
-					if d := time.Until(t0); d > 0 && timex.Sleep(pctx, d) != nil {
+					var ok bool
+					if t0, ok = reads.wait(pctx, to); !ok {
 						return
 					}
 				}

@@ -111,7 +111,7 @@ func runPaced(ctx context.Context, workload, target string, conc, mutsPerOp, rat
 	start := time.Now()
 	measureFrom := start.Add(warmup)
 	deadline := measureFrom.Add(duration)
-	var next atomic.Int64 // the schedule's next slot
+	sched := &schedule{start: start, rate: rate}
 	var wg sync.WaitGroup
 	for w := range cs {
 		wg.Add(1)
@@ -126,12 +126,11 @@ func runPaced(ctx context.Context, workload, target string, conc, mutsPerOp, rat
 			for ctx.Err() == nil {
 				t0 := time.Now()
 				if rate > 0 {
-					t0 = start.Add(time.Duration(next.Add(1)-1) * time.Second / time.Duration(rate))
-				}
-				if !t0.Before(deadline) {
-					return
-				}
-				if d := time.Until(t0); d > 0 && timex.Sleep(ctx, d) != nil {
+					var ok bool
+					if t0, ok = sched.wait(ctx, deadline); !ok {
+						return
+					}
+				} else if !t0.Before(deadline) {
 					return
 				}
 				sent := t0
@@ -196,6 +195,27 @@ func runPaced(ctx context.Context, workload, target string, conc, mutsPerOp, rat
 	r.Ops = r.Hist.Count()
 	r.Elapsed = end.Sub(measureFrom)
 	return r
+}
+
+// schedule is rate operations a second from start, shared by clients: an
+// open loop's slots.
+type schedule struct {
+	start time.Time
+	rate  int
+	next  atomic.Int64
+}
+
+// wait takes the next slot and sleeps until its time, which it returns;
+// false if that time is not before end, or ctx ended.
+func (s *schedule) wait(ctx context.Context, end time.Time) (time.Time, bool) {
+	at := s.start.Add(time.Duration(s.next.Add(1)-1) * time.Second / time.Duration(s.rate))
+	if !at.Before(end) {
+		return at, false
+	}
+	if d := time.Until(at); d > 0 && timex.Sleep(ctx, d) != nil {
+		return at, false
+	}
+	return at, true
 }
 
 // newRand returns a random source for one client, seeded afresh.

@@ -276,18 +276,17 @@ func (s *Service) Read(ctx context.Context, r *pb.ReadRequest) (*pb.ReadResponse
 		if err != nil {
 			return nil, status.Errorf(status.Code(err), "timeline %d: celebrities: %s", q.q.Owner, status.Convert(err).Message())
 		}
-		if q.answer != nil {
-			if len(celebs) == 0 && !r.Packed {
-				res.Entries = q.answer.Entries // as the replica sent them
-				resp.Results[i] = res
-				continue
+		if q.answer != nil && len(celebs) == 0 && !r.Packed {
+			res.Entries = q.answer.Entries // as the replica sent them
+		} else {
+			if q.answer != nil {
+				es = toEntries(q.answer.Entries)
 			}
-			es = toEntries(q.answer.Entries)
+			if len(celebs) > 0 {
+				es = newest(append([][]timeline.Entry{es}, celebs...), int(q.q.Limit))
+			}
+			setEntries(res, es, r.Packed)
 		}
-		if len(celebs) > 0 {
-			es = newest(append([][]timeline.Entry{es}, celebs...), int(q.q.Limit))
-		}
-		setEntries(res, es, r.Packed)
 		resp.Results[i] = res
 	}
 	return resp, nil
