@@ -11,7 +11,11 @@ import (
 // the same node travel in one Replica.Apply (each mutation names its shard),
 // so a replica costs one RPC and one fsync for many writes instead of one
 // each. A batch the replica refuses is split and sent write by write, so
-// one bad write cannot hold back the others.
+// one bad write cannot hold back the others. A delivery whose caller gave
+// up while it queued (its deadline passed: the replica is slower than the
+// writes bound for it) is not sent: the caller has recorded its job as
+// failed, and the journal delivers it again after a backoff, so sending it
+// as well would only add to the replica's backlog.
 const (
 	coalesceWorkers      = 2   // concurrent Apply RPCs per node
 	coalesceMaxWrites    = 128 // writes merged into one RPC
@@ -19,6 +23,7 @@ const (
 )
 
 type pendingDelivery struct {
+	ctx        context.Context // the caller's: done once it stopped waiting
 	muts       []shard.Mutation
 	mapVersion uint64
 	done       chan deliveryResult // buffered
@@ -53,7 +58,7 @@ func (r *Router) applyRemote(ctx context.Context, addr string, muts []shard.Muta
 	if c == nil { // the router is stopping: no merging
 		return r.cfg.Remote.Apply(ctx, addr, muts, mapVersion)
 	}
-	p := &pendingDelivery{muts: muts, mapVersion: mapVersion, done: make(chan deliveryResult, 1)}
+	p := &pendingDelivery{ctx: ctx, muts: muts, mapVersion: mapVersion, done: make(chan deliveryResult, 1)}
 	select {
 	case c.ch <- p:
 	case <-ctx.Done():
@@ -109,24 +114,33 @@ func (r *Router) stopCoalescers() {
 func (c *coalescer) run(quit <-chan struct{}) {
 	for {
 		var batch []*pendingDelivery
+		n := 0
+		add := func(p *pendingDelivery) {
+			if p.ctx.Err() != nil {
+				c.r.metrics.deliveriesExpired.Inc()
+				return // nobody waits for it (see above)
+			}
+			batch = append(batch, p)
+			n += len(p.muts)
+		}
 		select {
 		case p := <-c.ch:
-			batch = append(batch, p)
+			add(p)
 		case <-quit:
 			return
 		}
-		n := len(batch[0].muts)
 	drain:
 		for len(batch) < coalesceMaxWrites && n < coalesceMaxMutations {
 			select {
 			case p := <-c.ch:
-				batch = append(batch, p)
-				n += len(p.muts)
+				add(p)
 			default:
 				break drain
 			}
 		}
-		c.send(batch)
+		if len(batch) > 0 {
+			c.send(batch)
+		}
 	}
 }
 
@@ -166,6 +180,10 @@ func (c *coalescer) send(batch []*pendingDelivery) {
 		}
 	}
 	for _, p := range batch {
+		if p.ctx.Err() != nil {
+			r.metrics.deliveriesExpired.Inc()
+			continue // nobody waits for it (see above)
+		}
 		outs, err := apply(p.muts, p.mapVersion)
 		p.done <- deliveryResult{outs: outs, err: err}
 	}

@@ -126,9 +126,10 @@ type Config struct {
 
 // metrics are the router's Prometheus metrics.
 type metrics struct {
-	deliveries *prometheus.CounterVec
-	writes     *prometheus.CounterVec
-	reroutes   prometheus.Counter
+	deliveries        *prometheus.CounterVec
+	deliveriesExpired prometheus.Counter
+	writes            *prometheus.CounterVec
+	reroutes          prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -137,6 +138,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "aviary_router_deliveries_total",
 			Help: "Deliveries of journaled writes to replicas, by kind (first or retry) and result (ok, failed, error_queue).",
 		}, []string{"kind", "result"}),
+		deliveriesExpired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aviary_router_deliveries_expired_total",
+			Help: "Deliveries to a remote replica not sent because their deadline passed while they queued (the replica is behind); the journal delivers them again.",
+		}),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aviary_router_writes_total",
 			Help: "Routed write batches, by consistency and result (ok, not_enough_replicas, refused, error).",
@@ -147,7 +152,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.deliveries, m.writes, m.reroutes)
+		reg.MustRegister(m.deliveries, m.deliveriesExpired, m.writes, m.reroutes)
 	}
 	return m
 }
