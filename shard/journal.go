@@ -207,7 +207,11 @@ func (s *Store) lastJobLocked(seq uint64, kind byte, target string) (bool, error
 
 // JobFailed records a failed delivery. With toErrorQueue the job moves to
 // the error queue (it is no longer retried until RetryErrorJob). A job that
-// no longer exists (it was delivered) stays gone.
+// no longer exists (it was delivered) stays gone. Like JobDone it does not
+// sync: a record lost in a crash leaves the job pending as it was, due at
+// once, and the next failure records it again. (A replica that falls
+// behind fails many deliveries; a sync for each would slow the node that
+// writes to it, too.)
 func (s *Store) JobFailed(j Job, toErrorQueue bool) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -237,7 +241,7 @@ func (s *Store) JobFailed(j Job, toErrorQueue bool) error {
 	} else {
 		_ = b.Set(jobKey(metaJob, j.Seq, j.Target), rec, nil)
 	}
-	return b.Commit(pebble.Sync)
+	return b.Commit(pebble.NoSync)
 }
 
 // Jobs lists up to limit pending jobs (or error-queue jobs), oldest first,
