@@ -5814,8 +5814,12 @@ func (x *ReplicaPushResponse) GetMissing() []uint64 {
 }
 
 type ReplicaReadRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Queries       []*TimelineQuery       `protobuf:"bytes,1,rep,name=queries,proto3" json:"queries,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Queries []*TimelineQuery       `protobuf:"bytes,1,rep,name=queries,proto3" json:"queries,omitempty"`
+	// Answer with the entries as columns (ReplicaTimeline's status_ids,
+	// author_ids and flags) instead of one message each. A node that does
+	// not know the field answers with entries: the asker reads either.
+	Packed        bool `protobuf:"varint,2,opt,name=packed,proto3" json:"packed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5857,14 +5861,26 @@ func (x *ReplicaReadRequest) GetQueries() []*TimelineQuery {
 	return nil
 }
 
+func (x *ReplicaReadRequest) GetPacked() bool {
+	if x != nil {
+		return x.Packed
+	}
+	return false
+}
+
 type ReplicaTimeline struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Owner uint64                 `protobuf:"varint,1,opt,name=owner,proto3" json:"owner,omitempty"`
 	// Whether this node holds the timeline (false: entries is empty and says
 	// nothing).
-	Held          bool             `protobuf:"varint,2,opt,name=held,proto3" json:"held,omitempty"`
-	Entries       []*TimelineEntry `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
-	Length        uint32           `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	Held    bool             `protobuf:"varint,2,opt,name=held,proto3" json:"held,omitempty"`
+	Entries []*TimelineEntry `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
+	Length  uint32           `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	// Only in a ReplicaRead answer to a packed request: the entries as
+	// columns of equal length, newest first (entries is then empty).
+	StatusIds     []uint64 `protobuf:"fixed64,5,rep,packed,name=status_ids,json=statusIds,proto3" json:"status_ids,omitempty"`
+	AuthorIds     []uint64 `protobuf:"varint,6,rep,packed,name=author_ids,json=authorIds,proto3" json:"author_ids,omitempty"`
+	Flags         []uint32 `protobuf:"fixed32,7,rep,packed,name=flags,proto3" json:"flags,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5925,6 +5941,27 @@ func (x *ReplicaTimeline) GetLength() uint32 {
 		return x.Length
 	}
 	return 0
+}
+
+func (x *ReplicaTimeline) GetStatusIds() []uint64 {
+	if x != nil {
+		return x.StatusIds
+	}
+	return nil
+}
+
+func (x *ReplicaTimeline) GetAuthorIds() []uint64 {
+	if x != nil {
+		return x.AuthorIds
+	}
+	return nil
+}
+
+func (x *ReplicaTimeline) GetFlags() []uint32 {
+	if x != nil {
+		return x.Flags
+	}
+	return nil
 }
 
 type ReplicaReadResponse struct {
@@ -7155,14 +7192,20 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"deliveries\"E\n" +
 	"\x13ReplicaPushResponse\x12\x14\n" +
 	"\x05added\x18\x01 \x01(\rR\x05added\x12\x18\n" +
-	"\amissing\x18\x02 \x03(\x04R\amissing\"H\n" +
+	"\amissing\x18\x02 \x03(\x04R\amissing\"`\n" +
 	"\x12ReplicaReadRequest\x122\n" +
-	"\aqueries\x18\x01 \x03(\v2\x18.aviary.v1.TimelineQueryR\aqueries\"\x87\x01\n" +
+	"\aqueries\x18\x01 \x03(\v2\x18.aviary.v1.TimelineQueryR\aqueries\x12\x16\n" +
+	"\x06packed\x18\x02 \x01(\bR\x06packed\"\xdb\x01\n" +
 	"\x0fReplicaTimeline\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\x04R\x05owner\x12\x12\n" +
 	"\x04held\x18\x02 \x01(\bR\x04held\x122\n" +
 	"\aentries\x18\x03 \x03(\v2\x18.aviary.v1.TimelineEntryR\aentries\x12\x16\n" +
-	"\x06length\x18\x04 \x01(\rR\x06length\"K\n" +
+	"\x06length\x18\x04 \x01(\rR\x06length\x12\x1d\n" +
+	"\n" +
+	"status_ids\x18\x05 \x03(\x06R\tstatusIds\x12\x1d\n" +
+	"\n" +
+	"author_ids\x18\x06 \x03(\x04R\tauthorIds\x12\x14\n" +
+	"\x05flags\x18\a \x03(\aR\x05flags\"K\n" +
 	"\x13ReplicaReadResponse\x124\n" +
 	"\aresults\x18\x01 \x03(\v2\x1a.aviary.v1.ReplicaTimelineR\aresults\"K\n" +
 	"\x14ReplicaRemoveRequest\x12\x1b\n" +

@@ -3,6 +3,7 @@ package home
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -119,7 +120,7 @@ func (s *Service) readReplicas(ctx context.Context, v *view, qs []*query) {
 		}
 		for n, is := range byNode {
 			outstanding++
-			req := &pb.ReplicaReadRequest{Queries: make([]*pb.TimelineQuery, len(is))}
+			req := &pb.ReplicaReadRequest{Queries: make([]*pb.TimelineQuery, len(is)), Packed: true}
 			for k, i := range is {
 				req.Queries[k] = qs[i].q
 			}
@@ -202,10 +203,18 @@ func (s *Service) readReplicas(ctx context.Context, v *view, qs []*query) {
 func (s *Service) replicaRead(ctx context.Context, v *view, node string, req *pb.ReplicaReadRequest) (resp *pb.ReplicaReadResponse, err error) {
 	err = s.replicaCall(ctx, v, node, func(c pb.TimelinesClient) error {
 		resp, err = c.ReplicaRead(ctx, req)
-		if err == nil && len(resp.Results) != len(req.Queries) {
-			err = errors.New("home: replica answered a different number of timelines")
+		if err != nil {
+			return err
 		}
-		return err
+		if len(resp.Results) != len(req.Queries) {
+			return errors.New("home: replica answered a different number of timelines")
+		}
+		for _, t := range resp.Results {
+			if n := len(t.StatusIds); len(t.AuthorIds) != n || len(t.Flags) != n {
+				return fmt.Errorf("home: replica answered timeline %d with columns of different lengths (%d, %d, %d)", t.Owner, n, len(t.AuthorIds), len(t.Flags))
+			}
+		}
+		return nil
 	})
 	return resp, err
 }
@@ -276,11 +285,18 @@ func (s *Service) Read(ctx context.Context, r *pb.ReadRequest) (*pb.ReadResponse
 		if err != nil {
 			return nil, status.Errorf(status.Code(err), "timeline %d: celebrities: %s", q.q.Owner, status.Convert(err).Message())
 		}
-		if q.answer != nil && len(celebs) == 0 && !r.Packed {
-			res.Entries = q.answer.Entries // as the replica sent them
-		} else {
-			if q.answer != nil {
-				es = toEntries(q.answer.Entries)
+		// Another replica's answer goes out as it came when it has the
+		// form the client asked for (a node that predates packed answers
+		// sends entries).
+		a := q.answer
+		switch {
+		case a != nil && len(celebs) == 0 && r.Packed && len(a.Entries) == 0:
+			res.StatusIds, res.AuthorIds, res.Flags = a.StatusIds, a.AuthorIds, a.Flags
+		case a != nil && len(celebs) == 0 && !r.Packed && len(a.StatusIds) == 0:
+			res.Entries = a.Entries
+		default:
+			if a != nil {
+				es = replicaEntries(a)
 			}
 			if len(celebs) > 0 {
 				es = newest(append([][]timeline.Entry{es}, celebs...), int(q.q.Limit))
@@ -299,12 +315,7 @@ func setEntries(res *pb.TimelineResult, es []timeline.Entry, packed bool) {
 		res.Entries = fromEntries(es)
 		return
 	}
-	res.StatusIds = make([]uint64, len(es))
-	res.AuthorIds = make([]uint64, len(es))
-	res.Flags = make([]uint32, len(es))
-	for i, e := range es {
-		res.StatusIds[i], res.AuthorIds[i], res.Flags[i] = e.StatusID, e.AuthorID, e.Flags
-	}
+	res.StatusIds, res.AuthorIds, res.Flags = toColumns(es)
 }
 
 // window applies a query's max_id, since_id and limit to a timeline held

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
@@ -15,7 +16,7 @@ import (
 
 // serve serves s's Timelines API over gRPC on a loopback port until the
 // test ends, and returns its address.
-func serve(t testing.TB, s *Service) string {
+func serve(t testing.TB, s pb.TimelinesServer) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -28,10 +29,38 @@ func serve(t testing.TB, s *Service) string {
 	return lis.Addr().String()
 }
 
+// olderReplica answers ReplicaRead as a node that predates
+// ReplicaReadRequest.packed does: with entries.
+type olderReplica struct{ *Service }
+
+func (o olderReplica) ReplicaRead(ctx context.Context, r *pb.ReplicaReadRequest) (*pb.ReplicaReadResponse, error) {
+	return o.Service.ReplicaRead(ctx, &pb.ReplicaReadRequest{Queries: r.Queries})
+}
+
+// brokenReplica answers ReplicaRead with a column short.
+type brokenReplica struct{ *Service }
+
+func (b brokenReplica) ReplicaRead(ctx context.Context, r *pb.ReplicaReadRequest) (*pb.ReplicaReadResponse, error) {
+	resp, err := b.Service.ReplicaRead(ctx, r)
+	for _, t := range resp.GetResults() {
+		if len(t.Flags) > 0 {
+			t.Flags = t.Flags[1:]
+		}
+	}
+	return resp, err
+}
+
 // TestReadPackedFromReplica: a packed read that another replica answers
 // (over gRPC, on loopback) carries the same entries, as columns, as an
-// unpacked one.
+// unpacked one, whether the replica answers packed or, as an older node
+// does, with entries. An answer whose columns differ in length is refused.
 func TestReadPackedFromReplica(t *testing.T) {
+	t.Run("packed", func(t *testing.T) { testReadFromReplica(t, func(s *Service) pb.TimelinesServer { return s }) })
+	t.Run("older", func(t *testing.T) { testReadFromReplica(t, func(s *Service) pb.TimelinesServer { return olderReplica{s} }) })
+	t.Run("broken", func(t *testing.T) { testReadFromReplica(t, func(s *Service) pb.TimelinesServer { return brokenReplica{s} }) })
+}
+
+func testReadFromReplica(t *testing.T, as func(*Service) pb.TimelinesServer) {
 	const owner = 7
 	stB, err := timeline.NewStore(timeline.Options{Capacity: 50, Shards: 4})
 	if err != nil {
@@ -46,7 +75,7 @@ func TestReadPackedFromReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.endLife)
-	addrB := serve(t, b)
+	addrB := serve(t, as(b))
 
 	stA, err := timeline.NewStore(timeline.Options{Capacity: 50, Shards: 4})
 	if err != nil {
@@ -77,6 +106,13 @@ func TestReadPackedFromReplica(t *testing.T) {
 
 	ctx := context.Background()
 	q := []*pb.TimelineQuery{{Owner: owner, Limit: 10}}
+	if _, broken := as(b).(brokenReplica); broken {
+		_, err := a.replicaRead(ctx, v, "b", &pb.ReplicaReadRequest{Queries: q, Packed: true})
+		if err == nil || !strings.Contains(err.Error(), "columns of different lengths") {
+			t.Fatalf("a broken packed answer read with error %v", err)
+		}
+		return
+	}
 	// a does not hold the timeline (it schedules a repair, which may copy
 	// it there before the second read: both answers must agree anyway).
 	packed, err := a.Read(ctx, &pb.ReadRequest{Queries: q, Packed: true})
@@ -150,6 +186,73 @@ func BenchmarkRead(b *testing.B) {
 				}
 				if r := resp.Results[0]; len(r.Entries)+len(r.StatusIds) != 20 {
 					b.Fatalf("read %d entries and %d packed", len(r.Entries), len(r.StatusIds))
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkReadRemote reads a 20-entry timeline through a node that does
+// not hold it: the node asks the replica that does (ReplicaRead) over gRPC
+// on loopback, then answers the client. Allocations per read cover the
+// client, the node and the replica, all in this one process.
+//
+//	go test ./timeline/home -run - -bench ReadRemote -benchmem
+func BenchmarkReadRemote(b *testing.B) {
+	const owner = 7
+	stB, err := timeline.NewStore(timeline.Options{Capacity: 800, Shards: 4})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var es []timeline.Entry
+	for i := range 800 {
+		es = append(es, timeline.Entry{StatusID: uint64(1_000_000_000_000 - i), AuthorID: uint64(i%97 + 1), Flags: uint32(i % 3)})
+	}
+	stB.Merge(owner, es)
+	noIDs := func() (uint64, error) { return 0, errors.New("no ids in this benchmark") }
+	replica, err := New(Config{NodeID: "b", Store: stB, Data: &fakeData{}, NewID: noIDs,
+		Dial: func(string) (*grpc.ClientConn, error) { return nil, errors.New("no dialling from b in this benchmark") }}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(replica.endLife)
+	addrB := serve(b, replica)
+	// The node asked holds no timelines: a router-only timeline node.
+	node, err := New(Config{NodeID: "a", Data: &fakeData{}, NewID: noIDs,
+		Dial: func(string) (*grpc.ClientConn, error) {
+			return grpc.NewClient(addrB, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		}}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(node.endLife)
+	members := Members{Timeline: []Member{{ID: "b", Addr: addrB}}, Site: 1, Sites: []uint32{1}}
+	for _, s := range []*Service{node, replica} {
+		if err := s.SetMembers(members); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cc, err := grpc.NewClient(serve(b, node), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cc.Close() })
+	c := pb.NewTimelinesClient(cc)
+	for _, packed := range []bool{false, true} {
+		name := "entries"
+		if packed {
+			name = "packed"
+		}
+		b.Run(name, func(b *testing.B) {
+			req := &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: owner, Limit: 20}}, Packed: packed}
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := c.Read(context.Background(), req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if r := resp.Results[0]; r.Node != "b" || len(r.Entries)+len(r.StatusIds) != 20 {
+					b.Fatalf("read %d entries and %d packed from %q", len(r.Entries), len(r.StatusIds), r.Node)
 				}
 			}
 		})

@@ -46,6 +46,30 @@ func toEntries(es []*pb.TimelineEntry) []timeline.Entry {
 	return out
 }
 
+// toColumns returns es as the columns of a packed answer (ReadRequest and
+// ReplicaReadRequest's packed).
+func toColumns(es []timeline.Entry) (ids, authors []uint64, flags []uint32) {
+	ids, authors, flags = make([]uint64, len(es)), make([]uint64, len(es)), make([]uint32, len(es))
+	for i, e := range es {
+		ids[i], authors[i], flags[i] = e.StatusID, e.AuthorID, e.Flags
+	}
+	return ids, authors, flags
+}
+
+// replicaEntries returns the entries of a replica's answer, sent packed or
+// not (a node that predates ReplicaReadRequest.packed sends entries).
+// replicaRead has checked that the columns have equal lengths.
+func replicaEntries(t *pb.ReplicaTimeline) []timeline.Entry {
+	if len(t.StatusIds) == 0 {
+		return toEntries(t.Entries)
+	}
+	out := make([]timeline.Entry, len(t.StatusIds))
+	for i := range out {
+		out[i] = timeline.Entry{StatusID: t.StatusIds[i], AuthorID: t.AuthorIds[i], Flags: t.Flags[i]}
+	}
+	return out
+}
+
 func checkEntry(e *pb.TimelineEntry) error {
 	if e == nil {
 		return status.Error(codes.InvalidArgument, "entry is missing")
@@ -86,20 +110,25 @@ func (s *Service) ReplicaRead(ctx context.Context, r *pb.ReplicaReadRequest) (*p
 	}
 	resp := &pb.ReplicaReadResponse{Results: make([]*pb.ReplicaTimeline, len(r.Queries))}
 	for i, q := range r.Queries {
-		resp.Results[i] = readLocal(st, q)
+		resp.Results[i] = readLocal(st, q, r.Packed)
 	}
 	return resp, nil
 }
 
 // readLocal answers one query from st. It is on every read's path, so it
 // takes the timeline's shard lock once (Store.Read), not once each for
-// Has, Range and Len.
-func readLocal(st *timeline.Store, q *pb.TimelineQuery) *pb.ReplicaTimeline {
+// Has, Range and Len. With packed the entries go out as columns.
+func readLocal(st *timeline.Store, q *pb.TimelineQuery, packed bool) *pb.ReplicaTimeline {
 	es, n, held := st.Read(q.Owner, q.MaxId, q.SinceId, int(q.Limit))
 	t := &pb.ReplicaTimeline{Owner: q.Owner, Held: held}
-	if held {
+	if !held {
+		return t
+	}
+	t.Length = uint32(n)
+	if packed {
+		t.StatusIds, t.AuthorIds, t.Flags = toColumns(es)
+	} else {
 		t.Entries = fromEntries(es)
-		t.Length = uint32(n)
 	}
 	return t
 }
