@@ -22,37 +22,18 @@ import (
 )
 
 // freeSitesBasePort finds a base port whose dev ports for sites one-node
-// sites (base+100s+0..3 and the relay's base+100s+90) are free now; the
-// same small race as freeBasePort.
+// sites (base+100s+0..3 and the relay's base+100s+90) are free now (see
+// freePorts).
 func freeSitesBasePort(t *testing.T, sites int) int {
 	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		base := l.Addr().(*net.TCPAddr).Port
-		_ = l.Close()
-		if base+siteStride*sites > 65535 {
-			continue
-		}
-		free := true
-		for s := 0; s < sites && free; s++ {
+	return freePorts(t, siteStride*sites, func(base int) (ports []int) {
+		for s := range sites {
 			for _, off := range []int{0, 1, 2, 3, relayPortOffset} {
-				l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(base+siteStride*s+off)))
-				if err != nil {
-					free = false
-					break
-				}
-				_ = l.Close()
+				ports = append(ports, base+siteStride*s+off)
 			}
 		}
-		if free {
-			return base
-		}
-	}
-	t.Fatal("no free range of ports found")
-	return 0
+		return ports
+	})
 }
 
 // TestDevSitesLayout checks the port scheme and limits of dev up --sites.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,30 +21,42 @@ import (
 )
 
 // freeBasePort finds a base port whose dev ports for nodes are free now.
-// Another process may take one before dev up binds it: a small race the
-// test accepts.
 func freeBasePort(t *testing.T, nodes int) int {
 	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		base := l.Addr().(*net.TCPAddr).Port
-		_ = l.Close()
-		if base+portStride*nodes > 65535 {
-			continue
-		}
-		free := true
-		for i := 0; i < nodes && free; i++ {
+	return freePorts(t, portStride*nodes, func(base int) (ports []int) {
+		for i := range nodes {
 			for j := range 4 {
-				l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(base+portStride*i+j)))
-				if err != nil {
-					free = false
-					break
-				}
-				_ = l.Close()
+				ports = append(ports, base+portStride*i+j)
 			}
+		}
+		return ports
+	})
+}
+
+// freePorts returns a base port below base+span for which every port of
+// ports(base) is free now. Another process may still take one before dev
+// up binds it, so the base is drawn at random below the kernel's
+// ephemeral range: the ports handed to ":0" listeners and to outgoing
+// connections (of every test binary running at the same time) come from
+// that range, and a base taken from a ":0" listener, as before, sat in
+// its middle.
+func freePorts(t *testing.T, span int, ports func(base int) []int) int {
+	t.Helper()
+	const lo = 20000
+	hi := ephemeralLow() - span
+	if hi <= lo {
+		t.Fatalf("no room for %d ports between %d and the ephemeral range", span, lo)
+	}
+	for range 100 {
+		base := lo + rand.IntN(hi-lo)
+		free := true
+		for _, p := range ports(base) {
+			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+			if err != nil {
+				free = false
+				break
+			}
+			_ = l.Close()
 		}
 		if free {
 			return base
@@ -51,6 +64,19 @@ func freeBasePort(t *testing.T, nodes int) int {
 	}
 	t.Fatal("no free range of ports found")
 	return 0
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux's
+// ip_local_port_range; 32768, Linux's default, elsewhere).
+func ephemeralLow() int {
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				return n
+			}
+		}
+	}
+	return 32768
 }
 
 // TestDevUpDown starts a dev site of three node processes with three
