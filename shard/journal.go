@@ -179,6 +179,12 @@ func (s *Store) removeJob(kind byte, seq uint64, target string) error {
 	if last && !s.journal.outbox.has(seq) {
 		_ = b.Delete(journalKey(seq), nil)
 	}
+	// A dropped error job is an operator's decision, and rare: it syncs,
+	// and so makes the unsynced move that put the job there durable too
+	// (see JobFailed), lest a crash bring it back as a pending job.
+	if kind == metaErrorJob {
+		return b.Commit(pebble.Sync)
+	}
 	return b.Commit(pebble.NoSync)
 }
 

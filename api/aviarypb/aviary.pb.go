@@ -5876,8 +5876,10 @@ type ReplicaTimeline struct {
 	Held    bool             `protobuf:"varint,2,opt,name=held,proto3" json:"held,omitempty"`
 	Entries []*TimelineEntry `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
 	Length  uint32           `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
-	// Only in a ReplicaRead answer to a packed request: the entries as
-	// columns of equal length, newest first (entries is then empty).
+	// The entries as columns of equal length, newest first, instead of
+	// entries: in a ReplicaRead answer to a packed request. ReplicaMerge and
+	// ReplicaExport's receivers read them too, but their senders send
+	// entries, which a node that predates the columns can read.
 	StatusIds     []uint64 `protobuf:"fixed64,5,rep,packed,name=status_ids,json=statusIds,proto3" json:"status_ids,omitempty"`
 	AuthorIds     []uint64 `protobuf:"varint,6,rep,packed,name=author_ids,json=authorIds,proto3" json:"author_ids,omitempty"`
 	Flags         []uint32 `protobuf:"fixed32,7,rep,packed,name=flags,proto3" json:"flags,omitempty"`

@@ -13,8 +13,8 @@ import (
 // each. A batch the replica refuses is split and sent write by write, so
 // one bad write cannot hold back the others. A delivery whose caller gave
 // up while it queued (its deadline passed: the replica is slower than the
-// writes bound for it) is not sent: the caller has recorded its job as
-// failed, and the journal delivers it again after a backoff, so sending it
+// writes bound for it) is not sent: the caller records its job as failed,
+// and the journal delivers it again after a backoff, so sending it
 // as well would only add to the replica's backlog.
 const (
 	coalesceWorkers      = 2   // concurrent Apply RPCs per node

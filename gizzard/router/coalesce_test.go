@@ -46,8 +46,8 @@ func (g *gatedRemote) state() (started int, keys []string) {
 	return g.started, slices.Clone(g.keys)
 }
 
-// waitFor polls cond until it holds or a deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
+// waitUntil polls cond until it holds or a deadline passes.
+func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -81,7 +81,7 @@ func TestCoalescerSkipsExpiredDeliveries(t *testing.T) {
 	// (one at a time, or the first worker would take both).
 	for i := range coalesceWorkers {
 		go deliver(context.Background(), fmt.Sprintf("busy%d", i))
-		waitFor(t, "a worker sending", func() bool { n, _ := remote.state(); return n == i+1 })
+		waitUntil(t, "a worker sending", func() bool { n, _ := remote.state(); return n == i+1 })
 	}
 	c := r.coalescerFor(addr)
 
@@ -92,14 +92,14 @@ func TestCoalescerSkipsExpiredDeliveries(t *testing.T) {
 		_, err := r.applyRemote(ctx, addr, put("expired"), 1)
 		expired <- err
 	}()
-	waitFor(t, "the delivery queued", func() bool { return len(c.ch) == 1 })
+	waitUntil(t, "the delivery queued", func() bool { return len(c.ch) == 1 })
 	cancel()
 	if err := <-expired; err == nil {
 		t.Fatal("a delivery whose caller gave up reported success")
 	}
 	// Another queues behind it, and its caller waits.
 	go deliver(context.Background(), "live")
-	waitFor(t, "the second delivery queued", func() bool { return len(c.ch) == 2 })
+	waitUntil(t, "the second delivery queued", func() bool { return len(c.ch) == 2 })
 
 	release()
 	for range coalesceWorkers + 1 {

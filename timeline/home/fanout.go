@@ -553,7 +553,10 @@ func (s *Service) refillFrom(ctx context.Context, v *view, node string) (int, er
 			return n, err
 		}
 		for _, t := range resp.Timelines {
-			s.store.Merge(t.Owner, toEntries(t.Entries))
+			if err := checkColumns(t); err != nil {
+				return n, err
+			}
+			s.store.Merge(t.Owner, replicaEntries(t))
 			n++
 		}
 		s.metrics.refilled.Add(float64(len(resp.Timelines)))

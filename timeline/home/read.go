@@ -210,8 +210,8 @@ func (s *Service) replicaRead(ctx context.Context, v *view, node string, req *pb
 			return errors.New("home: replica answered a different number of timelines")
 		}
 		for _, t := range resp.Results {
-			if n := len(t.StatusIds); len(t.AuthorIds) != n || len(t.Flags) != n {
-				return fmt.Errorf("home: replica answered timeline %d with columns of different lengths (%d, %d, %d)", t.Owner, n, len(t.AuthorIds), len(t.Flags))
+			if err := checkColumns(t); err != nil {
+				return fmt.Errorf("home: replica answered %w", err)
 			}
 		}
 		return nil
@@ -437,6 +437,8 @@ func (s *Service) repairOne(ctx context.Context, r repair) error {
 	if !slices.Contains(reps[:], r.node) {
 		return nil // the rings moved on
 	}
+	// Entries, not columns: the answer goes on to r.node as it came, and
+	// a node that predates the columns would read a packed one as empty.
 	full := &pb.ReplicaReadRequest{Queries: []*pb.TimelineQuery{{Owner: r.owner, Limit: int32(s.cfg.Capacity)}}}
 	var last error = errors.New("no sibling holds it")
 	for _, n := range reps {

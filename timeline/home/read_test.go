@@ -11,7 +11,9 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/timeline"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 )
 
 // serve serves s's Timelines API over gRPC on a loopback port until the
@@ -56,8 +58,12 @@ func (b brokenReplica) ReplicaRead(ctx context.Context, r *pb.ReplicaReadRequest
 // does, with entries. An answer whose columns differ in length is refused.
 func TestReadPackedFromReplica(t *testing.T) {
 	t.Run("packed", func(t *testing.T) { testReadFromReplica(t, func(s *Service) pb.TimelinesServer { return s }) })
-	t.Run("older", func(t *testing.T) { testReadFromReplica(t, func(s *Service) pb.TimelinesServer { return olderReplica{s} }) })
-	t.Run("broken", func(t *testing.T) { testReadFromReplica(t, func(s *Service) pb.TimelinesServer { return brokenReplica{s} }) })
+	t.Run("older", func(t *testing.T) {
+		testReadFromReplica(t, func(s *Service) pb.TimelinesServer { return olderReplica{s} })
+	})
+	t.Run("broken", func(t *testing.T) {
+		testReadFromReplica(t, func(s *Service) pb.TimelinesServer { return brokenReplica{s} })
+	})
 }
 
 func testReadFromReplica(t *testing.T, as func(*Service) pb.TimelinesServer) {
@@ -113,8 +119,8 @@ func testReadFromReplica(t *testing.T, as func(*Service) pb.TimelinesServer) {
 		}
 		return
 	}
-	// a does not hold the timeline (it schedules a repair, which may copy
-	// it there before the second read: both answers must agree anyway).
+	// a does not hold the timeline: b answers both reads (a schedules a
+	// repair, but its repair loop does not run in this test).
 	packed, err := a.Read(ctx, &pb.ReadRequest{Queries: q, Packed: true})
 	if err != nil {
 		t.Fatal(err)
@@ -189,6 +195,38 @@ func BenchmarkRead(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestMergeColumns: a timeline merged into a replica may come as columns;
+// columns of different lengths are refused, and nothing is installed.
+func TestMergeColumns(t *testing.T) {
+	st, err := timeline.NewStore(timeline.Options{Capacity: 50, Shards: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{NodeID: "a", Store: st, Data: &fakeData{},
+		Dial:  func(string) (*grpc.ClientConn, error) { return nil, errors.New("no dialling in this test") },
+		NewID: func() (uint64, error) { return 0, errors.New("no ids in this test") }}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.endLife)
+	ctx := context.Background()
+	bad := &pb.ReplicaTimeline{Owner: 8, Held: true, StatusIds: []uint64{9, 7}, AuthorIds: []uint64{1, 2}, Flags: []uint32{0}}
+	if _, err := s.ReplicaMerge(ctx, &pb.ReplicaMergeRequest{Timelines: []*pb.ReplicaTimeline{bad}}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("merging columns of different lengths: %v, want InvalidArgument", err)
+	}
+	if st.Has(8) {
+		t.Fatal("a refused merge installed its timeline")
+	}
+	good := &pb.ReplicaTimeline{Owner: 7, Held: true, StatusIds: []uint64{9, 7}, AuthorIds: []uint64{1, 2}, Flags: []uint32{3, 4}}
+	if _, err := s.ReplicaMerge(ctx, &pb.ReplicaMergeRequest{Timelines: []*pb.ReplicaTimeline{good}}); err != nil {
+		t.Fatal(err)
+	}
+	want := []timeline.Entry{{StatusID: 9, AuthorID: 1, Flags: 3}, {StatusID: 7, AuthorID: 2, Flags: 4}}
+	if got, held := st.Get(7); !held || !slices.Equal(got, want) {
+		t.Fatalf("merged columns: %v (held %v), want %v", got, held, want)
 	}
 }
 

@@ -2,6 +2,7 @@ package home
 
 import (
 	"context"
+	"fmt"
 	"slices"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
@@ -56,9 +57,17 @@ func toColumns(es []timeline.Entry) (ids, authors []uint64, flags []uint32) {
 	return ids, authors, flags
 }
 
-// replicaEntries returns the entries of a replica's answer, sent packed or
-// not (a node that predates ReplicaReadRequest.packed sends entries).
-// replicaRead has checked that the columns have equal lengths.
+// checkColumns refuses a timeline whose columns differ in length.
+func checkColumns(t *pb.ReplicaTimeline) error {
+	if n := len(t.StatusIds); len(t.AuthorIds) != n || len(t.Flags) != n {
+		return fmt.Errorf("timeline %d has columns of different lengths (status_ids %d, author_ids %d, flags %d)", t.Owner, n, len(t.AuthorIds), len(t.Flags))
+	}
+	return nil
+}
+
+// replicaEntries returns a timeline's entries, sent packed or not (a node
+// that predates ReplicaReadRequest.packed sends entries), once checkColumns
+// has passed it.
 func replicaEntries(t *pb.ReplicaTimeline) []timeline.Entry {
 	if len(t.StatusIds) == 0 {
 		return toEntries(t.Entries)
@@ -158,9 +167,12 @@ func (s *Service) ReplicaMerge(ctx context.Context, r *pb.ReplicaMergeRequest) (
 		if t.GetOwner() == 0 {
 			return nil, status.Errorf(codes.InvalidArgument, "timelines[%d]: owner is zero (unset)", i)
 		}
+		if err := checkColumns(t); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "timelines[%d]: %v", i, err)
+		}
 	}
 	for _, t := range r.Timelines {
-		st.Merge(t.Owner, toEntries(t.Entries))
+		st.Merge(t.Owner, replicaEntries(t))
 	}
 	return &pb.ReplicaMergeResponse{}, nil
 }
