@@ -156,11 +156,7 @@ func BenchmarkRead(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var es []timeline.Entry
-	for i := range 800 {
-		es = append(es, timeline.Entry{StatusID: uint64(1_000_000_000_000 - i), AuthorID: uint64(i%97 + 1), Flags: uint32(i % 3)})
-	}
-	st.Merge(owner, es)
+	st.Merge(owner, fullTimeline())
 	s, err := New(Config{NodeID: "a", Store: st, Data: &fakeData{},
 		Dial:  func(string) (*grpc.ClientConn, error) { return nil, errors.New("no dialling in this benchmark") },
 		NewID: func() (uint64, error) { return 0, errors.New("no ids in this benchmark") }}, nil)
@@ -171,31 +167,7 @@ func BenchmarkRead(b *testing.B) {
 	if err := s.SetMembers(Members{Timeline: []Member{{ID: "a", Addr: "a:1"}}, Site: 1, Sites: []uint32{1}}); err != nil {
 		b.Fatal(err)
 	}
-	cc, err := grpc.NewClient(serve(b, s), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = cc.Close() })
-	c := pb.NewTimelinesClient(cc)
-	for _, packed := range []bool{false, true} {
-		name := "entries"
-		if packed {
-			name = "packed"
-		}
-		b.Run(name, func(b *testing.B) {
-			req := &pb.ReadRequest{Queries: []*pb.TimelineQuery{{Owner: owner, Limit: 20}}, Packed: packed}
-			b.ReportAllocs()
-			for b.Loop() {
-				resp, err := c.Read(context.Background(), req)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if r := resp.Results[0]; len(r.Entries)+len(r.StatusIds) != 20 {
-					b.Fatalf("read %d entries and %d packed", len(r.Entries), len(r.StatusIds))
-				}
-			}
-		})
-	}
+	benchmarkReads(b, serve(b, s), 7, "a")
 }
 
 // TestMergeColumns: a timeline merged into a replica may come as columns;
@@ -242,11 +214,7 @@ func BenchmarkReadRemote(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var es []timeline.Entry
-	for i := range 800 {
-		es = append(es, timeline.Entry{StatusID: uint64(1_000_000_000_000 - i), AuthorID: uint64(i%97 + 1), Flags: uint32(i % 3)})
-	}
-	stB.Merge(owner, es)
+	stB.Merge(owner, fullTimeline())
 	noIDs := func() (uint64, error) { return 0, errors.New("no ids in this benchmark") }
 	replica, err := New(Config{NodeID: "b", Store: stB, Data: &fakeData{}, NewID: noIDs,
 		Dial: func(string) (*grpc.ClientConn, error) { return nil, errors.New("no dialling from b in this benchmark") }}, nil)
@@ -270,7 +238,23 @@ func BenchmarkReadRemote(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	cc, err := grpc.NewClient(serve(b, node), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	benchmarkReads(b, serve(b, node), 7, "b")
+}
+
+// fullTimeline is 800 entries, newest first.
+func fullTimeline() []timeline.Entry {
+	var es []timeline.Entry
+	for i := range 800 {
+		es = append(es, timeline.Entry{StatusID: uint64(1_000_000_000_000 - i), AuthorID: uint64(i%97 + 1), Flags: uint32(i % 3)})
+	}
+	return es
+}
+
+// benchmarkReads reads owner's newest 20 entries through the node serving
+// at addr, with and without packed results, and checks that node answered
+// from its replica.
+func benchmarkReads(b *testing.B, addr string, owner uint64, node string) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -289,7 +273,7 @@ func BenchmarkReadRemote(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if r := resp.Results[0]; r.Node != "b" || len(r.Entries)+len(r.StatusIds) != 20 {
+				if r := resp.Results[0]; r.Node != node || len(r.Entries)+len(r.StatusIds) != 20 {
 					b.Fatalf("read %d entries and %d packed from %q", len(r.Entries), len(r.StatusIds), r.Node)
 				}
 			}
