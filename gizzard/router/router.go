@@ -652,30 +652,41 @@ func (r *Router) Local(muts []shard.Mutation, c Consistency) bool {
 	if c == All {
 		return false
 	}
-	targets, res, err := plan(r.cfg.Map(), muts, &r.trees)
-	if err != nil {
-		return false
-	}
-	covered := make([]bool, len(muts))
-	for _, t := range targets {
-		if t.leaf.Node != r.cfg.NodeID {
-			continue
+	m := r.cfg.Map()
+	for i := range muts {
+		mu := &muts[i]
+		if _, ok := m.Tables[mu.Table]; !ok {
+			return false
 		}
-		for _, i := range t.idx {
-			if t.readable || res[i].readable == 0 {
-				covered[i] = true
-			}
+		fw, err := m.Lookup(mu.Table, RouteHash(mu))
+		if err != nil {
+			return false
 		}
-	}
-	for i := range res {
-		if res[i].Replicas == 0 {
-			continue // a black hole: nothing to wait for
-		}
-		if res[i].syncing || !covered[i] {
+		tree, err := r.trees.get(m, fw.Root)
+		if err != nil || !tree.acknowledgedOn(r.cfg.NodeID) {
 			return false
 		}
 	}
 	return true
+}
+
+// acknowledgedOn reports whether a write to the tree is acknowledged by a
+// replica on node alone, as Local says: the tree has no replica (a black
+// hole: nothing to wait for), or it is not syncing and node holds one of
+// its readable replicas (any of its replicas, if none is readable). It is
+// what plan's results say of a mutation of the tree, without building
+// them.
+func (t *treeInfo) acknowledgedOn(node string) bool {
+	if len(t.plan.Targets) == 0 {
+		return true
+	}
+	if t.syncing {
+		return false
+	}
+	anyReadable := slices.ContainsFunc(t.plan.Targets, func(l gizzard.Leaf) bool { return t.readable[l] })
+	return slices.ContainsFunc(t.plan.Targets, func(l gizzard.Leaf) bool {
+		return l.Node == node && (t.readable[l] || !anyReadable)
+	})
 }
 
 // Satisfied reports whether every mutation of res (results of a Write, or

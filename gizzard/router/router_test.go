@@ -111,7 +111,7 @@ func TestLocalWriteIsOneBatch(t *testing.T) {
 	}
 }
 
-func openStore(t *testing.T) *shard.Store {
+func openStore(t testing.TB) *shard.Store {
 	t.Helper()
 	st, err := shard.Open(t.TempDir(), shard.Options{CacheBytes: 1 << 20, MemTableBytes: 1 << 20})
 	if err != nil {
@@ -124,6 +124,49 @@ func openStore(t *testing.T) *shard.Store {
 // TestLocal: a write is local (the node's commit queue may combine it with
 // others) only when this node's readable replicas acknowledge it alone.
 func TestLocal(t *testing.T) {
+	r := New(Config{NodeID: "self", Store: openStore(t), Map: localMap(t)})
+	put := func(table string) shard.Mutation {
+		return shard.Mutation{Op: shard.OpPut, Table: table, Key: []byte("k"), Value: []byte("v")}
+	}
+	for _, c := range []struct {
+		name string
+		muts []shard.Mutation
+		cons Consistency
+		want bool
+	}{
+		{"a readable replica here", []shard.Mutation{put("both")}, One, true},
+		{"consistency ALL", []shard.Mutation{put("both")}, All, false},
+		{"only on another node", []shard.Mutation{put("remote")}, One, false},
+		{"one mutation only on another node", []shard.Mutation{put("both"), put("remote")}, One, false},
+		{"a write-only copy here", []shard.Mutation{put("wo")}, One, false},
+		{"an unknown table", []shard.Mutation{put("nope")}, One, false},
+		{"no readable replica anywhere, a copy here", []shard.Mutation{put("wonly")}, One, true},
+		{"a black hole elsewhere", []shard.Mutation{put("hole"), put("both")}, One, true},
+		{"a black hole, and a mutation only on another node", []shard.Mutation{put("hole"), put("remote")}, One, false},
+	} {
+		if got := r.Local(c.muts, c.cons); got != c.want {
+			t.Errorf("%s: Local %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// BenchmarkLocal: the commit queue asks Local of every write.
+//
+//	go test ./gizzard/router -run - -bench Local -benchmem
+func BenchmarkLocal(b *testing.B) {
+	r := New(Config{NodeID: "self", Store: openStore(b), Map: localMap(b)})
+	muts := []shard.Mutation{{Op: shard.OpPut, Table: "both", Key: []byte("k"), Value: []byte("v")}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !r.Local(muts, One) {
+			b.Fatal("not local")
+		}
+	}
+}
+
+// localMap is TestLocal's map: node self, node other, and a table for each
+// case of where a write's replicas are.
+func localMap(t testing.TB) func() *gizzard.Map {
 	m := gizzard.NewMap()
 	if err := m.Apply(gizzard.Change{Who: "test", Steps: []gizzard.Step{
 		{Op: gizzard.OpAddNode, Node: &gizzard.Node{ID: "self"}},
@@ -140,31 +183,21 @@ func TestLocal(t *testing.T) {
 		// A write-only copy here does not acknowledge a read's replica.
 		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "w", Kind: gizzard.KindWriteOnly, Children: []gizzard.Link{{Child: "d", Weight: 1}}}},
 		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "rw", Kind: gizzard.KindReplicating, Children: []gizzard.Link{{Child: "w", Weight: 1}, {Child: "e", Weight: 1}}}},
+		// Only a write-only copy, here: no readable replica anywhere.
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "f", Kind: gizzard.KindPhysical, Node: "self"}},
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "wf", Kind: gizzard.KindWriteOnly, Children: []gizzard.Link{{Child: "f", Weight: 1}}}},
+		// A black hole on another node: no replica to wait for.
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "g", Kind: gizzard.KindPhysical, Node: "other"}},
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "bh", Kind: gizzard.KindBlackHole, Children: []gizzard.Link{{Child: "g", Weight: 1}}}},
+		{Op: gizzard.OpCreateTable, Table: &gizzard.Table{Name: "wonly", Kind: gizzard.TableContent}},
+		{Op: gizzard.OpCreateTable, Table: &gizzard.Table{Name: "hole", Kind: gizzard.TableContent}},
+		{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: "wonly", Base: 0, Root: "wf"}},
+		{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: "hole", Base: 0, Root: "bh"}},
 		{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: "both", Base: 0, Root: "r"}},
 		{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: "remote", Base: 0, Root: "c"}},
 		{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: "wo", Base: 0, Root: "rw"}},
 	}}); err != nil {
 		t.Fatal(err)
 	}
-	r := New(Config{NodeID: "self", Store: openStore(t), Map: func() *gizzard.Map { return m }})
-	put := func(table string) shard.Mutation {
-		return shard.Mutation{Op: shard.OpPut, Table: table, Key: []byte("k"), Value: []byte("v")}
-	}
-	for _, c := range []struct {
-		name string
-		muts []shard.Mutation
-		cons Consistency
-		want bool
-	}{
-		{"a readable replica here", []shard.Mutation{put("both")}, One, true},
-		{"consistency ALL", []shard.Mutation{put("both")}, All, false},
-		{"only on another node", []shard.Mutation{put("remote")}, One, false},
-		{"one mutation only on another node", []shard.Mutation{put("both"), put("remote")}, One, false},
-		{"a write-only copy here", []shard.Mutation{put("wo")}, One, false},
-		{"an unknown table", []shard.Mutation{put("nope")}, One, false},
-	} {
-		if got := r.Local(c.muts, c.cons); got != c.want {
-			t.Errorf("%s: Local %v, want %v", c.name, got, c.want)
-		}
-	}
+	return func() *gizzard.Map { return m }
 }
