@@ -102,3 +102,109 @@ func TestAcknowledgedSurvivesPowerLoss(t *testing.T) {
 		})
 	}
 }
+
+// TestJobRecordsSurviveCrash: job records written without a sync (JobDone,
+// JobFailed, a move to the error queue) may be lost in a power loss, but
+// never break the journal: after a crash clone every job of every entry is
+// pending, in the error queue, or done (and then only if JobDone was
+// called), never in both queues; an entry is present while any job of it
+// remains; and an error job an operator dropped (which syncs) stays gone.
+func TestJobRecordsSurviveCrash(t *testing.T) {
+	for round := range 5 {
+		t.Run(fmt.Sprint(round), func(t *testing.T) {
+			rng := testRand(t)
+			ctx := context.Background()
+			fs := vfs.NewCrashableMem()
+			s := openStore(t, "db", Options{FS: fs})
+			targets := []string{"n1/s1", "n2/s1", "n3/s1"}
+			type state int
+			const (
+				pending state = iota
+				failed
+				errorQueue
+				done
+				dropped
+			)
+			last := map[string]state{} // "seq target" -> what was done last
+			key := func(seq uint64, target string) string { return fmt.Sprintf("%d %s", seq, target) }
+			// Every entry is appended (and synced) first; then its jobs are
+			// settled in a random order, without syncs but for the drops.
+			var seqs []uint64
+			type job struct {
+				seq    uint64
+				target string
+			}
+			var jobs []job
+			for i := range 40 {
+				seq, err := s.JournalAppend(ctx, fmt.Appendf(nil, "entry %d", i), targets)
+				if err != nil {
+					t.Fatal(err)
+				}
+				seqs = append(seqs, seq)
+				for _, tg := range targets {
+					jobs = append(jobs, job{seq, tg})
+				}
+			}
+			rng.Shuffle(len(jobs), func(i, j int) { jobs[i], jobs[j] = jobs[j], jobs[i] })
+			for _, j := range jobs {
+				var err error
+				st := state(rng.IntN(5))
+				switch st {
+				case failed:
+					err = s.JobFailed(Job{Seq: j.seq, Target: j.target, Attempts: 1, LastError: "down"}, false)
+				case errorQueue:
+					err = s.JobFailed(Job{Seq: j.seq, Target: j.target, Attempts: 9, LastError: "refused"}, true)
+				case done:
+					err = s.JobDone(j.seq, j.target)
+				case dropped:
+					if err = s.JobFailed(Job{Seq: j.seq, Target: j.target, Attempts: 9}, true); err == nil {
+						err = s.DropErrorJob(j.seq, j.target)
+					}
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				last[key(j.seq, j.target)] = st
+			}
+			crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: rng.IntN(101), RNG: rand.New(rand.NewPCG(rng.Uint64(), 1))})
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			r := openStore(t, "db", Options{FS: crashed})
+			where := map[string][]bool{} // "seq target" -> [pending, error queue]
+			for _, errQ := range []bool{false, true} {
+				jobs, err := r.Jobs(errQ, 0, "", 1000)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, j := range jobs {
+					k := key(j.Seq, j.Target)
+					if where[k] == nil {
+						where[k] = make([]bool, 2)
+					}
+					where[k][map[bool]int{false: 0, true: 1}[errQ]] = true
+				}
+			}
+			for _, seq := range seqs {
+				held := false
+				for _, tg := range targets {
+					k := key(seq, tg)
+					w := where[k]
+					switch {
+					case w != nil && w[0] && w[1]:
+						t.Fatalf("job %s is both pending and in the error queue after the crash", k)
+					case w == nil && last[k] != done && last[k] != dropped:
+						t.Fatalf("job %s vanished in the crash (last %d)", k, last[k])
+					case w != nil && last[k] == dropped:
+						t.Fatalf("job %s, dropped from the error queue, came back after the crash", k)
+					}
+					held = held || w != nil
+				}
+				if _, err := r.JournalEntry(seq); held && err != nil {
+					t.Fatalf("entry %d lost while a job of it remains: %v", seq, err)
+				}
+			}
+		})
+	}
+}
