@@ -141,7 +141,8 @@ func TestLocal(t *testing.T) {
 		{"a write-only copy here", []shard.Mutation{put("wo")}, One, false},
 		{"an unknown table", []shard.Mutation{put("nope")}, One, false},
 		{"no readable replica anywhere, a copy here", []shard.Mutation{put("wonly")}, One, true},
-		{"a black hole elsewhere", []shard.Mutation{put("hole"), put("both")}, One, true},
+		{"a black hole", []shard.Mutation{put("hole"), put("both")}, One, true},
+		{"a tree whose migration is verified", []shard.Mutation{put("syncing")}, One, false},
 		{"a black hole, and a mutation only on another node", []shard.Mutation{put("hole"), put("remote")}, One, false},
 	} {
 		if got := r.Local(c.muts, c.cons); got != c.want {
@@ -189,6 +190,13 @@ func localMap(t testing.TB) func() *gizzard.Map {
 		// A black hole on another node: no replica to wait for.
 		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "g", Kind: gizzard.KindPhysical, Node: "other"}},
 		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "bh", Kind: gizzard.KindBlackHole, Children: []gizzard.Link{{Child: "g", Weight: 1}}}},
+		// A tree with a readable replica here, whose migration is verified:
+		// its writes need every replica.
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "h", Kind: gizzard.KindPhysical, Node: "self"}},
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "i", Kind: gizzard.KindPhysical, Node: "other"}},
+		{Op: gizzard.OpCreateShard, Shard: &gizzard.Shard{ID: "rs", Kind: gizzard.KindReplicating, Children: []gizzard.Link{{Child: "h", Weight: 1}, {Child: "i", Weight: 1}}}},
+		{Op: gizzard.OpCreateTable, Table: &gizzard.Table{Name: "syncing", Kind: gizzard.TableContent}},
+		{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: "syncing", Base: 0, Root: "rs"}},
 		{Op: gizzard.OpCreateTable, Table: &gizzard.Table{Name: "wonly", Kind: gizzard.TableContent}},
 		{Op: gizzard.OpCreateTable, Table: &gizzard.Table{Name: "hole", Kind: gizzard.TableContent}},
 		{Op: gizzard.OpSetForwarding, Forwarding: &gizzard.Forwarding{Table: "wonly", Base: 0, Root: "wf"}},
@@ -199,5 +207,6 @@ func localMap(t testing.TB) func() *gizzard.Map {
 	}}); err != nil {
 		t.Fatal(err)
 	}
+	m.Migrations = map[string]gizzard.Migration{"m1": {ID: "m1", Root: "rs", State: gizzard.MigrationVerified}}
 	return func() *gizzard.Map { return m }
 }
