@@ -99,14 +99,14 @@ func (r *Router) coalescerFor(addr string) *coalescer {
 }
 
 // stopCoalescers ends the coalescers' goroutines once no delivery can
-// reach them any more.
+// reach them any more. Calling it again changes nothing.
 func (r *Router) stopCoalescers() {
 	cs := &r.coal
 	cs.mu.Lock()
-	cs.stopped = true
-	if cs.quit != nil {
+	if cs.quit != nil && !cs.stopped {
 		close(cs.quit)
 	}
+	cs.stopped = true
 	cs.mu.Unlock()
 	cs.wg.Wait()
 }

@@ -119,3 +119,138 @@ func TestCoalescerSkipsExpiredDeliveries(t *testing.T) {
 		t.Fatalf("aviary_router_deliveries_expired_total = %v, want 1", got)
 	}
 }
+
+// TestWritesSkipUnavailableNode: once a delivery to a node has timed out,
+// writes leave their deliveries to it to the journal instead of each
+// holding a goroutine for the replica timeout; the retry loop delivers
+// them when the node answers again, and writes then deliver at once.
+func TestWritesSkipUnavailableNode(t *testing.T) {
+	h := newHungNode(t, time.Hour)
+	r, st, remote, write, down, release := h.r, h.st, h.remote, h.write, h.down, h.release
+	ctx := context.Background()
+
+	write("first")
+	waitUntil(t, "the delivery to a hung node timing out", down)
+	const writes = 50
+	for i := range writes {
+		write(fmt.Sprintf("k%d", i))
+	}
+	if started, _ := remote.state(); started != 1 {
+		t.Fatalf("%d deliveries sent to a node known to be unavailable, want only the first", started)
+	}
+	skipped := func() float64 {
+		var m dto.Metric
+		if err := r.metrics.deliveriesSkipped.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetCounter().GetValue()
+	}
+	if got := skipped(); got != writes {
+		t.Fatalf("aviary_router_deliveries_skipped_total = %v, want %d", got, writes)
+	}
+	jobs, err := st.Jobs(false, 0, "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) != writes+1 {
+		t.Fatalf("%d jobs journaled for the unavailable node, want %d", len(jobs), writes+1)
+	}
+
+	// The node answers again: the retry loop delivers every job, and the
+	// node is no longer skipped.
+	release()
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		r.Run(runCtx)
+	}()
+	defer func() {
+		stop()
+		<-ran
+	}()
+	waitUntil(t, "the retry loop delivering every job", func() bool {
+		jobs, err := st.Jobs(false, 0, "", 1)
+		return err == nil && len(jobs) == 0 && !down()
+	})
+	_, keys := remote.state()
+	for i := range writes {
+		if !slices.Contains(keys, fmt.Sprintf("k%d", i)) {
+			t.Fatalf("k%d never reached the node", i)
+		}
+	}
+	write("after")
+	waitUntil(t, "a write's delivery once the node answers again", func() bool {
+		_, keys := remote.state()
+		return slices.Contains(keys, "after")
+	})
+	if got := skipped(); got != writes {
+		t.Fatalf("aviary_router_deliveries_skipped_total = %v after the node answered again, want still %d", got, writes)
+	}
+}
+
+// TestProbeAfterDownFor: DownFor after a node was found unavailable, one
+// write's delivery goes to it to see whether it answers; the others go on
+// to the journal until it does.
+func TestProbeAfterDownFor(t *testing.T) {
+	h := newHungNode(t, 50*time.Millisecond)
+	h.write("first")
+	waitUntil(t, "the delivery to a hung node timing out", h.down)
+	time.Sleep(60 * time.Millisecond) // DownFor passes (a duration under test, not synchronisation)
+	for i := range 10 {
+		h.write(fmt.Sprintf("k%d", i))
+	}
+	waitUntil(t, "the probe reaching the node", func() bool { n, _ := h.remote.state(); return n == 2 })
+	if _, keys := h.remote.state(); !slices.Equal(keys, []string{"first", "k0"}) {
+		t.Fatalf("deliveries sent: %q; want the first and one probe (k0)", keys)
+	}
+}
+
+// hungNode is a router on node "self" whose writes to table "both" have a
+// readable replica here and one on node "other", which hangs until
+// release.
+type hungNode struct {
+	t       *testing.T
+	r       *Router
+	st      *shard.Store
+	remote  *gatedRemote
+	release func()
+}
+
+func newHungNode(t *testing.T, downFor time.Duration) *hungNode {
+	t.Helper()
+	ctx := context.Background()
+	st := openStore(t)
+	if _, err := st.CreateShard(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateTable(ctx, "both", shard.KindContent); err != nil {
+		t.Fatal(err)
+	}
+	remote := &gatedRemote{gate: make(chan struct{})}
+	h := &hungNode{t: t, st: st, remote: remote}
+	h.r = New(Config{NodeID: "self", Store: st, Map: localMap(t), Remote: remote, ReplicaTimeout: 100 * time.Millisecond, DownFor: downFor})
+	var open sync.Once
+	h.release = func() { open.Do(func() { close(remote.gate) }) }
+	t.Cleanup(func() {
+		h.release()
+		h.r.stopCoalescers()
+	})
+	return h
+}
+
+func (h *hungNode) write(key string) {
+	h.t.Helper()
+	ctx := context.Background()
+	muts := []shard.Mutation{{Op: shard.OpPut, Table: "both", Key: []byte(key), Value: []byte("v"), Version: shard.Version{HLC: 1 << 30, Site: 1}}}
+	if _, err := h.r.Write(ctx, muts, One); err != nil {
+		h.t.Fatalf("write %s: %v", key, err)
+	}
+}
+
+// down reports whether the router takes node "other" for unavailable.
+func (h *hungNode) down() bool {
+	h.r.mu.Lock()
+	defer h.r.mu.Unlock()
+	return h.r.mu.down["other"] != nil
+}

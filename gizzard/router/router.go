@@ -108,6 +108,12 @@ type Config struct {
 	MaxAttempts int
 	// Deliveries bounds concurrent retries. Default 16.
 	Deliveries int
+	// DownFor is how long, after a delivery found a node unavailable (it
+	// timed out, or the node answered Unavailable), writes leave their
+	// deliveries to that node to the journal instead of sending them; then
+	// one is sent to see whether it answers again (see skipNode). Default
+	// 1s.
+	DownFor time.Duration
 	// Registry, if set, receives the router's metrics.
 	Registry prometheus.Registerer
 	// Admit, if set, is asked before writes routed by map version v are
@@ -128,6 +134,7 @@ type Config struct {
 type metrics struct {
 	deliveries        *prometheus.CounterVec
 	deliveriesExpired prometheus.Counter
+	deliveriesSkipped prometheus.Counter
 	writes            *prometheus.CounterVec
 	reroutes          prometheus.Counter
 }
@@ -142,6 +149,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "aviary_router_deliveries_expired_total",
 			Help: "Deliveries to a remote replica not sent because their deadline passed while they queued (the replica is behind); the journal delivers them again.",
 		}),
+		deliveriesSkipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aviary_router_deliveries_skipped_total",
+			Help: "Writes' deliveries not sent because a delivery found their node unavailable less than a moment ago (they are journaled, and the retry loop delivers them).",
+		}),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aviary_router_writes_total",
 			Help: "Routed write batches, by consistency and result (ok, not_enough_replicas, refused, error).",
@@ -152,7 +163,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.deliveries, m.deliveriesExpired, m.writes, m.reroutes)
+		reg.MustRegister(m.deliveries, m.deliveriesExpired, m.deliveriesSkipped, m.writes, m.reroutes)
 	}
 	return m
 }
@@ -192,7 +203,17 @@ type Router struct {
 		// failedMin is the lowest seq of a job that failed since the
 		// current scan began (math.MaxUint64: none).
 		failedMin uint64
+		// down holds the nodes whose last delivery found them
+		// unavailable, by node id (see skipNode).
+		down map[string]*nodeDown
 	}
+}
+
+// nodeDown is a node a delivery found unavailable.
+type nodeDown struct {
+	since   time.Time // when (wall time, not the router's clock)
+	err     error     // what the delivery met
+	probing bool      // a delivery is out to see whether it answers again
 }
 
 type jobID struct {
@@ -223,6 +244,9 @@ func New(cfg Config) *Router {
 	if cfg.Deliveries == 0 {
 		cfg.Deliveries = 16
 	}
+	if cfg.DownFor == 0 {
+		cfg.DownFor = time.Second
+	}
 	r := &Router{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registry), wake: make(chan struct{}, 1), startSeq: cfg.Store.JournalSeq()}
 	r.startHold.Store(cfg.StartRecovering && cfg.Site != "")
 	if cfg.Registry != nil {
@@ -232,6 +256,7 @@ func New(cfg Config) *Router {
 		}, func() float64 { return float64(r.held.Load()) }))
 	}
 	r.mu.inflight = map[jobID]struct{}{}
+	r.mu.down = map[string]*nodeDown{}
 	r.mu.rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
 	return r
 }
@@ -585,6 +610,12 @@ func (r *Router) write(ctx context.Context, muts []shard.Mutation, c Consistency
 	// client is gone.
 	for k, ti := range remote {
 		t := targets[ti]
+		if err := r.skipNode(t.leaf.Node); err != nil {
+			r.metrics.deliveriesSkipped.Inc()
+			r.settle("first", shard.Job{Seq: seq, Target: remoteKeys[k]}, err)
+			done <- delivery{target: ti, err: err}
+			continue
+		}
 		muts := t.sub(muts)
 		r.wg.Add(1)
 		go func() {
@@ -743,10 +774,52 @@ func (r *Router) deliver(m *gizzard.Map, leaf gizzard.Leaf, muts []shard.Mutatio
 		return nil, fmt.Errorf("router: node %q of shard %q is not in the map", leaf.Node, leaf.Shard)
 	}
 	outs, err := r.applyRemote(ctx, n.GRPCAddr, muts, mapVersion)
+	r.nodeAnswered(leaf.Node, err)
 	if fe, ok := ParseFenced(err); ok {
 		return nil, fe
 	}
 	return outs, err
+}
+
+// A write does not send its deliveries to a node that a delivery found
+// unavailable less than DownFor ago: it leaves them to the journal's
+// retry loop, whose deliveries are bounded (Deliveries), and settles
+// them as failed at once. Otherwise every write to a node that has hung
+// would hold a goroutine and its mutations for ReplicaTimeout, and a busy
+// node would pile up thousands. After DownFor one write's delivery goes
+// out to see whether the node answers again; the others still go to the
+// journal until it comes back. Any answer from the node, or a retry that
+// reaches it, ends this.
+//
+// skipNode returns the error to settle a delivery to node with instead of
+// sending it, or nil to send it.
+func (r *Router) skipNode(node string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d := r.mu.down[node]
+	if d == nil {
+		return nil
+	}
+	if ago := time.Since(d.since); ago >= r.cfg.DownFor && !d.probing {
+		d.probing = true
+		return nil
+	}
+	return status.Errorf(codes.Unavailable, "router: node %q was unavailable %s ago (%v); the write is journaled and will be delivered when it answers",
+		node, time.Since(d.since).Round(time.Millisecond), d.err)
+}
+
+// nodeAnswered records how a delivery to node ended.
+func (r *Router) nodeAnswered(node string, err error) {
+	unavailable := errors.Is(err, context.DeadlineExceeded) ||
+		status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case unavailable:
+		r.mu.down[node] = &nodeDown{since: time.Now(), err: err}
+	case r.mu.down[node] != nil:
+		delete(r.mu.down, node)
+	}
 }
 
 // settle records a delivery's end: the job is done, or failed and due
