@@ -124,6 +124,15 @@ func (p *proc) kill() {
 	<-p.exited
 }
 
+// pause stops the process group with SIGSTOP (a node that hangs: its
+// sockets stay open, nothing answers) and returns the function that
+// resumes it.
+func (p *proc) pause() (resume func()) {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGSTOP)
+	var once sync.Once
+	return func() { once.Do(func() { _ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGCONT) }) }
+}
+
 // terminate sends SIGTERM and waits for a graceful exit, failing the test
 // if it does not come within the deadline or is not clean.
 func (p *proc) terminate(t *testing.T) {

@@ -4,9 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -288,6 +292,79 @@ func TestSiteSurvivesReplicaKill(t *testing.T) {
 	l.mu.Unlock()
 	waitJobsDrained(t, nodes)
 	checkConverged(t, nodes, l)
+}
+
+// TestSiteSurvivesHungReplica stops one node of three with SIGSTOP under
+// write load: a node that hangs rather than refusing connections. Writes
+// through the other two keep succeeding. Once their deliveries to it have
+// timed out, the writing nodes' goroutines fall back to about what they
+// were before (their deliveries to the hung node go to the journal instead
+// of each holding a goroutine for the replica timeout). After SIGCONT every
+// job is delivered and the site converges.
+func TestSiteSurvivesHungReplica(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a 3-node site of real processes")
+	}
+	nodes := startSite(t, 3)
+	l := startLoad(nodes[:2], 8)
+	l.waitFor(t, 300)
+	before := goroutines(t, nodes[0]) + goroutines(t, nodes[1])
+	resume := nodes[2].p.pause()
+	defer resume()
+	paused := time.Now()
+	l.waitFor(t, 300)
+	// The writers' first deliveries to it time out after --replica-timeout
+	// (2s): from then on the writing nodes hold no goroutine per write for
+	// it.
+	var during int
+	for {
+		during = goroutines(t, nodes[0]) + goroutines(t, nodes[1])
+		if time.Since(paused) > 4*time.Second && during < before+400 {
+			break
+		}
+		if time.Since(paused) > 30*time.Second {
+			t.Fatalf("the writing nodes hold %d goroutines 30s after a replica hung, %d before", during, before)
+		}
+		time.Sleep(100 * time.Millisecond) // polling interval
+	}
+	t.Logf("goroutines of the writing nodes: %d before the replica hung, %d after %s", before, during, time.Since(paused).Round(time.Millisecond))
+	l.waitFor(t, 300)
+	resume()
+	l.waitFor(t, 300)
+	l.stop()
+	l.mu.Lock()
+	if len(l.errs) > 0 {
+		t.Fatalf("%d of %d writes failed while a replica hung; first: %v", len(l.errs), l.count.Load(), l.errs[0])
+	}
+	t.Logf("%d writes, none failed", len(l.acked))
+	l.mu.Unlock()
+	waitJobsDrained(t, nodes)
+	checkConverged(t, nodes, l)
+}
+
+// goroutines reads a node's go_goroutines from its /metrics.
+func goroutines(t *testing.T, s *siteNode) int {
+	t.Helper()
+	resp, err := http.Get("http://" + s.http + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no go_goroutines in %s's metrics", s.id)
+	return 0
 }
 
 // TestSiteSurvivesLeaderKill kills the nameserver leader with SIGKILL: the
