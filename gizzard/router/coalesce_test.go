@@ -10,24 +10,32 @@ import (
 
 	"github.com/aviarydb/aviary/shard"
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // gatedRemote answers every Apply once the gate is open, and records the
-// keys it was sent.
+// keys it was sent. With refuseFirst, its first Apply answers Unavailable
+// at once.
 type gatedRemote struct {
-	gate    chan struct{}
-	mu      sync.Mutex
-	started int
-	keys    []string
+	gate        chan struct{}
+	refuseFirst bool
+	mu          sync.Mutex
+	started     int
+	keys        []string
 }
 
 func (g *gatedRemote) Apply(ctx context.Context, _ string, muts []shard.Mutation, _ uint64) ([]shard.Outcome, error) {
 	g.mu.Lock()
 	g.started++
+	first := g.started == 1
 	for _, m := range muts {
 		g.keys = append(g.keys, string(m.Key))
 	}
 	g.mu.Unlock()
+	if first && g.refuseFirst {
+		return nil, status.Error(codes.Unavailable, "not answering")
+	}
 	select {
 	case <-g.gate:
 	case <-ctx.Done():
@@ -125,7 +133,7 @@ func TestCoalescerSkipsExpiredDeliveries(t *testing.T) {
 // holding a goroutine for the replica timeout; the retry loop delivers
 // them when the node answers again, and writes then deliver at once.
 func TestWritesSkipUnavailableNode(t *testing.T) {
-	h := newHungNode(t, time.Hour)
+	h := newHungNode(t, time.Hour, 100*time.Millisecond)
 	r, st, remote, write, down, release := h.r, h.st, h.remote, h.write, h.down, h.release
 	ctx := context.Background()
 
@@ -193,9 +201,12 @@ func TestWritesSkipUnavailableNode(t *testing.T) {
 // write's delivery goes to it to see whether it answers; the others go on
 // to the journal until it does.
 func TestProbeAfterDownFor(t *testing.T) {
-	h := newHungNode(t, 50*time.Millisecond)
+	// The node refuses the first delivery at once, then hangs (for longer
+	// than the test, so there is one probe only).
+	h := newHungNode(t, 50*time.Millisecond, time.Minute)
+	h.remote.refuseFirst = true
 	h.write("first")
-	waitUntil(t, "the delivery to a hung node timing out", h.down)
+	waitUntil(t, "the node refusing the first delivery", h.down)
 	time.Sleep(60 * time.Millisecond) // DownFor passes (a duration under test, not synchronisation)
 	for i := range 10 {
 		h.write(fmt.Sprintf("k%d", i))
@@ -217,7 +228,7 @@ type hungNode struct {
 	release func()
 }
 
-func newHungNode(t *testing.T, downFor time.Duration) *hungNode {
+func newHungNode(t *testing.T, downFor, timeout time.Duration) *hungNode {
 	t.Helper()
 	ctx := context.Background()
 	st := openStore(t)
@@ -229,11 +240,12 @@ func newHungNode(t *testing.T, downFor time.Duration) *hungNode {
 	}
 	remote := &gatedRemote{gate: make(chan struct{})}
 	h := &hungNode{t: t, st: st, remote: remote}
-	h.r = New(Config{NodeID: "self", Store: st, Map: localMap(t), Remote: remote, ReplicaTimeout: 100 * time.Millisecond, DownFor: downFor})
+	h.r = New(Config{NodeID: "self", Store: st, Map: localMap(t), Remote: remote, ReplicaTimeout: timeout, DownFor: downFor})
 	var open sync.Once
 	h.release = func() { open.Do(func() { close(remote.gate) }) }
-	t.Cleanup(func() {
+	t.Cleanup(func() { // before the store closes
 		h.release()
+		h.r.wg.Wait() // deliveries settled
 		h.r.stopCoalescers()
 	})
 	return h

@@ -151,7 +151,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		deliveriesSkipped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aviary_router_deliveries_skipped_total",
-			Help: "Writes' deliveries not sent because a delivery found their node unavailable less than a moment ago (they are journaled, and the retry loop delivers them).",
+			Help: "Writes' deliveries not sent because a delivery found their node unavailable (timed out, or Unavailable) less than DownFor (1s) ago, or a probe to it is out; they are journaled, and the retry loop delivers them.",
 		}),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aviary_router_writes_total",
@@ -789,7 +789,11 @@ func (r *Router) deliver(m *gizzard.Map, leaf gizzard.Leaf, muts []shard.Mutatio
 // node would pile up thousands. After DownFor one write's delivery goes
 // out to see whether the node answers again; the others still go to the
 // journal until it comes back. Any answer from the node, or a retry that
-// reaches it, ends this.
+// reaches it, ends this. A node too slow to answer within ReplicaTimeout
+// counts as unavailable. (The retry loop's deliveries are not skipped: a
+// failed one marks the node down again, and one still out when a later
+// delivery succeeded can, failing, do so too; either way a probe follows
+// DownFor later.)
 //
 // skipNode returns the error to settle a delivery to node with instead of
 // sending it, or nil to send it.
