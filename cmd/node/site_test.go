@@ -296,11 +296,12 @@ func TestSiteSurvivesReplicaKill(t *testing.T) {
 
 // TestSiteSurvivesHungReplica stops one node of three with SIGSTOP under
 // write load: a node that hangs rather than refusing connections. Writes
-// through the other two keep succeeding. Once their deliveries to it have
-// timed out, the writing nodes' goroutines fall back to about what they
-// were before (their deliveries to the hung node go to the journal instead
-// of each holding a goroutine for the replica timeout). After SIGCONT every
-// job is delivered and the site converges.
+// through the other two keep succeeding. The writing nodes hold at most a
+// queue's worth of deliveries to it, and once those have timed out their
+// goroutines fall back to about what they were before (their deliveries to
+// the hung node go to the journal instead of each holding a goroutine for
+// the replica timeout). After SIGCONT every job is delivered and the site
+// converges.
 func TestSiteSurvivesHungReplica(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-node site of real processes")
@@ -316,9 +317,13 @@ func TestSiteSurvivesHungReplica(t *testing.T) {
 	// The writers' first deliveries to it time out after --replica-timeout
 	// (2s): from then on the writing nodes hold no goroutine per write for
 	// it.
-	var during int
+	// Before that, each holds at most a queue's worth (1024) of deliveries
+	// waiting for it; more are journaled at once.
+	const queue = 1024
+	var during, peak int
 	for {
 		during = goroutines(t, nodes[0]) + goroutines(t, nodes[1])
+		peak = max(peak, during)
 		if time.Since(paused) > 4*time.Second && during < before+400 {
 			break
 		}
@@ -327,7 +332,11 @@ func TestSiteSurvivesHungReplica(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond) // polling interval
 	}
-	t.Logf("goroutines of the writing nodes: %d before the replica hung, %d after %s", before, during, time.Since(paused).Round(time.Millisecond))
+	t.Logf("goroutines of the writing nodes: %d before the replica hung, at most %d while deliveries to it timed out, %d after %s",
+		before, peak, during, time.Since(paused).Round(time.Millisecond))
+	if peak > before+2*(queue+100)+400 {
+		t.Fatalf("the writing nodes held %d goroutines while a replica hung, %d before: more than a queue of deliveries each", peak, before)
+	}
 	l.waitFor(t, 300)
 	resume()
 	l.waitFor(t, 300)

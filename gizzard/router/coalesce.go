@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/aviarydb/aviary/shard"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Deliveries to one remote node are coalesced: concurrent writes bound for
@@ -61,8 +63,12 @@ func (r *Router) applyRemote(ctx context.Context, addr string, muts []shard.Muta
 	p := &pendingDelivery{ctx: ctx, muts: muts, mapVersion: mapVersion, done: make(chan deliveryResult, 1)}
 	select {
 	case c.ch <- p:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	default:
+		// As many deliveries wait for the node as a queue holds: it is
+		// not keeping up, or it hangs. Waiting for room would hold this
+		// goroutine and its mutations up to ReplicaTimeout, and thousands
+		// like it; the journal holds them instead (skipNode).
+		return nil, status.Errorf(codes.Unavailable, "router: %d deliveries already wait for %s, which does not keep up; the write is journaled and will be delivered", cap(c.ch), addr)
 	}
 	select {
 	case res := <-p.done:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -265,4 +266,36 @@ func (h *hungNode) down() bool {
 	h.r.mu.Lock()
 	defer h.r.mu.Unlock()
 	return h.r.mu.down["other"] != nil
+}
+
+// TestCoalescerQueueFull: a delivery to a node that already has a full
+// queue of deliveries waiting fails at once, as unavailable, instead of
+// waiting for room.
+func TestCoalescerQueueFull(t *testing.T) {
+	remote := &gatedRemote{gate: make(chan struct{})}
+	r := New(Config{Store: openStore(t), Remote: remote, ReplicaTimeout: time.Minute})
+	const addr = "replica:1"
+	put := []shard.Mutation{{Op: shard.OpPut, Shard: "s", Table: "t", Key: []byte("k"), Value: []byte("v")}}
+	var wg sync.WaitGroup
+	defer func() {
+		close(remote.gate)
+		wg.Wait()
+		r.stopCoalescers()
+	}()
+	deliver := func() {
+		wg.Go(func() { _, _ = r.applyRemote(context.Background(), addr, put, 1) })
+	}
+	for i := range coalesceWorkers { // every worker busy, one at a time
+		deliver()
+		waitUntil(t, "a worker sending", func() bool { n, _ := remote.state(); return n == i+1 })
+	}
+	c := r.coalescerFor(addr)
+	for range cap(c.ch) {
+		deliver()
+	}
+	waitUntil(t, "the queue filling", func() bool { return len(c.ch) == cap(c.ch) })
+	_, err := r.applyRemote(context.Background(), addr, put, 1)
+	if !Unavailable(err) || !strings.Contains(err.Error(), "does not keep up") {
+		t.Fatalf("a delivery behind a full queue: %v, want Unavailable at once", err)
+	}
 }
