@@ -294,7 +294,9 @@ func TestCoalescerQueueFull(t *testing.T) {
 		deliver()
 	}
 	waitUntil(t, "the queue filling", func() bool { return len(c.ch) == cap(c.ch) })
-	_, err := r.applyRemote(context.Background(), addr, put, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // fails, rather than hangs, if it waits for room
+	defer cancel()
+	_, err := r.applyRemote(ctx, addr, put, 1)
 	if !Unavailable(err) || !strings.Contains(err.Error(), "does not keep up") {
 		t.Fatalf("a delivery behind a full queue: %v, want Unavailable at once", err)
 	}
