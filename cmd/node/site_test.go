@@ -196,6 +196,19 @@ func (l *load) stop() {
 	l.wg.Wait()
 }
 
+// stopChecked stops the load and fails the test if any write failed
+// (during says when, for the message).
+func (l *load) stopChecked(t *testing.T, during string) {
+	t.Helper()
+	l.stop()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.errs) > 0 {
+		t.Fatalf("%d of %d writes failed %s; first: %v", len(l.errs), l.count.Load(), during, l.errs[0])
+	}
+	t.Logf("%d writes, none failed", len(l.acked))
+}
+
 // waitJobsDrained waits until no node has pending router jobs.
 func waitJobsDrained(t *testing.T, nodes []*siteNode) {
 	t.Helper()
@@ -283,13 +296,7 @@ func TestSiteSurvivesReplicaKill(t *testing.T) {
 	l.waitFor(t, 500)
 	nodes[2].start(t)
 	l.waitFor(t, 300)
-	l.stop()
-	l.mu.Lock()
-	if len(l.errs) > 0 {
-		t.Fatalf("%d of %d writes failed while a replica was down; first: %v", len(l.errs), l.count.Load(), l.errs[0])
-	}
-	t.Logf("%d writes, none failed", len(l.acked))
-	l.mu.Unlock()
+	l.stopChecked(t, "while a replica was down")
 	waitJobsDrained(t, nodes)
 	checkConverged(t, nodes, l)
 }
@@ -341,13 +348,7 @@ func TestSiteSurvivesHungReplica(t *testing.T) {
 	l.waitFor(t, 300)
 	resume()
 	l.waitFor(t, 300)
-	l.stop()
-	l.mu.Lock()
-	if len(l.errs) > 0 {
-		t.Fatalf("%d of %d writes failed while a replica hung; first: %v", len(l.errs), l.count.Load(), l.errs[0])
-	}
-	t.Logf("%d writes, none failed", len(l.acked))
-	l.mu.Unlock()
+	l.stopChecked(t, "while a replica hung")
 	waitJobsDrained(t, nodes)
 	checkConverged(t, nodes, l)
 }
@@ -430,12 +431,7 @@ func TestSiteSurvivesLeaderKill(t *testing.T) {
 	}
 	t.Logf("map writable again %s after the leader was killed", time.Since(killed).Round(time.Millisecond))
 	l.waitFor(t, 300)
-	l.stop()
-	l.mu.Lock()
-	if len(l.errs) > 0 {
-		t.Fatalf("%d of %d writes failed after the leader was killed; first: %v", len(l.errs), l.count.Load(), l.errs[0])
-	}
-	l.mu.Unlock()
+	l.stopChecked(t, "after the leader was killed")
 	waitVersion(t, others, v)
 	after, err := others[1].ns.GetMap(ctx, &pb.GetMapRequest{})
 	if err != nil {
