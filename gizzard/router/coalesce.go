@@ -121,17 +121,11 @@ func (c *coalescer) run(quit <-chan struct{}) {
 	for {
 		var batch []*pendingDelivery
 		n := 0
-		add := func(p *pendingDelivery) {
-			if p.ctx.Err() != nil {
-				c.r.metrics.deliveriesExpired.Inc()
-				return // nobody waits for it (see above)
-			}
-			batch = append(batch, p)
-			n += len(p.muts)
-		}
 		select {
 		case p := <-c.ch:
-			add(p)
+			if !c.expired(p) {
+				batch, n = append(batch, p), len(p.muts)
+			}
 		case <-quit:
 			return
 		}
@@ -139,7 +133,9 @@ func (c *coalescer) run(quit <-chan struct{}) {
 		for len(batch) < coalesceMaxWrites && n < coalesceMaxMutations {
 			select {
 			case p := <-c.ch:
-				add(p)
+				if !c.expired(p) {
+					batch, n = append(batch, p), n+len(p.muts)
+				}
 			default:
 				break drain
 			}
@@ -148,6 +144,16 @@ func (c *coalescer) run(quit <-chan struct{}) {
 			c.send(batch)
 		}
 	}
+}
+
+// expired reports (and counts) a delivery whose caller no longer waits for
+// it: it is not sent (see above).
+func (c *coalescer) expired(p *pendingDelivery) bool {
+	if p.ctx.Err() == nil {
+		return false
+	}
+	c.r.metrics.deliveriesExpired.Inc()
+	return true
 }
 
 // send applies a batch of deliveries in one RPC, or one by one if the
@@ -186,9 +192,8 @@ func (c *coalescer) send(batch []*pendingDelivery) {
 		}
 	}
 	for _, p := range batch {
-		if p.ctx.Err() != nil {
-			r.metrics.deliveriesExpired.Inc()
-			continue // nobody waits for it (see above)
+		if c.expired(p) {
+			continue
 		}
 		outs, err := apply(p.muts, p.mapVersion)
 		p.done <- deliveryResult{outs: outs, err: err}

@@ -207,6 +207,9 @@ type Router struct {
 		// unavailable, by node id (see skipNode).
 		down map[string]*nodeDown
 	}
+	// downs is len(mu.down), so that writes and deliveries take no lock
+	// while no node is down.
+	downs atomic.Int32
 }
 
 // nodeDown is a node a delivery found unavailable.
@@ -686,10 +689,7 @@ func (r *Router) Local(muts []shard.Mutation, c Consistency) bool {
 	m := r.cfg.Map()
 	for i := range muts {
 		mu := &muts[i]
-		if _, ok := m.Tables[mu.Table]; !ok {
-			return false
-		}
-		fw, err := m.Lookup(mu.Table, RouteHash(mu))
+		fw, err := m.Lookup(mu.Table, RouteHash(mu)) // an unknown table too
 		if err != nil {
 			return false
 		}
@@ -798,6 +798,9 @@ func (r *Router) deliver(m *gizzard.Map, leaf gizzard.Leaf, muts []shard.Mutatio
 // skipNode returns the error to settle a delivery to node with instead of
 // sending it, or nil to send it.
 func (r *Router) skipNode(node string) error {
+	if r.downs.Load() == 0 {
+		return nil
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	d := r.mu.down[node]
@@ -816,6 +819,9 @@ func (r *Router) skipNode(node string) error {
 func (r *Router) nodeAnswered(node string, err error) {
 	unavailable := errors.Is(err, context.DeadlineExceeded) ||
 		status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded
+	if !unavailable && r.downs.Load() == 0 {
+		return
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
@@ -824,6 +830,7 @@ func (r *Router) nodeAnswered(node string, err error) {
 	case r.mu.down[node] != nil:
 		delete(r.mu.down, node)
 	}
+	r.downs.Store(int32(len(r.mu.down)))
 }
 
 // settle records a delivery's end: the job is done, or failed and due
