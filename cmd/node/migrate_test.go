@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -29,12 +28,7 @@ var (
 func opsBinary(t *testing.T) string {
 	t.Helper()
 	opsOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "aviary-ops-bin-")
-		if err != nil {
-			opsErr = err
-			return
-		}
-		opsPath = filepath.Join(dir, "ops")
+		opsPath = filepath.Join(binDir, "ops")
 		out, err := exec.Command("go", "build", "-o", opsPath, "../ops").CombinedOutput()
 		if err != nil {
 			opsErr = errors.New(string(out))
