@@ -1,7 +1,6 @@
 package shard
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -253,6 +252,15 @@ func (s *Store) JobFailed(j Job, toErrorQueue bool) error {
 // Jobs lists up to limit pending jobs (or error-queue jobs), oldest first,
 // starting after (seq, target) = (afterSeq, afterTarget).
 func (s *Store) Jobs(errorQueue bool, afterSeq uint64, afterTarget string, limit int) ([]Job, error) {
+	return s.JobsSkipping(errorQueue, afterSeq, afterTarget, limit, nil)
+}
+
+// JobsSkipping is Jobs, leaving out (and not counting in limit) the jobs
+// for which skip, given the job's key, returns true. Skip is called before
+// a job's record is decoded, so that a caller passing over many jobs it
+// does not want (a retry loop, those of a node that is down) pays for
+// reading their keys only. Skip must not keep target.
+func (s *Store) JobsSkipping(errorQueue bool, afterSeq uint64, afterTarget string, limit int, skip func(seq uint64, target []byte) bool) ([]Job, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.mu.closed {
@@ -278,11 +286,15 @@ func (s *Store) Jobs(errorQueue bool, afterSeq uint64, afterTarget string, limit
 		if len(k) < 8 {
 			return nil, fmt.Errorf("shard: corrupt job key %x", it.Key())
 		}
+		seq := binary.BigEndian.Uint64(k)
+		if skip != nil && skip(seq, k[8:]) {
+			continue
+		}
 		var j Job
 		if err := json.Unmarshal(it.Value(), &j); err != nil {
 			return nil, fmt.Errorf("shard: corrupt job %x: %w", it.Key(), err)
 		}
-		j.Seq, j.Target = binary.BigEndian.Uint64(k), string(bytes.Clone(k[8:]))
+		j.Seq, j.Target = seq, string(k[8:])
 		out = append(out, j)
 	}
 	return out, it.Error()

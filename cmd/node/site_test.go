@@ -317,6 +317,8 @@ func TestSiteSurvivesHungReplica(t *testing.T) {
 	l := startLoad(nodes[:2], 8)
 	l.waitFor(t, 300)
 	before := goroutines(t, nodes[0]) + goroutines(t, nodes[1])
+	cpu, scans, scanned, writes := sum(t, nodes[:2], "process_cpu_seconds_total"),
+		sum(t, nodes[:2], "aviary_router_retry_scans_total"), sum(t, nodes[:2], "aviary_router_retry_scanned_jobs_total"), l.count.Load()
 	resume := nodes[2].p.pause()
 	defer resume()
 	paused := time.Now()
@@ -346,15 +348,28 @@ func TestSiteSurvivesHungReplica(t *testing.T) {
 		t.Fatalf("the writing nodes held %d goroutines while a replica hung, %d before: more than a queue of deliveries each", peak, before)
 	}
 	l.waitFor(t, 300)
+	// What the writing nodes' retry loops did while the replica hung (for
+	// the record: the router's tests check it).
+	t.Logf("while a replica hung for %s: %d writes; the writing nodes used %.1f CPU-seconds, and their retry loops scanned the journal %.0f times, reading %.0f jobs",
+		time.Since(paused).Round(time.Millisecond), l.count.Load()-writes, sum(t, nodes[:2], "process_cpu_seconds_total")-cpu,
+		sum(t, nodes[:2], "aviary_router_retry_scans_total")-scans, sum(t, nodes[:2], "aviary_router_retry_scanned_jobs_total")-scanned)
 	resume()
+	resumed := time.Now()
 	l.waitFor(t, 300)
 	l.stopChecked(t, "while a replica hung")
 	waitJobsDrained(t, nodes)
+	t.Logf("every job delivered %s after the replica resumed", time.Since(resumed).Round(time.Millisecond))
 	checkConverged(t, nodes, l)
 }
 
 // goroutines reads a node's go_goroutines from its /metrics.
 func goroutines(t *testing.T, s *siteNode) int {
+	t.Helper()
+	return int(metric(t, s, "go_goroutines"))
+}
+
+// metric reads an unlabelled metric from a node's /metrics.
+func metric(t *testing.T, s *siteNode, name string) float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + s.http + "/metrics")
 	if err != nil {
@@ -366,16 +381,26 @@ func goroutines(t *testing.T, s *siteNode) int {
 		t.Fatal(err)
 	}
 	for line := range strings.Lines(string(body)) {
-		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
-			n, err := strconv.Atoi(strings.TrimSpace(v))
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err != nil {
 				t.Fatal(err)
 			}
 			return n
 		}
 	}
-	t.Fatalf("no go_goroutines in %s's metrics", s.id)
+	t.Fatalf("no %s in %s's metrics", name, s.id)
 	return 0
+}
+
+// sum adds a metric over nodes.
+func sum(t *testing.T, nodes []*siteNode, name string) float64 {
+	t.Helper()
+	var n float64
+	for _, s := range nodes {
+		n += metric(t, s, name)
+	}
+	return n
 }
 
 // TestSiteSurvivesLeaderKill kills the nameserver leader with SIGKILL: the

@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/shard"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -23,17 +25,26 @@ type gatedRemote struct {
 	refuseFirst bool
 	mu          sync.Mutex
 	started     int
+	active      int // Applies not yet returned
+	maxActive   int
 	keys        []string
 }
 
 func (g *gatedRemote) Apply(ctx context.Context, _ string, muts []shard.Mutation, _ uint64) ([]shard.Outcome, error) {
 	g.mu.Lock()
 	g.started++
+	g.active++
+	g.maxActive = max(g.maxActive, g.active)
 	first := g.started == 1
 	for _, m := range muts {
 		g.keys = append(g.keys, string(m.Key))
 	}
 	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		g.active--
+		g.mu.Unlock()
+	}()
 	if first && g.refuseFirst {
 		return nil, status.Error(codes.Unavailable, "not answering")
 	}
@@ -131,8 +142,8 @@ func TestCoalescerSkipsExpiredDeliveries(t *testing.T) {
 
 // TestWritesSkipUnavailableNode: once a delivery to a node has timed out,
 // writes leave their deliveries to it to the journal instead of each
-// holding a goroutine for the replica timeout; the retry loop delivers
-// them when the node answers again, and writes then deliver at once.
+// holding a goroutine for the replica timeout; once the node answers the
+// retry loop's probe, the loop delivers them, and writes deliver at once.
 func TestWritesSkipUnavailableNode(t *testing.T) {
 	h := newHungNode(t, time.Hour, 100*time.Millisecond)
 	r, st, remote, write, down, release := h.r, h.st, h.remote, h.write, h.down, h.release
@@ -165,9 +176,10 @@ func TestWritesSkipUnavailableNode(t *testing.T) {
 		t.Fatalf("%d jobs journaled for the unavailable node, want %d", len(jobs), writes+1)
 	}
 
-	// The node answers again: the retry loop delivers every job, and the
-	// node is no longer skipped.
+	// The node answers again: after DownFor the retry loop probes it, then
+	// delivers every job, and the node is no longer skipped.
 	release()
+	h.clock.Advance(time.Hour)
 	runCtx, stop := context.WithCancel(ctx)
 	ran := make(chan struct{})
 	go func() {
@@ -208,7 +220,7 @@ func TestProbeAfterDownFor(t *testing.T) {
 	h.remote.refuseFirst = true
 	h.write("first")
 	waitUntil(t, "the node refusing the first delivery", h.down)
-	time.Sleep(60 * time.Millisecond) // DownFor passes (a duration under test, not synchronisation)
+	h.clock.Advance(50 * time.Millisecond)
 	for i := range 10 {
 		h.write(fmt.Sprintf("k%d", i))
 	}
@@ -220,16 +232,18 @@ func TestProbeAfterDownFor(t *testing.T) {
 
 // hungNode is a router on node "self" whose writes to table "both" have a
 // readable replica here and one on node "other", which hangs until
-// release.
+// release. Its clock (the router's, and the wall time it holds nodes down
+// by) moves only when told to.
 type hungNode struct {
 	t       *testing.T
 	r       *Router
 	st      *shard.Store
 	remote  *gatedRemote
+	clock   *ids.ManualClock
 	release func()
 }
 
-func newHungNode(t *testing.T, downFor, timeout time.Duration) *hungNode {
+func newHungNode(t *testing.T, downFor, timeout time.Duration, tweak ...func(*Config)) *hungNode {
 	t.Helper()
 	ctx := context.Background()
 	st := openStore(t)
@@ -240,8 +254,13 @@ func newHungNode(t *testing.T, downFor, timeout time.Duration) *hungNode {
 		t.Fatal(err)
 	}
 	remote := &gatedRemote{gate: make(chan struct{})}
-	h := &hungNode{t: t, st: st, remote: remote}
-	h.r = New(Config{NodeID: "self", Store: st, Map: localMap(t), Remote: remote, ReplicaTimeout: timeout, DownFor: downFor})
+	h := &hungNode{t: t, st: st, remote: remote, clock: ids.NewManualClock(time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC))}
+	cfg := Config{NodeID: "self", Store: st, Map: localMap(t), Remote: remote, Clock: h.clock, ReplicaTimeout: timeout, DownFor: downFor}
+	for _, f := range tweak {
+		f(&cfg)
+	}
+	h.r = New(cfg)
+	h.r.wall = h.clock.Now
 	var open sync.Once
 	h.release = func() { open.Do(func() { close(remote.gate) }) }
 	t.Cleanup(func() { // before the store closes
@@ -299,5 +318,136 @@ func TestCoalescerQueueFull(t *testing.T) {
 	_, err := r.applyRemote(ctx, addr, put, 1)
 	if !Unavailable(err) || !strings.Contains(err.Error(), "does not keep up") {
 		t.Fatalf("a delivery behind a full queue: %v, want Unavailable at once", err)
+	}
+}
+
+// counter reads a Prometheus counter.
+func counter(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// writeBacklog writes n keys k0.. concurrently (sharing fsyncs), failing
+// the test on any error.
+func (h *hungNode) writeBacklog(n int) {
+	h.t.Helper()
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range 8 {
+		wg.Go(func() {
+			for i := range next {
+				muts := []shard.Mutation{{Op: shard.OpPut, Table: "both", Key: fmt.Appendf(nil, "k%d", i), Value: []byte("v"), Version: shard.Version{HLC: 1 << 30, Site: 1}}}
+				if _, err := h.r.Write(context.Background(), muts, One); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		h.t.Fatalf("write: %v", err)
+	}
+}
+
+// run starts the retry loop until the test ends.
+func (h *hungNode) run() {
+	ctx, stop := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		h.r.Run(ctx)
+	}()
+	h.t.Cleanup(func() {
+		stop()
+		<-ran
+	})
+}
+
+// TestRetryLoopHoldsDownNode: while a node is down, the retry loop neither
+// sends its jobs nor reads them, scan after scan (a backlog would
+// otherwise cost a read of every job per scan, and take every delivery
+// slot with a delivery that times out); once DownFor has passed it sends
+// one job as a probe, not one per free slot.
+func TestRetryLoopHoldsDownNode(t *testing.T) {
+	const backlog = 600
+	h := newHungNode(t, time.Hour, 100*time.Millisecond, func(c *Config) {
+		c.RetryMin, c.RetryMax = time.Millisecond, time.Minute // a scan at least every minute
+	})
+	h.write("first")
+	waitUntil(t, "the delivery to a hung node timing out", h.down)
+	h.writeBacklog(backlog)
+	h.run()
+
+	scans := func() float64 { return counter(t, h.r.metrics.scans) }
+	for range 3 {
+		before := scans()
+		h.clock.Advance(time.Minute)
+		waitUntil(t, "a scan", func() bool { return scans() > before })
+	}
+	if got := counter(t, h.r.metrics.scannedJobs); got != 0 {
+		t.Fatalf("the retry loop's scans read %v jobs of a node that is down, want 0", got)
+	}
+	if started, _ := h.remote.state(); started != 1 {
+		t.Fatalf("%d deliveries sent to a node that is down, want only the first", started)
+	}
+
+	// DownFor passes: one probe, which times out; the node is down again.
+	h.clock.Advance(time.Hour)
+	waitUntil(t, "a probe timing out", func() bool {
+		h.r.mu.Lock()
+		defer h.r.mu.Unlock()
+		d := h.r.mu.down["other"]
+		n, _ := h.remote.state()
+		return n > 1 && d != nil && !d.probing && len(h.r.mu.inflight) == 0
+	})
+	h.remote.mu.Lock()
+	started, most := h.remote.started, h.remote.maxActive
+	h.remote.mu.Unlock()
+	if started != 2 || most != 1 {
+		t.Fatalf("after DownFor the retry loop sent %d deliveries (at most %d at once), want one probe", started-1, most)
+	}
+	if got := counter(t, h.r.metrics.scannedJobs); got > 256 {
+		t.Fatalf("the probe's scan read %v jobs, want at most a page (256) of the %d", got, backlog+1)
+	}
+}
+
+// TestJobsDueWhenNodeAnswers: when a node that was down answers a probe,
+// the jobs that failed while it was down are delivered at once, not after
+// their backoff.
+func TestJobsDueWhenNodeAnswers(t *testing.T) {
+	const backoff = 1000 * time.Hour
+	h := newHungNode(t, time.Hour, 100*time.Millisecond, func(c *Config) {
+		c.RetryMin, c.RetryMax = backoff, backoff
+	})
+	h.write("first")
+	waitUntil(t, "the delivery to a hung node timing out", h.down)
+	const backlog = 20
+	h.writeBacklog(backlog)
+	h.release()
+	h.run()
+	h.clock.Advance(time.Hour) // DownFor: the probe goes, and the node answers
+	h.r.poke()                 // (the loop ticks every RetryMin)
+	waitUntil(t, "every job delivered", func() bool {
+		jobs, err := h.st.Jobs(false, 0, "", 1)
+		return err == nil && len(jobs) == 0
+	})
+	if h.down() {
+		t.Fatal("the node answered and is still taken for down")
+	}
+	_, keys := h.remote.state()
+	for i := range backlog {
+		if !slices.Contains(keys, fmt.Sprintf("k%d", i)) {
+			t.Fatalf("k%d never reached the node", i)
+		}
 	}
 }

@@ -23,6 +23,7 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -137,6 +138,8 @@ type metrics struct {
 	deliveriesSkipped prometheus.Counter
 	writes            *prometheus.CounterVec
 	reroutes          prometheus.Counter
+	scans             prometheus.Counter
+	scannedJobs       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -161,9 +164,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "aviary_router_reroutes_total",
 			Help: "Writes and replica jobs routed again because a node fenced them: a change moved their shard after the map they were routed by.",
 		}),
+		scans: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aviary_router_retry_scans_total",
+			Help: "Scans of the journal by the retry loop. It scans only when a job may be due: one waiting has come due, a node that was down may be probed or answers again, a job was moved back from the error queue, or RetryMax (30s) passed.",
+		}),
+		scannedJobs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aviary_router_retry_scanned_jobs_total",
+			Help: "Jobs the retry loop's scans read. The jobs of a node that is down are passed over unread until it may be probed.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.deliveries, m.deliveriesExpired, m.deliveriesSkipped, m.writes, m.reroutes)
+		reg.MustRegister(m.deliveries, m.deliveriesExpired, m.deliveriesSkipped, m.writes, m.reroutes, m.scans, m.scannedJobs)
 	}
 	return m
 }
@@ -206,15 +217,36 @@ type Router struct {
 		// down holds the nodes whose last delivery found them
 		// unavailable, by node id (see skipNode).
 		down map[string]*nodeDown
+		// upAt is when (router clock) each node last answered again after
+		// it was down: its jobs that failed before then are due at once,
+		// whatever their backoff.
+		upAt map[string]time.Time
+
+		// The retry loop scans the journal only when a job may be due
+		// (scanDue). dirty: a scan must run (jobs left by a previous
+		// process, a job back from the error queue, a node that answers
+		// again, a scan cut short). nextDue (router clock): when the
+		// earliest job known to be waiting, on a node that is not down,
+		// falls due. probeAt (Router.wall): when a node that is down, and
+		// has jobs, may be probed. A scan resets the three when it starts;
+		// what it finds, and the deliveries that fail meanwhile, lower
+		// them again.
+		dirty    bool
+		nextDue  time.Time
+		probeAt  time.Time
+		lastScan time.Time
 	}
 	// downs is len(mu.down), so that writes and deliveries take no lock
 	// while no node is down.
 	downs atomic.Int32
+	// wall is the time by which nodes are held down and the retry loop
+	// paced: time.Now (tests set it right after New).
+	wall func() time.Time
 }
 
 // nodeDown is a node a delivery found unavailable.
 type nodeDown struct {
-	since   time.Time // when (wall time, not the router's clock)
+	since   time.Time // when (Router.wall, not the router's clock)
 	err     error     // what the delivery met
 	probing bool      // a delivery is out to see whether it answers again
 }
@@ -250,7 +282,7 @@ func New(cfg Config) *Router {
 	if cfg.DownFor == 0 {
 		cfg.DownFor = time.Second
 	}
-	r := &Router{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registry), wake: make(chan struct{}, 1), startSeq: cfg.Store.JournalSeq()}
+	r := &Router{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registry), wake: make(chan struct{}, 1), startSeq: cfg.Store.JournalSeq(), wall: time.Now}
 	r.startHold.Store(cfg.StartRecovering && cfg.Site != "")
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -260,6 +292,8 @@ func New(cfg Config) *Router {
 	}
 	r.mu.inflight = map[jobID]struct{}{}
 	r.mu.down = map[string]*nodeDown{}
+	r.mu.upAt = map[string]time.Time{}
+	r.mu.dirty = true // jobs left by a previous process
 	r.mu.rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
 	return r
 }
@@ -771,7 +805,9 @@ func (r *Router) deliver(m *gizzard.Map, leaf gizzard.Leaf, muts []shard.Mutatio
 	}
 	n, ok := m.Nodes[leaf.Node]
 	if !ok {
-		return nil, fmt.Errorf("router: node %q of shard %q is not in the map", leaf.Node, leaf.Shard)
+		err := fmt.Errorf("router: node %q of shard %q is not in the map", leaf.Node, leaf.Shard)
+		r.nodeAnswered(leaf.Node, err) // not unavailable: gone; its jobs fail on
+		return nil, err
 	}
 	outs, err := r.applyRemote(ctx, n.GRPCAddr, muts, mapVersion)
 	r.nodeAnswered(leaf.Node, err)
@@ -783,17 +819,18 @@ func (r *Router) deliver(m *gizzard.Map, leaf gizzard.Leaf, muts []shard.Mutatio
 
 // A write does not send its deliveries to a node that a delivery found
 // unavailable less than DownFor ago: it leaves them to the journal's
-// retry loop, whose deliveries are bounded (Deliveries), and settles
-// them as failed at once. Otherwise every write to a node that has hung
-// would hold a goroutine and its mutations for ReplicaTimeout, and a busy
-// node would pile up thousands. After DownFor one write's delivery goes
-// out to see whether the node answers again; the others still go to the
-// journal until it comes back. Any answer from the node, or a retry that
-// reaches it, ends this. A node too slow to answer within ReplicaTimeout
-// counts as unavailable. (The retry loop's deliveries are not skipped: a
-// failed one marks the node down again, and one still out when a later
-// delivery succeeded can, failing, do so too; either way a probe follows
-// DownFor later.)
+// retry loop, and settles them as failed at once. Otherwise every write
+// to a node that has hung would hold a goroutine and its mutations for
+// ReplicaTimeout, and a busy node would pile up thousands. The retry loop
+// does not send them either (nor read them: see scan), so that a hung node
+// neither holds its bounded deliveries (Deliveries) nor makes it read the
+// whole backlog on every tick. After DownFor one delivery, a write's or
+// the retry loop's, goes out to see whether the node answers again; the
+// others wait in the journal until it does. Any answer from the node ends
+// this, and its jobs that failed before are then due at once. A node too
+// slow to answer within ReplicaTimeout counts as unavailable. (A delivery
+// still out when a probe succeeded can, failing, mark the node down
+// again; a probe follows DownFor later.)
 //
 // skipNode returns the error to settle a delivery to node with instead of
 // sending it, or nil to send it.
@@ -807,12 +844,18 @@ func (r *Router) skipNode(node string) error {
 	if d == nil {
 		return nil
 	}
-	if ago := time.Since(d.since); ago >= r.cfg.DownFor && !d.probing {
+	if r.mayProbeLocked(d) {
 		d.probing = true
 		return nil
 	}
 	return status.Errorf(codes.Unavailable, "router: node %q was unavailable %s ago (%v); the write is journaled and will be delivered when it answers",
-		node, time.Since(d.since).Round(time.Millisecond), d.err)
+		node, r.wall().Sub(d.since).Round(time.Millisecond), d.err)
+}
+
+// mayProbeLocked reports whether a delivery may go to node d to see
+// whether it answers again. r.mu is held.
+func (r *Router) mayProbeLocked(d *nodeDown) bool {
+	return !d.probing && r.wall().Sub(d.since) >= r.cfg.DownFor
 }
 
 // nodeAnswered records how a delivery to node ended.
@@ -823,14 +866,31 @@ func (r *Router) nodeAnswered(node string, err error) {
 		return
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	up := false
 	switch {
 	case unavailable:
-		r.mu.down[node] = &nodeDown{since: time.Now(), err: err}
+		// The delivery's job waits in the journal: probe DownFor from now.
+		now := r.wall()
+		r.mu.down[node] = &nodeDown{since: now, err: err}
+		r.mu.probeAt = earliest(r.mu.probeAt, now.Add(r.cfg.DownFor))
 	case r.mu.down[node] != nil:
 		delete(r.mu.down, node)
+		r.mu.upAt[node] = r.cfg.Clock.Now()
+		r.mu.dirty = true
+		up = true
 	}
 	r.downs.Store(int32(len(r.mu.down)))
+	r.mu.Unlock()
+	if up {
+		r.poke()
+	}
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // settle records a delivery's end: the job is done, or failed and due
@@ -873,6 +933,9 @@ func (r *Router) settle(kind string, j shard.Job, err error) {
 		r.log.Error("journal: cannot record a failed job", "seq", j.Seq, "target", j.Target, "err", e)
 	}
 	r.jobFailed(j.Seq)
+	if !toErrors {
+		r.jobWaits(j)
+	}
 	if toErrors {
 		r.log.Warn("replica job moved to the error queue", "seq", j.Seq, "target", j.Target, "attempts", j.Attempts, "err", err)
 	}
@@ -919,7 +982,9 @@ func (r *Router) Run(ctx context.Context) {
 	defer t.Stop()
 	sem := make(chan struct{}, r.cfg.Deliveries)
 	for {
-		r.scan(ctx, sem)
+		if r.scanDue() {
+			r.scan(ctx, sem)
+		}
 		select {
 		case <-ctx.Done():
 			r.wg.Wait()
@@ -931,6 +996,32 @@ func (r *Router) Run(ctx context.Context) {
 	}
 }
 
+// never is later than any job's due time.
+var never = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// scanDue reports whether the retry loop should scan the journal: a job
+// may be due (see Router.mu), or RetryMax passed since the last scan.
+func (r *Router) scanDue() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mu.dirty || !r.mu.nextDue.After(r.cfg.Clock.Now()) ||
+		!r.mu.probeAt.After(r.wall()) || r.wall().Sub(r.mu.lastScan) >= r.cfg.RetryMax
+}
+
+// jobWaits records that job j failed and waits in the journal until
+// j.Next, or, if its node is down, until the node may be probed.
+func (r *Router) jobWaits(j shard.Job) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if d := r.mu.down[parseTarget(j.Target).Node]; d != nil {
+		if !d.probing {
+			r.mu.probeAt = earliest(r.mu.probeAt, d.since.Add(r.cfg.DownFor))
+		}
+		return
+	}
+	r.mu.nextDue = earliest(r.mu.nextDue, j.Next)
+}
+
 // scan starts a delivery for every due job not already in flight.
 //
 // It lists the jobs from scanFrom on. Every job it lists that a later
@@ -938,6 +1029,10 @@ func (r *Router) Run(ctx context.Context) {
 // failed) moves scanFrom no higher than its seq; a job of this process
 // that has not failed is being delivered by its Write, and if that fails,
 // jobFailed lowers scanFrom to it.
+//
+// The jobs of a node that is down are passed over unread (so a scan costs
+// little more than reading their keys), but for one, which goes out as a
+// probe once DownFor has passed, due or not.
 func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 	var afterSeq uint64
 	var afterTarget string
@@ -946,25 +1041,46 @@ func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 		afterSeq = r.mu.scanFrom - 1 // Jobs lists after (seq, target); "" sorts first
 	}
 	r.mu.failedMin = math.MaxUint64
+	r.mu.dirty, r.mu.nextDue, r.mu.probeAt, r.mu.lastScan = false, never, never, r.wall()
 	r.mu.Unlock()
+	r.metrics.scans.Inc()
 	lowest := uint64(math.MaxUint64)
 	complete := false
 	defer func() {
-		if !complete {
-			return // the next scan starts where this one did
-		}
 		r.mu.Lock()
+		defer r.mu.Unlock()
+		if !complete {
+			r.mu.dirty = true // the next scan starts where this one did
+			return
+		}
 		r.mu.scanFrom = min(lowest, r.mu.failedMin, r.cfg.Store.JournalSeq()+1)
-		r.mu.Unlock()
 	}()
+	held := func(seq uint64, target []byte) bool {
+		if r.downs.Load() == 0 {
+			return false
+		}
+		node, _, _ := bytes.Cut(target, []byte("/"))
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		d := r.mu.down[string(node)]
+		if d == nil || r.mayProbeLocked(d) {
+			return false
+		}
+		lowest = min(lowest, seq)
+		if !d.probing {
+			r.mu.probeAt = earliest(r.mu.probeAt, d.since.Add(r.cfg.DownFor))
+		}
+		return true
+	}
 	for ctx.Err() == nil {
-		jobs, err := r.cfg.Store.Jobs(false, afterSeq, afterTarget, 256)
+		jobs, err := r.cfg.Store.JobsSkipping(false, afterSeq, afterTarget, 256, held)
 		if err != nil {
 			if !errors.Is(err, shard.ErrClosed) {
 				r.log.Error("journal: cannot list jobs", "err", err)
 			}
 			return
 		}
+		r.metrics.scannedJobs.Add(float64(len(jobs)))
 		now := r.cfg.Clock.Now()
 		for _, j := range jobs {
 			afterSeq, afterTarget = j.Seq, j.Target
@@ -972,19 +1088,10 @@ func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 				continue
 			}
 			lowest = min(lowest, j.Seq)
-			if j.Next.After(now) {
+			if !r.claim(j, now) {
 				continue
 			}
 			id := jobID{j.Seq, j.Target}
-			r.mu.Lock()
-			_, busy := r.mu.inflight[id]
-			if !busy {
-				r.mu.inflight[id] = struct{}{}
-			}
-			r.mu.Unlock()
-			if busy {
-				continue
-			}
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
@@ -1007,6 +1114,35 @@ func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 	}
 }
 
+// claim decides whether the retry loop delivers job j now, and if so marks
+// it in flight. A job whose node is down is delivered only as the probe
+// (due or not); any other, when due (or when it failed before its node
+// last answered again), unless it is in flight already. A job left
+// waiting lowers nextDue or probeAt.
+func (r *Router) claim(j shard.Job, now time.Time) bool {
+	node := parseTarget(j.Target).Node
+	id := jobID{j.Seq, j.Target}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, busy := r.mu.inflight[id]; busy {
+		return false // its delivery settles it, and records when it waits
+	}
+	if d := r.mu.down[node]; d != nil {
+		if !r.mayProbeLocked(d) {
+			if !d.probing {
+				r.mu.probeAt = earliest(r.mu.probeAt, d.since.Add(r.cfg.DownFor))
+			}
+			return false
+		}
+		d.probing = true
+	} else if up, ok := r.mu.upAt[node]; j.Next.After(now) && !(ok && j.Failed.Before(up)) {
+		r.mu.nextDue = earliest(r.mu.nextDue, j.Next)
+		return false
+	}
+	r.mu.inflight[id] = struct{}{}
+	return true
+}
+
 // jobFailed makes the retry loop's scans start no later than seq, whose
 // job failed and waits in the journal.
 func (r *Router) jobFailed(seq uint64) {
@@ -1020,6 +1156,9 @@ func (r *Router) jobFailed(seq uint64) {
 // from the error queue) and wakes it.
 func (r *Router) Retried(seq uint64) {
 	r.jobFailed(seq)
+	r.mu.Lock()
+	r.mu.dirty = true
+	r.mu.Unlock()
 	r.poke()
 }
 
