@@ -252,19 +252,43 @@ func (s *Store) JobFailed(j Job, toErrorQueue bool) error {
 // Jobs lists up to limit pending jobs (or error-queue jobs), oldest first,
 // starting after (seq, target) = (afterSeq, afterTarget).
 func (s *Store) Jobs(errorQueue bool, afterSeq uint64, afterTarget string, limit int) ([]Job, error) {
-	return s.JobsSkipping(errorQueue, afterSeq, afterTarget, limit, nil)
+	var out []Job
+	for {
+		jobs, page, err := s.JobsSkipping(errorQueue, afterSeq, afterTarget, limit-len(out), nil)
+		out = append(out, jobs...)
+		if err != nil || page.Done || len(out) == limit {
+			return out, err
+		}
+		afterSeq, afterTarget = page.Seq, page.Target
+	}
 }
 
-// JobsSkipping is Jobs, leaving out (and not counting in limit) the jobs
-// for which skip, given the job's key, returns true. Skip is called before
-// a job's record is decoded, so that a caller passing over many jobs it
-// does not want (a retry loop, those of a node that is down) pays for
-// reading their keys only. Skip must not keep target.
-func (s *Store) JobsSkipping(errorQueue bool, afterSeq uint64, afterTarget string, limit int, skip func(seq uint64, target []byte) bool) ([]Job, error) {
+// JobsPage says where a JobsSkipping call stopped.
+type JobsPage struct {
+	// Seq and Target are the last job visited, listed or passed over:
+	// the next call starts after it.
+	Seq    uint64
+	Target string
+	// Done: no job is left after it.
+	Done bool
+}
+
+// jobsVisited bounds the jobs one JobsSkipping call visits, per job it
+// may list, so that a caller passing over a long run of jobs does not hold
+// the store (whose lock a schema change waits on) for long.
+const jobsVisited = 16
+
+// JobsSkipping lists up to limit jobs like Jobs, leaving out (and not
+// counting in limit) those for which skip, given the job's key, returns
+// true. Skip is called before a job's record is decoded, so that a caller
+// passing over many jobs it does not want (a retry loop, those of a node
+// that is down) pays for reading their keys only; it must not keep target.
+// A call visits at most 16 × limit jobs; the page says where it stopped.
+func (s *Store) JobsSkipping(errorQueue bool, afterSeq uint64, afterTarget string, limit int, skip func(seq uint64, target []byte) bool) ([]Job, JobsPage, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.mu.closed {
-		return nil, ErrClosed
+		return nil, JobsPage{}, ErrClosed
 	}
 	kind := metaJob
 	if errorQueue {
@@ -277,27 +301,37 @@ func (s *Store) JobsSkipping(errorQueue bool, afterSeq uint64, afterTarget strin
 	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: prefixEnd(p)})
 	if err != nil {
-		return nil, err
+		return nil, JobsPage{}, err
 	}
 	defer it.Close()
 	var out []Job
-	for it.First(); it.Valid() && len(out) < limit; it.Next() {
+	page := JobsPage{Seq: afterSeq, Target: afterTarget}
+	visited := 0
+	it.First()
+	for ; it.Valid() && len(out) < limit && visited < jobsVisited*limit; it.Next() {
+		visited++
 		k := it.Key()[len(p):]
 		if len(k) < 8 {
-			return nil, fmt.Errorf("shard: corrupt job key %x", it.Key())
+			return nil, JobsPage{}, fmt.Errorf("shard: corrupt job key %x", it.Key())
 		}
 		seq := binary.BigEndian.Uint64(k)
 		if skip != nil && skip(seq, k[8:]) {
+			page.Seq, page.Target = seq, string(k[8:])
 			continue
 		}
 		var j Job
 		if err := json.Unmarshal(it.Value(), &j); err != nil {
-			return nil, fmt.Errorf("shard: corrupt job %x: %w", it.Key(), err)
+			return nil, JobsPage{}, fmt.Errorf("shard: corrupt job %x: %w", it.Key(), err)
 		}
 		j.Seq, j.Target = seq, string(k[8:])
+		page.Seq, page.Target = j.Seq, j.Target
 		out = append(out, j)
 	}
-	return out, it.Error()
+	if err := it.Error(); err != nil {
+		return nil, JobsPage{}, err
+	}
+	page.Done = !it.Valid()
+	return out, page, nil
 }
 
 // RetryErrorJob moves a job from the error queue back to the pending jobs,

@@ -3,6 +3,7 @@ package shard
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 )
 
@@ -112,5 +113,69 @@ func TestJobDoneTwice(t *testing.T) {
 	}
 	if _, err := s.JournalEntry(seq); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("entry after its last job: %v", err)
+	}
+}
+
+// TestJobsSkipping: skipped jobs are passed over unread and not counted;
+// a call visits a bounded number of jobs and says where it stopped; Jobs
+// pages on over any number of such calls.
+func TestJobsSkipping(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, "db", testOptions())
+	const n = 100
+	var seqs []uint64
+	for i := range n {
+		target := "down/s"
+		if i%10 == 9 {
+			target = "up/s"
+		}
+		seq, err := s.JournalAppend(ctx, []byte("e"), []string{target})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, seq)
+	}
+	skipDown := func(_ uint64, target []byte) bool { return string(target) == "down/s" }
+
+	// Every job listed is an up one, in order, across calls.
+	var got []uint64
+	var after uint64
+	var afterTarget string
+	for calls := 0; ; calls++ {
+		if calls > n {
+			t.Fatal("JobsSkipping never said it was done")
+		}
+		jobs, page, err := s.JobsSkipping(false, after, afterTarget, 2, skipDown)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, j := range jobs {
+			if j.Target != "up/s" {
+				t.Fatalf("listed a skipped job: %+v", j)
+			}
+			got = append(got, j.Seq)
+		}
+		if page.Done {
+			break
+		}
+		after, afterTarget = page.Seq, page.Target
+	}
+	var want []uint64
+	for i, seq := range seqs {
+		if i%10 == 9 {
+			want = append(want, seq)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("listed %v, want %v", got, want)
+	}
+
+	// Skipping everything: a call stops after 16 × limit jobs.
+	jobs, page, err := s.JobsSkipping(false, 0, "", 1, func(uint64, []byte) bool { return true })
+	if err != nil || len(jobs) != 0 || page.Done || page.Seq != seqs[15] {
+		t.Fatalf("skipping every job with limit 1: %d jobs, page %+v, %v; want none, stopped at seq %d", len(jobs), page, err, seqs[15])
+	}
+	if jobs, err := s.Jobs(false, 0, "", 1000); err != nil || len(jobs) != n {
+		t.Fatalf("Jobs listed %d of %d: %v", len(jobs), n, err)
 	}
 }

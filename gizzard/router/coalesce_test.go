@@ -179,7 +179,8 @@ func TestWritesSkipUnavailableNode(t *testing.T) {
 	// The node answers again: after DownFor the retry loop probes it, then
 	// delivers every job, and the node is no longer skipped.
 	release()
-	h.clock.Advance(time.Hour)
+	h.wall.Advance(time.Hour)
+	h.clock.Advance(time.Second) // after the failures
 	runCtx, stop := context.WithCancel(ctx)
 	ran := make(chan struct{})
 	go func() {
@@ -220,7 +221,7 @@ func TestProbeAfterDownFor(t *testing.T) {
 	h.remote.refuseFirst = true
 	h.write("first")
 	waitUntil(t, "the node refusing the first delivery", h.down)
-	h.clock.Advance(50 * time.Millisecond)
+	h.wall.Advance(50 * time.Millisecond)
 	for i := range 10 {
 		h.write(fmt.Sprintf("k%d", i))
 	}
@@ -232,14 +233,16 @@ func TestProbeAfterDownFor(t *testing.T) {
 
 // hungNode is a router on node "self" whose writes to table "both" have a
 // readable replica here and one on node "other", which hangs until
-// release. Its clock (the router's, and the wall time it holds nodes down
-// by) moves only when told to.
+// release. Its clocks, the router's and the wall time it holds nodes down
+// by, move only when told to (and apart, so that a test mixing them up
+// fails).
 type hungNode struct {
 	t       *testing.T
 	r       *Router
 	st      *shard.Store
 	remote  *gatedRemote
 	clock   *ids.ManualClock
+	wall    *ids.ManualClock
 	release func()
 }
 
@@ -254,13 +257,15 @@ func newHungNode(t *testing.T, downFor, timeout time.Duration, tweak ...func(*Co
 		t.Fatal(err)
 	}
 	remote := &gatedRemote{gate: make(chan struct{})}
-	h := &hungNode{t: t, st: st, remote: remote, clock: ids.NewManualClock(time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC))}
+	h := &hungNode{t: t, st: st, remote: remote,
+		clock: ids.NewManualClock(time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)),
+		wall:  ids.NewManualClock(time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC))}
 	cfg := Config{NodeID: "self", Store: st, Map: localMap(t), Remote: remote, Clock: h.clock, ReplicaTimeout: timeout, DownFor: downFor}
 	for _, f := range tweak {
 		f(&cfg)
 	}
 	h.r = New(cfg)
-	h.r.wall = h.clock.Now
+	h.r.wall = h.wall.Now
 	var open sync.Once
 	h.release = func() { open.Do(func() { close(remote.gate) }) }
 	t.Cleanup(func() { // before the store closes
@@ -391,7 +396,7 @@ func TestRetryLoopHoldsDownNode(t *testing.T) {
 	scans := func() float64 { return counter(t, h.r.metrics.scans) }
 	for range 3 {
 		before := scans()
-		h.clock.Advance(time.Minute)
+		h.wall.Advance(time.Minute)
 		waitUntil(t, "a scan", func() bool { return scans() > before })
 	}
 	if got := counter(t, h.r.metrics.scannedJobs); got != 0 {
@@ -402,7 +407,7 @@ func TestRetryLoopHoldsDownNode(t *testing.T) {
 	}
 
 	// DownFor passes: one probe, which times out; the node is down again.
-	h.clock.Advance(time.Hour)
+	h.wall.Advance(time.Hour)
 	waitUntil(t, "a probe timing out", func() bool {
 		h.r.mu.Lock()
 		defer h.r.mu.Unlock()
@@ -416,8 +421,8 @@ func TestRetryLoopHoldsDownNode(t *testing.T) {
 	if started != 2 || most != 1 {
 		t.Fatalf("after DownFor the retry loop sent %d deliveries (at most %d at once), want one probe", started-1, most)
 	}
-	if got := counter(t, h.r.metrics.scannedJobs); got > 256 {
-		t.Fatalf("the probe's scan read %v jobs, want at most a page (256) of the %d", got, backlog+1)
+	if got := counter(t, h.r.metrics.scannedJobs); got != 1 {
+		t.Fatalf("the probe's scan read %v jobs of the %d, want the probe's only", got, backlog+1)
 	}
 }
 
@@ -435,8 +440,9 @@ func TestJobsDueWhenNodeAnswers(t *testing.T) {
 	h.writeBacklog(backlog)
 	h.release()
 	h.run()
-	h.clock.Advance(time.Hour) // DownFor: the probe goes, and the node answers
-	h.r.poke()                 // (the loop ticks every RetryMin)
+	h.clock.Advance(time.Second) // after the failures
+	h.wall.Advance(time.Hour)    // DownFor: the probe goes, and the node answers
+	h.r.poke()                   // (the loop ticks every RetryMin)
 	waitUntil(t, "every job delivered", func() bool {
 		jobs, err := h.st.Jobs(false, 0, "", 1)
 		return err == nil && len(jobs) == 0
@@ -450,4 +456,42 @@ func TestJobsDueWhenNodeAnswers(t *testing.T) {
 			t.Fatalf("k%d never reached the node", i)
 		}
 	}
+}
+
+// TestProbeMovesOn: a probe that never reaches its node (its job cannot be
+// read) does not hold the node down for ever, and the next probe is
+// another job.
+func TestProbeMovesOn(t *testing.T) {
+	h := newHungNode(t, time.Hour, 100*time.Millisecond)
+	// The oldest job for the node is unreadable (its entry is not a
+	// journal entry) and has failed once.
+	seq, err := h.st.JournalAppend(context.Background(), []byte("x"), []string{"other/a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := h.clock.Now()
+	if err := h.st.JobFailed(shard.Job{Seq: seq, Target: "other/a", Attempts: 1, Failed: now, Next: now}, false); err != nil {
+		t.Fatal(err)
+	}
+	h.write("first")
+	waitUntil(t, "the delivery to a hung node timing out", h.down)
+	h.release()
+	h.run()
+	h.clock.Advance(time.Second)
+	h.wall.Advance(time.Hour) // DownFor: the probe is the unreadable job
+	h.r.poke()
+	waitUntil(t, "the first probe failing", func() bool {
+		h.r.mu.Lock()
+		defer h.r.mu.Unlock()
+		return h.r.mu.probed["other"].seq == seq && len(h.r.mu.inflight) == 0
+	})
+	if n, _ := h.remote.state(); n != 1 {
+		t.Fatalf("%d deliveries reached the node, want the first only", n)
+	}
+	h.wall.Advance(time.Hour + 100*time.Millisecond) // the probe has ended; DownFor again
+	h.r.poke()
+	waitUntil(t, "a probe of another job, and the node answering", func() bool {
+		_, keys := h.remote.state()
+		return slices.Equal(keys, []string{"first", "first"}) && !h.down()
+	})
 }

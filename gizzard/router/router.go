@@ -10,8 +10,10 @@
 // the retry loop delivers it again with exponential backoff and jitter, for
 // ever while the leaf is unavailable, and after MaxAttempts failures of any
 // other kind moves it to the error queue, which operators list, retry or
-// drop. Applying is idempotent and last-writer-wins, so a retry can never
-// revert a newer version.
+// drop. While a node is unavailable its jobs wait unsent (one goes every
+// DownFor, as a probe), and once it answers, those that failed before are
+// due at once. Applying is idempotent and last-writer-wins, so a retry can
+// never revert a newer version.
 //
 // Consistency: One (the default) acknowledges once the journal holds the
 // write and at least one replica of every mutation that serves reads applied
@@ -102,7 +104,8 @@ type Config struct {
 	// ReplicaTimeout bounds one delivery to one replica. Default 5s.
 	ReplicaTimeout time.Duration
 	// RetryMin and RetryMax bound the backoff between deliveries of a job.
-	// Defaults 100ms and 30s.
+	// Defaults 100ms and 30s. The retry loop looks for due jobs every
+	// RetryMin, and scans the journal at least every RetryMax.
 	RetryMin, RetryMax time.Duration
 	// MaxAttempts is how many failures other than unavailability a job
 	// survives before it moves to the error queue. Default 10.
@@ -111,9 +114,10 @@ type Config struct {
 	Deliveries int
 	// DownFor is how long, after a delivery found a node unavailable (it
 	// timed out, or the node answered Unavailable), writes leave their
-	// deliveries to that node to the journal instead of sending them; then
-	// one is sent to see whether it answers again (see skipNode). Default
-	// 1s.
+	// deliveries to that node to the journal instead of sending them, and
+	// the retry loop holds that node's jobs; then one delivery, a write's
+	// or a job's, is sent to see whether it answers again (see skipNode).
+	// Default 1s.
 	DownFor time.Duration
 	// Registry, if set, receives the router's metrics.
 	Registry prometheus.Registerer
@@ -166,7 +170,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		scans: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aviary_router_retry_scans_total",
-			Help: "Scans of the journal by the retry loop. It scans only when a job may be due: one waiting has come due, a node that was down may be probed or answers again, a job was moved back from the error queue, or RetryMax (30s) passed.",
+			Help: "Scans of the journal by the retry loop. It scans only when a job may be due: one waiting has come due, a node that was down may be probed or answers again, a job was moved back from the error queue, or RetryMax (default 30s) passed since the last scan.",
 		}),
 		scannedJobs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aviary_router_retry_scanned_jobs_total",
@@ -221,6 +225,10 @@ type Router struct {
 		// it was down: its jobs that failed before then are due at once,
 		// whatever their backoff.
 		upAt map[string]time.Time
+		// probed is the last job the retry loop sent to each node that is
+		// down as a probe: the next probe is a later job, so that one job
+		// that always fails cannot keep its node down.
+		probed map[string]jobID
 
 		// The retry loop scans the journal only when a job may be due
 		// (scanDue). dirty: a scan must run (jobs left by a previous
@@ -248,7 +256,8 @@ type Router struct {
 type nodeDown struct {
 	since   time.Time // when (Router.wall, not the router's clock)
 	err     error     // what the delivery met
-	probing bool      // a delivery is out to see whether it answers again
+	probing bool      // a delivery went out at probeAt to see whether it answers again
+	probeAt time.Time
 }
 
 type jobID struct {
@@ -293,6 +302,7 @@ func New(cfg Config) *Router {
 	r.mu.inflight = map[jobID]struct{}{}
 	r.mu.down = map[string]*nodeDown{}
 	r.mu.upAt = map[string]time.Time{}
+	r.mu.probed = map[string]jobID{}
 	r.mu.dirty = true // jobs left by a previous process
 	r.mu.rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
 	return r
@@ -845,17 +855,29 @@ func (r *Router) skipNode(node string) error {
 		return nil
 	}
 	if r.mayProbeLocked(d) {
-		d.probing = true
+		d.probing, d.probeAt = true, r.wall()
 		return nil
 	}
 	return status.Errorf(codes.Unavailable, "router: node %q was unavailable %s ago (%v); the write is journaled and will be delivered when it answers",
 		node, r.wall().Sub(d.since).Round(time.Millisecond), d.err)
 }
 
-// mayProbeLocked reports whether a delivery may go to node d to see
+// nextProbeLocked is when a delivery may go to node d to see whether it
+// answers again: DownFor after it was found down, or, if a probe is out,
+// DownFor after that probe must have ended (a probe that never reached
+// the node, say its job could not be read, must not hold it down for
+// ever). r.mu is held.
+func (r *Router) nextProbeLocked(d *nodeDown) time.Time {
+	if d.probing {
+		return d.probeAt.Add(r.cfg.ReplicaTimeout + r.cfg.DownFor)
+	}
+	return d.since.Add(r.cfg.DownFor)
+}
+
+// mayProbeLocked reports whether a delivery may go to node d now to see
 // whether it answers again. r.mu is held.
 func (r *Router) mayProbeLocked(d *nodeDown) bool {
-	return !d.probing && r.wall().Sub(d.since) >= r.cfg.DownFor
+	return !r.wall().Before(r.nextProbeLocked(d))
 }
 
 // nodeAnswered records how a delivery to node ended.
@@ -875,6 +897,7 @@ func (r *Router) nodeAnswered(node string, err error) {
 		r.mu.probeAt = earliest(r.mu.probeAt, now.Add(r.cfg.DownFor))
 	case r.mu.down[node] != nil:
 		delete(r.mu.down, node)
+		delete(r.mu.probed, node)
 		r.mu.upAt[node] = r.cfg.Clock.Now()
 		r.mu.dirty = true
 		up = true
@@ -896,10 +919,23 @@ func earliest(a, b time.Time) time.Time {
 // settle records a delivery's end: the job is done, or failed and due
 // again after a backoff, or moved to the error queue.
 func (r *Router) settle(kind string, j shard.Job, err error) {
+	failed, waits := false, false
 	defer func() {
+		// One critical section: a scan that found the job in flight
+		// (and so did not record when it is due) either starts after this
+		// and finds it, or has reset what this records.
 		r.mu.Lock()
 		delete(r.mu.inflight, jobID{j.Seq, j.Target})
+		if failed {
+			r.jobFailedLocked(j.Seq)
+		}
+		if waits {
+			r.jobWaitsLocked(j)
+		}
 		r.mu.Unlock()
+		if failed {
+			r.poke()
+		}
 	}()
 	if fe, ok := ParseFenced(err); ok {
 		// The target no longer takes writes routed by the job's map:
@@ -932,14 +968,10 @@ func (r *Router) settle(kind string, j shard.Job, err error) {
 	if e := r.cfg.Store.JobFailed(j, toErrors); e != nil && !errors.Is(e, shard.ErrClosed) {
 		r.log.Error("journal: cannot record a failed job", "seq", j.Seq, "target", j.Target, "err", e)
 	}
-	r.jobFailed(j.Seq)
-	if !toErrors {
-		r.jobWaits(j)
-	}
+	failed, waits = true, !toErrors
 	if toErrors {
 		r.log.Warn("replica job moved to the error queue", "seq", j.Seq, "target", j.Target, "attempts", j.Attempts, "err", err)
 	}
-	r.poke()
 }
 
 // backoff is exponential in attempts, capped, with full jitter over its
@@ -1008,32 +1040,33 @@ func (r *Router) scanDue() bool {
 		!r.mu.probeAt.After(r.wall()) || r.wall().Sub(r.mu.lastScan) >= r.cfg.RetryMax
 }
 
-// jobWaits records that job j failed and waits in the journal until
-// j.Next, or, if its node is down, until the node may be probed.
-func (r *Router) jobWaits(j shard.Job) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+// jobWaitsLocked records that job j failed and waits in the journal until
+// j.Next, or, if its node is down, until the node may be probed. r.mu is
+// held.
+func (r *Router) jobWaitsLocked(j shard.Job) {
 	if d := r.mu.down[parseTarget(j.Target).Node]; d != nil {
-		if !d.probing {
-			r.mu.probeAt = earliest(r.mu.probeAt, d.since.Add(r.cfg.DownFor))
-		}
+		r.mu.probeAt = earliest(r.mu.probeAt, r.nextProbeLocked(d))
 		return
 	}
 	r.mu.nextDue = earliest(r.mu.nextDue, j.Next)
 }
 
-// scan starts a delivery for every due job not already in flight.
+// scan starts a delivery for every due job not already in flight, and a
+// probe for every node that is down and may be probed.
 //
 // It lists the jobs from scanFrom on. Every job it lists that a later
 // scan must see again (one left by an earlier process, or one that has
 // failed) moves scanFrom no higher than its seq; a job of this process
 // that has not failed is being delivered by its Write, and if that fails,
-// jobFailed lowers scanFrom to it.
+// jobFailedLocked lowers scanFrom to it.
 //
-// The jobs of a node that is down are passed over unread (so a scan costs
-// little more than reading their keys), but for one, which goes out as a
-// probe once DownFor has passed, due or not.
+// The jobs of a node that is down are passed over unread, so that a scan
+// costs little more than reading their keys, but for the probe: once the
+// node may be probed, one job of it per page is read, and the first one
+// claim takes goes out, due or not. Probes go to ever later jobs (probed),
+// starting again from the first once a scan finds none later.
 func (r *Router) scan(ctx context.Context, sem chan struct{}) {
+	const pageSize = 256
 	var afterSeq uint64
 	var afterTarget string
 	r.mu.Lock()
@@ -1046,6 +1079,8 @@ func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 	r.metrics.scans.Inc()
 	lowest := uint64(math.MaxUint64)
 	complete := false
+	// wrapped: nodes whose jobs up to their last probe were passed over.
+	wrapped := map[string]bool{}
 	defer func() {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -1053,37 +1088,55 @@ func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 			r.mu.dirty = true // the next scan starts where this one did
 			return
 		}
+		// (JournalSeq reads an atomic: nothing here may wait on the store.)
 		r.mu.scanFrom = min(lowest, r.mu.failedMin, r.cfg.Store.JournalSeq()+1)
+		for node := range wrapped {
+			if d := r.mu.down[node]; d != nil && r.mayProbeLocked(d) {
+				delete(r.mu.probed, node) // no later job: start again
+				r.mu.dirty = true
+			}
+		}
 	}()
+	var offered map[string]bool // nodes whose probe candidate this page holds
 	held := func(seq uint64, target []byte) bool {
 		if r.downs.Load() == 0 {
 			return false
 		}
-		node, _, _ := bytes.Cut(target, []byte("/"))
+		nodeBytes, _, _ := bytes.Cut(target, []byte("/"))
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		d := r.mu.down[string(node)]
-		if d == nil || r.mayProbeLocked(d) {
+		d := r.mu.down[string(nodeBytes)]
+		if d == nil {
 			return false
 		}
-		lowest = min(lowest, seq)
-		if !d.probing {
-			r.mu.probeAt = earliest(r.mu.probeAt, d.since.Add(r.cfg.DownFor))
+		if r.mayProbeLocked(d) {
+			node := string(nodeBytes)
+			last, ok := r.mu.probed[node]
+			switch {
+			case ok && !last.before(seq, target):
+				wrapped[node] = true
+			case !offered[node]:
+				offered[node] = true
+				return false
+			}
 		}
+		lowest = min(lowest, seq)
+		r.mu.probeAt = earliest(r.mu.probeAt, r.nextProbeLocked(d))
 		return true
 	}
 	for ctx.Err() == nil {
-		jobs, err := r.cfg.Store.JobsSkipping(false, afterSeq, afterTarget, 256, held)
+		offered = map[string]bool{}
+		jobs, page, err := r.cfg.Store.JobsSkipping(false, afterSeq, afterTarget, pageSize, held)
 		if err != nil {
 			if !errors.Is(err, shard.ErrClosed) {
 				r.log.Error("journal: cannot list jobs", "err", err)
 			}
 			return
 		}
+		afterSeq, afterTarget = page.Seq, page.Target
 		r.metrics.scannedJobs.Add(float64(len(jobs)))
 		now := r.cfg.Clock.Now()
 		for _, j := range jobs {
-			afterSeq, afterTarget = j.Seq, j.Target
 			if j.Seq > r.startSeq && j.Failed.IsZero() {
 				continue
 			}
@@ -1107,11 +1160,17 @@ func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 				r.settle("retry", j, r.redeliver(j))
 			}()
 		}
-		if len(jobs) < 256 {
+		if page.Done {
 			complete = true
 			return
 		}
 	}
+}
+
+// before reports whether job id sorts before the job (seq, target), as
+// the journal lists them.
+func (id jobID) before(seq uint64, target []byte) bool {
+	return id.seq < seq || id.seq == seq && id.target < string(target)
 }
 
 // claim decides whether the retry loop delivers job j now, and if so marks
@@ -1124,17 +1183,22 @@ func (r *Router) claim(j shard.Job, now time.Time) bool {
 	id := jobID{j.Seq, j.Target}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	d := r.mu.down[node]
 	if _, busy := r.mu.inflight[id]; busy {
-		return false // its delivery settles it, and records when it waits
+		// Its delivery records when it is due as it settles; a probe
+		// candidate in flight leaves the node to the next scan.
+		if d != nil && r.mayProbeLocked(d) {
+			r.mu.probeAt = earliest(r.mu.probeAt, r.wall())
+		}
+		return false
 	}
-	if d := r.mu.down[node]; d != nil {
+	if d != nil {
 		if !r.mayProbeLocked(d) {
-			if !d.probing {
-				r.mu.probeAt = earliest(r.mu.probeAt, d.since.Add(r.cfg.DownFor))
-			}
+			r.mu.probeAt = earliest(r.mu.probeAt, r.nextProbeLocked(d))
 			return false
 		}
-		d.probing = true
+		d.probing, d.probeAt = true, r.wall()
+		r.mu.probed[node] = id
 	} else if up, ok := r.mu.upAt[node]; j.Next.After(now) && !(ok && j.Failed.Before(up)) {
 		r.mu.nextDue = earliest(r.mu.nextDue, j.Next)
 		return false
@@ -1143,20 +1207,18 @@ func (r *Router) claim(j shard.Job, now time.Time) bool {
 	return true
 }
 
-// jobFailed makes the retry loop's scans start no later than seq, whose
-// job failed and waits in the journal.
-func (r *Router) jobFailed(seq uint64) {
-	r.mu.Lock()
+// jobFailedLocked makes the retry loop's scans start no later than seq,
+// whose job failed and waits in the journal. r.mu is held.
+func (r *Router) jobFailedLocked(seq uint64) {
 	r.mu.scanFrom = min(r.mu.scanFrom, seq)
 	r.mu.failedMin = min(r.mu.failedMin, seq)
-	r.mu.Unlock()
 }
 
 // Retried tells the retry loop that job seq is pending again (moved back
 // from the error queue) and wakes it.
 func (r *Router) Retried(seq uint64) {
-	r.jobFailed(seq)
 	r.mu.Lock()
+	r.jobFailedLocked(seq)
 	r.mu.dirty = true
 	r.mu.Unlock()
 	r.poke()

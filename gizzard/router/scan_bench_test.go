@@ -31,7 +31,8 @@ func BenchmarkScanBacklog(b *testing.B) {
 		}
 		for _, down := range []bool{true, false} {
 			b.Run(fmt.Sprintf("jobs=%d/down=%v", n, down), func(b *testing.B) {
-				r := New(Config{NodeID: "self", Store: st, Map: localMap(b), Remote: &gatedRemote{gate: make(chan struct{})}})
+				// (No probe goes out: DownFor does not pass.)
+				r := New(Config{NodeID: "self", Store: st, Map: localMap(b), Remote: &gatedRemote{gate: make(chan struct{})}, DownFor: time.Hour})
 				if down {
 					r.nodeAnswered("other", context.DeadlineExceeded)
 				}
@@ -39,6 +40,7 @@ func BenchmarkScanBacklog(b *testing.B) {
 				for b.Loop() {
 					r.scan(ctx, sem)
 				}
+				r.wg.Wait()
 			})
 		}
 	}
