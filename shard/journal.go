@@ -306,6 +306,9 @@ func (s *Store) JobsSkipping(errorQueue bool, afterSeq uint64, afterTarget strin
 	defer it.Close()
 	var out []Job
 	page := JobsPage{Seq: afterSeq, Target: afterTarget}
+	var skippedSeq uint64 // the last job passed over after the last listed
+	var skippedTarget []byte
+	skipped := false
 	visited := 0
 	it.First()
 	for ; it.Valid() && len(out) < limit && visited < jobsVisited*limit; it.Next() {
@@ -316,7 +319,7 @@ func (s *Store) JobsSkipping(errorQueue bool, afterSeq uint64, afterTarget strin
 		}
 		seq := binary.BigEndian.Uint64(k)
 		if skip != nil && skip(seq, k[8:]) {
-			page.Seq, page.Target = seq, string(k[8:])
+			skippedSeq, skippedTarget, skipped = seq, append(skippedTarget[:0], k[8:]...), true
 			continue
 		}
 		var j Job
@@ -324,11 +327,14 @@ func (s *Store) JobsSkipping(errorQueue bool, afterSeq uint64, afterTarget strin
 			return nil, JobsPage{}, fmt.Errorf("shard: corrupt job %x: %w", it.Key(), err)
 		}
 		j.Seq, j.Target = seq, string(k[8:])
-		page.Seq, page.Target = j.Seq, j.Target
+		page.Seq, page.Target, skipped = j.Seq, j.Target, false
 		out = append(out, j)
 	}
 	if err := it.Error(); err != nil {
 		return nil, JobsPage{}, err
+	}
+	if skipped {
+		page.Seq, page.Target = skippedSeq, string(skippedTarget)
 	}
 	page.Done = !it.Valid()
 	return out, page, nil
