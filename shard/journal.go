@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -252,6 +253,9 @@ func (s *Store) JobFailed(j Job, toErrorQueue bool) error {
 // Jobs lists up to limit pending jobs (or error-queue jobs), oldest first,
 // starting after (seq, target) = (afterSeq, afterTarget).
 func (s *Store) Jobs(errorQueue bool, afterSeq uint64, afterTarget string, limit int) ([]Job, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
 	var out []Job
 	for {
 		jobs, page, err := s.JobsSkipping(errorQueue, afterSeq, afterTarget, limit-len(out), nil)
@@ -309,9 +313,12 @@ func (s *Store) JobsSkipping(errorQueue bool, afterSeq uint64, afterTarget strin
 	var skippedSeq uint64 // the last job passed over after the last listed
 	var skippedTarget []byte
 	skipped := false
-	visited := 0
+	visited, maxVisited := 0, math.MaxInt
+	if limit < math.MaxInt/jobsVisited {
+		maxVisited = jobsVisited * limit
+	}
 	it.First()
-	for ; it.Valid() && len(out) < limit && visited < jobsVisited*limit; it.Next() {
+	for ; it.Valid() && len(out) < limit && visited < maxVisited; it.Next() {
 		visited++
 		k := it.Key()[len(p):]
 		if len(k) < 8 {

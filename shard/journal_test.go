@@ -170,8 +170,28 @@ func TestJobsSkipping(t *testing.T) {
 		t.Fatalf("listed %v, want %v", got, want)
 	}
 
+	// A page that ends on the visit bound after a listed job resumes
+	// after the last job it passed over.
+	ends := func(seq uint64, _ []byte) bool { return seq != seqs[0] && seq != seqs[n-1] }
+	jobs, page, err := s.JobsSkipping(false, 0, "", 2, ends)
+	if err != nil || len(jobs) != 1 || jobs[0].Seq != seqs[0] || page.Done || page.Seq != seqs[31] {
+		t.Fatalf("first page: %d jobs, page %+v, %v; want seq %d listed, stopped at seq %d", len(jobs), page, err, seqs[0], seqs[31])
+	}
+	got = nil
+	for page.Done == false {
+		if jobs, page, err = s.JobsSkipping(false, page.Seq, page.Target, 2, ends); err != nil {
+			t.Fatal(err)
+		}
+		for _, j := range jobs {
+			got = append(got, j.Seq)
+		}
+	}
+	if !slices.Equal(got, []uint64{seqs[n-1]}) {
+		t.Fatalf("later pages listed %v, want only seq %d", got, seqs[n-1])
+	}
+
 	// Skipping everything: a call stops after 16 × limit jobs.
-	jobs, page, err := s.JobsSkipping(false, 0, "", 1, func(uint64, []byte) bool { return true })
+	jobs, page, err = s.JobsSkipping(false, 0, "", 1, func(uint64, []byte) bool { return true })
 	if err != nil || len(jobs) != 0 || page.Done || page.Seq != seqs[15] {
 		t.Fatalf("skipping every job with limit 1: %d jobs, page %+v, %v; want none, stopped at seq %d", len(jobs), page, err, seqs[15])
 	}

@@ -18,16 +18,16 @@ import (
 )
 
 // gatedRemote answers every Apply once the gate is open, and records the
-// keys it was sent. With refuseFirst, its first Apply answers Unavailable
-// at once.
+// keys it was sent. With refuse, an Apply while the gate is closed answers
+// Unavailable at once instead of waiting.
 type gatedRemote struct {
-	gate        chan struct{}
-	refuseFirst bool
-	mu          sync.Mutex
-	started     int
-	active      int // Applies not yet returned
-	maxActive   int
-	keys        []string
+	gate      chan struct{}
+	refuse    bool
+	mu        sync.Mutex
+	started   int
+	active    int // Applies not yet returned
+	maxActive int
+	keys      []string
 }
 
 func (g *gatedRemote) Apply(ctx context.Context, _ string, muts []shard.Mutation, _ uint64) ([]shard.Outcome, error) {
@@ -35,7 +35,6 @@ func (g *gatedRemote) Apply(ctx context.Context, _ string, muts []shard.Mutation
 	g.started++
 	g.active++
 	g.maxActive = max(g.maxActive, g.active)
-	first := g.started == 1
 	for _, m := range muts {
 		g.keys = append(g.keys, string(m.Key))
 	}
@@ -45,8 +44,12 @@ func (g *gatedRemote) Apply(ctx context.Context, _ string, muts []shard.Mutation
 		g.active--
 		g.mu.Unlock()
 	}()
-	if first && g.refuseFirst {
-		return nil, status.Error(codes.Unavailable, "not answering")
+	if g.refuse {
+		select {
+		case <-g.gate:
+		default:
+			return nil, status.Error(codes.Unavailable, "not answering")
+		}
 	}
 	select {
 	case <-g.gate:
@@ -140,17 +143,17 @@ func TestCoalescerSkipsExpiredDeliveries(t *testing.T) {
 	}
 }
 
-// TestWritesSkipUnavailableNode: once a delivery to a node has timed out,
-// writes leave their deliveries to it to the journal instead of each
-// holding a goroutine for the replica timeout; once the node answers the
+// TestWritesSkipUnavailableNode: once a delivery to a node has found it
+// unavailable, writes leave their deliveries to it to the journal instead
+// of each holding a goroutine for as long as the node may take; once the node answers the
 // retry loop's probe, the loop delivers them, and writes deliver at once.
 func TestWritesSkipUnavailableNode(t *testing.T) {
-	h := newHungNode(t, time.Hour, 100*time.Millisecond)
+	h := newDownNode(t, time.Hour)
 	r, st, remote, write, down, release := h.r, h.st, h.remote, h.write, h.down, h.release
 	ctx := context.Background()
 
 	write("first")
-	waitUntil(t, "the delivery to a hung node timing out", down)
+	waitUntil(t, "the node refusing a delivery", down)
 	const writes = 50
 	for i := range writes {
 		write(fmt.Sprintf("k%d", i))
@@ -215,10 +218,9 @@ func TestWritesSkipUnavailableNode(t *testing.T) {
 // write's delivery goes to it to see whether it answers; the others go on
 // to the journal until it does.
 func TestProbeAfterDownFor(t *testing.T) {
-	// The node refuses the first delivery at once, then hangs (for longer
-	// than the test, so there is one probe only).
-	h := newHungNode(t, 50*time.Millisecond, time.Minute)
-	h.remote.refuseFirst = true
+	// The node refuses every delivery, so that after the probe it is down
+	// again, and DownFor does not pass again.
+	h := newDownNode(t, 50*time.Millisecond)
 	h.write("first")
 	waitUntil(t, "the node refusing the first delivery", h.down)
 	h.wall.Advance(50 * time.Millisecond)
@@ -231,12 +233,14 @@ func TestProbeAfterDownFor(t *testing.T) {
 	}
 }
 
-// hungNode is a router on node "self" whose writes to table "both" have a
-// readable replica here and one on node "other", which hangs until
-// release. Its clocks, the router's and the wall time it holds nodes down
+// downNode is a router on node "self" whose writes to table "both" have a
+// readable replica here and one on node "other", which refuses every
+// delivery (Unavailable) until release. (A replica timeout of a minute
+// never passes in the tests, which so do not depend on how fast the
+// machine is.) Its clocks, the router's and the wall time it holds nodes down
 // by, move only when told to (and apart, so that a test mixing them up
 // fails).
-type hungNode struct {
+type downNode struct {
 	t       *testing.T
 	r       *Router
 	st      *shard.Store
@@ -246,7 +250,7 @@ type hungNode struct {
 	release func()
 }
 
-func newHungNode(t *testing.T, downFor, timeout time.Duration, tweak ...func(*Config)) *hungNode {
+func newDownNode(t *testing.T, downFor time.Duration, tweak ...func(*Config)) *downNode {
 	t.Helper()
 	ctx := context.Background()
 	st := openStore(t)
@@ -256,11 +260,11 @@ func newHungNode(t *testing.T, downFor, timeout time.Duration, tweak ...func(*Co
 	if err := st.CreateTable(ctx, "both", shard.KindContent); err != nil {
 		t.Fatal(err)
 	}
-	remote := &gatedRemote{gate: make(chan struct{})}
-	h := &hungNode{t: t, st: st, remote: remote,
+	remote := &gatedRemote{gate: make(chan struct{}), refuse: true}
+	h := &downNode{t: t, st: st, remote: remote,
 		clock: ids.NewManualClock(time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)),
 		wall:  ids.NewManualClock(time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC))}
-	cfg := Config{NodeID: "self", Store: st, Map: localMap(t), Remote: remote, Clock: h.clock, ReplicaTimeout: timeout, DownFor: downFor}
+	cfg := Config{NodeID: "self", Store: st, Map: localMap(t), Remote: remote, Clock: h.clock, ReplicaTimeout: time.Minute, DownFor: downFor}
 	for _, f := range tweak {
 		f(&cfg)
 	}
@@ -276,7 +280,7 @@ func newHungNode(t *testing.T, downFor, timeout time.Duration, tweak ...func(*Co
 	return h
 }
 
-func (h *hungNode) write(key string) {
+func (h *downNode) write(key string) {
 	h.t.Helper()
 	ctx := context.Background()
 	muts := []shard.Mutation{{Op: shard.OpPut, Table: "both", Key: []byte(key), Value: []byte("v"), Version: shard.Version{HLC: 1 << 30, Site: 1}}}
@@ -286,7 +290,7 @@ func (h *hungNode) write(key string) {
 }
 
 // down reports whether the router takes node "other" for unavailable.
-func (h *hungNode) down() bool {
+func (h *downNode) down() bool {
 	h.r.mu.Lock()
 	defer h.r.mu.Unlock()
 	return h.r.mu.down["other"] != nil
@@ -338,7 +342,7 @@ func counter(t *testing.T, c prometheus.Counter) float64 {
 
 // writeBacklog writes n keys k0.. concurrently (sharing fsyncs), failing
 // the test on any error.
-func (h *hungNode) writeBacklog(n int) {
+func (h *downNode) writeBacklog(n int) {
 	h.t.Helper()
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
@@ -365,7 +369,7 @@ func (h *hungNode) writeBacklog(n int) {
 }
 
 // run starts the retry loop until the test ends.
-func (h *hungNode) run() {
+func (h *downNode) run() {
 	ctx, stop := context.WithCancel(context.Background())
 	ran := make(chan struct{})
 	go func() {
@@ -380,16 +384,16 @@ func (h *hungNode) run() {
 
 // TestRetryLoopHoldsDownNode: while a node is down, the retry loop neither
 // sends its jobs nor reads them, scan after scan (a backlog would
-// otherwise cost a read of every job per scan, and take every delivery
-// slot with a delivery that times out); once DownFor has passed it sends
-// one job as a probe, not one per free slot.
+// otherwise cost a read of every job per scan, and a node that hangs
+// would take every delivery slot); once DownFor has passed it sends one
+// job as a probe, not one per free slot.
 func TestRetryLoopHoldsDownNode(t *testing.T) {
 	const backlog = 600
-	h := newHungNode(t, time.Hour, 100*time.Millisecond, func(c *Config) {
+	h := newDownNode(t, time.Hour, func(c *Config) {
 		c.RetryMin, c.RetryMax = time.Millisecond, time.Minute // a scan at least every minute
 	})
 	h.write("first")
-	waitUntil(t, "the delivery to a hung node timing out", h.down)
+	waitUntil(t, "the node refusing a delivery", h.down)
 	h.writeBacklog(backlog)
 	h.run()
 
@@ -408,7 +412,7 @@ func TestRetryLoopHoldsDownNode(t *testing.T) {
 
 	// DownFor passes: one probe, which times out; the node is down again.
 	h.wall.Advance(time.Hour)
-	waitUntil(t, "a probe timing out", func() bool {
+	waitUntil(t, "the probe failing", func() bool {
 		h.r.mu.Lock()
 		defer h.r.mu.Unlock()
 		d := h.r.mu.down["other"]
@@ -431,11 +435,11 @@ func TestRetryLoopHoldsDownNode(t *testing.T) {
 // their backoff.
 func TestJobsDueWhenNodeAnswers(t *testing.T) {
 	const backoff = 1000 * time.Hour
-	h := newHungNode(t, time.Hour, 100*time.Millisecond, func(c *Config) {
+	h := newDownNode(t, time.Hour, func(c *Config) {
 		c.RetryMin, c.RetryMax = backoff, backoff
 	})
 	h.write("first")
-	waitUntil(t, "the delivery to a hung node timing out", h.down)
+	waitUntil(t, "the node refusing a delivery", h.down)
 	const backlog = 20
 	h.writeBacklog(backlog)
 	h.release()
@@ -462,7 +466,7 @@ func TestJobsDueWhenNodeAnswers(t *testing.T) {
 // read) does not hold the node down for ever, and the next probe is
 // another job.
 func TestProbeMovesOn(t *testing.T) {
-	h := newHungNode(t, time.Hour, 100*time.Millisecond)
+	h := newDownNode(t, time.Hour)
 	// The oldest job for the node is unreadable (its entry is not a
 	// journal entry) and has failed once.
 	seq, err := h.st.JournalAppend(context.Background(), []byte("x"), []string{"other/a"})
@@ -474,7 +478,7 @@ func TestProbeMovesOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.write("first")
-	waitUntil(t, "the delivery to a hung node timing out", h.down)
+	waitUntil(t, "the node refusing a delivery", h.down)
 	h.release()
 	h.run()
 	h.clock.Advance(time.Second)
@@ -488,10 +492,36 @@ func TestProbeMovesOn(t *testing.T) {
 	if n, _ := h.remote.state(); n != 1 {
 		t.Fatalf("%d deliveries reached the node, want the first only", n)
 	}
-	h.wall.Advance(time.Hour + 100*time.Millisecond) // the probe has ended; DownFor again
+	h.wall.Advance(time.Hour + time.Minute) // the probe has expired (ReplicaTimeout + DownFor)
 	h.r.poke()
 	waitUntil(t, "a probe of another job, and the node answering", func() bool {
 		_, keys := h.remote.state()
 		return slices.Equal(keys, []string{"first", "first"}) && !h.down()
 	})
+}
+
+// TestProbesTakeTurns: each probe of a node that stays down is a later job
+// than the last, and after the last job the first again.
+func TestProbesTakeTurns(t *testing.T) {
+	h := newDownNode(t, time.Hour)
+	h.write("first")
+	waitUntil(t, "the node refusing a delivery", h.down)
+	h.write("second") // skipped: journaled
+	h.run()
+	want := []string{"first"}
+	for _, key := range []string{"first", "second", "first"} {
+		h.wall.Advance(time.Hour)
+		h.r.poke()
+		want = append(want, key)
+		waitUntil(t, "a probe, refused", func() bool {
+			h.r.mu.Lock()
+			defer h.r.mu.Unlock()
+			d := h.r.mu.down["other"]
+			n, _ := h.remote.state()
+			return n == len(want) && d != nil && !d.probing && len(h.r.mu.inflight) == 0
+		})
+	}
+	if _, keys := h.remote.state(); !slices.Equal(keys, want) {
+		t.Fatalf("deliveries sent: %q, want %q", keys, want)
+	}
 }

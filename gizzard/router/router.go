@@ -1109,19 +1109,29 @@ func (r *Router) scan(ctx context.Context, sem chan struct{}) {
 		if d == nil {
 			return false
 		}
-		if r.mayProbeLocked(d) {
-			node := string(nodeBytes)
-			last, ok := r.mu.probed[node]
-			switch {
-			case ok && !last.before(seq, target):
-				wrapped[node] = true
-			case !offered[node]:
+		lowest = min(lowest, seq) // unless it is read, below
+		if !r.mayProbeLocked(d) {
+			r.mu.probeAt = earliest(r.mu.probeAt, r.nextProbeLocked(d))
+			return true
+		}
+		// The node may be probed: read its first job after the last
+		// probe that is not in flight, the candidate. What follows is
+		// the candidate's probe, or its delivery settling (a job of this
+		// process not yet failed is its write's), or the wrap-around,
+		// each of which wakes the loop again: the jobs held here do not
+		// need to.
+		node := string(nodeBytes)
+		last, ok := r.mu.probed[node]
+		switch {
+		case ok && !last.before(seq, target):
+			wrapped[node] = true
+		case offered[node]:
+		default:
+			if _, busy := r.mu.inflight[jobID{seq, string(target)}]; !busy {
 				offered[node] = true
 				return false
 			}
 		}
-		lowest = min(lowest, seq)
-		r.mu.probeAt = earliest(r.mu.probeAt, r.nextProbeLocked(d))
 		return true
 	}
 	for ctx.Err() == nil {
@@ -1185,12 +1195,7 @@ func (r *Router) claim(j shard.Job, now time.Time) bool {
 	defer r.mu.Unlock()
 	d := r.mu.down[node]
 	if _, busy := r.mu.inflight[id]; busy {
-		// Its delivery records when it is due as it settles; a probe
-		// candidate in flight leaves the node to the next scan.
-		if d != nil && r.mayProbeLocked(d) {
-			r.mu.probeAt = earliest(r.mu.probeAt, r.wall())
-		}
-		return false
+		return false // its delivery records when it is due as it settles
 	}
 	if d != nil {
 		if !r.mayProbeLocked(d) {
