@@ -110,7 +110,11 @@ type Config struct {
 	// MaxAttempts is how many failures other than unavailability a job
 	// survives before it moves to the error queue. Default 10.
 	MaxAttempts int
-	// Deliveries bounds concurrent retries. Default 16.
+	// Deliveries bounds concurrent retries. Default 64: the retry loop
+	// sends nothing to a node that is down (but its probe), so the bound
+	// is for memory, and a node that answers again drains its backlog
+	// faster the more of its retries go at once (the deliveries to one
+	// node are coalesced into batches).
 	Deliveries int
 	// DownFor is how long, after a delivery found a node unavailable (it
 	// timed out, or the node answered Unavailable), writes leave their
@@ -286,7 +290,7 @@ func New(cfg Config) *Router {
 		cfg.MaxAttempts = 10
 	}
 	if cfg.Deliveries == 0 {
-		cfg.Deliveries = 16
+		cfg.Deliveries = 64
 	}
 	if cfg.DownFor == 0 {
 		cfg.DownFor = time.Second
