@@ -327,9 +327,9 @@ func TestSiteSurvivesHungReplica(t *testing.T) {
 	// (2s): from then on the writing nodes hold no goroutine per write for
 	// it.
 	// Before that, each holds at most a queue's worth of deliveries waiting
-	// for it (1024, two batches of up to 128 in flight, a few retries);
+	// for it (1024, two batches of up to 128 in flight, up to 64 retries);
 	// more are journaled at once.
-	const queue = 1024 + 2*128 + 16
+	const queue = 1024 + 2*128 + 64
 	var during, peak int
 	for {
 		during = goroutines(t, nodes[0]) + goroutines(t, nodes[1])
