@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,20 +13,11 @@ import (
 	"github.com/aviarydb/aviary/api/client"
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/gizzard/router"
+	"github.com/aviarydb/aviary/internal/testnet"
 	"github.com/aviarydb/aviary/shard"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // site is three in-process nodes at fixed addresses: node-0 founds the site,
 // node-1 and node-2 join it, and every tree gets a readable replica on each.
@@ -43,7 +33,7 @@ func newSite(t *testing.T, opts ...func(*Config)) *site {
 	for i := range 3 {
 		cfg := Config{
 			DataDir: filepath.Join(dir, string(rune('a'+i))), NodeID: "node-" + string(rune('0'+i)), WorkerID: uint32(i),
-			RaftAddr: freeAddr(t), DefaultShards: 2, ReplicaTimeout: time.Second,
+			RaftAddr: testnet.Addr(t), DefaultShards: 2, ReplicaTimeout: time.Second,
 		}
 		for _, o := range opts {
 			o(&cfg)
@@ -289,7 +279,7 @@ func TestNodeRestartsOnNewAddresses(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := s.cfgs[2]
-	cfg.GRPCAddr, cfg.RaftAddr = "", freeAddr(t)
+	cfg.GRPCAddr, cfg.RaftAddr = "", testnet.Addr(t)
 	s.nodes[2] = startNode(t, cfg)
 	newAddr := s.nodes[2].n.GRPCAddr()
 	if newAddr == s.cfgs[2].GRPCAddr {

@@ -17,16 +17,17 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/internal/testnet"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
-// freeSitesBasePort finds a base port whose dev ports for sites one-node
+// freeSitesBasePort finds a base port whose dev ports for that many one-node
 // sites (base+100s+0..3 and the relay's base+100s+90) are free now (see
-// freePorts).
+// testnet.Ports).
 func freeSitesBasePort(t *testing.T, sites int) int {
 	t.Helper()
-	return freePorts(t, siteStride*sites, func(base int) (ports []int) {
+	return testnet.Ports(t, siteStride*sites, func(base int) (ports []int) {
 		for s := range sites {
 			for _, off := range []int{0, 1, 2, 3, relayPortOffset} {
 				ports = append(ports, base+siteStride*s+off)

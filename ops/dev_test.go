@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
+	"github.com/aviarydb/aviary/internal/testnet"
 	"github.com/aviarydb/aviary/internal/tlsx"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -23,7 +23,7 @@ import (
 // freeBasePort finds a base port whose dev ports for nodes are free now.
 func freeBasePort(t *testing.T, nodes int) int {
 	t.Helper()
-	return freePorts(t, portStride*nodes, func(base int) (ports []int) {
+	return testnet.Ports(t, portStride*nodes, func(base int) (ports []int) {
 		for i := range nodes {
 			for j := range 4 {
 				ports = append(ports, base+portStride*i+j)
@@ -31,52 +31,6 @@ func freeBasePort(t *testing.T, nodes int) int {
 		}
 		return ports
 	})
-}
-
-// freePorts returns a base port below base+span for which every port of
-// ports(base) is free now. Another process may still take one before dev
-// up binds it, so the base is drawn at random below the kernel's
-// ephemeral range: the ports handed to ":0" listeners and to outgoing
-// connections (of every test binary running at the same time) come from
-// that range, and a base taken from a ":0" listener, as before, sat in
-// its middle.
-func freePorts(t *testing.T, span int, ports func(base int) []int) int {
-	t.Helper()
-	const lo = 20000
-	hi := ephemeralLow() - span
-	if hi <= lo {
-		t.Fatalf("no room for %d ports between %d and the ephemeral range", span, lo)
-	}
-	for range 100 {
-		base := lo + rand.IntN(hi-lo)
-		free := true
-		for _, p := range ports(base) {
-			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-			if err != nil {
-				free = false
-				break
-			}
-			_ = l.Close()
-		}
-		if free {
-			return base
-		}
-	}
-	t.Fatal("no free range of ports found")
-	return 0
-}
-
-// ephemeralLow is the first port of the kernel's ephemeral range (Linux's
-// ip_local_port_range; 32768, Linux's default, elsewhere).
-func ephemeralLow() int {
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil {
-				return n
-			}
-		}
-	}
-	return 32768
 }
 
 // TestDevUpDown starts a dev site of three node processes with three

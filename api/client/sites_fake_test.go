@@ -12,6 +12,7 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/api/client"
+	"github.com/aviarydb/aviary/internal/testnet"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -165,7 +166,7 @@ func TestSitesSuspectASiteThatHangs(t *testing.T) {
 // TestSitesNoSiteAnswers: with no site reachable, a call fails with
 // Unavailable naming every site.
 func TestSitesNoSiteAnswers(t *testing.T) {
-	s := dialSites(t, []client.Site{{Name: "a", Addrs: []string{freeAddr(t)}}, {Name: "b", Addrs: []string{freeAddr(t), freeAddr(t)}}}, client.WithClock(newClock()))
+	s := dialSites(t, []client.Site{{Name: "a", Addrs: []string{testnet.Addr(t)}}, {Name: "b", Addrs: []string{testnet.Addr(t), testnet.Addr(t)}}}, client.WithClock(newClock()))
 	_, err := s.Put(t.Context(), &pb.PutRequest{Table: "t", Key: []byte("k"), Value: []byte("v")})
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), `site "a"`) || !strings.Contains(err.Error(), `site "b"`) {
 		t.Fatalf("put with no site up: %v, want Unavailable naming a and b", err)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +15,7 @@ import (
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/internal/testnet"
 	"github.com/aviarydb/aviary/node"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
@@ -43,16 +43,6 @@ func waitFor(t *testing.T, total time.Duration, fn func() error) {
 	t.Fatalf("condition not met after %s: %v", total, err)
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // testSite is a one-node site: an in-process node that founds its own
 // site, without replication (data does not cross sites).
 type testSite struct {
@@ -67,7 +57,7 @@ type testSite struct {
 func startSite(t *testing.T, name string, id uint32) *testSite {
 	t.Helper()
 	ts := &testSite{name: name, id: id, cfg: node.Config{
-		DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", RaftAddr: freeAddr(t),
+		DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", RaftAddr: testnet.Addr(t),
 		NodeID: name + "-0", SiteName: name, SiteID: id, DefaultShards: 1, NATSURL: node.NATSOff,
 	}}
 	addr := ts.start(t)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/internal/testnet"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -36,16 +36,6 @@ type siteNode struct {
 	data             pb.DataClient
 	admin            pb.ShardAdminClient
 	ns               pb.NameserverClient
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func (s *siteNode) start(t *testing.T) {
@@ -82,7 +72,7 @@ func startNodes(t *testing.T, n int) []*siteNode {
 	var nodes []*siteNode
 	for i := range n {
 		s := &siteNode{id: fmt.Sprintf("node-%d", i), dir: filepath.Join(dir, fmt.Sprint(i)), worker: i,
-			grpc: freeAddr(t), http: freeAddr(t), raft: freeAddr(t)}
+			grpc: testnet.Addr(t), http: testnet.Addr(t), raft: testnet.Addr(t)}
 		if i > 0 {
 			s.join = nodes[0].grpc
 		}

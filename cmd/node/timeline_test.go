@@ -13,6 +13,7 @@ import (
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/internal/testnet"
 	"github.com/aviarydb/aviary/internal/tltest"
 )
 
@@ -35,7 +36,7 @@ func startTimelineSite(t *testing.T, capacity int) *tlSite {
 	ts := &tlSite{tl: make([]pb.TimelinesClient, 3)}
 	for i := range 3 {
 		s := &siteNode{id: fmt.Sprintf("node-%d", i), dir: filepath.Join(dir, fmt.Sprint(i)), worker: i,
-			grpc: freeAddr(t), http: freeAddr(t), raft: freeAddr(t),
+			grpc: testnet.Addr(t), http: testnet.Addr(t), raft: testnet.Addr(t),
 			extra: []string{"--timeline-capacity", fmt.Sprint(capacity), "--celebrity-followers", "1000"}}
 		if i > 0 {
 			s.join = ts.nodes[0].grpc

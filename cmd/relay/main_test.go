@@ -17,6 +17,7 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/internal/netx"
+	"github.com/aviarydb/aviary/internal/testnet"
 	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/aviarydb/aviary/node"
 	"github.com/aviarydb/aviary/replication"
@@ -284,7 +285,7 @@ func relayBetween(t *testing.T, ccA, ccB *grpc.ClientConn, tls tlsx.Flags) {
 		t.Fatal(err)
 	}
 
-	httpAddr := freeAddr(t)
+	httpAddr := testnet.Addr(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
@@ -331,16 +332,6 @@ func relayBetween(t *testing.T, ccA, ccB *grpc.ClientConn, tls tlsx.Flags) {
 	if !strings.Contains(string(body), `aviary_relay_applied_entries_total{source="site-a"}`) {
 		t.Errorf("metrics lack the relay's series:\n%s", body)
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := netx.Listen(t.Context(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func getJSON(url string, v any) error {
