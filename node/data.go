@@ -207,7 +207,7 @@ func pbVersion(v shard.Version) *pb.Version {
 // (router.Internal: the timeline fan-out's) try this node's replica first,
 // if it has one, sparing a call to another node; clients' reads are spread
 // over the replicas by their weights.
-func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(leaf gizzard.Leaf, remote pb.DataClient) error) error {
+func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(ctx context.Context, leaf gizzard.Leaf, remote pb.DataClient) error) error {
 	if !n.ready.Load() {
 		return status.Error(codes.Unavailable, "node is not ready: it is not part of its site's shard map yet")
 	}
@@ -220,8 +220,16 @@ func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(l
 			leaves = slices.Concat(leaves[i:i+1], leaves[:i], leaves[i+1:])
 		}
 	}
+	// A replica on a node that a delivery or a read found unavailable, and
+	// that has not answered since, is asked last.
+	if slices.ContainsFunc(leaves, func(l gizzard.Leaf) bool { return n.router.NodeDown(l.Node) }) {
+		leaves = slices.Clone(leaves)
+		slices.SortStableFunc(leaves, func(a, b gizzard.Leaf) int {
+			return cmpBool(n.router.NodeDown(a.Node), n.router.NodeDown(b.Node))
+		})
+	}
 	var errs []string
-	for _, leaf := range leaves {
+	for i, leaf := range leaves {
 		var remote pb.DataClient
 		if leaf.Node != n.cfg.NodeID {
 			node, ok := m.Nodes[leaf.Node]
@@ -234,7 +242,19 @@ func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(l
 				continue
 			}
 		}
-		err := toStatus(read(leaf, remote))
+		// A remote replica that does not answer within ReplicaTimeout,
+		// while others remain to be asked, is left for them (and taken for
+		// down, as a delivery that times out is): a node that hangs must
+		// not hold the read until the caller's deadline.
+		attempt, cancel := ctx, context.CancelFunc(func() {})
+		if remote != nil && i < len(leaves)-1 {
+			attempt, cancel = context.WithTimeout(ctx, n.cfg.ReplicaTimeout)
+		}
+		err := toStatus(read(attempt, leaf, remote))
+		cancel()
+		if remote != nil && ctx.Err() == nil {
+			n.router.NodeAnswered(leaf.Node, err)
+		}
 		if err == nil || !failOver(err) {
 			return err
 		}
@@ -248,16 +268,16 @@ func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(l
 // table routes to (readFrom). local reads a shard of this node; remote asks
 // a peer for its shard.
 func readRouted[T any](ctx context.Context, n *Node, table, named string, h uint64,
-	local func(shard string) (T, error), remote func(c pb.DataClient, shard string) (T, error)) (T, error) {
+	local func(shard string) (T, error), remote func(ctx context.Context, c pb.DataClient, shard string) (T, error)) (T, error) {
 	if named != "" {
 		r, err := local(named)
 		return r, toStatus(err)
 	}
 	var resp T
-	err := n.readFrom(ctx, table, h, func(leaf gizzard.Leaf, c pb.DataClient) error {
+	err := n.readFrom(ctx, table, h, func(ctx context.Context, leaf gizzard.Leaf, c pb.DataClient) error {
 		var err error
 		if c != nil {
-			resp, err = remote(c, leaf.Shard)
+			resp, err = remote(ctx, c, leaf.Shard)
 		} else {
 			resp, err = local(leaf.Shard)
 		}
@@ -284,7 +304,7 @@ func (d *dataServer) Get(ctx context.Context, r *pb.GetRequest) (*pb.GetResponse
 			}
 			return &pb.GetResponse{Value: v.Value, Version: pbVersion(v.Version)}, nil
 		},
-		func(c pb.DataClient, sh string) (*pb.GetResponse, error) {
+		func(ctx context.Context, c pb.DataClient, sh string) (*pb.GetResponse, error) {
 			return c.Get(ctx, &pb.GetRequest{Table: r.Table, Key: r.Key, Shard: sh})
 		})
 }
@@ -340,7 +360,7 @@ func (d *dataServer) MultiGet(ctx context.Context, r *pb.MultiGetRequest) (*pb.M
 	}
 	for _, root := range order {
 		g := groups[root]
-		err := d.n.readFrom(ctx, r.Table, g.hash, func(leaf gizzard.Leaf, remote pb.DataClient) error {
+		err := d.n.readFrom(ctx, r.Table, g.hash, func(ctx context.Context, leaf gizzard.Leaf, remote pb.DataClient) error {
 			if remote != nil {
 				resp, err := remote.MultiGet(ctx, &pb.MultiGetRequest{Table: r.Table, Keys: g.keys, Shard: leaf.Shard})
 				if err != nil {
@@ -397,7 +417,7 @@ func (d *dataServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 		return nil, invalidf("owner is zero (unset)")
 	}
 	return readRouted(ctx, d.n, r.Table, r.Shard, gizzard.OwnerHash(r.Owner), local,
-		func(c pb.DataClient, sh string) (*pb.RangeResponse, error) {
+		func(ctx context.Context, c pb.DataClient, sh string) (*pb.RangeResponse, error) {
 			q := proto.Clone(r).(*pb.RangeRequest)
 			q.Shard = sh
 			return c.Range(ctx, q)
@@ -420,7 +440,18 @@ func (d *dataServer) Count(ctx context.Context, r *pb.CountRequest) (*pb.CountRe
 		return nil, invalidf("owner is zero (unset)")
 	}
 	return readRouted(ctx, d.n, r.Table, r.Shard, gizzard.OwnerHash(r.Owner), local,
-		func(c pb.DataClient, sh string) (*pb.CountResponse, error) {
+		func(ctx context.Context, c pb.DataClient, sh string) (*pb.CountResponse, error) {
 			return c.Count(ctx, &pb.CountRequest{Table: r.Table, Owner: r.Owner, Shard: sh})
 		})
+}
+
+// cmpBool orders false before true.
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case !a:
+		return -1
+	}
+	return 1
 }

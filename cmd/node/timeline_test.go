@@ -314,6 +314,46 @@ func TestTimelineKillOneNodeUnderReads(t *testing.T) {
 	g.checkReplicas(t, ts, capacity)
 }
 
+// TestTimelineHungNode stops one of three timeline node processes with
+// SIGSTOP (a node that hangs, rather than refusing connections, as a
+// killed one does) while posts are made through the other two. The
+// fan-out goes on delivering them to the replicas that answer: a batch
+// does not wait out a call timeout for the hung node, and while a push to
+// it is out to see whether it answers, the others skip it. Reads through
+// the other two see every post. After SIGCONT the stopped node's replicas
+// are repaired and agree with their siblings.
+func TestTimelineHungNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a 3-node site of real processes")
+	}
+	const capacity, users = 12, 40
+	ts := startTimelineSite(t, capacity)
+	g, r := ts.postedGraph(t, users, 5, 50)
+	resume := ts.nodes[2].p.pause()
+	defer resume()
+	stopped := time.Now()
+	ctx := t.Context()
+	for range 200 {
+		a := uint64(r.IntN(g.Users)) + 1
+		resp, err := ts.tl[r.IntN(2)].Post(ctx, &pb.PostRequest{AuthorId: a, Flags: 7})
+		if err != nil {
+			t.Fatalf("post by %d with node-2 stopped: %v", a, err)
+		}
+		g.Posts[a] = append(g.Posts[a], resp.StatusId)
+	}
+	// Unbounded, a push to the hung node would wait out the 30s call
+	// timeout, batch after batch: 20s is far beyond what the fan-out
+	// needs with it bounded (--replica-timeout 2s) and then skipped.
+	poll(t, 20*time.Second, func() error {
+		return tltest.FanoutPending(ctx, ts.nodes[0].data, 0, fanoutPartitions)
+	})
+	t.Logf("200 posts fanned out %v after node-2 stopped", time.Since(stopped).Round(time.Millisecond))
+	g.checkReads(t, ts, 0, capacity)
+	g.checkReads(t, ts, 1, capacity)
+	resume()
+	g.checkReplicas(t, ts, capacity)
+}
+
 // TestTimelineKillAllReplicasRebuilt SIGKILLs all three node processes, so
 // that no replica of any timeline survives, restarts them, and checks that
 // reads rebuild every timeline from the index exactly as the acknowledged

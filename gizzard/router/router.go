@@ -884,6 +884,25 @@ func (r *Router) mayProbeLocked(d *nodeDown) bool {
 	return !r.wall().Before(r.nextProbeLocked(d))
 }
 
+// NodeDown reports whether a call to node, a delivery or a read reported
+// through NodeAnswered, found it unavailable, and it has not answered
+// since.
+func (r *Router) NodeDown(node string) bool {
+	if r.downs.Load() == 0 {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mu.down[node] != nil
+}
+
+// NodeAnswered records how a read from node ended, as the end of a
+// delivery to it is recorded: a timeout, or Unavailable, takes the node
+// for down (writes then leave it to the journal; see skipNode), and any
+// other answer for up. The caller must not report a call that ended
+// because its own caller gave up.
+func (r *Router) NodeAnswered(node string, err error) { r.nodeAnswered(node, err) }
+
 // nodeAnswered records how a delivery to node ended.
 func (r *Router) nodeAnswered(node string, err error) {
 	unavailable := errors.Is(err, context.DeadlineExceeded) ||

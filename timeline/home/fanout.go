@@ -146,10 +146,18 @@ func (s *Service) pushOwners(ctx context.Context, v *view, entries []*pb.Timelin
 			res.sent += len(d.Owners)
 		}
 		results[n] = res
+		if n != s.cfg.NodeID && s.skipPush(n) {
+			// Its replicas are repaired from their siblings, below.
+			res.err = fmt.Errorf("home: node %s did not answer a push less than %v ago", n, downFor)
+			s.metrics.pushesSkipped.Inc()
+			continue
+		}
 		wg.Go(func() {
-			err := s.replicaCall(ctx, v, n, func(c pb.TimelinesClient) error {
+			pctx, cancel := context.WithTimeout(ctx, s.cfg.ReplicaTimeout)
+			defer cancel()
+			err := s.replicaCall(pctx, v, n, func(c pb.TimelinesClient) error {
 				for _, req := range chunkPush(req, maxPushOwners) {
-					resp, err := c.ReplicaPush(ctx, req)
+					resp, err := c.ReplicaPush(pctx, req)
 					if err != nil {
 						return err
 					}
@@ -163,11 +171,13 @@ func (s *Service) pushOwners(ctx context.Context, v *view, entries []*pb.Timelin
 				return nil
 			})
 			if err != nil {
-				if ctx.Err() == nil {
+				if ctx.Err() == nil { // not given up by the caller
 					s.markDown(n)
 				}
 				res.err = err
+				return
 			}
+			s.markUp(n)
 		})
 	}
 	wg.Wait()

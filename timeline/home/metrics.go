@@ -12,6 +12,7 @@ type metrics struct {
 	delivery      prometheus.Histogram
 	fanoutPushes  prometheus.Counter
 	fanoutErrors  prometheus.Counter
+	pushesSkipped prometheus.Counter
 	replicaPushes prometheus.Counter
 	reads         *prometheus.CounterVec
 	hedges        prometheus.Counter
@@ -34,6 +35,8 @@ func newMetrics(reg prometheus.Registerer, st *timeline.Store, partitions int) *
 			Name: "aviary_timeline_fanout_deliveries_total", Help: "Timelines a post was delivered to by this node's fan-out workers (each to its three replicas)."}),
 		fanoutErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aviary_timeline_fanout_errors_total", Help: "Fan-out passes that failed and will be retried."}),
+		pushesSkipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aviary_timeline_pushes_skipped_total", Help: "Pushes to a timeline node not sent because a push to it failed less than a second ago, or one is out to see whether it answers again; its replicas are repaired from their siblings."}),
 		replicaPushes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aviary_timeline_replica_added_total", Help: "Entries added to timelines held by this node."}),
 		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -50,7 +53,7 @@ func newMetrics(reg prometheus.Registerer, st *timeline.Store, partitions int) *
 			Name: "aviary_timeline_ring_nodes", Help: "Timeline nodes on the site's rings."}),
 		depth: make([]atomic.Int64, partitions),
 	}
-	cs := []prometheus.Collector{m.posts, m.delivery, m.fanoutPushes, m.fanoutErrors, m.replicaPushes, m.reads, m.hedges, m.repairs, m.rebuilds, m.refilled, m.ringNodes,
+	cs := []prometheus.Collector{m.posts, m.delivery, m.fanoutPushes, m.fanoutErrors, m.pushesSkipped, m.replicaPushes, m.reads, m.hedges, m.repairs, m.rebuilds, m.refilled, m.ringNodes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "aviary_timeline_fanout_queue_depth", Help: "Posts waiting in the fan-out queue partitions this node works, as last counted."},
 			func() float64 {

@@ -70,6 +70,8 @@ type Config struct {
 	FanoutLinger time.Duration
 	// HedgeMin and HedgeMax bound the hedge delay. Default 1ms and 50ms.
 	HedgeMin, HedgeMax time.Duration
+	// ReplicaTimeout bounds one push to a replica. Default 5s.
+	ReplicaTimeout time.Duration
 	// Rings configures the placement rings.
 	Rings timeline.RingOptions
 	// Logger; default slog.Default().
@@ -102,6 +104,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.HedgeMax == 0 {
 		c.HedgeMax = 50 * time.Millisecond
+	}
+	if c.ReplicaTimeout == 0 {
+		c.ReplicaTimeout = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -172,7 +177,7 @@ type Service struct {
 	mu      sync.Mutex
 	view    *view
 	changed chan struct{} // closed and replaced on every view change
-	down    map[string]time.Time
+	down    map[string]*nodeDown
 	conns   map[string]pb.TimelinesClient
 
 	celebs celebrities
@@ -205,7 +210,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Service, error) {
 		hedge:    newLatencies(),
 		view:     &view{addr: map[string]string{}},
 		changed:  make(chan struct{}),
-		down:     map[string]time.Time{},
+		down:     map[string]*nodeDown{},
 		conns:    map[string]pb.TimelinesClient{},
 		repairs:  make(chan repair, 4096),
 		queued:   map[repair]bool{},
@@ -279,24 +284,56 @@ func (s *Service) client(v *view, id string) (pb.TimelinesClient, error) {
 	return c, nil
 }
 
-// downFor is how long a replica that failed is asked last.
+// downFor is how long a replica that failed is asked last, and no push
+// goes to it.
 const downFor = time.Second
+
+// nodeDown is a timeline node a call failed to.
+type nodeDown struct {
+	until   time.Time // asked last, and pushed nothing, until then
+	probing bool      // a push is out to see whether it answers again
+}
 
 func (s *Service) markDown(id string) {
 	s.mu.Lock()
-	s.down[id] = time.Now().Add(downFor)
+	s.down[id] = &nodeDown{until: time.Now().Add(downFor)}
 	s.mu.Unlock()
 }
 
+// markUp records that a push to node id succeeded.
+func (s *Service) markUp(id string) {
+	s.mu.Lock()
+	delete(s.down, id)
+	s.mu.Unlock()
+}
+
+// isDown reports whether reads should ask node id last: a call to it
+// failed less than downFor ago, or a push is out to see whether it
+// answers again.
 func (s *Service) isDown(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	until, ok := s.down[id]
-	if ok && time.Now().After(until) {
-		delete(s.down, id)
+	d, ok := s.down[id]
+	return ok && (d.probing || time.Now().Before(d.until))
+}
+
+// skipPush reports whether a push to node id should not be sent: a call
+// to it failed less than downFor ago, or another push is out to see
+// whether it answers again. The first push after downFor is that probe,
+// so that a node that hangs holds one push at a time (for ReplicaTimeout)
+// rather than every fan-out batch's.
+func (s *Service) skipPush(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.down[id]
+	switch {
+	case !ok:
 		return false
+	case d.probing || time.Now().Before(d.until):
+		return true
 	}
-	return ok
+	d.probing = true
+	return false
 }
 
 // Run does the background work until ctx ends: fan-out workers for the

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/timeline"
@@ -244,5 +245,30 @@ func TestCelebritiesAdd(t *testing.T) {
 	}
 	if len(*before) != 2 {
 		t.Fatalf("adding changed the set readers had loaded: %v", *before)
+	}
+}
+
+// TestSkipPush: no push goes to a node a call failed to less than downFor
+// ago; after that one push goes, as a probe, and the others wait for its
+// answer.
+func TestSkipPush(t *testing.T) {
+	s := &Service{down: map[string]*nodeDown{}}
+	if s.skipPush("n") || s.isDown("n") {
+		t.Fatal("a node nothing failed to is skipped")
+	}
+	s.markDown("n")
+	if !s.skipPush("n") || !s.isDown("n") {
+		t.Fatal("a node a push just failed to is pushed to")
+	}
+	s.down["n"].until = time.Now().Add(-time.Millisecond) // downFor has passed
+	if s.skipPush("n") {
+		t.Fatal("no probe after downFor")
+	}
+	if !s.skipPush("n") || !s.isDown("n") {
+		t.Fatal("a second push while the probe is out")
+	}
+	s.markUp("n")
+	if s.skipPush("n") || s.isDown("n") {
+		t.Fatal("a node that answered the probe is skipped")
 	}
 }
