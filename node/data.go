@@ -221,12 +221,17 @@ func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(c
 		}
 	}
 	// A replica on a node that a delivery or a read found unavailable, and
-	// that has not answered since, is asked last.
-	if slices.ContainsFunc(leaves, func(l gizzard.Leaf) bool { return n.router.NodeDown(l.Node) }) {
-		leaves = slices.Clone(leaves)
-		slices.SortStableFunc(leaves, func(a, b gizzard.Leaf) int {
-			return cmpBool(n.router.NodeDown(a.Node), n.router.NodeDown(b.Node))
-		})
+	// that no delivery has reached since, is asked last.
+	if down := n.router.NodesDown(leaves); slices.Contains(down, true) {
+		var up, last []gizzard.Leaf
+		for i, l := range leaves {
+			if down[i] {
+				last = append(last, l)
+			} else {
+				up = append(up, l)
+			}
+		}
+		leaves = append(up, last...)
 	}
 	var errs []string
 	for i, leaf := range leaves {
@@ -252,8 +257,8 @@ func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(c
 		}
 		err := toStatus(read(attempt, leaf, remote))
 		cancel()
-		if remote != nil && ctx.Err() == nil {
-			n.router.NodeAnswered(leaf.Node, err)
+		if remote != nil && ctx.Err() == nil && router.Unavailable(err) {
+			n.router.NodeUnavailable(leaf.Node, err)
 		}
 		if err == nil || !failOver(err) {
 			return err
@@ -443,15 +448,4 @@ func (d *dataServer) Count(ctx context.Context, r *pb.CountRequest) (*pb.CountRe
 		func(ctx context.Context, c pb.DataClient, sh string) (*pb.CountResponse, error) {
 			return c.Count(ctx, &pb.CountRequest{Table: r.Table, Owner: r.Owner, Shard: sh})
 		})
-}
-
-// cmpBool orders false before true.
-func cmpBool(a, b bool) int {
-	switch {
-	case a == b:
-		return 0
-	case !a:
-		return -1
-	}
-	return 1
 }

@@ -884,24 +884,37 @@ func (r *Router) mayProbeLocked(d *nodeDown) bool {
 	return !r.wall().Before(r.nextProbeLocked(d))
 }
 
-// NodeDown reports whether a call to node, a delivery or a read reported
-// through NodeAnswered, found it unavailable, and it has not answered
-// since.
-func (r *Router) NodeDown(node string) bool {
+// NodesDown reports, for each of leaves, whether a call to its node (a
+// delivery, or a read reported through NodeUnavailable) found it
+// unavailable and no delivery has reached it since. It returns nil when
+// no node is down.
+func (r *Router) NodesDown(leaves []gizzard.Leaf) []bool {
 	if r.downs.Load() == 0 {
-		return false
+		return nil
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.mu.down[node] != nil
+	down := make([]bool, len(leaves))
+	for i, l := range leaves {
+		down[i] = r.mu.down[l.Node] != nil
+	}
+	return down
 }
 
-// NodeAnswered records how a read from node ended, as the end of a
-// delivery to it is recorded: a timeout, or Unavailable, takes the node
-// for down (writes then leave it to the journal; see skipNode), and any
-// other answer for up. The caller must not report a call that ended
+// NodeUnavailable records that a read from node timed out or was refused
+// as unavailable: unless already so, the node is taken for down, as after
+// a delivery that did (writes leave it to the journal; see skipNode). Only
+// a delivery, the probe, takes it for up again: a node whose reads answer
+// may still hang on writes. The caller must not report a call that ended
 // because its own caller gave up.
-func (r *Router) NodeAnswered(node string, err error) { r.nodeAnswered(node, err) }
+func (r *Router) NodeUnavailable(node string, err error) {
+	r.mu.Lock()
+	_, down := r.mu.down[node]
+	r.mu.Unlock()
+	if !down {
+		r.nodeAnswered(node, err)
+	}
+}
 
 // nodeAnswered records how a delivery to node ended.
 func (r *Router) nodeAnswered(node string, err error) {

@@ -153,11 +153,11 @@ func (s *Service) pushOwners(ctx context.Context, v *view, entries []*pb.Timelin
 			continue
 		}
 		wg.Go(func() {
-			pctx, cancel := context.WithTimeout(ctx, s.cfg.ReplicaTimeout)
-			defer cancel()
-			err := s.replicaCall(pctx, v, n, func(c pb.TimelinesClient) error {
+			err := s.replicaCall(ctx, v, n, func(c pb.TimelinesClient) error {
 				for _, req := range chunkPush(req, maxPushOwners) {
+					pctx, cancel := context.WithTimeout(ctx, s.cfg.ReplicaTimeout)
 					resp, err := c.ReplicaPush(pctx, req)
+					cancel()
 					if err != nil {
 						return err
 					}
@@ -173,6 +173,8 @@ func (s *Service) pushOwners(ctx context.Context, v *view, entries []*pb.Timelin
 			if err != nil {
 				if ctx.Err() == nil { // not given up by the caller
 					s.markDown(n)
+				} else {
+					s.pushAbandoned(n)
 				}
 				res.err = err
 				return

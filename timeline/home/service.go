@@ -291,7 +291,15 @@ const downFor = time.Second
 // nodeDown is a timeline node a call failed to.
 type nodeDown struct {
 	until   time.Time // asked last, and pushed nothing, until then
-	probing bool      // a push is out to see whether it answers again
+	probing bool      // a push went out at probeAt to see whether it answers again
+	probeAt time.Time
+}
+
+// probeOut reports whether a probe is out and has not outlived the time
+// it may take (a probe whose answer was never recorded, say its caller
+// gave up, must not hold the node down for ever). s.mu is held.
+func (s *Service) probeOut(d *nodeDown) bool {
+	return d.probing && time.Since(d.probeAt) < s.cfg.ReplicaTimeout+downFor
 }
 
 func (s *Service) markDown(id string) {
@@ -314,7 +322,7 @@ func (s *Service) isDown(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d, ok := s.down[id]
-	return ok && (d.probing || time.Now().Before(d.until))
+	return ok && (s.probeOut(d) || time.Now().Before(d.until))
 }
 
 // skipPush reports whether a push to node id should not be sent: a call
@@ -329,11 +337,21 @@ func (s *Service) skipPush(id string) bool {
 	switch {
 	case !ok:
 		return false
-	case d.probing || time.Now().Before(d.until):
+	case s.probeOut(d) || time.Now().Before(d.until):
 		return true
 	}
-	d.probing = true
+	d.probing, d.probeAt = true, time.Now()
 	return false
+}
+
+// pushAbandoned records that a push to node id ended because its caller
+// gave up: if it was the probe, another may go.
+func (s *Service) pushAbandoned(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d, ok := s.down[id]; ok {
+		d.probing = false
+	}
 }
 
 // Run does the background work until ctx ends: fan-out workers for the

@@ -250,9 +250,9 @@ func TestCelebritiesAdd(t *testing.T) {
 
 // TestSkipPush: no push goes to a node a call failed to less than downFor
 // ago; after that one push goes, as a probe, and the others wait for its
-// answer.
+// answer, or for as long as it may take.
 func TestSkipPush(t *testing.T) {
-	s := &Service{down: map[string]*nodeDown{}}
+	s := &Service{cfg: Config{ReplicaTimeout: time.Minute}, down: map[string]*nodeDown{}}
 	if s.skipPush("n") || s.isDown("n") {
 		t.Fatal("a node nothing failed to is skipped")
 	}
@@ -266,6 +266,17 @@ func TestSkipPush(t *testing.T) {
 	}
 	if !s.skipPush("n") || !s.isDown("n") {
 		t.Fatal("a second push while the probe is out")
+	}
+	s.pushAbandoned("n") // its caller gave up: the probe's answer is unknown
+	if s.skipPush("n") {
+		t.Fatal("no probe after the last was abandoned")
+	}
+	s.down["n"].probeAt = time.Now().Add(-time.Minute - downFor) // never answered
+	if s.skipPush("n") {
+		t.Fatal("no probe after the last outlived ReplicaTimeout")
+	}
+	if !s.skipPush("n") {
+		t.Fatal("a second push while the new probe is out")
 	}
 	s.markUp("n")
 	if s.skipPush("n") || s.isDown("n") {
