@@ -49,7 +49,8 @@ type Config struct {
 	// Join is the gRPC address of any node of an existing site to join.
 	// Empty: found a new one-node site.
 	Join string
-	// ReplicaTimeout bounds one write to one replica. Default 5s.
+	// ReplicaTimeout bounds one write to one replica, one read from a
+	// replica while others remain, and one timeline push. Default 5s.
 	ReplicaTimeout time.Duration
 	// SiteID is this site's number in ids and versions, 0 to ids.MaxSite.
 	SiteID uint32

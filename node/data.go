@@ -220,8 +220,9 @@ func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(c
 			leaves = slices.Concat(leaves[i:i+1], leaves[:i], leaves[i+1:])
 		}
 	}
-	// A replica on a node that a delivery or a read found unavailable, and
-	// that no delivery has reached since, is asked last.
+	// A replica on a node that a delivery found unavailable, and that no
+	// delivery has reached since, or that a read found so less than a
+	// second ago, is asked last.
 	if down := n.router.NodesDown(leaves); slices.Contains(down, true) {
 		var up, last []gizzard.Leaf
 		for i, l := range leaves {
@@ -257,7 +258,11 @@ func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(c
 		}
 		err := toStatus(read(attempt, leaf, remote))
 		cancel()
-		if remote != nil && ctx.Err() == nil && router.Unavailable(err) {
+		switch {
+		case remote == nil || ctx.Err() != nil:
+		case err == nil:
+			n.router.NodeReadAnswered(leaf.Node)
+		default:
 			n.router.NodeUnavailable(leaf.Node, err)
 		}
 		if err == nil || !failOver(err) {

@@ -332,14 +332,13 @@ func TestTimelineHungNode(t *testing.T) {
 	resume := ts.nodes[2].p.pause()
 	defer resume()
 	stopped := time.Now()
-	// Every call is bounded, so that a stall fails the test rather than
-	// hangs it.
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
 	// Two rounds: the first finds node-2 hung (its pushes time out), the
 	// second finds it taken for down (one push probes it, the others
-	// skip it).
+	// skip it). Each round's calls are bounded, so that a stall fails the
+	// test rather than hangs it.
 	for round := range 2 {
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		defer cancel()
 		for range 100 {
 			a := uint64(r.IntN(g.Users)) + 1
 			resp, err := ts.tl[r.IntN(2)].Post(ctx, &pb.PostRequest{AuthorId: a, Flags: 7})
@@ -349,8 +348,9 @@ func TestTimelineHungNode(t *testing.T) {
 			g.Posts[a] = append(g.Posts[a], resp.StatusId)
 		}
 		// Unbounded, a push to the hung node would wait out the 30s call
-		// timeout, batch after batch: 20s is far beyond what the fan-out
-		// needs with it bounded (--replica-timeout 2s) and then skipped.
+		// timeout, batch after batch: 20s a round is far beyond what the
+		// fan-out needs with it bounded (--replica-timeout 2s) and then
+		// skipped.
 		poll(t, 20*time.Second, func() error {
 			return tltest.FanoutPending(ctx, ts.nodes[0].data, 0, fanoutPartitions)
 		})
@@ -361,6 +361,8 @@ func TestTimelineHungNode(t *testing.T) {
 	if skipped == 0 {
 		t.Error("no push to the hung node was skipped: each waited for it")
 	}
+	// (Timeline reads hedge to the next replica: they do not wait for
+	// node-2.)
 	g.checkReads(t, ts, 0, capacity)
 	g.checkReads(t, ts, 1, capacity)
 	resume()

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aviarydb/aviary/gizzard"
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/shard"
 	"github.com/prometheus/client_golang/prometheus"
@@ -523,5 +524,41 @@ func TestProbesTakeTurns(t *testing.T) {
 	}
 	if _, keys := h.remote.state(); !slices.Equal(keys, want) {
 		t.Fatalf("deliveries sent: %q, want %q", keys, want)
+	}
+}
+
+// TestReadsTakeNodeDown: a read that times out takes its node for down
+// (writes skip it, reads ask it last for DownFor); a read that reaches it
+// again, or a delivery's answer, takes it for up. A node a delivery found
+// unavailable stays down for reads until a delivery reaches it.
+func TestReadsTakeNodeDown(t *testing.T) {
+	h := newDownNode(t, time.Hour)
+	r := h.r
+	other := []gizzard.Leaf{{Node: "self"}, {Node: "other"}}
+	if d := r.NodesDown(other); d != nil {
+		t.Fatalf("nothing failed, and NodesDown says %v", d)
+	}
+	r.NodeUnavailable("other", status.Error(codes.Canceled, "the connection closed"))
+	if r.NodesDown(other) != nil {
+		t.Fatal("a cancelled read took the node for down")
+	}
+	r.NodeUnavailable("other", status.Error(codes.DeadlineExceeded, "read timed out"))
+	if d := r.NodesDown(other); !slices.Equal(d, []bool{false, true}) || r.skipNode("other") == nil {
+		t.Fatalf("after a read timed out: NodesDown %v, writes skip it: %v; want it down for both", d, r.skipNode("other") != nil)
+	}
+	h.wall.Advance(time.Hour) // DownFor: reads try it again
+	if d := r.NodesDown(other); !slices.Equal(d, []bool{false, false}) {
+		t.Fatalf("DownFor after a read timed out, NodesDown %v; want it asked again", d)
+	}
+	r.NodeReadAnswered("other")
+	if h.down() {
+		t.Fatal("a node a read reached again is still taken for down")
+	}
+
+	r.nodeAnswered("other", status.Error(codes.Unavailable, "refused")) // a delivery
+	h.wall.Advance(2 * time.Hour)
+	r.NodeReadAnswered("other")
+	if d := r.NodesDown(other); !slices.Equal(d, []bool{false, true}) {
+		t.Fatalf("a node a delivery found unavailable: NodesDown %v after a read answered; want it last until a delivery reaches it", d)
 	}
 }

@@ -262,6 +262,7 @@ type nodeDown struct {
 	err     error     // what the delivery met
 	probing bool      // a delivery went out at probeAt to see whether it answers again
 	probeAt time.Time
+	byRead  bool // only reads found it unavailable (NodeUnavailable)
 }
 
 type jobID struct {
@@ -884,9 +885,9 @@ func (r *Router) mayProbeLocked(d *nodeDown) bool {
 	return !r.wall().Before(r.nextProbeLocked(d))
 }
 
-// NodesDown reports, for each of leaves, whether a call to its node (a
-// delivery, or a read reported through NodeUnavailable) found it
-// unavailable and no delivery has reached it since. It returns nil when
+// NodesDown reports, for each of leaves, whether reads should ask its
+// node last: a delivery found it unavailable and none has reached it
+// since, or a read found it so less than DownFor ago. It returns nil when
 // no node is down.
 func (r *Router) NodesDown(leaves []gizzard.Leaf) []bool {
 	if r.downs.Load() == 0 {
@@ -896,23 +897,52 @@ func (r *Router) NodesDown(leaves []gizzard.Leaf) []bool {
 	defer r.mu.Unlock()
 	down := make([]bool, len(leaves))
 	for i, l := range leaves {
-		down[i] = r.mu.down[l.Node] != nil
+		if d := r.mu.down[l.Node]; d != nil {
+			down[i] = !d.byRead || r.wall().Sub(d.since) < r.cfg.DownFor
+		}
 	}
 	return down
 }
 
-// NodeUnavailable records that a read from node timed out or was refused
-// as unavailable: unless already so, the node is taken for down, as after
-// a delivery that did (writes leave it to the journal; see skipNode). Only
-// a delivery, the probe, takes it for up again: a node whose reads answer
-// may still hang on writes. The caller must not report a call that ended
-// because its own caller gave up.
+// NodeUnavailable records that a read from node timed out, or was refused
+// as unavailable (other errors are ignored): the node is taken for down,
+// as after a delivery that did (writes leave it to the journal; see
+// skipNode), unless a delivery already found it so. Reads ask it last for
+// DownFor; a read that then reaches it, or any delivery's answer, takes it
+// for up again. The caller must not report a call that ended because its
+// own caller gave up.
 func (r *Router) NodeUnavailable(node string, err error) {
+	if !errors.Is(err, context.DeadlineExceeded) && status.Code(err) != codes.Unavailable && status.Code(err) != codes.DeadlineExceeded {
+		return
+	}
 	r.mu.Lock()
-	_, down := r.mu.down[node]
+	defer r.mu.Unlock()
+	now := r.wall()
+	switch d := r.mu.down[node]; {
+	case d == nil:
+		r.mu.down[node] = &nodeDown{since: now, err: err, byRead: true}
+		r.mu.probeAt = earliest(r.mu.probeAt, now.Add(r.cfg.DownFor))
+		r.downs.Store(int32(len(r.mu.down)))
+	case d.byRead:
+		d.since, d.err = now, err
+	}
+}
+
+// NodeReadAnswered records that a read from node was answered: if only
+// reads took it for down, it is up again.
+func (r *Router) NodeReadAnswered(node string) {
+	if r.downs.Load() == 0 {
+		return
+	}
+	r.mu.Lock()
+	d := r.mu.down[node]
+	up := d != nil && d.byRead
+	if up {
+		r.upLocked(node)
+	}
 	r.mu.Unlock()
-	if !down {
-		r.nodeAnswered(node, err)
+	if up {
+		r.poke()
 	}
 }
 
@@ -932,10 +962,7 @@ func (r *Router) nodeAnswered(node string, err error) {
 		r.mu.down[node] = &nodeDown{since: now, err: err}
 		r.mu.probeAt = earliest(r.mu.probeAt, now.Add(r.cfg.DownFor))
 	case r.mu.down[node] != nil:
-		delete(r.mu.down, node)
-		delete(r.mu.probed, node)
-		r.mu.upAt[node] = r.cfg.Clock.Now()
-		r.mu.dirty = true
+		r.upLocked(node)
 		up = true
 	}
 	r.downs.Store(int32(len(r.mu.down)))
@@ -943,6 +970,16 @@ func (r *Router) nodeAnswered(node string, err error) {
 	if up {
 		r.poke()
 	}
+}
+
+// upLocked records that node, taken for down, answered: its jobs that
+// failed before are due at once. r.mu is held.
+func (r *Router) upLocked(node string) {
+	delete(r.mu.down, node)
+	delete(r.mu.probed, node)
+	r.downs.Store(int32(len(r.mu.down)))
+	r.mu.upAt[node] = r.cfg.Clock.Now()
+	r.mu.dirty = true
 }
 
 func earliest(a, b time.Time) time.Time {

@@ -30,13 +30,12 @@
 // author's followers, pushes the entry to the author's own timeline and
 // every follower's, batched into ReplicaPush calls per node (at most
 // 100,000 owners each), and then removes the queue entries (one atomic
-// batch). A push is bounded by ReplicaTimeout; after one fails, pushes to
-// that node are skipped for a second, and then one goes to see whether it
-// answers (aviary_timeline_pushes_skipped_total), so a node that hangs
-// does not hold every batch. A replica that fails a push, or lacks a
-// timeline a sibling holds, is repaired from that sibling (retried while
-// it is down). A push
-// is idempotent (timelines deduplicate by id), so a worker that dies
+// batch). Each ReplicaPush call is bounded by ReplicaTimeout; after one
+// fails, pushes to that node are skipped for a second, and then one goes
+// to see whether it answers (aviary_timeline_pushes_skipped_total), so a
+// node that hangs does not hold every batch. A replica that fails a push,
+// or lacks a timeline a sibling holds, is repaired from that sibling
+// (retried while it is down). A push is idempotent (timelines deduplicate by id), so a worker that dies
 // between the pushes and the removal, or two workers that briefly share a
 // partition after a membership or liveness change, deliver twice in effect
 // once.

@@ -146,11 +146,15 @@ func (s *Service) pushOwners(ctx context.Context, v *view, entries []*pb.Timelin
 			res.sent += len(d.Owners)
 		}
 		results[n] = res
-		if n != s.cfg.NodeID && s.skipPush(n) {
-			// Its replicas are repaired from their siblings, below.
-			res.err = fmt.Errorf("home: node %s did not answer a push less than %v ago", n, downFor)
-			s.metrics.pushesSkipped.Inc()
-			continue
+		var probe bool
+		if n != s.cfg.NodeID {
+			var skip bool
+			if skip, probe = s.skipPush(n); skip {
+				// Its replicas are repaired from their siblings, below.
+				res.err = fmt.Errorf("home: node %s did not answer a push less than %v ago", n, downFor)
+				s.metrics.pushesSkipped.Inc()
+				continue
+			}
 		}
 		wg.Go(func() {
 			err := s.replicaCall(ctx, v, n, func(c pb.TimelinesClient) error {
@@ -173,8 +177,8 @@ func (s *Service) pushOwners(ctx context.Context, v *view, entries []*pb.Timelin
 			if err != nil {
 				if ctx.Err() == nil { // not given up by the caller
 					s.markDown(n)
-				} else {
-					s.pushAbandoned(n)
+				} else if probe {
+					s.probeAbandoned(n)
 				}
 				res.err = err
 				return

@@ -327,26 +327,26 @@ func (s *Service) isDown(id string) bool {
 
 // skipPush reports whether a push to node id should not be sent: a call
 // to it failed less than downFor ago, or another push is out to see
-// whether it answers again. The first push after downFor is that probe,
-// so that a node that hangs holds one push at a time (for ReplicaTimeout)
-// rather than every fan-out batch's.
-func (s *Service) skipPush(id string) bool {
+// whether it answers again. The first push after downFor is that probe
+// (probe), so that a node that hangs holds one push at a time (for
+// ReplicaTimeout) rather than every fan-out batch's.
+func (s *Service) skipPush(id string) (skip, probe bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d, ok := s.down[id]
 	switch {
 	case !ok:
-		return false
+		return false, false
 	case s.probeOut(d) || time.Now().Before(d.until):
-		return true
+		return true, false
 	}
 	d.probing, d.probeAt = true, time.Now()
-	return false
+	return false, true
 }
 
-// pushAbandoned records that a push to node id ended because its caller
-// gave up: if it was the probe, another may go.
-func (s *Service) pushAbandoned(id string) {
+// probeAbandoned records that the probe to node id ended because its
+// caller gave up: another may go.
+func (s *Service) probeAbandoned(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if d, ok := s.down[id]; ok {
