@@ -306,9 +306,10 @@ func TestSiteSurvivesHungReplica(t *testing.T) {
 	nodes := startSite(t, 3)
 	l := startLoad(nodes[:2], 8)
 	l.waitFor(t, 300)
+	// What the writing nodes' retry loops do while the replica hangs.
+	work := []string{"process_cpu_seconds_total", "aviary_router_retry_scans_total", "aviary_router_retry_scanned_jobs_total"}
 	before := goroutines(t, nodes[0]) + goroutines(t, nodes[1])
-	cpu, scans, scanned, writes := sum(t, nodes[:2], "process_cpu_seconds_total"),
-		sum(t, nodes[:2], "aviary_router_retry_scans_total"), sum(t, nodes[:2], "aviary_router_retry_scanned_jobs_total"), l.count.Load()
+	worked, writes := sums(t, nodes[:2], work...), l.count.Load()
 	resume := nodes[2].p.pause()
 	defer resume()
 	paused := time.Now()
@@ -340,9 +341,9 @@ func TestSiteSurvivesHungReplica(t *testing.T) {
 	l.waitFor(t, 300)
 	// What the writing nodes' retry loops did while the replica hung (for
 	// the record: the router's tests check it).
+	after := sums(t, nodes[:2], work...)
 	t.Logf("while a replica hung for %s: %d writes; the writing nodes used %.1f CPU-seconds, and their retry loops scanned the journal %.0f times, reading %.0f jobs",
-		time.Since(paused).Round(time.Millisecond), l.count.Load()-writes, sum(t, nodes[:2], "process_cpu_seconds_total")-cpu,
-		sum(t, nodes[:2], "aviary_router_retry_scans_total")-scans, sum(t, nodes[:2], "aviary_router_retry_scanned_jobs_total")-scanned)
+		time.Since(paused).Round(time.Millisecond), l.count.Load()-writes, after[0]-worked[0], after[1]-worked[1], after[2]-worked[2])
 	resume()
 	resumed := time.Now()
 	l.waitFor(t, 300)
@@ -355,42 +356,43 @@ func TestSiteSurvivesHungReplica(t *testing.T) {
 // goroutines reads a node's go_goroutines from its /metrics.
 func goroutines(t *testing.T, s *siteNode) int {
 	t.Helper()
-	return int(metric(t, s, "go_goroutines"))
+	return int(sums(t, []*siteNode{s}, "go_goroutines")[0])
 }
 
-// metric reads an unlabelled metric from a node's /metrics.
-func metric(t *testing.T, s *siteNode, name string) float64 {
+// sums adds unlabelled metrics over nodes, reading each node's /metrics
+// once.
+func sums(t *testing.T, nodes []*siteNode, names ...string) []float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + s.http + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.Lines(string(body)) {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				t.Fatal(err)
+	out := make([]float64, len(names))
+	for _, s := range nodes {
+		resp, err := http.Get("http://" + s.http + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		values := map[string]float64{}
+		for line := range strings.Lines(string(body)) {
+			name, v, ok := strings.Cut(strings.TrimSpace(line), " ")
+			if !ok || strings.HasPrefix(name, "#") {
+				continue
 			}
-			return n
+			if n, err := strconv.ParseFloat(v, 64); err == nil {
+				values[name] = n
+			}
+		}
+		for i, name := range names {
+			n, ok := values[name]
+			if !ok {
+				t.Fatalf("no %s in %s's metrics", name, s.id)
+			}
+			out[i] += n
 		}
 	}
-	t.Fatalf("no %s in %s's metrics", name, s.id)
-	return 0
-}
-
-// sum adds a metric over nodes.
-func sum(t *testing.T, nodes []*siteNode, name string) float64 {
-	t.Helper()
-	var n float64
-	for _, s := range nodes {
-		n += metric(t, s, name)
-	}
-	return n
+	return out
 }
 
 // TestSiteSurvivesLeaderKill kills the nameserver leader with SIGKILL: the

@@ -356,7 +356,7 @@ func TestTimelineHungNode(t *testing.T) {
 		})
 		t.Logf("round %d: 100 posts fanned out %v after node-2 stopped", round+1, time.Since(stopped).Round(time.Millisecond))
 	}
-	skipped := sum(t, ts.nodes[:2], "aviary_timeline_pushes_skipped_total")
+	skipped := sums(t, ts.nodes[:2], "aviary_timeline_pushes_skipped_total")[0]
 	t.Logf("%.0f pushes to node-2 skipped", skipped)
 	if skipped == 0 {
 		t.Error("no push to the hung node was skipped: each waited for it")

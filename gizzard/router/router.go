@@ -859,8 +859,7 @@ func (r *Router) skipNode(node string) error {
 	if d == nil {
 		return nil
 	}
-	if r.mayProbeLocked(d) {
-		d.probing, d.probeAt = true, r.wall()
+	if r.takeProbeLocked(d) {
 		return nil
 	}
 	return status.Errorf(codes.Unavailable, "router: node %q was unavailable %s ago (%v); the write is journaled and will be delivered when it answers",
@@ -883,6 +882,32 @@ func (r *Router) nextProbeLocked(d *nodeDown) time.Time {
 // whether it answers again. r.mu is held.
 func (r *Router) mayProbeLocked(d *nodeDown) bool {
 	return !r.wall().Before(r.nextProbeLocked(d))
+}
+
+// takeProbeLocked reports whether a delivery may go to node d now as the
+// probe, and if so records that it is out. r.mu is held.
+func (r *Router) takeProbeLocked(d *nodeDown) bool {
+	if !r.mayProbeLocked(d) {
+		return false
+	}
+	d.probing, d.probeAt = true, r.wall()
+	return true
+}
+
+// takesDown reports whether a call that ended with err takes its node for
+// down: it timed out, or the node answered Unavailable.
+func takesDown(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) ||
+		status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded
+}
+
+// markDownLocked takes node for down from now; its jobs wait in the
+// journal, and a probe may go DownFor from now. r.mu is held.
+func (r *Router) markDownLocked(node string, err error, byRead bool) {
+	now := r.wall()
+	r.mu.down[node] = &nodeDown{since: now, err: err, byRead: byRead}
+	r.mu.probeAt = earliest(r.mu.probeAt, now.Add(r.cfg.DownFor))
+	r.downs.Store(int32(len(r.mu.down)))
 }
 
 // NodesDown reports, for each of leaves, whether reads should ask its
@@ -912,19 +937,16 @@ func (r *Router) NodesDown(leaves []gizzard.Leaf) []bool {
 // for up again. The caller must not report a call that ended because its
 // own caller gave up.
 func (r *Router) NodeUnavailable(node string, err error) {
-	if !errors.Is(err, context.DeadlineExceeded) && status.Code(err) != codes.Unavailable && status.Code(err) != codes.DeadlineExceeded {
+	if !takesDown(err) {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := r.wall()
 	switch d := r.mu.down[node]; {
 	case d == nil:
-		r.mu.down[node] = &nodeDown{since: now, err: err, byRead: true}
-		r.mu.probeAt = earliest(r.mu.probeAt, now.Add(r.cfg.DownFor))
-		r.downs.Store(int32(len(r.mu.down)))
+		r.markDownLocked(node, err, true)
 	case d.byRead:
-		d.since, d.err = now, err
+		d.since, d.err = r.wall(), err
 	}
 }
 
@@ -948,8 +970,7 @@ func (r *Router) NodeReadAnswered(node string) {
 
 // nodeAnswered records how a delivery to node ended.
 func (r *Router) nodeAnswered(node string, err error) {
-	unavailable := errors.Is(err, context.DeadlineExceeded) ||
-		status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded
+	unavailable := takesDown(err)
 	if !unavailable && r.downs.Load() == 0 {
 		return
 	}
@@ -957,15 +978,11 @@ func (r *Router) nodeAnswered(node string, err error) {
 	up := false
 	switch {
 	case unavailable:
-		// The delivery's job waits in the journal: probe DownFor from now.
-		now := r.wall()
-		r.mu.down[node] = &nodeDown{since: now, err: err}
-		r.mu.probeAt = earliest(r.mu.probeAt, now.Add(r.cfg.DownFor))
+		r.markDownLocked(node, err, false)
 	case r.mu.down[node] != nil:
 		r.upLocked(node)
 		up = true
 	}
-	r.downs.Store(int32(len(r.mu.down)))
 	r.mu.Unlock()
 	if up {
 		r.poke()
@@ -1271,11 +1288,10 @@ func (r *Router) claim(j shard.Job, now time.Time) bool {
 		return false // its delivery records when it is due as it settles
 	}
 	if d != nil {
-		if !r.mayProbeLocked(d) {
+		if !r.takeProbeLocked(d) {
 			r.mu.probeAt = earliest(r.mu.probeAt, r.nextProbeLocked(d))
 			return false
 		}
-		d.probing, d.probeAt = true, r.wall()
 		r.mu.probed[node] = id
 	} else if up, ok := r.mu.upAt[node]; j.Next.After(now) && !(ok && j.Failed.Before(up)) {
 		r.mu.nextDue = earliest(r.mu.nextDue, j.Next)

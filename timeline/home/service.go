@@ -295,11 +295,13 @@ type nodeDown struct {
 	probeAt time.Time
 }
 
-// probeOut reports whether a probe is out and has not outlived the time
-// it may take (a probe whose answer was never recorded, say its caller
-// gave up, must not hold the node down for ever). s.mu is held.
-func (s *Service) probeOut(d *nodeDown) bool {
-	return d.probing && time.Since(d.probeAt) < s.cfg.ReplicaTimeout+downFor
+// heldLocked reports whether node d is to be asked last and pushed
+// nothing now: a call to it failed less than downFor ago, or a probe is
+// out and has not outlived the time it may take (a probe whose answer was
+// never recorded, say its caller gave up, must not hold the node down for
+// ever). s.mu is held.
+func (s *Service) heldLocked(d *nodeDown) bool {
+	return d.probing && time.Since(d.probeAt) < s.cfg.ReplicaTimeout+downFor || time.Now().Before(d.until)
 }
 
 func (s *Service) markDown(id string) {
@@ -322,7 +324,7 @@ func (s *Service) isDown(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d, ok := s.down[id]
-	return ok && (s.probeOut(d) || time.Now().Before(d.until))
+	return ok && s.heldLocked(d)
 }
 
 // skipPush reports whether a push to node id should not be sent: a call
@@ -337,7 +339,7 @@ func (s *Service) skipPush(id string) (skip, probe bool) {
 	switch {
 	case !ok:
 		return false, false
-	case s.probeOut(d) || time.Now().Before(d.until):
+	case s.heldLocked(d):
 		return true, false
 	}
 	d.probing, d.probeAt = true, time.Now()
