@@ -254,6 +254,10 @@ type TimelineConfig struct {
 	// HedgeMin and HedgeMax bound the delay after which a timeline read is
 	// sent to the next replica too. Defaults 1ms and 50ms.
 	HedgeMin, HedgeMax time.Duration
+	// RepairQueue is the most repairs of single timelines waiting at once;
+	// a node that misses pushes to more timelines is caught up whole from
+	// its siblings once it answers. Default 4096.
+	RepairQueue int
 	// OnDelivered, if set, is called for every post this node's fan-out
 	// workers delivered, with the time it was accepted (for benchmarks).
 	OnDelivered func(statusID uint64, accepted time.Time)

@@ -31,6 +31,7 @@ func (n *Node) newTimelines(reg prometheus.Registerer) error {
 		FanoutLinger:       n.cfg.Timelines.FanoutLinger,
 		HedgeMin:           n.cfg.Timelines.HedgeMin,
 		HedgeMax:           n.cfg.Timelines.HedgeMax,
+		RepairQueue:        n.cfg.Timelines.RepairQueue,
 		ReplicaTimeout:     n.cfg.ReplicaTimeout,
 		Logger:             n.log,
 		OnDelivered:        n.cfg.Timelines.OnDelivered,

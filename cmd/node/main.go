@@ -143,6 +143,7 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.DurationVar(&cfg.Timelines.FanoutLinger, "fanout-linger", 100*time.Millisecond, "a fan-out worker that found less than a batch queued waits this long before it looks again, so that posts go out together (fewer calls per post, less CPU taken from reads) at the cost of that much delivery latency; 0: look again at once")
 	f.DurationVar(&cfg.Timelines.HedgeMin, "hedge-min", time.Millisecond, "shortest delay before a timeline read is also sent to the next replica (the delay is the recent p95)")
 	f.DurationVar(&cfg.Timelines.HedgeMax, "hedge-max", 50*time.Millisecond, "longest hedge delay")
+	f.IntVar(&cfg.Timelines.RepairQueue, "timeline-repair-queue", 4096, "most timeline repairs waiting at once (a replica that missed a push is repaired timeline by timeline from a sibling); a node that misses pushes to more timelines, or is away longer than repairs are retried (2m), is caught up whole from its siblings once it answers")
 	tlsFlags.Register(f, "this node (role node, its site's name as site)")
 	f.StringVar(&tokensFile, "tokens", "", "file of bearer tokens (ops certs token) for clients that cannot present a certificate; needs TLS; read at start")
 	f.Float64Var(&cfg.ClientRate, "client-rate", 0, "most calls per second of one client (its certificate's identity, or its IP without TLS); above it, ResourceExhausted; 0: no limit; nodes and relays are not limited")

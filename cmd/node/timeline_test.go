@@ -30,14 +30,14 @@ type tlSite struct {
 // startTimelineSite starts a site like startSite, with the given timeline
 // capacity and a celebrity threshold no author reaches (everything is
 // pushed).
-func startTimelineSite(t *testing.T, capacity int) *tlSite {
+func startTimelineSite(t *testing.T, capacity int, extra ...string) *tlSite {
 	t.Helper()
 	dir := t.TempDir()
 	ts := &tlSite{tl: make([]pb.TimelinesClient, 3)}
 	for i := range 3 {
 		s := &siteNode{id: fmt.Sprintf("node-%d", i), dir: filepath.Join(dir, fmt.Sprint(i)), worker: i,
 			grpc: testnet.Addr(t), http: testnet.Addr(t), raft: testnet.Addr(t),
-			extra: []string{"--timeline-capacity", fmt.Sprint(capacity), "--celebrity-followers", "1000"}}
+			extra: append([]string{"--timeline-capacity", fmt.Sprint(capacity), "--celebrity-followers", "1000"}, extra...)}
 		if i > 0 {
 			s.join = ts.nodes[0].grpc
 		}
@@ -326,8 +326,41 @@ func TestTimelineHungNode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-node site of real processes")
 	}
+	ts := testTimelineHungNode(t)
+	if n := sums(t, ts.nodes[:2], `aviary_timeline_catchups_total{outcome="done"}`)[0]; n != 0 {
+		t.Errorf("node-2 was caught up whole %v times: its repairs should have sufficed", n)
+	}
+}
+
+// TestTimelineHungNodeCaughtUp is TestTimelineHungNode with repair queues
+// far too short for what node-2 misses while it is stopped: the other
+// nodes mark it behind, and once it answers they catch it up whole from
+// its siblings. Without that, the repairs dropped would leave it serving
+// stale timelines for good.
+func TestTimelineHungNodeCaughtUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a 3-node site of real processes")
+	}
+	ts := testTimelineHungNode(t, "--timeline-repair-queue", "4")
+	// The replicas may agree before the catch-up that made them agree has
+	// counted itself done.
+	poll(t, 30*time.Second, func() error {
+		if n := sums(t, ts.nodes[:2], "aviary_timeline_nodes_behind")[0]; n > 0 {
+			return fmt.Errorf("node-0 and node-1 still hold %v node(s) behind", n)
+		}
+		return nil
+	})
+	s := sums(t, ts.nodes[:2], `aviary_timeline_repairs_total{outcome="dropped"}`, `aviary_timeline_catchups_total{outcome="done"}`,
+		`aviary_timeline_catchups_total{outcome="again"}`, `aviary_timeline_catchups_total{outcome="failed"}`)
+	t.Logf("%.0f repairs dropped; catch-ups: %.0f done, %.0f again, %.0f failed", s[0], s[1], s[2], s[3])
+	if s[0] == 0 || s[1] == 0 {
+		t.Errorf("the test did not overflow the repair queues (%v dropped) and catch node-2 up (%v catch-ups)", s[0], s[1])
+	}
+}
+
+func testTimelineHungNode(t *testing.T, extra ...string) *tlSite {
 	const capacity, users = 12, 40
-	ts := startTimelineSite(t, capacity)
+	ts := startTimelineSite(t, capacity, extra...)
 	g, r := ts.postedGraph(t, users, 5, 50)
 	resume := ts.nodes[2].p.pause()
 	defer resume()
@@ -367,6 +400,7 @@ func TestTimelineHungNode(t *testing.T) {
 	g.checkReads(t, ts, 1, capacity)
 	resume()
 	g.checkReplicas(t, ts, capacity)
+	return ts
 }
 
 // TestTimelineKillAllReplicasRebuilt SIGKILLs all three node processes, so

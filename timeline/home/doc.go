@@ -35,7 +35,11 @@
 // to see whether it answers (aviary_timeline_pushes_skipped_total), so a
 // node that hangs does not hold every batch. A replica that fails a push,
 // or lacks a timeline a sibling holds, is repaired from that sibling
-// (retried while it is down). A push is idempotent (timelines deduplicate by id), so a worker that dies
+// (retried while it is down, for two minutes). When the bounded repair
+// queue is full, or a repair's retries run out, its node is marked
+// behind instead, and once it answers it is caught up whole: every
+// timeline the rings place on it is merged into it from each sibling, as
+// a restarted node refills itself. A push is idempotent (timelines deduplicate by id), so a worker that dies
 // between the pushes and the removal, or two workers that briefly share a
 // partition after a membership or liveness change, deliver twice in effect
 // once.

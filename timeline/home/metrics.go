@@ -17,6 +17,8 @@ type metrics struct {
 	reads         *prometheus.CounterVec
 	hedges        prometheus.Counter
 	repairs       *prometheus.CounterVec
+	behind        prometheus.Gauge
+	catchUps      *prometheus.CounterVec
 	rebuilds      prometheus.Counter
 	refilled      prometheus.Counter
 	ringNodes     prometheus.Gauge
@@ -44,7 +46,11 @@ func newMetrics(reg prometheus.Registerer, st *timeline.Store, partitions int) *
 		hedges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aviary_timeline_hedged_reads_total", Help: "Timeline reads sent to a further replica because the previous had not answered within the hedge delay."}),
 		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "aviary_timeline_repairs_total", Help: "Read- and push-repairs of a replica lacking a timeline, by outcome (done, failed, dropped: queue full)."}, []string{"outcome"}),
+			Name: "aviary_timeline_repairs_total", Help: "Read- and push-repairs of a replica lacking a timeline, by outcome (done; failed, to be retried; dropped: the queue was full, or the node is behind, so its catch-up covers the repair)."}, []string{"outcome"}),
+		behind: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aviary_timeline_nodes_behind", Help: "Timeline nodes that missed more pushes than this node's repairs deliver, waiting to be caught up whole from their siblings."}),
+		catchUps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aviary_timeline_catchups_total", Help: "Catch-ups of a node that was behind, by outcome (done; again: it missed pushes meanwhile; failed)."}, []string{"outcome"}),
 		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aviary_timeline_rebuilds_total", Help: "Timelines rebuilt from the index because no replica held them."}),
 		refilled: prometheus.NewCounter(prometheus.CounterOpts{
@@ -53,7 +59,14 @@ func newMetrics(reg prometheus.Registerer, st *timeline.Store, partitions int) *
 			Name: "aviary_timeline_ring_nodes", Help: "Timeline nodes on the site's rings."}),
 		depth: make([]atomic.Int64, partitions),
 	}
-	cs := []prometheus.Collector{m.posts, m.delivery, m.fanoutPushes, m.fanoutErrors, m.pushesSkipped, m.replicaPushes, m.reads, m.hedges, m.repairs, m.rebuilds, m.refilled, m.ringNodes,
+	// Every outcome is exported from the start, at 0.
+	for _, o := range []string{"done", "failed", "dropped"} {
+		m.repairs.WithLabelValues(o)
+	}
+	for _, o := range []string{"done", "again", "failed"} {
+		m.catchUps.WithLabelValues(o)
+	}
+	cs := []prometheus.Collector{m.posts, m.delivery, m.fanoutPushes, m.fanoutErrors, m.pushesSkipped, m.replicaPushes, m.reads, m.hedges, m.repairs, m.behind, m.catchUps, m.rebuilds, m.refilled, m.ringNodes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "aviary_timeline_fanout_queue_depth", Help: "Posts waiting in the fan-out queue partitions this node works, as last counted."},
 			func() float64 {

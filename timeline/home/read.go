@@ -358,9 +358,33 @@ type repair struct {
 	node  string
 }
 
+// requeueRepair queues a repair again after it failed, unless its node is
+// behind now: the repair was first queued before that, so the catch-up
+// covers it (it is no push missed since).
+func (s *Service) requeueRepair(r repair) {
+	s.repairMu.Lock()
+	behind := s.behind[r.node] != nil
+	if behind {
+		delete(s.attempts, r)
+	}
+	s.repairMu.Unlock()
+	if !behind {
+		s.scheduleRepair(r)
+	}
+}
+
+// scheduleRepair queues a repair, or, if the queue is full, marks its
+// node behind (catchup.go). A repair of a node already behind is covered
+// by its catch-up; it only counts as a missed push, so that a catch-up
+// that began earlier (and may have read that timeline's siblings before
+// the push reached them) does not take the node off.
 func (s *Service) scheduleRepair(r repair) {
 	s.repairMu.Lock()
 	defer s.repairMu.Unlock()
+	if b := s.behind[r.node]; b != nil {
+		b.gen++
+		return
+	}
 	if s.queued[r] {
 		return
 	}
@@ -369,6 +393,7 @@ func (s *Service) scheduleRepair(r repair) {
 		s.queued[r] = true
 	default:
 		s.metrics.repairs.WithLabelValues("dropped").Inc()
+		s.markBehindLocked(r.node, fmt.Sprintf("the repair queue (%d) was full", cap(s.repairs)))
 	}
 }
 
@@ -386,7 +411,17 @@ func (s *Service) runRepairs(ctx context.Context) {
 				case r := <-s.repairs:
 					s.repairMu.Lock()
 					delete(s.queued, r)
+					// Queued before its node was marked behind, so before
+					// that node's catch-up reads the siblings: covered.
+					covered := s.behind[r.node] != nil
+					if covered {
+						delete(s.attempts, r)
+					}
 					s.repairMu.Unlock()
+					if covered {
+						s.metrics.repairs.WithLabelValues("dropped").Inc()
+						continue
+					}
 					outcome := "done"
 					if err := s.repairOne(ctx, r); err != nil {
 						outcome = "failed"
@@ -405,8 +440,9 @@ func (s *Service) runRepairs(ctx context.Context) {
 }
 
 // Repairs that fail (the replica is down) are retried every repairRetry,
-// up to repairAttempts times; a node down longer is refilled from its
-// siblings when it restarts, or repaired by the reads that find it lacking.
+// up to repairAttempts times; then the node is marked behind, and caught
+// up whole once it answers (catchup.go). A node that restarts refills
+// itself from its siblings.
 const (
 	repairRetry    = time.Second
 	repairAttempts = 120
@@ -418,18 +454,26 @@ func (s *Service) retryRepair(r repair) {
 	n := s.attempts[r]
 	if n >= repairAttempts {
 		delete(s.attempts, r)
+		s.markBehindLocked(r.node, fmt.Sprintf("a repair failed %d times", n))
 	}
 	s.repairMu.Unlock()
 	if n < repairAttempts {
 		time.AfterFunc(repairRetry, func() {
 			if s.life.Err() == nil {
-				s.scheduleRepair(r)
+				s.requeueRepair(r)
 			}
 		})
 	}
 }
 
+// errHeldDown fails a repair of a node taken for down without a call: a
+// call to a node that hangs would hold a repair worker for its timeout.
+var errHeldDown = errors.New("home: the node is taken for down")
+
 func (s *Service) repairOne(ctx context.Context, r repair) error {
+	if s.isDown(r.node) {
+		return errHeldDown
+	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	v, _ := s.current()

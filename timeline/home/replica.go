@@ -197,35 +197,41 @@ func (s *Service) ReplicaExport(r *pb.ReplicaExportRequest, stream pb.Timelines_
 	if r.Node == "" || len(r.RingNodes) == 0 {
 		return status.Error(codes.InvalidArgument, "node and ring_nodes are required")
 	}
-	rings, err := timeline.NewRings(r.RingNodes, s.cfg.Rings)
+	return s.exportPlaced(stream.Context(), st, r.RingNodes, r.Node, stream.Send)
+}
+
+// exportPlaced sends the timelines st holds that the rings over ringNodes
+// place on node, exportBatch at a time, until send fails or ctx ends.
+func (s *Service) exportPlaced(ctx context.Context, st *timeline.Store, ringNodes []string, node string, send func(*pb.ReplicaExportResponse) error) error {
+	rings, err := timeline.NewRings(ringNodes, s.cfg.Rings)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "ring_nodes: %v", err)
 	}
-	// Whether r.Node is a replica depends on the owner alone, so it is
+	// Whether node is a replica depends on the owner alone, so it is
 	// decided before the copy: only the timelines sent are copied (with n
 	// nodes, about 2/(n-1) of those held here).
 	placed := func(owner uint64) bool {
 		reps := rings.Replicas(owner)
-		return slices.Contains(reps[:], r.Node)
+		return slices.Contains(reps[:], node)
 	}
 	batch := &pb.ReplicaExportResponse{}
 	var sendErr error
 	st.EachWhere(placed, func(owner uint64, es []timeline.Entry) bool {
 		batch.Timelines = append(batch.Timelines, &pb.ReplicaTimeline{Owner: owner, Held: true, Entries: fromEntries(es), Length: uint32(len(es))})
 		if len(batch.Timelines) >= exportBatch {
-			sendErr = stream.Send(batch)
+			sendErr = send(batch)
 			batch = &pb.ReplicaExportResponse{}
 		}
-		return sendErr == nil && stream.Context().Err() == nil
+		return sendErr == nil && ctx.Err() == nil
 	})
 	if sendErr != nil {
 		return sendErr
 	}
-	if err := stream.Context().Err(); err != nil {
+	if err := ctx.Err(); err != nil {
 		return status.FromContextError(err).Err()
 	}
 	if len(batch.Timelines) > 0 {
-		return stream.Send(batch)
+		return send(batch)
 	}
 	return nil
 }

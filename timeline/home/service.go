@@ -72,6 +72,10 @@ type Config struct {
 	HedgeMin, HedgeMax time.Duration
 	// ReplicaTimeout bounds one push to a replica. Default 5s.
 	ReplicaTimeout time.Duration
+	// RepairQueue is the most repairs of single timelines waiting at
+	// once. A repair that finds it full marks its node behind: the node
+	// is caught up whole once it answers (see catchup.go). Default 4096.
+	RepairQueue int
 	// Rings configures the placement rings.
 	Rings timeline.RingOptions
 	// Logger; default slog.Default().
@@ -108,6 +112,9 @@ func (c *Config) EnsureDefaults() {
 	if c.ReplicaTimeout == 0 {
 		c.ReplicaTimeout = 5 * time.Second
 	}
+	if c.RepairQueue == 0 {
+		c.RepairQueue = 4096
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -127,6 +134,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("home: FanoutBatch %d is not in [1, 1000]", c.FanoutBatch)
 	case c.CelebrityFollowers < 1 || c.CelebrityFollowers > maxFollowing:
 		return fmt.Errorf("home: CelebrityFollowers %d is not in [1, %d] (the followers a fan-out reads)", c.CelebrityFollowers, maxFollowing)
+	case c.RepairQueue < 1:
+		return fmt.Errorf("home: RepairQueue %d is less than 1", c.RepairQueue)
 	case c.HedgeMin <= 0 || c.HedgeMax < c.HedgeMin:
 		return fmt.Errorf("home: hedge delay bounds %v..%v are not a range", c.HedgeMin, c.HedgeMax)
 	}
@@ -192,7 +201,8 @@ type Service struct {
 	repairMu sync.Mutex
 	queued   map[repair]bool
 	attempts map[repair]int
-	wake     []chan struct{} // per partition: a local post for it
+	behind   map[string]*behindNode // under repairMu
+	wake     []chan struct{}        // per partition: a local post for it
 }
 
 // New returns a service. Call SetMembers with the map's timeline nodes, and
@@ -212,9 +222,10 @@ func New(cfg Config, reg prometheus.Registerer) (*Service, error) {
 		changed:  make(chan struct{}),
 		down:     map[string]*nodeDown{},
 		conns:    map[string]pb.TimelinesClient{},
-		repairs:  make(chan repair, 4096),
+		repairs:  make(chan repair, cfg.RepairQueue),
 		queued:   map[repair]bool{},
 		attempts: map[repair]int{},
+		behind:   map[string]*behindNode{},
 		wake:     make([]chan struct{}, cfg.FanoutPartitions),
 	}
 	s.life, s.endLife = context.WithCancel(context.Background())
@@ -365,6 +376,7 @@ func (s *Service) Run(ctx context.Context) {
 		s.building.wg.Wait()
 	}()
 	wg.Go(func() { s.runRepairs(ctx) })
+	wg.Go(func() { s.runCatchUps(ctx) })
 	wg.Go(func() { s.runCelebrities(ctx) })
 	if s.store != nil { // the timeline role
 		wg.Go(func() { s.runLiveness(ctx) })
