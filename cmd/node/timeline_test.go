@@ -326,7 +326,9 @@ func TestTimelineHungNode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-node site of real processes")
 	}
-	ts := testTimelineHungNode(t)
+	ts, _ := testTimelineHungNode(t)
+	// Its repairs sufficed: the queue (4096) held them, and it was stopped
+	// for far less than they are retried (about two minutes).
 	if n := sums(t, ts.nodes[:2], `aviary_timeline_catchups_total{outcome="done"}`)[0]; n != 0 {
 		t.Errorf("node-2 was caught up whole %v times: its repairs should have sufficed", n)
 	}
@@ -341,7 +343,7 @@ func TestTimelineHungNodeCaughtUp(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-node site of real processes")
 	}
-	ts := testTimelineHungNode(t, "--timeline-repair-queue", "4")
+	ts, g := testTimelineHungNode(t, "--timeline-repair-queue", "1")
 	// The replicas may agree before the catch-up that made them agree has
 	// counted itself done.
 	poll(t, 30*time.Second, func() error {
@@ -350,6 +352,9 @@ func TestTimelineHungNodeCaughtUp(t *testing.T) {
 		}
 		return nil
 	})
+	// Node-2 answers its reads from its own memory first: it serves what
+	// the index says, not what it held when it was stopped.
+	g.checkReads(t, ts, 2, hungCapacity)
 	s := sums(t, ts.nodes[:2], `aviary_timeline_repairs_total{outcome="dropped"}`, `aviary_timeline_catchups_total{outcome="done"}`,
 		`aviary_timeline_catchups_total{outcome="again"}`, `aviary_timeline_catchups_total{outcome="failed"}`)
 	t.Logf("%.0f repairs dropped; catch-ups: %.0f done, %.0f again, %.0f failed", s[0], s[1], s[2], s[3])
@@ -358,8 +363,11 @@ func TestTimelineHungNodeCaughtUp(t *testing.T) {
 	}
 }
 
-func testTimelineHungNode(t *testing.T, extra ...string) *tlSite {
-	const capacity, users = 12, 40
+// hungCapacity is the timeline capacity of testTimelineHungNode's site.
+const hungCapacity = 12
+
+func testTimelineHungNode(t *testing.T, extra ...string) (*tlSite, tlGraph) {
+	const capacity, users = hungCapacity, 40
 	ts := startTimelineSite(t, capacity, extra...)
 	g, r := ts.postedGraph(t, users, 5, 50)
 	resume := ts.nodes[2].p.pause()
@@ -400,7 +408,7 @@ func testTimelineHungNode(t *testing.T, extra ...string) *tlSite {
 	g.checkReads(t, ts, 1, capacity)
 	resume()
 	g.checkReplicas(t, ts, capacity)
-	return ts
+	return ts, g
 }
 
 // TestTimelineKillAllReplicasRebuilt SIGKILLs all three node processes, so

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
@@ -15,8 +16,8 @@ import (
 //
 // A push that a replica misses is repaired timeline by timeline (repair,
 // in read.go). That is cheap after a short outage, but the repair queue is
-// bounded (Config.RepairQueue) and a repair is retried for repairAttempts
-// seconds only. A node that misses pushes to more timelines than the queue
+// bounded (Config.RepairQueue) and a repair is retried for about two
+// minutes only (repairAttempts). A node that misses pushes to more timelines than the queue
 // holds, or is away longer, would keep stale timelines for good: it is not
 // empty, so nothing refills it, and a read that reaches it first is
 // answered from them. Such a node is marked behind instead. Its repairs
@@ -25,37 +26,70 @@ import (
 // of its siblings (ReplicaExport; this node's own memory without a call)
 // and merged into it, as a node that restarts refills itself. Merging is a
 // union of immutable entries, so a catch-up is safe at any time; what it
-// costs is a copy of every timeline the node holds, from each sibling.
+// costs is a copy of every timeline the node holds, from each other ring
+// node, relayed through this one.
 
 const (
 	// catchUpEvery is how often the behind nodes are looked at.
 	catchUpEvery = time.Second
-	// catchUpRetry is the least time between two catch-ups of a node.
-	catchUpRetry = 5 * time.Second
-	// catchUpTimeout bounds one catch-up.
-	catchUpTimeout = 10 * time.Minute
+	// catchUpRetry is the wait after a catch-up that failed, or that
+	// overflowed its missed set, doubled after each one up to
+	// catchUpMaxRetry.
+	catchUpRetry    = 5 * time.Second
+	catchUpMaxRetry = 5 * time.Minute
 )
 
 // behindNode is a node that missed pushes no repair will deliver.
 type behindNode struct {
-	// gen counts the pushes it missed since it was marked: a catch-up
-	// that began before the last of them does not take the node off.
-	gen     uint64
-	lastTry time.Time
+	// missed holds the timelines a repair of the node was asked for
+	// since the running (or next) catch-up began: it may have read them
+	// from the siblings before the push reached them, so they are
+	// repaired one by one once it is done. More than maxMissed overflow:
+	// the node stays behind, for another catch-up.
+	missed    map[uint64]struct{}
+	overflow  bool
+	maxMissed int
+	wait      time.Duration
+	next      time.Time // not tried before
 }
 
-// markBehindLocked records that node missed a push that no repair will
-// deliver. repairMu is held.
-func (s *Service) markBehindLocked(node, why string) {
-	b := s.behind[node]
-	if b == nil {
-		b = &behindNode{}
-		s.behind[node] = b
-		s.metrics.behind.Set(float64(len(s.behind)))
-		s.log.Warn("timeline node missed more pushes than repairs deliver; it will be caught up from its siblings once it answers",
-			"node", node, "why", why)
+// note records a repair of timeline owner asked for while the node is
+// behind.
+func (b *behindNode) note(owner uint64) {
+	if b.overflow {
+		return
 	}
-	b.gen++
+	if len(b.missed) >= b.maxMissed {
+		b.missed, b.overflow = nil, true
+		return
+	}
+	if b.missed == nil {
+		b.missed = map[uint64]struct{}{}
+	}
+	b.missed[owner] = struct{}{}
+}
+
+// markBehindLocked marks node behind; it reports whether it was not
+// already (for the caller to log, unlocked: logBehind). repairMu is held.
+func (s *Service) markBehindLocked(node string) bool {
+	if s.behind[node] != nil {
+		return false
+	}
+	s.behind[node] = &behindNode{maxMissed: max(1, cap(s.repairs)/2), wait: catchUpRetry}
+	s.metrics.behind.Set(float64(len(s.behind)))
+	return true
+}
+
+func (s *Service) logBehind(node, why string) {
+	s.log.Warn("timeline node missed more pushes than repairs deliver; it will be caught up from its siblings once it answers",
+		"node", node, "why", why)
+}
+
+// isBehind reports whether node is marked behind here.
+func (s *Service) isBehind(node string) bool {
+	s.repairMu.Lock()
+	defer s.repairMu.Unlock()
+	return s.behind[node] != nil
 }
 
 // runCatchUps catches up the behind nodes that answer, one at a time,
@@ -70,19 +104,22 @@ func (s *Service) runCatchUps(ctx context.Context) {
 		case <-t.C:
 		}
 		for _, node := range s.dueCatchUps() {
+			if ctx.Err() != nil {
+				return
+			}
 			s.catchUp(ctx, node)
 		}
 	}
 }
 
-// dueCatchUps lists the behind nodes not tried within catchUpRetry.
+// dueCatchUps lists the behind nodes whose wait has passed.
 func (s *Service) dueCatchUps() []string {
 	now := time.Now()
 	s.repairMu.Lock()
 	defer s.repairMu.Unlock()
 	var due []string
 	for node, b := range s.behind {
-		if now.Sub(b.lastTry) >= catchUpRetry {
+		if !now.Before(b.next) {
 			due = append(due, node)
 		}
 	}
@@ -90,10 +127,12 @@ func (s *Service) dueCatchUps() []string {
 	return due
 }
 
-// catchUp merges into node every timeline its siblings hold that the rings
-// place on it, unless it is taken for down (then a later tick tries). The
-// node stays behind if the catch-up failed, or if it missed more pushes
-// meanwhile.
+// catchUp merges into node every timeline the other ring nodes hold that
+// the rings place on it, unless it is taken for down (then a later tick
+// tries). If every sibling answered, the node is taken off, and the
+// repairs asked for meanwhile are queued; if one did not, or too many
+// repairs were asked for meanwhile, it stays behind and is tried again
+// after a wait that doubles each time.
 func (s *Service) catchUp(ctx context.Context, node string) {
 	if s.isDown(node) {
 		return
@@ -104,47 +143,58 @@ func (s *Service) catchUp(ctx context.Context, node string) {
 		s.repairMu.Unlock()
 		return
 	}
-	gen := b.gen
-	b.lastTry = time.Now()
+	b.missed, b.overflow = nil, false // this catch-up covers them
 	s.repairMu.Unlock()
 
 	start := time.Now()
 	v, _ := s.current()
-	n, err := s.catchUpFrom(ctx, v, node)
+	merged, err := s.catchUpFrom(ctx, v, node)
 	if ctx.Err() != nil {
 		return
 	}
 	outcome := "done"
+	var missed int
+	var retryIn time.Duration
+	remarked := false
 	s.repairMu.Lock()
 	switch {
-	case err != nil:
+	case err != nil || b.overflow:
 		outcome = "failed"
-	case s.behind[node] != b:
-	case b.gen != gen:
-		outcome = "again" // it missed more pushes meanwhile
+		if err == nil {
+			outcome = "again"
+		}
+		retryIn = b.wait
+		b.next = time.Now().Add(b.wait)
+		b.wait = min(2*b.wait, catchUpMaxRetry)
 	default:
 		delete(s.behind, node)
 		s.metrics.behind.Set(float64(len(s.behind)))
+		missed = len(b.missed)
+		for o := range b.missed {
+			remarked = s.scheduleRepairLocked(repair{owner: o, node: node}) || remarked
+		}
 	}
 	s.repairMu.Unlock()
 	s.metrics.catchUps.WithLabelValues(outcome).Inc()
+	if remarked {
+		s.logBehind(node, fmt.Sprintf("the repair queue (%d) was full after its catch-up", cap(s.repairs)))
+	}
 	took := time.Since(start).Round(time.Millisecond)
 	switch outcome {
 	case "done":
-		s.log.Info("timeline node caught up from its siblings", "node", node, "timelines", n, "took", took)
+		s.log.Info("timeline node caught up from its siblings", "node", node, "copies_merged", merged, "repairs_after", missed, "took", took)
 	case "again":
-		s.log.Info("timeline node caught up, but missed pushes meanwhile; it will be caught up again", "node", node, "timelines", n, "took", took)
+		s.log.Info("timeline node caught up, but missed too many pushes meanwhile; it stays behind", "node", node, "copies_merged", merged, "took", took, "retry_in", retryIn)
 	default:
-		s.log.Warn("timeline node catch-up failed; will retry", "node", node, "timelines", n, "took", took, "err", err, "in", catchUpRetry)
+		s.log.Warn("timeline node catch-up incomplete; it stays behind", "node", node, "copies_merged", merged, "took", took, "err", err, "retry_in", retryIn)
 	}
 }
 
 // catchUpFrom merges into node, from each other node of v, the timelines
-// that node holds and the rings of v place on node. It returns how many
-// timelines it merged; every sibling must answer for it to succeed.
+// that one holds and the rings of v place on node. It returns how many
+// copies it merged, and the sources that failed: every one is asked, so
+// that one that is down holds back none of the others' copies.
 func (s *Service) catchUpFrom(ctx context.Context, v *view, node string) (int, error) {
-	ctx, cancel := context.WithTimeout(ctx, catchUpTimeout)
-	defer cancel()
 	if !slices.Contains(v.ids, node) {
 		return 0, nil // no longer on the rings: it holds nothing the site reads
 	}
@@ -162,24 +212,33 @@ func (s *Service) catchUpFrom(ctx context.Context, v *view, node string) (int, e
 		n += len(r.Timelines)
 		return nil
 	}
+	var errs []error
 	for _, id := range v.ids {
 		if id == node {
 			continue
 		}
 		var err error
-		if id == s.cfg.NodeID && s.store != nil {
+		switch {
+		case id == s.cfg.NodeID && s.store != nil:
 			err = s.exportPlaced(ctx, s.store, v.ids, node, merge)
-		} else {
+		case s.isDown(id):
+			err = errors.New("taken for down")
+		default:
 			err = s.exportFrom(ctx, v, id, node, merge)
 		}
 		if err != nil {
-			return n, fmt.Errorf("from %s: %w", id, err)
+			errs = append(errs, fmt.Errorf("from %s: %w", id, err))
+			if s.isDown(node) || ctx.Err() != nil {
+				break // the node itself stopped answering
+			}
 		}
 	}
-	return n, nil
+	return n, errors.Join(errs...)
 }
 
-// exportFrom passes each batch of sibling id's ReplicaExport for node to fn.
+// exportFrom passes each batch of sibling id's ReplicaExport for node to
+// fn. The sibling must send each batch within ReplicaTimeout of asking
+// for it: one that hangs does not hold the catch-up.
 func (s *Service) exportFrom(ctx context.Context, v *view, id, node string, fn func(*pb.ReplicaExportResponse) error) error {
 	c, err := s.client(v, id)
 	if err != nil {
@@ -191,8 +250,14 @@ func (s *Service) exportFrom(ctx context.Context, v *view, id, node string, fn f
 	if err != nil {
 		return err
 	}
+	var idle atomic.Bool
 	for {
+		t := time.AfterFunc(s.cfg.ReplicaTimeout, func() { idle.Store(true); cancel() })
 		resp, err := stream.Recv()
+		t.Stop()
+		if err != nil && idle.Load() {
+			return fmt.Errorf("no batch within %v: %w", s.cfg.ReplicaTimeout, err)
+		}
 		if errors.Is(err, io.EOF) {
 			return nil
 		}

@@ -35,11 +35,13 @@
 // to see whether it answers (aviary_timeline_pushes_skipped_total), so a
 // node that hangs does not hold every batch. A replica that fails a push,
 // or lacks a timeline a sibling holds, is repaired from that sibling
-// (retried while it is down, for two minutes). When the bounded repair
-// queue is full, or a repair's retries run out, its node is marked
-// behind instead, and once it answers it is caught up whole: every
-// timeline the rings place on it is merged into it from each sibling, as
-// a restarted node refills itself. A push is idempotent (timelines deduplicate by id), so a worker that dies
+// (retried every second, about two minutes; while the replica is taken
+// for down a retry fails without a call). When the bounded repair queue
+// is full, or a repair's retries run out, its node is marked behind
+// instead, and once it answers it is caught up whole (catchup.go): every
+// timeline the rings place on it is merged into it from each other ring
+// node, as a restarted node refills itself. A push is idempotent
+// (timelines deduplicate by id), so a worker that dies
 // between the pushes and the removal, or two workers that briefly share a
 // partition after a membership or liveness change, deliver twice in effect
 // once.
@@ -78,4 +80,9 @@
 //   - Between a post's queue entry becoming visible and the post itself
 //     becoming visible in user_timeline there is a short window in which a
 //     rebuild can miss the post (the push skips a timeline not yet reserved).
+//   - A node behind answers reads, its own local-first ones too, from its
+//     stale copies until its catch-up is done. A catch-up needs every
+//     other ring node to answer; it does not redo the Removes the node
+//     missed; it skips a sibling's timelines that are being rebuilt; and
+//     the marking is lost if the node that made it restarts first.
 package home

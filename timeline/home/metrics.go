@@ -46,11 +46,11 @@ func newMetrics(reg prometheus.Registerer, st *timeline.Store, partitions int) *
 		hedges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aviary_timeline_hedged_reads_total", Help: "Timeline reads sent to a further replica because the previous had not answered within the hedge delay."}),
 		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "aviary_timeline_repairs_total", Help: "Read- and push-repairs of a replica lacking a timeline, by outcome (done; failed, to be retried; dropped: the queue was full, or the node is behind, so its catch-up covers the repair)."}, []string{"outcome"}),
+			Name: "aviary_timeline_repairs_total", Help: "Read- and push-repairs of a replica lacking a timeline, by outcome (done; failed: retried, or after the last attempt its node marked behind; a repair of a node taken for down fails without a call; dropped: the queue was full, or the repair was queued before its node was marked behind, so its catch-up covers it)."}, []string{"outcome"}),
 		behind: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "aviary_timeline_nodes_behind", Help: "Timeline nodes that missed more pushes than this node's repairs deliver, waiting to be caught up whole from their siblings."}),
+			Name: "aviary_timeline_nodes_behind", Help: "Timeline nodes this node marked behind (a repair dropped for a full queue, or out of attempts), waiting to be caught up whole from their siblings."}),
 		catchUps: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "aviary_timeline_catchups_total", Help: "Catch-ups of a node that was behind, by outcome (done; again: it missed pushes meanwhile; failed)."}, []string{"outcome"}),
+			Name: "aviary_timeline_catchups_total", Help: "Catch-ups of a node marked behind, by outcome (done; again: more repairs of it were asked for meanwhile than half the repair queue; failed: a sibling or the node did not answer). A node taken for down is not tried."}, []string{"outcome"}),
 		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aviary_timeline_rebuilds_total", Help: "Timelines rebuilt from the index because no replica held them."}),
 		refilled: prometheus.NewCounter(prometheus.CounterOpts{

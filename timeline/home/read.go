@@ -358,42 +358,55 @@ type repair struct {
 	node  string
 }
 
+// A repair is asked for once what it copies is on a sibling: the entry a
+// replica missed was pushed to the siblings first. So a catch-up of its
+// node that begins after the repair was asked for covers it (catchup.go).
+
 // requeueRepair queues a repair again after it failed, unless its node is
-// behind now: the repair was first queued before that, so the catch-up
-// covers it (it is no push missed since).
+// behind now: the repair was asked for before, so the node's catch-up
+// covers it.
 func (s *Service) requeueRepair(r repair) {
 	s.repairMu.Lock()
-	behind := s.behind[r.node] != nil
-	if behind {
+	defer s.repairMu.Unlock()
+	if s.behind[r.node] != nil {
 		delete(s.attempts, r)
+		return
 	}
-	s.repairMu.Unlock()
-	if !behind {
-		s.scheduleRepair(r)
-	}
+	s.scheduleRepairLocked(r)
 }
 
 // scheduleRepair queues a repair, or, if the queue is full, marks its
-// node behind (catchup.go). A repair of a node already behind is covered
-// by its catch-up; it only counts as a missed push, so that a catch-up
-// that began earlier (and may have read that timeline's siblings before
-// the push reached them) does not take the node off.
+// node behind (catchup.go). A repair of a node already behind is noted
+// for after its catch-up: one that began earlier may have read that
+// timeline's siblings before the push reached them.
 func (s *Service) scheduleRepair(r repair) {
 	s.repairMu.Lock()
-	defer s.repairMu.Unlock()
+	marked := s.scheduleRepairLocked(r)
+	s.repairMu.Unlock()
+	if marked {
+		s.logBehind(r.node, fmt.Sprintf("the repair queue (%d) was full", cap(s.repairs)))
+	}
+}
+
+// scheduleRepairLocked is scheduleRepair with repairMu held; it reports
+// whether it marked the node behind (for the caller to log, unlocked).
+func (s *Service) scheduleRepairLocked(r repair) (marked bool) {
 	if b := s.behind[r.node]; b != nil {
-		b.gen++
-		return
+		b.note(r.owner)
+		return false
 	}
 	if s.queued[r] {
-		return
+		return false
 	}
 	select {
 	case s.repairs <- r:
 		s.queued[r] = true
+		return false
 	default:
+		delete(s.attempts, r)
 		s.metrics.repairs.WithLabelValues("dropped").Inc()
-		s.markBehindLocked(r.node, fmt.Sprintf("the repair queue (%d) was full", cap(s.repairs)))
+		s.markBehindLocked(r.node)
+		return true
 	}
 }
 
@@ -411,8 +424,8 @@ func (s *Service) runRepairs(ctx context.Context) {
 				case r := <-s.repairs:
 					s.repairMu.Lock()
 					delete(s.queued, r)
-					// Queued before its node was marked behind, so before
-					// that node's catch-up reads the siblings: covered.
+					// Asked for before its node was marked behind, so
+					// before that node's catch-up: covered.
 					covered := s.behind[r.node] != nil
 					if covered {
 						delete(s.attempts, r)
@@ -439,10 +452,11 @@ func (s *Service) runRepairs(ctx context.Context) {
 	}
 }
 
-// Repairs that fail (the replica is down) are retried every repairRetry,
-// up to repairAttempts times; then the node is marked behind, and caught
-// up whole once it answers (catchup.go). A node that restarts refills
-// itself from its siblings.
+// Repairs that fail (the replica or its siblings down) are retried every
+// repairRetry, up to repairAttempts times (while the replica is taken for
+// down a retry fails without a call, so that is about two minutes); then
+// the node is marked behind, and caught up whole once it answers
+// (catchup.go). A node that restarts refills itself from its siblings.
 const (
 	repairRetry    = time.Second
 	repairAttempts = 120
@@ -452,11 +466,15 @@ func (s *Service) retryRepair(r repair) {
 	s.repairMu.Lock()
 	s.attempts[r]++
 	n := s.attempts[r]
+	marked := false
 	if n >= repairAttempts {
 		delete(s.attempts, r)
-		s.markBehindLocked(r.node, fmt.Sprintf("a repair failed %d times", n))
+		marked = s.markBehindLocked(r.node)
 	}
 	s.repairMu.Unlock()
+	if marked {
+		s.logBehind(r.node, fmt.Sprintf("a repair failed %d times", n))
+	}
 	if n < repairAttempts {
 		time.AfterFunc(repairRetry, func() {
 			if s.life.Err() == nil {
@@ -484,9 +502,14 @@ func (s *Service) repairOne(ctx context.Context, r repair) error {
 	// Entries, not columns: the answer goes on to r.node as it came, and
 	// a node that predates the columns would read a packed one as empty.
 	full := &pb.ReplicaReadRequest{Queries: []*pb.TimelineQuery{{Owner: r.owner, Limit: int32(s.cfg.Capacity)}}}
-	var last error = errors.New("no sibling holds it")
+	var last error
 	for _, n := range reps {
 		if n == "" || n == r.node {
+			continue
+		}
+		// A sibling that is behind may lack what r.node lacks.
+		if s.isDown(n) || s.isBehind(n) {
+			last = fmt.Errorf("home: sibling %s is taken for down or behind", n)
 			continue
 		}
 		resp, err := s.replicaRead(ctx, v, n, full)
@@ -498,6 +521,9 @@ func (s *Service) repairOne(ctx context.Context, r repair) error {
 			return s.replicaMerge(ctx, v, r.node, &pb.ReplicaMergeRequest{Timelines: []*pb.ReplicaTimeline{t}})
 		}
 	}
+	// With every sibling asked answering that it holds the timeline not,
+	// there is nothing to copy: the next read rebuilds it, and the
+	// rebuild installs it on every replica.
 	return last
 }
 
