@@ -17,40 +17,52 @@ import (
 // A push that a replica misses is repaired timeline by timeline (repair,
 // in read.go). That is cheap after a short outage, but the repair queue is
 // bounded (Config.RepairQueue) and a repair is retried for about two
-// minutes only (repairAttempts). A node that misses pushes to more timelines than the queue
-// holds, or is away longer, would keep stale timelines for good: it is not
-// empty, so nothing refills it, and a read that reaches it first is
-// answered from them. Such a node is marked behind instead. Its repairs
-// are dropped (the catch-up covers them), and once it answers again it is
-// caught up whole: every timeline the rings place on it is read from each
-// of its siblings (ReplicaExport; this node's own memory without a call)
-// and merged into it, as a node that restarts refills itself. Merging is a
-// union of immutable entries, so a catch-up is safe at any time; what it
-// costs is a copy of every timeline the node holds, from each other ring
-// node, relayed through this one.
+// minutes only (repairAttempts). A node that misses pushes to more
+// timelines than the queue holds, or is away longer, would keep stale
+// timelines for good: it is not empty, so nothing refills it, and a read
+// that reaches it first is answered from them. Such a node is marked
+// behind instead, and once it answers again it is caught up whole: every
+// timeline the rings place on it is read from each of the other ring
+// nodes (ReplicaExport; this node's own memory without a call) and merged
+// into it, as a node that restarts refills itself. Merging is a union of
+// immutable entries, so a catch-up is safe at any time; what it costs is
+// a copy of every timeline the node holds, from each other ring node,
+// relayed through this one.
+//
+// While a node is behind, the repairs of it asked for are noted rather
+// than queued. A repair is asked for once what it copies is on a
+// sibling, so those asked for before a whole catch-up began are covered
+// by it (the repair workers drop them, coveredLocked); the others are
+// queued once it is done. A catch-up that some sources did not answer is
+// whole for the others: the noted repairs are queued (and carried out:
+// the next catch-up asks only the sources that failed, so it covers
+// nothing), unless more were noted than kept, which calls for a whole
+// catch-up again.
 
 const (
 	// catchUpEvery is how often the behind nodes are looked at.
 	catchUpEvery = time.Second
-	// catchUpRetry is the wait after a catch-up that failed, or that
-	// overflowed its missed set, doubled after each one up to
-	// catchUpMaxRetry.
+	// catchUpRetry is the wait after a catch-up the node itself did not
+	// answer (it is tried again once it answers), and the first wait after
+	// one that a source did not answer, or that noted too many repairs;
+	// that wait doubles each time, up to catchUpMaxRetry.
 	catchUpRetry    = 5 * time.Second
 	catchUpMaxRetry = 5 * time.Minute
 )
 
 // behindNode is a node that missed pushes no repair will deliver.
 type behindNode struct {
-	// missed holds the timelines a repair of the node was asked for
-	// since the running (or next) catch-up began: it may have read them
-	// from the siblings before the push reached them, so they are
-	// repaired one by one once it is done. More than maxMissed overflow:
-	// the node stays behind, for another catch-up.
+	// missed holds the repairs of the node asked for since the last whole
+	// catch-up began, to be queued once a catch-up is done. More than
+	// maxMissed overflow: the node needs a whole catch-up again.
 	missed    map[uint64]struct{}
 	overflow  bool
 	maxMissed int
-	wait      time.Duration
-	next      time.Time // not tried before
+	// sources are the nodes the next catch-up asks; nil: every other
+	// ring node (a whole catch-up).
+	sources []string
+	wait    time.Duration
+	next    time.Time // not tried before
 }
 
 // note records a repair of timeline owner asked for while the node is
@@ -59,8 +71,11 @@ func (b *behindNode) note(owner uint64) {
 	if b.overflow {
 		return
 	}
+	if _, ok := b.missed[owner]; ok {
+		return
+	}
 	if len(b.missed) >= b.maxMissed {
-		b.missed, b.overflow = nil, true
+		b.missed, b.overflow, b.sources = nil, true, nil
 		return
 	}
 	if b.missed == nil {
@@ -127,12 +142,10 @@ func (s *Service) dueCatchUps() []string {
 	return due
 }
 
-// catchUp merges into node every timeline the other ring nodes hold that
-// the rings place on it, unless it is taken for down (then a later tick
-// tries). If every sibling answered, the node is taken off, and the
-// repairs asked for meanwhile are queued; if one did not, or too many
-// repairs were asked for meanwhile, it stays behind and is tried again
-// after a wait that doubles each time.
+// catchUp merges into node the timelines the rings place on it from the
+// other ring nodes (or from the sources that failed the last time),
+// unless it is taken for down (then a later tick tries). See behindNode
+// for what happens to the repairs noted meanwhile.
 func (s *Service) catchUp(ctx context.Context, node string) {
 	if s.isDown(node) {
 		return
@@ -143,35 +156,46 @@ func (s *Service) catchUp(ctx context.Context, node string) {
 		s.repairMu.Unlock()
 		return
 	}
-	b.missed, b.overflow = nil, false // this catch-up covers them
+	sources := b.sources
+	if sources == nil {
+		b.missed, b.overflow = nil, false // this catch-up covers them
+	}
 	s.repairMu.Unlock()
 
 	start := time.Now()
 	v, _ := s.current()
-	merged, err := s.catchUpFrom(ctx, v, node)
+	merged, failed, err := s.catchUpFrom(ctx, v, node, sources)
 	if ctx.Err() != nil {
 		return
 	}
 	outcome := "done"
-	var missed int
+	var queued int
 	var retryIn time.Duration
 	remarked := false
+	now := time.Now()
 	s.repairMu.Lock()
 	switch {
-	case err != nil || b.overflow:
+	case errors.Is(err, errTarget):
+		// The node stopped answering: tried again once it answers, from
+		// the same sources, or from all if too many repairs were noted.
 		outcome = "failed"
-		if err == nil {
-			outcome = "again"
-		}
+		retryIn = catchUpRetry
+		b.next = now.Add(retryIn)
+	case b.overflow:
+		outcome = "again"
 		retryIn = b.wait
-		b.next = time.Now().Add(b.wait)
-		b.wait = min(2*b.wait, catchUpMaxRetry)
+		b.sources, b.next, b.wait = nil, now.Add(b.wait), min(2*b.wait, catchUpMaxRetry)
+	case len(failed) > 0:
+		outcome = "failed"
+		retryIn = b.wait
+		b.sources, b.next, b.wait = failed, now.Add(b.wait), min(2*b.wait, catchUpMaxRetry)
+		queued, remarked = s.queueMissedLocked(node, b)
 	default:
 		delete(s.behind, node)
 		s.metrics.behind.Set(float64(len(s.behind)))
-		missed = len(b.missed)
-		for o := range b.missed {
-			remarked = s.scheduleRepairLocked(repair{owner: o, node: node}) || remarked
+		queued, remarked = s.queueMissedLocked(node, b)
+		if nb := s.behind[node]; nb != nil { // the queue was full again
+			nb.next, nb.wait = now.Add(b.wait), min(2*b.wait, catchUpMaxRetry)
 		}
 	}
 	s.repairMu.Unlock()
@@ -182,40 +206,58 @@ func (s *Service) catchUp(ctx context.Context, node string) {
 	took := time.Since(start).Round(time.Millisecond)
 	switch outcome {
 	case "done":
-		s.log.Info("timeline node caught up from its siblings", "node", node, "copies_merged", merged, "repairs_after", missed, "took", took)
+		s.log.Info("timeline node caught up from its siblings", "node", node, "copies_merged", merged, "repairs_after", queued, "took", took)
 	case "again":
-		s.log.Info("timeline node caught up, but missed too many pushes meanwhile; it stays behind", "node", node, "copies_merged", merged, "took", took, "retry_in", retryIn)
+		s.log.Info("timeline node caught up, but more repairs of it were asked for meanwhile than are kept; it stays behind", "node", node, "copies_merged", merged, "took", took, "retry_in", retryIn)
 	default:
-		s.log.Warn("timeline node catch-up incomplete; it stays behind", "node", node, "copies_merged", merged, "took", took, "err", err, "retry_in", retryIn)
+		s.log.Warn("timeline node catch-up incomplete; it stays behind", "node", node, "copies_merged", merged, "repairs_after", queued, "took", took, "err", err, "retry_in", retryIn)
 	}
 }
 
-// catchUpFrom merges into node, from each other node of v, the timelines
-// that one holds and the rings of v place on node. It returns how many
-// copies it merged, and the sources that failed: every one is asked, so
-// that one that is down holds back none of the others' copies.
-func (s *Service) catchUpFrom(ctx context.Context, v *view, node string) (int, error) {
-	if !slices.Contains(v.ids, node) {
-		return 0, nil // no longer on the rings: it holds nothing the site reads
+// queueMissedLocked queues the repairs noted for node b; it reports how
+// many, and whether one found the queue full (node b is behind again).
+// repairMu is held.
+func (s *Service) queueMissedLocked(node string, b *behindNode) (n int, remarked bool) {
+	missed := b.missed
+	b.missed = nil
+	for o := range missed {
+		remarked = s.queueRepairLocked(repair{owner: o, node: node}) || remarked
 	}
-	n := 0
+	return len(missed), remarked
+}
+
+// errTarget marks a catch-up that failed because its node did not answer.
+var errTarget = errors.New("the node did not answer")
+
+// catchUpFrom merges into node, from each of sources (nil: each other
+// node of v), the timelines that one holds and the rings of v place on
+// node. It returns how many copies it merged, and the sources that did
+// not answer: every one is asked, so that one that is down holds back none
+// of the others' copies. If node itself stopped answering, the error
+// wraps errTarget.
+func (s *Service) catchUpFrom(ctx context.Context, v *view, node string, sources []string) (merged int, failed []string, err error) {
+	if !slices.Contains(v.ids, node) {
+		return 0, nil, nil // no longer on the rings: it holds nothing the site reads
+	}
+	if sources == nil {
+		sources = slices.DeleteFunc(slices.Clone(v.ids), func(id string) bool { return id == node })
+	}
 	merge := func(r *pb.ReplicaExportResponse) error {
 		mctx, cancel := context.WithTimeout(ctx, s.cfg.ReplicaTimeout)
 		defer cancel()
-		err := s.replicaMerge(mctx, v, node, &pb.ReplicaMergeRequest{Timelines: r.Timelines})
-		if err != nil {
+		if err := s.replicaMerge(mctx, v, node, &pb.ReplicaMergeRequest{Timelines: r.Timelines}); err != nil {
 			if ctx.Err() == nil {
 				s.markDown(node)
 			}
-			return fmt.Errorf("merge into %s: %w", node, err)
+			return fmt.Errorf("%w: merge into %s: %w", errTarget, node, err)
 		}
-		n += len(r.Timelines)
+		merged += len(r.Timelines)
 		return nil
 	}
 	var errs []error
-	for _, id := range v.ids {
-		if id == node {
-			continue
+	for _, id := range sources {
+		if !slices.Contains(v.ids, id) {
+			continue // left the rings: the others hold its copies
 		}
 		var err error
 		switch {
@@ -228,41 +270,50 @@ func (s *Service) catchUpFrom(ctx context.Context, v *view, node string) (int, e
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("from %s: %w", id, err))
-			if s.isDown(node) || ctx.Err() != nil {
-				break // the node itself stopped answering
+			if errors.Is(err, errTarget) || ctx.Err() != nil {
+				return merged, failed, errors.Join(errs...)
 			}
+			failed = append(failed, id)
 		}
 	}
-	return n, errors.Join(errs...)
+	return merged, failed, errors.Join(errs...)
 }
 
 // exportFrom passes each batch of sibling id's ReplicaExport for node to
-// fn. The sibling must send each batch within ReplicaTimeout of asking
-// for it: one that hangs does not hold the catch-up.
+// fn. The sibling must send each batch within ReplicaTimeout of being
+// asked for it (the stream's start included): one that hangs does not
+// hold the catch-up, and is taken for down.
 func (s *Service) exportFrom(ctx context.Context, v *view, id, node string, fn func(*pb.ReplicaExportResponse) error) error {
 	c, err := s.client(v, id)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	sctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the stream if fn fails
-	stream, err := c.ReplicaExport(ctx, &pb.ReplicaExportRequest{Node: node, RingNodes: v.ids})
-	if err != nil {
+	var idle atomic.Bool
+	t := time.AfterFunc(s.cfg.ReplicaTimeout, func() { idle.Store(true); cancel() })
+	defer t.Stop()
+	// failed classifies an error of the stream.
+	failed := func(err error) error {
+		if ctx.Err() == nil && idle.Load() {
+			s.markDown(id)
+			return fmt.Errorf("sent nothing for %v: %w", s.cfg.ReplicaTimeout, err)
+		}
 		return err
 	}
-	var idle atomic.Bool
+	stream, err := c.ReplicaExport(sctx, &pb.ReplicaExportRequest{Node: node, RingNodes: v.ids})
+	if err != nil {
+		return failed(err)
+	}
 	for {
-		t := time.AfterFunc(s.cfg.ReplicaTimeout, func() { idle.Store(true); cancel() })
+		t.Reset(s.cfg.ReplicaTimeout)
 		resp, err := stream.Recv()
 		t.Stop()
-		if err != nil && idle.Load() {
-			return fmt.Errorf("no batch within %v: %w", s.cfg.ReplicaTimeout, err)
-		}
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
-			return err
+			return failed(err)
 		}
 		if err := fn(resp); err != nil {
 			return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,24 +14,39 @@ import (
 	"github.com/aviarydb/aviary/internal/testnet"
 	"github.com/aviarydb/aviary/timeline"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 )
 
-// mergeHook runs onMerge before each ReplicaMerge it answers.
+// mergeHook runs onMerge before each ReplicaMerge it answers, and fails
+// the merge with onMerge's error.
 type mergeHook struct {
 	*Service
-	onMerge func()
+	onMerge func() error
 }
 
 func (m mergeHook) ReplicaMerge(ctx context.Context, r *pb.ReplicaMergeRequest) (*pb.ReplicaMergeResponse, error) {
-	m.onMerge()
+	if err := m.onMerge(); err != nil {
+		return nil, err
+	}
 	return m.Service.ReplicaMerge(ctx, r)
+}
+
+// stuckExport is a node whose ReplicaExport sends nothing until its
+// caller gives up.
+type stuckExport struct {
+	pb.UnimplementedTimelinesServer
+}
+
+func (stuckExport) ReplicaExport(_ *pb.ReplicaExportRequest, stream pb.Timelines_ReplicaExportServer) error {
+	<-stream.Context().Done()
+	return stream.Context().Err()
 }
 
 // catchUpSite is node a, holding want, and node b, behind: it holds a
 // stale copy of timeline 1 and none of 2. Both serve the Timelines API on
-// loopback; b runs onMerge before each merge it answers. Extra members
-// are listed as timeline nodes too.
+// loopback.
 type catchUpSite struct {
 	a, b  *Service
 	stB   *timeline.Store
@@ -38,10 +54,19 @@ type catchUpSite struct {
 	merge atomic.Int32
 }
 
-func newCatchUpSite(t *testing.T, repairQueue int, onMerge func(*catchUpSite), extra ...Member) *catchUpSite {
+type catchUpOpts struct {
+	capacity, repairQueue int
+	replicaTimeout        time.Duration
+	// onMerge runs before each merge b answers; an error fails it.
+	onMerge func(*catchUpSite) error
+	// extra are listed as timeline nodes too.
+	extra []Member
+}
+
+func newCatchUpSite(t testing.TB, o catchUpOpts) *catchUpSite {
 	t.Helper()
 	newStore := func() *timeline.Store {
-		st, err := timeline.NewStore(timeline.Options{Capacity: 50, Shards: 4})
+		st, err := timeline.NewStore(timeline.Options{Capacity: o.capacity, Shards: 4})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -66,20 +91,24 @@ func newCatchUpSite(t *testing.T, repairQueue int, onMerge func(*catchUpSite), e
 		t.Fatal(err)
 	}
 	t.Cleanup(cs.b.endLife)
-	addrB := serve(t, mergeHook{cs.b, func() {
+	addrB := serve(t, mergeHook{cs.b, func() error {
 		cs.merge.Add(1)
-		onMerge(cs)
+		if o.onMerge == nil {
+			return nil
+		}
+		return o.onMerge(cs)
 	}})
 	stA := newStore()
 	for o, es := range cs.want {
 		stA.Merge(o, es)
 	}
-	cs.a, err = New(Config{NodeID: "a", Store: stA, Data: &fakeData{}, NewID: noIDs, Dial: dial, RepairQueue: repairQueue}, nil)
+	cs.a, err = New(Config{NodeID: "a", Store: stA, Data: &fakeData{}, NewID: noIDs, Dial: dial,
+		RepairQueue: o.repairQueue, ReplicaTimeout: o.replicaTimeout}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(cs.a.endLife)
-	members := Members{Timeline: append([]Member{{ID: "a", Addr: "a:1"}, {ID: "b", Addr: addrB}}, extra...), Site: 1, Sites: []uint32{1}}
+	members := Members{Timeline: append([]Member{{ID: "a", Addr: "a:1"}, {ID: "b", Addr: addrB}}, o.extra...), Site: 1, Sites: []uint32{1}}
 	for _, s := range []*Service{cs.a, cs.b} {
 		if err := s.SetMembers(members); err != nil {
 			t.Fatal(err)
@@ -88,23 +117,54 @@ func newCatchUpSite(t *testing.T, repairQueue int, onMerge func(*catchUpSite), e
 	return cs
 }
 
-// behind returns a's marking of b, nil if b is not behind.
+// behind returns a copy of a's marking of b, nil if b is not behind.
 func (cs *catchUpSite) behind() *behindNode {
-	cs.a.repairMu.Lock()
-	defer cs.a.repairMu.Unlock()
-	return cs.a.behind["b"]
-}
-
-// missed returns the timelines a noted for b after its catch-up, and
-// whether there were too many.
-func (cs *catchUpSite) missed() ([]uint64, bool) {
 	cs.a.repairMu.Lock()
 	defer cs.a.repairMu.Unlock()
 	bn := cs.a.behind["b"]
 	if bn == nil {
+		return nil
+	}
+	c := *bn
+	c.missed = maps.Clone(bn.missed)
+	c.sources = slices.Clone(bn.sources)
+	return &c
+}
+
+// missed returns the repairs of b a noted, and whether there were too
+// many.
+func (cs *catchUpSite) missed() ([]uint64, bool) {
+	bn := cs.behind()
+	if bn == nil {
 		return nil, false
 	}
 	return slices.Sorted(maps.Keys(bn.missed)), bn.overflow
+}
+
+func (cs *catchUpSite) mark() {
+	cs.a.repairMu.Lock()
+	cs.a.markBehindLocked("b")
+	cs.a.repairMu.Unlock()
+}
+
+func (cs *catchUpSite) queued(r repair) bool {
+	cs.a.repairMu.Lock()
+	defer cs.a.repairMu.Unlock()
+	return cs.a.queued[r]
+}
+
+// drain takes what the repair queue holds, as the repair workers do.
+func (cs *catchUpSite) drain() {
+	for {
+		select {
+		case r := <-cs.a.repairs:
+			cs.a.repairMu.Lock()
+			delete(cs.a.queued, r)
+			cs.a.repairMu.Unlock()
+		default:
+			return
+		}
+	}
 }
 
 func (cs *catchUpSite) checkB(t *testing.T) {
@@ -117,19 +177,39 @@ func (cs *catchUpSite) checkB(t *testing.T) {
 	}
 }
 
+// waiting fails the test unless b is behind and not due before about
+// wait from now.
+func (cs *catchUpSite) waiting(t *testing.T, wait time.Duration) *behindNode {
+	t.Helper()
+	bn := cs.behind()
+	if bn == nil {
+		t.Fatal("b is not behind")
+	}
+	if d := time.Until(bn.next); d > wait || d < wait-time.Second {
+		t.Fatalf("b is due in %v, want about %v", d, wait)
+	}
+	return bn
+}
+
 // TestCatchUp: a repair that finds the queue full marks its node behind.
 // A catch-up merges into it every timeline its siblings hold; the repairs
 // asked for during it are queued after it, unless there are too many:
-// then the node stays behind, for another catch-up. A retried repair of a
-// node behind is covered by its catch-up; a node taken for down is not
-// caught up.
+// then the node stays behind, for another catch-up after a wait that
+// doubles. One the node itself fails is tried again after the first wait.
+// A retried repair of a node behind is covered by its catch-up; a node
+// taken for down is not caught up.
 func TestCatchUp(t *testing.T) {
 	var during []uint64 // repairs of b asked for while b is caught up
-	cs := newCatchUpSite(t, 2, func(cs *catchUpSite) {
+	var failMerge atomic.Bool
+	cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 2, onMerge: func(cs *catchUpSite) error {
 		for _, o := range during {
 			cs.a.scheduleRepair(repair{owner: o, node: "b"})
 		}
-	})
+		if failMerge.Load() {
+			return status.Error(codes.Unavailable, "b fails its merges")
+		}
+		return nil
+	}})
 	a := cs.a
 	a.scheduleRepair(repair{owner: 1, node: "b"})
 	a.scheduleRepair(repair{owner: 3, node: "b"}) // the queue (2) is full
@@ -145,6 +225,7 @@ func TestCatchUp(t *testing.T) {
 		t.Fatalf("a retried repair is noted for after the catch-up: %v", m)
 	}
 	a.scheduleRepair(repair{owner: 2, node: "b"})
+	a.scheduleRepair(repair{owner: 2, node: "b"})
 	if m, over := cs.missed(); !slices.Equal(m, []uint64{2}) || over {
 		t.Fatalf("noted %v (overflow %v), want [2]", m, over)
 	}
@@ -156,73 +237,129 @@ func TestCatchUp(t *testing.T) {
 	}
 	a.markUp("b")
 
+	// b fails the merge: tried again after the first wait, which does
+	// not grow.
+	failMerge.Store(true)
+	a.catchUp(t.Context(), "b")
+	failMerge.Store(false)
+	if bn := cs.waiting(t, catchUpRetry); bn.wait != catchUpRetry {
+		t.Fatalf("the wait grew to %v after a catch-up b did not answer", bn.wait)
+	}
+	a.markUp("b") // its merge failure took it for down
+
 	// Two repairs asked for during the catch-up: more than half the queue.
 	during = []uint64{2, 3}
 	a.catchUp(t.Context(), "b")
-	if cs.merge.Load() == 0 {
+	if cs.merge.Load() < 2 {
 		t.Fatal("the catch-up merged nothing into b")
 	}
 	cs.checkB(t)
-	bn := cs.behind()
-	if bn == nil || !bn.next.After(time.Now()) {
-		t.Fatalf("b is not behind, waiting, after too many repairs were asked for during its catch-up (%+v)", bn)
+	if bn := cs.waiting(t, catchUpRetry); bn.wait != 2*catchUpRetry {
+		t.Fatalf("the next wait is %v after a catch-up that noted too many repairs, want %v", bn.wait, 2*catchUpRetry)
 	}
 
-	// The repair workers take what is queued; one repair is asked for
-	// during the next catch-up, which takes b off and queues it.
-	for range 2 {
-		a.repairMu.Lock()
-		delete(a.queued, <-a.repairs)
-		a.repairMu.Unlock()
-	}
+	// One repair is asked for during the next catch-up, which takes b off
+	// and queues it.
+	cs.drain()
 	during = []uint64{2}
 	a.catchUp(t.Context(), "b")
 	if cs.behind() != nil {
 		t.Fatal("b is still behind after a catch-up that all its siblings answered")
 	}
-	a.repairMu.Lock()
-	queued := a.queued[repair{owner: 2, node: "b"}]
-	a.repairMu.Unlock()
-	if !queued {
+	if !cs.queued(repair{owner: 2, node: "b"}) {
 		t.Fatal("the repair asked for during the catch-up was not queued after it")
 	}
 	cs.checkB(t)
 }
 
 // TestCatchUpSourceDown: a sibling that does not answer holds back no
-// other's copies, and the node stays behind, for a later catch-up.
+// other's copies; the repairs noted are queued, and the node stays
+// behind, for a catch-up from that sibling alone.
 func TestCatchUpSourceDown(t *testing.T) {
 	// Node "0" is listed first and refuses connections.
-	dead := testnet.Addr(t)
-	cs := newCatchUpSite(t, 16, func(*catchUpSite) {}, Member{ID: "0", Addr: dead})
-	cs.a.repairMu.Lock()
-	cs.a.markBehindLocked("b")
-	cs.a.repairMu.Unlock()
+	cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16, extra: []Member{{ID: "0", Addr: testnet.Addr(t)}},
+		onMerge: func(cs *catchUpSite) error {
+			cs.a.scheduleRepair(repair{owner: 2, node: "b"})
+			return nil
+		}})
+	cs.mark()
 	cs.a.catchUp(t.Context(), "b")
 	cs.checkB(t)
-	if bn := cs.behind(); bn == nil || !bn.next.After(time.Now()) {
-		t.Fatalf("b is not behind, waiting, after a catch-up a sibling did not answer (%+v)", bn)
+	bn := cs.waiting(t, catchUpRetry)
+	if !slices.Equal(bn.sources, []string{"0"}) {
+		t.Fatalf("the next catch-up asks %v, want [0]", bn.sources)
+	}
+	if !cs.queued(repair{owner: 2, node: "b"}) || len(bn.missed) != 0 {
+		t.Fatalf("the repair noted during the catch-up was not queued after it (still noted: %v)", bn.missed)
+	}
+	// The catch-up from "0" alone does not cover it: the repair workers
+	// carry it out.
+	cs.a.repairMu.Lock()
+	covered := cs.a.coveredLocked(repair{owner: 2, node: "b"})
+	cs.a.repairMu.Unlock()
+	if covered {
+		t.Fatal("a repair queued after a catch-up some sources failed is taken for covered")
 	}
 }
 
-// TestRepairSources: a repair of a timeline no sibling holds is done (the
-// next read rebuilds it), and a sibling that is behind is no source.
+// TestCatchUpSourceHangs: a sibling that sends nothing is given up after
+// the replica timeout, taken for down, and holds back no other's copies.
+func TestCatchUpSourceHangs(t *testing.T) {
+	cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16, replicaTimeout: 100 * time.Millisecond,
+		extra: []Member{{ID: "0", Addr: serve(t, stuckExport{})}}})
+	v, _ := cs.a.current()
+	// The test's deadline only bounds a failure: without the idle timer
+	// the export would wait for it.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	_, failed, err := cs.a.catchUpFrom(ctx, v, "b", nil)
+	if !slices.Equal(failed, []string{"0"}) || err == nil || !strings.Contains(err.Error(), "sent nothing") {
+		t.Fatalf("catch-up from a source that hangs: failed %v, err %v", failed, err)
+	}
+	cs.checkB(t)
+	if !cs.a.isDown("0") {
+		t.Fatal("the source that hung is not taken for down")
+	}
+}
+
+// TestRepairSources: a repair of a timeline no sibling holds is retried
+// (a sibling may hold it reserved for a rebuild), but when it is given up
+// its node is not marked behind; a sibling that is behind is no source.
 func TestRepairSources(t *testing.T) {
-	cs := newCatchUpSite(t, 16, func(*catchUpSite) {})
-	ctx := t.Context()
-	if err := cs.a.repairOne(ctx, repair{owner: 9, node: "b"}); err != nil {
+	cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16})
+	a, ctx := cs.a, t.Context()
+	absent := repair{owner: 9, node: "b"}
+	err := a.repairOne(ctx, absent)
+	if !errors.Is(err, errNoSource) {
 		t.Fatalf("repair of a timeline no sibling holds: %v", err)
 	}
-	cs.a.repairMu.Lock()
-	cs.a.markBehindLocked("a")
-	cs.a.repairMu.Unlock()
-	if err := cs.a.repairOne(ctx, repair{owner: 1, node: "b"}); err == nil || cs.merge.Load() != 0 {
+	a.repairMu.Lock()
+	a.attempts[absent] = repairAttempts - 1
+	a.repairMu.Unlock()
+	a.retryRepair(absent, err)
+	if cs.behind() != nil {
+		t.Fatal("b is behind after a repair of a timeline no sibling holds was given up")
+	}
+	a.repairMu.Lock()
+	a.attempts[absent] = repairAttempts - 1
+	a.repairMu.Unlock()
+	a.retryRepair(absent, status.Error(codes.Unavailable, "b is down"))
+	if cs.behind() == nil {
+		t.Fatal("b is not behind after its repair was given up")
+	}
+
+	// a, behind itself, is no source.
+	a.repairMu.Lock()
+	a.behind = map[string]*behindNode{}
+	a.markBehindLocked("a")
+	a.repairMu.Unlock()
+	if err := a.repairOne(ctx, repair{owner: 1, node: "b"}); err == nil || cs.merge.Load() != 0 {
 		t.Fatalf("a repair copied from a sibling that is behind (err %v, %d merges)", err, cs.merge.Load())
 	}
-	cs.a.repairMu.Lock()
-	delete(cs.a.behind, "a")
-	cs.a.repairMu.Unlock()
-	if err := cs.a.repairOne(ctx, repair{owner: 1, node: "b"}); err != nil {
+	a.repairMu.Lock()
+	delete(a.behind, "a")
+	a.repairMu.Unlock()
+	if err := a.repairOne(ctx, repair{owner: 1, node: "b"}); err != nil {
 		t.Fatal(err)
 	}
 	if got, _, _ := cs.stB.Read(1, 0, 0, 50); !slices.Equal(got, cs.want[1]) {

@@ -85,4 +85,7 @@
 //     other ring node to answer; it does not redo the Removes the node
 //     missed; it skips a sibling's timelines that are being rebuilt; and
 //     the marking is lost if the node that made it restarts first.
+//   - A repair copies from every other replica that answers and holds the
+//     timeline; if the one that took a push is down at the time and the
+//     other missed it too, the repair is done without it.
 package home

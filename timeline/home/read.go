@@ -360,15 +360,24 @@ type repair struct {
 
 // A repair is asked for once what it copies is on a sibling: the entry a
 // replica missed was pushed to the siblings first. So a catch-up of its
-// node that begins after the repair was asked for covers it (catchup.go).
+// node that begins after the repair was asked for covers it (catchup.go),
+// unless the sibling holds the timeline reserved for a rebuild (pending),
+// which no export sends: see the limits in doc.go.
 
-// requeueRepair queues a repair again after it failed, unless its node is
-// behind now: the repair was asked for before, so the node's catch-up
-// covers it.
+// coveredLocked reports whether repair r, asked for earlier, is covered
+// by a catch-up to come: its node is behind, for a whole catch-up.
+// repairMu is held.
+func (s *Service) coveredLocked(r repair) bool {
+	b := s.behind[r.node]
+	return b != nil && b.sources == nil
+}
+
+// requeueRepair queues a repair again after it failed, unless a catch-up
+// to come covers it.
 func (s *Service) requeueRepair(r repair) {
 	s.repairMu.Lock()
 	defer s.repairMu.Unlock()
-	if s.behind[r.node] != nil {
+	if s.coveredLocked(r) {
 		delete(s.attempts, r)
 		return
 	}
@@ -395,6 +404,13 @@ func (s *Service) scheduleRepairLocked(r repair) (marked bool) {
 		b.note(r.owner)
 		return false
 	}
+	return s.queueRepairLocked(r)
+}
+
+// queueRepairLocked queues r even if its node is behind, or, if the
+// queue is full, notes it there or marks the node behind (then it
+// reports true). repairMu is held.
+func (s *Service) queueRepairLocked(r repair) (marked bool) {
 	if s.queued[r] {
 		return false
 	}
@@ -405,8 +421,11 @@ func (s *Service) scheduleRepairLocked(r repair) (marked bool) {
 	default:
 		delete(s.attempts, r)
 		s.metrics.repairs.WithLabelValues("dropped").Inc()
-		s.markBehindLocked(r.node)
-		return true
+		if b := s.behind[r.node]; b != nil {
+			b.note(r.owner)
+			return false
+		}
+		return s.markBehindLocked(r.node)
 	}
 }
 
@@ -424,9 +443,9 @@ func (s *Service) runRepairs(ctx context.Context) {
 				case r := <-s.repairs:
 					s.repairMu.Lock()
 					delete(s.queued, r)
-					// Asked for before its node was marked behind, so
-					// before that node's catch-up: covered.
-					covered := s.behind[r.node] != nil
+					// Asked for before its node was marked behind for a
+					// whole catch-up, so before that catch-up: covered.
+					covered := s.coveredLocked(r)
 					if covered {
 						delete(s.attempts, r)
 					}
@@ -439,7 +458,7 @@ func (s *Service) runRepairs(ctx context.Context) {
 					if err := s.repairOne(ctx, r); err != nil {
 						outcome = "failed"
 						s.log.Debug("timeline repair failed", "owner", r.owner, "node", r.node, "err", err)
-						s.retryRepair(r)
+						s.retryRepair(r, err)
 					} else {
 						s.repairMu.Lock()
 						delete(s.attempts, r)
@@ -462,14 +481,20 @@ const (
 	repairAttempts = 120
 )
 
-func (s *Service) retryRepair(r repair) {
+// retryRepair retries a repair that failed with err, or gives it up after
+// repairAttempts. A node whose repair is given up is marked behind, unless
+// no sibling held the timeline at the last attempt: then no replica holds
+// it, and the next read rebuilds it on every replica.
+func (s *Service) retryRepair(r repair, err error) {
 	s.repairMu.Lock()
 	s.attempts[r]++
 	n := s.attempts[r]
 	marked := false
 	if n >= repairAttempts {
 		delete(s.attempts, r)
-		marked = s.markBehindLocked(r.node)
+		if !errors.Is(err, errNoSource) {
+			marked = s.markBehindLocked(r.node)
+		}
 	}
 	s.repairMu.Unlock()
 	if marked {
@@ -484,9 +509,16 @@ func (s *Service) retryRepair(r repair) {
 	}
 }
 
-// errHeldDown fails a repair of a node taken for down without a call: a
-// call to a node that hangs would hold a repair worker for its timeout.
-var errHeldDown = errors.New("home: the node is taken for down")
+var (
+	// errHeldDown fails a repair of a node taken for down without a
+	// call: a call to a node that hangs would hold a repair worker for
+	// its timeout.
+	errHeldDown = errors.New("home: the node is taken for down")
+	// errNoSource fails a repair no sibling had the timeline for: it may
+	// be reserved there for a rebuild (answered as not held) and hold the
+	// push this repair is for, so the repair is retried.
+	errNoSource = errors.New("home: no sibling holds the timeline")
+)
 
 func (s *Service) repairOne(ctx context.Context, r repair) error {
 	if s.isDown(r.node) {
@@ -502,7 +534,10 @@ func (s *Service) repairOne(ctx context.Context, r repair) error {
 	// Entries, not columns: the answer goes on to r.node as it came, and
 	// a node that predates the columns would read a packed one as empty.
 	full := &pb.ReplicaReadRequest{Queries: []*pb.TimelineQuery{{Owner: r.owner, Limit: int32(s.cfg.Capacity)}}}
-	var last error
+	// Every sibling that holds the timeline is copied from (merging is a
+	// union): one of them may have missed the push too.
+	var last error = errNoSource
+	merge := &pb.ReplicaMergeRequest{}
 	for _, n := range reps {
 		if n == "" || n == r.node {
 			continue
@@ -518,13 +553,17 @@ func (s *Service) repairOne(ctx context.Context, r repair) error {
 			continue
 		}
 		if t := resp.Results[0]; t.Held {
-			return s.replicaMerge(ctx, v, r.node, &pb.ReplicaMergeRequest{Timelines: []*pb.ReplicaTimeline{t}})
+			merge.Timelines = append(merge.Timelines, t)
 		}
 	}
-	// With every sibling asked answering that it holds the timeline not,
-	// there is nothing to copy: the next read rebuilds it, and the
-	// rebuild installs it on every replica.
-	return last
+	if len(merge.Timelines) == 0 {
+		return last
+	}
+	err := s.replicaMerge(ctx, v, r.node, merge)
+	if c := status.Code(err); c == codes.DeadlineExceeded || c == codes.Unavailable {
+		s.markDown(r.node) // its next repairs fail without a call for a while
+	}
+	return err
 }
 
 func (s *Service) replicaMerge(ctx context.Context, v *view, node string, req *pb.ReplicaMergeRequest) error {
