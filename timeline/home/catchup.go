@@ -29,15 +29,17 @@ import (
 // a copy of every timeline the node holds, from each other ring node,
 // relayed through this one.
 //
-// While a node is behind, the repairs of it asked for are noted rather
-// than queued. A repair is asked for once what it copies is on a
-// sibling, so those asked for before a whole catch-up began are covered
-// by it (the repair workers drop them, coveredLocked); the others are
-// queued once it is done. A catch-up that some sources did not answer is
-// whole for the others: the noted repairs are queued (and carried out:
-// the next catch-up asks only the sources that failed, so it covers
-// nothing), unless more were noted than kept, which calls for a whole
-// catch-up again.
+// While a whole catch-up of a node is to come or running, the repairs of
+// it asked for are noted rather than queued. A repair is asked for once
+// what it copies is on a sibling, so those asked for before a whole
+// catch-up began are covered by it (the repair workers drop the ones
+// queued earlier: coveredLocked); the others are queued once it is done.
+// A catch-up that some sources did not answer is whole for the others:
+// the noted repairs are queued, and the next catch-up asks only the
+// sources that failed. That one covers nothing, so meanwhile the node's
+// repairs are queued and carried out as any node's (noted only when the
+// queue is full). Too many noted, or a repair of the node given up,
+// call for a whole catch-up again.
 
 const (
 	// catchUpEvery is how often the behind nodes are looked at.
@@ -52,8 +54,10 @@ const (
 
 // behindNode is a node that missed pushes no repair will deliver.
 type behindNode struct {
-	// missed holds the repairs of the node asked for since the last whole
-	// catch-up began, to be queued once a catch-up is done. More than
+	// missed holds the repairs of the node noted since the last whole
+	// catch-up began, or since they were last queued: those asked for
+	// while a whole catch-up is to come or running, and those that found
+	// the queue full. They are queued once a catch-up is done. More than
 	// maxMissed overflow: the node needs a whole catch-up again.
 	missed    map[uint64]struct{}
 	overflow  bool
@@ -65,9 +69,9 @@ type behindNode struct {
 	next    time.Time // not tried before
 }
 
-// note records a repair of timeline owner asked for while the node is
-// behind.
-func (b *behindNode) note(owner uint64) {
+// noteLocked records a repair of node b's timeline owner for after its
+// catch-up. repairMu is held.
+func (s *Service) noteLocked(node string, b *behindNode, owner uint64) {
 	if b.overflow {
 		return
 	}
@@ -75,13 +79,30 @@ func (b *behindNode) note(owner uint64) {
 		return
 	}
 	if len(b.missed) >= b.maxMissed {
-		b.missed, b.overflow, b.sources = nil, true, nil
+		s.wholeLocked(node, b)
 		return
 	}
 	if b.missed == nil {
 		b.missed = map[uint64]struct{}{}
 	}
 	b.missed[owner] = struct{}{}
+}
+
+// wholeLocked gives up node b's noted repairs: it needs a whole catch-up
+// (again), which covers them. A catch-up running now ends as "again".
+// repairMu is held.
+func (s *Service) wholeLocked(node string, b *behindNode) {
+	s.forgetLocked(node, b)
+	b.overflow, b.sources = true, nil
+}
+
+// forgetLocked drops node b's noted repairs and their attempt counts.
+// repairMu is held.
+func (s *Service) forgetLocked(node string, b *behindNode) {
+	for o := range b.missed {
+		delete(s.attempts, repair{owner: o, node: node})
+	}
+	b.missed = nil
 }
 
 // markBehindLocked marks node behind; it reports whether it was not
@@ -158,7 +179,8 @@ func (s *Service) catchUp(ctx context.Context, node string) {
 	}
 	sources := b.sources
 	if sources == nil {
-		b.missed, b.overflow = nil, false // this catch-up covers them
+		s.forgetLocked(node, b) // this catch-up covers them
+		b.overflow = false
 	}
 	s.repairMu.Unlock()
 
@@ -290,30 +312,47 @@ func (s *Service) exportFrom(ctx context.Context, v *view, id, node string, fn f
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the stream if fn fails
-	var idle atomic.Bool
-	t := time.AfterFunc(s.cfg.ReplicaTimeout, func() { idle.Store(true); cancel() })
-	defer t.Stop()
-	// failed classifies an error of the stream.
-	failed := func(err error) error {
-		if ctx.Err() == nil && idle.Load() {
+	// within runs one call of the stream, ending the stream if it takes
+	// longer than ReplicaTimeout: then it reports timedOut. A call that
+	// returned just as the timer fired is not timed out, but the stream
+	// is ended.
+	within := func(call func() error) (timedOut bool, err error) {
+		var state atomic.Int32 // 0 waiting, 1 returned, 2 timed out
+		t := time.AfterFunc(s.cfg.ReplicaTimeout, func() {
+			if state.CompareAndSwap(0, 2) {
+				cancel()
+			}
+		})
+		err = call()
+		t.Stop()
+		return !state.CompareAndSwap(0, 1) && err != nil, err
+	}
+	failed := func(timedOut bool, err error) error {
+		if timedOut && ctx.Err() == nil {
 			s.markDown(id)
 			return fmt.Errorf("sent nothing for %v: %w", s.cfg.ReplicaTimeout, err)
 		}
 		return err
 	}
-	stream, err := c.ReplicaExport(sctx, &pb.ReplicaExportRequest{Node: node, RingNodes: v.ids})
+	var stream pb.Timelines_ReplicaExportClient
+	timedOut, err := within(func() (err error) {
+		stream, err = c.ReplicaExport(sctx, &pb.ReplicaExportRequest{Node: node, RingNodes: v.ids})
+		return err
+	})
 	if err != nil {
-		return failed(err)
+		return failed(timedOut, err)
 	}
 	for {
-		t.Reset(s.cfg.ReplicaTimeout)
-		resp, err := stream.Recv()
-		t.Stop()
+		var resp *pb.ReplicaExportResponse
+		timedOut, err := within(func() (err error) {
+			resp, err = stream.Recv()
+			return err
+		})
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
-			return failed(err)
+			return failed(timedOut, err)
 		}
 		if err := fn(resp); err != nil {
 			return err

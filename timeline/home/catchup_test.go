@@ -13,6 +13,7 @@ import (
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/internal/testnet"
 	"github.com/aviarydb/aviary/timeline"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -305,13 +306,17 @@ func TestCatchUpSourceDown(t *testing.T) {
 // TestCatchUpSourceHangs: a sibling that sends nothing is given up after
 // the replica timeout, taken for down, and holds back no other's copies.
 func TestCatchUpSourceHangs(t *testing.T) {
-	cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16, replicaTimeout: 100 * time.Millisecond,
+	cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16, replicaTimeout: 500 * time.Millisecond,
 		extra: []Member{{ID: "0", Addr: serve(t, stuckExport{})}}})
 	v, _ := cs.a.current()
 	// The test's deadline only bounds a failure: without the idle timer
 	// the export would wait for it.
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
+	// Connected to b before: the timeout bounds the merges into b too.
+	if err := cs.a.replicaMerge(ctx, v, "b", &pb.ReplicaMergeRequest{}); err != nil {
+		t.Fatal(err)
+	}
 	_, failed, err := cs.a.catchUpFrom(ctx, v, "b", nil)
 	if !slices.Equal(failed, []string{"0"}) || err == nil || !strings.Contains(err.Error(), "sent nothing") {
 		t.Fatalf("catch-up from a source that hangs: failed %v, err %v", failed, err)
@@ -365,4 +370,109 @@ func TestRepairSources(t *testing.T) {
 	if got, _, _ := cs.stB.Read(1, 0, 0, 50); !slices.Equal(got, cs.want[1]) {
 		t.Fatalf("timeline 1 on b after its repair: %v, want %v", got, cs.want[1])
 	}
+}
+
+// TestCatchUpTransitions: the states of a node behind. While the next
+// catch-up asks some sources only, repairs are queued (it covers nothing),
+// and a repair given up, or too many noted, call for a whole one. A
+// catch-up whose noted repairs find the queue full leaves the node behind
+// again, after a longer wait. The repair workers drop the repairs a whole
+// catch-up to come covers.
+func TestCatchUpTransitions(t *testing.T) {
+	r := func(o uint64) repair { return repair{owner: o, node: "b"} }
+	t.Run("partial", func(t *testing.T) {
+		cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 2, extra: []Member{{ID: "0", Addr: testnet.Addr(t)}}})
+		a := cs.a
+		cs.mark()
+		a.catchUp(t.Context(), "b") // "0" refuses: next from "0" alone
+		if bn := cs.behind(); bn == nil || !slices.Equal(bn.sources, []string{"0"}) {
+			t.Fatalf("after a catch-up a source failed: %+v", bn)
+		}
+		a.scheduleRepair(r(1))
+		a.requeueRepair(r(2))
+		if !cs.queued(r(1)) || !cs.queued(r(2)) {
+			t.Fatal("repairs of a node waiting for a catch-up from some sources are not queued")
+		}
+		a.scheduleRepair(r(3)) // the queue is full: noted
+		if bn := cs.behind(); len(bn.missed) != 1 || bn.sources == nil {
+			t.Fatalf("a repair that found the queue full: %+v", bn)
+		}
+		a.scheduleRepair(r(4)) // more than half the queue noted
+		if bn := cs.behind(); bn.sources != nil || !bn.overflow || len(bn.missed) != 0 {
+			t.Fatalf("too many repairs noted, and no whole catch-up to come: %+v", bn)
+		}
+
+		cs.drain()
+		a.catchUp(t.Context(), "b")
+		if bn := cs.behind(); bn == nil || bn.sources == nil {
+			t.Fatalf("after a whole catch-up a source failed: %+v", bn)
+		}
+		a.repairMu.Lock()
+		a.attempts[r(5)] = repairAttempts - 1
+		a.repairMu.Unlock()
+		a.retryRepair(r(5), status.Error(codes.Unavailable, "b is down"))
+		if bn := cs.behind(); bn.sources != nil {
+			t.Fatalf("a repair was given up, and no whole catch-up to come: %+v", bn)
+		}
+	})
+	t.Run("overflow-and-source-down", func(t *testing.T) {
+		// During a whole catch-up "0" refuses and too many repairs are
+		// noted: the next must be whole again.
+		cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 2, extra: []Member{{ID: "0", Addr: testnet.Addr(t)}},
+			onMerge: func(cs *catchUpSite) error {
+				cs.a.scheduleRepair(r(1))
+				cs.a.scheduleRepair(r(2))
+				return nil
+			}})
+		cs.mark()
+		cs.a.catchUp(t.Context(), "b")
+		if bn := cs.behind(); bn == nil || bn.sources != nil {
+			t.Fatalf("after a catch-up that noted too many repairs and a source failed: %+v", bn)
+		}
+	})
+	t.Run("full-after", func(t *testing.T) {
+		cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 2, onMerge: func(cs *catchUpSite) error {
+			cs.a.scheduleRepair(r(4))
+			return nil
+		}})
+		a := cs.a
+		a.scheduleRepair(r(1))
+		a.scheduleRepair(r(2))
+		a.scheduleRepair(r(3)) // the queue is full: b is behind
+		a.catchUp(t.Context(), "b")
+		cs.checkB(t)
+		// r(4) was noted during the catch-up and found the queue full.
+		if bn := cs.waiting(t, catchUpRetry); bn.wait != 2*catchUpRetry || bn.sources != nil {
+			t.Fatalf("behind again after its catch-up: %+v", bn)
+		}
+	})
+	t.Run("covered", func(t *testing.T) {
+		cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16})
+		a := cs.a
+		a.scheduleRepair(r(1))
+		cs.mark()
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { a.runRepairs(ctx); close(done) }()
+		// Dropped, or carried out: either ends the wait.
+		dropped := func() float64 {
+			var m dto.Metric
+			if err := a.metrics.repairs.WithLabelValues("dropped").Write(&m); err != nil {
+				t.Fatal(err)
+			}
+			return m.GetCounter().GetValue()
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for dropped() == 0 && cs.merge.Load() == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the repair workers did not take the repair within 10s")
+			}
+			time.Sleep(time.Millisecond) // polling interval
+		}
+		cancel()
+		<-done
+		if n := cs.merge.Load(); n != 0 || dropped() != 1 {
+			t.Fatalf("a repair that a whole catch-up to come covers was carried out (%d merges, %v dropped)", n, dropped())
+		}
+	})
 }

@@ -37,7 +37,8 @@
 // or lacks a timeline a sibling holds, is repaired from that sibling
 // (retried every second, about two minutes; while the replica is taken
 // for down a retry fails without a call). When the bounded repair queue
-// is full, or a repair's retries run out, its node is marked behind
+// is full, or a repair's retries run out (unless no sibling held the
+// timeline then: the next read rebuilds it), its node is marked behind
 // instead, and once it answers it is caught up whole (catchup.go): every
 // timeline the rings place on it is merged into it from each other ring
 // node, as a restarted node refills itself. A push is idempotent
@@ -81,8 +82,9 @@
 //     becoming visible in user_timeline there is a short window in which a
 //     rebuild can miss the post (the push skips a timeline not yet reserved).
 //   - A node behind answers reads, its own local-first ones too, from its
-//     stale copies until its catch-up is done. A catch-up needs every
-//     other ring node to answer; it does not redo the Removes the node
+//     stale copies until its catch-up is done. It stays behind until every
+//     other ring node has answered a catch-up. A catch-up does not redo
+//     the Removes the node
 //     missed; it skips a sibling's timelines that are being rebuilt; and
 //     the marking is lost if the node that made it restarts first.
 //   - A repair copies from every other replica that answers and holds the

@@ -46,7 +46,7 @@ func newMetrics(reg prometheus.Registerer, st *timeline.Store, partitions int) *
 		hedges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aviary_timeline_hedged_reads_total", Help: "Timeline reads sent to a further replica because the previous had not answered within the hedge delay."}),
 		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "aviary_timeline_repairs_total", Help: "Read- and push-repairs of a replica lacking a timeline, by outcome (done; failed: retried, or after the last attempt its node marked behind; a repair of a node taken for down fails without a call; dropped: the queue was full, or the repair was queued before its node was marked behind, so its catch-up covers it)."}, []string{"outcome"}),
+			Name: "aviary_timeline_repairs_total", Help: "Read- and push-repairs of a replica lacking a timeline, by outcome (done; failed: retried, or after the last attempt its node marked behind, unless no sibling held the timeline; a repair of a node taken for down fails without a call; dropped: the queue was full (its node is marked behind, or the repair noted for after its catch-up), or the repair was queued before its node was marked behind for a whole catch-up, which covers it)."}, []string{"outcome"}),
 		behind: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "aviary_timeline_nodes_behind", Help: "Timeline nodes this node marked behind (a repair dropped for a full queue, or out of attempts), waiting to be caught up whole from their siblings."}),
 		catchUps: prometheus.NewCounterVec(prometheus.CounterOpts{

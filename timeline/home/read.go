@@ -376,18 +376,22 @@ func (s *Service) coveredLocked(r repair) bool {
 // to come covers it.
 func (s *Service) requeueRepair(r repair) {
 	s.repairMu.Lock()
-	defer s.repairMu.Unlock()
+	marked := false
 	if s.coveredLocked(r) {
 		delete(s.attempts, r)
-		return
+	} else {
+		marked = s.scheduleRepairLocked(r)
 	}
-	s.scheduleRepairLocked(r)
+	s.repairMu.Unlock()
+	if marked {
+		s.logBehind(r.node, fmt.Sprintf("the repair queue (%d) was full", cap(s.repairs)))
+	}
 }
 
 // scheduleRepair queues a repair, or, if the queue is full, marks its
-// node behind (catchup.go). A repair of a node already behind is noted
-// for after its catch-up: one that began earlier may have read that
-// timeline's siblings before the push reached them.
+// node behind (catchup.go). A repair of a node behind for a whole
+// catch-up is noted for after it: one that began earlier may have read
+// that timeline's siblings before the push reached them.
 func (s *Service) scheduleRepair(r repair) {
 	s.repairMu.Lock()
 	marked := s.scheduleRepairLocked(r)
@@ -400,8 +404,8 @@ func (s *Service) scheduleRepair(r repair) {
 // scheduleRepairLocked is scheduleRepair with repairMu held; it reports
 // whether it marked the node behind (for the caller to log, unlocked).
 func (s *Service) scheduleRepairLocked(r repair) (marked bool) {
-	if b := s.behind[r.node]; b != nil {
-		b.note(r.owner)
+	if b := s.behind[r.node]; b != nil && b.sources == nil {
+		s.noteLocked(r.node, b, r.owner)
 		return false
 	}
 	return s.queueRepairLocked(r)
@@ -422,7 +426,7 @@ func (s *Service) queueRepairLocked(r repair) (marked bool) {
 		delete(s.attempts, r)
 		s.metrics.repairs.WithLabelValues("dropped").Inc()
 		if b := s.behind[r.node]; b != nil {
-			b.note(r.owner)
+			s.noteLocked(r.node, b, r.owner)
 			return false
 		}
 		return s.markBehindLocked(r.node)
@@ -475,7 +479,8 @@ func (s *Service) runRepairs(ctx context.Context) {
 // repairRetry, up to repairAttempts times (while the replica is taken for
 // down a retry fails without a call, so that is about two minutes); then
 // the node is marked behind, and caught up whole once it answers
-// (catchup.go). A node that restarts refills itself from its siblings.
+// (catchup.go), unless no sibling held the timeline at the last attempt.
+// A node that restarts refills itself from its siblings.
 const (
 	repairRetry    = time.Second
 	repairAttempts = 120
@@ -492,7 +497,14 @@ func (s *Service) retryRepair(r repair, err error) {
 	marked := false
 	if n >= repairAttempts {
 		delete(s.attempts, r)
-		if !errors.Is(err, errNoSource) {
+		switch b := s.behind[r.node]; {
+		case errors.Is(err, errNoSource):
+		case b != nil:
+			// Behind already, for a catch-up from some sources only
+			// (which covers nothing) or a whole one running (which may
+			// have read before the push): a whole one is to come.
+			s.wholeLocked(r.node, b)
+		default:
 			marked = s.markBehindLocked(r.node)
 		}
 	}
