@@ -176,7 +176,7 @@ func (s *Service) pushOwners(ctx context.Context, v *view, entries []*pb.Timelin
 			})
 			if err != nil {
 				if ctx.Err() == nil { // not given up by the caller
-					s.markDown(n)
+					s.pushFailed(n, probe)
 				} else if probe {
 					s.probeAbandoned(n)
 				}

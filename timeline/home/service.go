@@ -315,10 +315,28 @@ func (s *Service) heldLocked(d *nodeDown) bool {
 	return d.probing && time.Since(d.probeAt) < s.cfg.ReplicaTimeout+downFor || time.Now().Before(d.until)
 }
 
+// markDown records that a call to node id failed: it is asked last, and
+// pushed nothing, for downFor. A probe that is out stays out: only its
+// own answer ends it (pushFailed, markUp, probeAbandoned), so that a read
+// that fails meanwhile does not let a second push go to a node that hangs.
 func (s *Service) markDown(id string) {
+	s.pushFailed(id, false)
+}
+
+// pushFailed records that a push to node id failed, as markDown; if it was
+// the probe, the probe is over.
+func (s *Service) pushFailed(id string, probe bool) {
 	s.mu.Lock()
-	s.down[id] = &nodeDown{until: time.Now().Add(downFor)}
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	d := s.down[id]
+	if d == nil {
+		d = &nodeDown{}
+		s.down[id] = d
+	}
+	d.until = time.Now().Add(downFor)
+	if probe {
+		d.probing = false
+	}
 }
 
 // markUp records that a push to node id succeeded.

@@ -268,6 +268,19 @@ func TestSkipPush(t *testing.T) {
 	if !skip() || !s.isDown("n") {
 		t.Fatal("a second push while the probe is out")
 	}
+	s.markDown("n") // a read fails while the probe is out
+	s.down["n"].until = time.Now().Add(-time.Millisecond)
+	if !skip() {
+		t.Fatal("a second push went out after a read failed while the probe is out")
+	}
+	s.pushFailed("n", true) // the probe failed
+	if !skip() {
+		t.Fatal("a push went out less than downFor after the probe failed")
+	}
+	s.down["n"].until = time.Now().Add(-time.Millisecond)
+	if skip() {
+		t.Fatal("no probe downFor after the last failed")
+	}
 	s.probeAbandoned("n") // its caller gave up: the probe's answer is unknown
 	if skip() {
 		t.Fatal("no probe after the last was abandoned")
