@@ -230,7 +230,7 @@ func (s *Service) catchUp(ctx context.Context, node string) {
 	case "done":
 		s.log.Info("timeline node caught up from its siblings", "node", node, "copies_merged", merged, "repairs_after", queued, "took", took)
 	case "again":
-		s.log.Info("timeline node caught up, but more repairs of it were asked for meanwhile than are kept; it stays behind", "node", node, "copies_merged", merged, "took", took, "retry_in", retryIn)
+		s.log.Info("timeline node caught up, but it needs a whole catch-up again (too many repairs of it asked for meanwhile, or one given up); it stays behind", "node", node, "copies_merged", merged, "took", took, "err", err, "retry_in", retryIn)
 	default:
 		s.log.Warn("timeline node catch-up incomplete; it stays behind", "node", node, "copies_merged", merged, "repairs_after", queued, "took", took, "err", err, "retry_in", retryIn)
 	}
@@ -312,21 +312,6 @@ func (s *Service) exportFrom(ctx context.Context, v *view, id, node string, fn f
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the stream if fn fails
-	// within runs one call of the stream, ending the stream if it takes
-	// longer than ReplicaTimeout: then it reports timedOut. A call that
-	// returned just as the timer fired is not timed out, but the stream
-	// is ended.
-	within := func(call func() error) (timedOut bool, err error) {
-		var state atomic.Int32 // 0 waiting, 1 returned, 2 timed out
-		t := time.AfterFunc(s.cfg.ReplicaTimeout, func() {
-			if state.CompareAndSwap(0, 2) {
-				cancel()
-			}
-		})
-		err = call()
-		t.Stop()
-		return !state.CompareAndSwap(0, 1) && err != nil, err
-	}
 	failed := func(timedOut bool, err error) error {
 		if timedOut && ctx.Err() == nil {
 			s.markDown(id)
@@ -334,8 +319,9 @@ func (s *Service) exportFrom(ctx context.Context, v *view, id, node string, fn f
 		}
 		return err
 	}
+	d := s.cfg.ReplicaTimeout
 	var stream pb.Timelines_ReplicaExportClient
-	timedOut, err := within(func() (err error) {
+	timedOut, _, err := within(d, cancel, func() (err error) {
 		stream, err = c.ReplicaExport(sctx, &pb.ReplicaExportRequest{Node: node, RingNodes: v.ids})
 		return err
 	})
@@ -344,7 +330,7 @@ func (s *Service) exportFrom(ctx context.Context, v *view, id, node string, fn f
 	}
 	for {
 		var resp *pb.ReplicaExportResponse
-		timedOut, err := within(func() (err error) {
+		timedOut, ended, err := within(d, cancel, func() (err error) {
 			resp, err = stream.Recv()
 			return err
 		})
@@ -357,5 +343,25 @@ func (s *Service) exportFrom(ctx context.Context, v *view, id, node string, fn f
 		if err := fn(resp); err != nil {
 			return err
 		}
+		if ended {
+			return errors.New("the stream ended: its idle timer fired as a batch arrived")
+		}
 	}
+}
+
+// within runs call, and cancel if call has not returned after d. It
+// reports timedOut if cancel ended call (it returned an error after the
+// timer fired), and ended if cancel ran at all: a call that returned just
+// as the timer fired is not timed out, but what cancel ends is ended.
+func within(d time.Duration, cancel func(), call func() error) (timedOut, ended bool, err error) {
+	var state atomic.Int32 // 0 waiting, 1 returned, 2 timed out
+	t := time.AfterFunc(d, func() {
+		if state.CompareAndSwap(0, 2) {
+			cancel()
+		}
+	})
+	err = call()
+	t.Stop()
+	ended = !state.CompareAndSwap(0, 1)
+	return ended && err != nil, ended, err
 }

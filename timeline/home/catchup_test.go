@@ -322,8 +322,11 @@ func TestCatchUpSourceHangs(t *testing.T) {
 		t.Fatalf("catch-up from a source that hangs: failed %v, err %v", failed, err)
 	}
 	cs.checkB(t)
-	if !cs.a.isDown("0") {
-		t.Fatal("the source that hung is not taken for down")
+	cs.a.mu.Lock()
+	_, down := cs.a.down["0"]
+	cs.a.mu.Unlock()
+	if !down {
+		t.Fatal("the source that hung was not taken for down")
 	}
 }
 
@@ -397,9 +400,18 @@ func TestCatchUpTransitions(t *testing.T) {
 		if bn := cs.behind(); len(bn.missed) != 1 || bn.sources == nil {
 			t.Fatalf("a repair that found the queue full: %+v", bn)
 		}
+		a.repairMu.Lock()
+		a.attempts[r(3)] = 7 // it had failed before
+		a.repairMu.Unlock()
 		a.scheduleRepair(r(4)) // more than half the queue noted
 		if bn := cs.behind(); bn.sources != nil || !bn.overflow || len(bn.missed) != 0 {
 			t.Fatalf("too many repairs noted, and no whole catch-up to come: %+v", bn)
+		}
+		a.repairMu.Lock()
+		_, counted := a.attempts[r(3)]
+		a.repairMu.Unlock()
+		if counted {
+			t.Fatal("a noted repair given up for a whole catch-up keeps its attempt count")
 		}
 
 		cs.drain()
@@ -455,15 +467,16 @@ func TestCatchUpTransitions(t *testing.T) {
 		done := make(chan struct{})
 		go func() { a.runRepairs(ctx); close(done) }()
 		// Dropped, or carried out: either ends the wait.
-		dropped := func() float64 {
+		repairs := func(outcome string) float64 {
 			var m dto.Metric
-			if err := a.metrics.repairs.WithLabelValues("dropped").Write(&m); err != nil {
+			if err := a.metrics.repairs.WithLabelValues(outcome).Write(&m); err != nil {
 				t.Fatal(err)
 			}
 			return m.GetCounter().GetValue()
 		}
+		dropped := func() float64 { return repairs("dropped") }
 		deadline := time.Now().Add(10 * time.Second)
-		for dropped() == 0 && cs.merge.Load() == 0 {
+		for dropped()+repairs("done")+repairs("failed") == 0 {
 			if time.Now().After(deadline) {
 				t.Fatal("the repair workers did not take the repair within 10s")
 			}
@@ -475,4 +488,22 @@ func TestCatchUpTransitions(t *testing.T) {
 			t.Fatalf("a repair that a whole catch-up to come covers was carried out (%d merges, %v dropped)", n, dropped())
 		}
 	})
+}
+
+// TestWithin: a call that does not return in time is ended and reported
+// timed out; one that returns in time is neither.
+func TestWithin(t *testing.T) {
+	ended := make(chan struct{})
+	timedOut, cancelled, err := within(time.Millisecond, func() { close(ended) }, func() error {
+		<-ended
+		return context.Canceled
+	})
+	if !timedOut || !cancelled || err == nil {
+		t.Fatalf("a call that waited for its end: timed out %v, ended %v, err %v", timedOut, cancelled, err)
+	}
+	var calls atomic.Int32
+	timedOut, cancelled, err = within(time.Hour, func() { calls.Add(1) }, func() error { return nil })
+	if timedOut || cancelled || err != nil || calls.Load() != 0 {
+		t.Fatalf("a call that returned at once: timed out %v, ended %v, err %v, cancel called %d times", timedOut, cancelled, err, calls.Load())
+	}
 }

@@ -499,10 +499,12 @@ func (s *Service) retryRepair(r repair, err error) {
 		delete(s.attempts, r)
 		switch b := s.behind[r.node]; {
 		case errors.Is(err, errNoSource):
+		case b != nil && b.sources == nil:
+			// Asked for before the whole catch-up to come, or running,
+			// began: covered by it.
 		case b != nil:
-			// Behind already, for a catch-up from some sources only
-			// (which covers nothing) or a whole one running (which may
-			// have read before the push): a whole one is to come.
+			// Behind for a catch-up from some sources only, which
+			// covers nothing: a whole one is needed.
 			s.wholeLocked(r.node, b)
 		default:
 			marked = s.markBehindLocked(r.node)
