@@ -33,7 +33,7 @@ func newSite(t *testing.T, opts ...func(*Config)) *site {
 	for i := range 3 {
 		cfg := Config{
 			DataDir: filepath.Join(dir, string(rune('a'+i))), NodeID: "node-" + string(rune('0'+i)), WorkerID: uint32(i),
-			RaftAddr: testnet.Addr(t), DefaultShards: 2, ReplicaTimeout: time.Second,
+			GRPCAddr: testnet.Addr(t), RaftAddr: testnet.Addr(t), DefaultShards: 2, ReplicaTimeout: time.Second,
 		}
 		for _, o := range opts {
 			o(&cfg)

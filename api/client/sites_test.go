@@ -57,7 +57,7 @@ type testSite struct {
 func startSite(t *testing.T, name string, id uint32) *testSite {
 	t.Helper()
 	ts := &testSite{name: name, id: id, cfg: node.Config{
-		DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", RaftAddr: testnet.Addr(t),
+		DataDir: t.TempDir(), GRPCAddr: testnet.Addr(t), HTTPAddr: "127.0.0.1:0", RaftAddr: testnet.Addr(t),
 		NodeID: name + "-0", SiteName: name, SiteID: id, DefaultShards: 1, NATSURL: node.NATSOff,
 	}}
 	addr := ts.start(t)
