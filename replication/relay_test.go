@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/internal/testnet"
 	"github.com/aviarydb/aviary/replication/natsx"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -585,12 +585,7 @@ func TestRelayReportsStall(t *testing.T) {
 	n1 := &origin{s: s, node: "node-1"}
 
 	// A second source whose NATS does not answer.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadURL := "nats://" + l.Addr().String()
-	_ = l.Close()
+	deadURL := "nats://" + testnet.Addr(t)
 
 	const stall = 500 * time.Millisecond
 	f := newFakeApplier()

@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/aviarydb/aviary/internal/testnet"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
@@ -485,14 +487,15 @@ func TestLogsAndMonitor(t *testing.T) {
 }
 
 func TestConnectWaitsForServer(t *testing.T) {
-	// A port nothing listens on, until the server below takes it.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	// A port nothing listens on, until the server below takes it (below
+	// the ephemeral range: no outgoing connection takes it meanwhile).
+	addr := testnet.Addr(t)
+	_, p, _ := net.SplitHostPort(addr)
+	port, err := strconv.Atoi(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	url := "nats://" + addr
 
 	short, cancel := context.WithTimeout(testCtx(t), 300*time.Millisecond)
 	defer cancel()
