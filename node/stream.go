@@ -13,10 +13,17 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// streamInflight bounds the writes of one WriteStream received but not yet
-// answered. Past it the node stops reading the stream, and gRPC's flow
+// streamInflight bounds the writes of one WriteStream taken but not yet
+// answered. Past it the node stops taking them, its reader stops reading
+// the stream once streamReadAhead more are waiting, and gRPC's flow
 // control holds the client back.
 const streamInflight = 1024
+
+// streamReadAhead is how many requests a stream's reader goroutine reads
+// ahead of the loop that checks and queues them. Without it the two meet
+// for every request, and under load each meeting parks and wakes a
+// goroutine: the putstream bench measured about 15% fewer writes/s.
+const streamReadAhead = 64
 
 const methodWriteStream = "/aviary.v1.Data/WriteStream"
 
@@ -54,8 +61,11 @@ func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 		<-sent // ...and the answers are sent before the call ends
 	}()
 
-	reqs, recvErr := make(chan *pb.WriteStreamRequest), make(chan error, 1)
+	// The reader closes reqs when it stops, after every request it read:
+	// the requests read before the stream's end are all taken.
+	reqs, recvErr := make(chan *pb.WriteStreamRequest, streamReadAhead), make(chan error, 1)
 	go func() {
+		defer close(reqs)
 		for {
 			req, err := st.Recv()
 			if err != nil {
@@ -72,12 +82,19 @@ func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 	for {
 		var req *pb.WriteStreamRequest
 		select {
-		case req = <-reqs:
-		case err := <-recvErr:
-			if errors.Is(err, io.EOF) {
-				return nil
+		case r, ok := <-reqs:
+			if !ok {
+				select {
+				case err := <-recvErr:
+					if errors.Is(err, io.EOF) {
+						return nil
+					}
+					return err
+				default: // the reader stopped for ctx
+					return status.FromContextError(ctx.Err()).Err()
+				}
 			}
-			return err
+			req = r
 		case <-n.draining:
 			return errStreamShutdown
 		case <-ctx.Done():

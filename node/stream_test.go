@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -355,4 +356,52 @@ func TestCombinedWritesAnsweredAlone(t *testing.T) {
 		}
 	}
 	t.Logf("%d writes refused by the blocked tree, %d applied", len(refused), len(applied))
+}
+
+// TestWriteStreamAnswersAllBeforeEnd: a client that sends many writes and
+// then closes its side of the stream gets an answer for every one, and
+// every one is applied: the node takes every request it read before the
+// stream's end, however far its reader got ahead.
+func TestWriteStreamAnswersAllBeforeEnd(t *testing.T) {
+	tn := startNode(t, Config{})
+	ctx := t.Context()
+	st, err := pb.NewDataClient(tn.conn).WriteStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writes = 2 * streamReadAhead
+	for i := range writes {
+		key := fmt.Sprintf("end-%d", i)
+		req := &pb.WriteStreamRequest{Id: uint64(i + 1), Write: &pb.WriteRequest{Mutations: []*pb.Mutation{
+			{Table: "statuses", Op: &pb.Mutation_Put_{Put: &pb.Mutation_Put{Key: []byte(key), Value: []byte(key)}}}}}}
+		if err := st.Send(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	answered := map[uint64]bool{}
+	for {
+		resp, err := st.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d answers: %v", len(answered), err)
+		}
+		if len(resp.Status) > 0 {
+			t.Fatalf("write %d refused", resp.Id)
+		}
+		answered[resp.Id] = true
+	}
+	if len(answered) != writes {
+		t.Fatalf("%d of %d writes answered before the stream ended", len(answered), writes)
+	}
+	for i := range writes {
+		key := fmt.Sprintf("end-%d", i)
+		if _, err := pb.NewDataClient(tn.conn).Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte(key)}); err != nil {
+			t.Fatalf("get %s: %v", key, err)
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -188,6 +189,27 @@ func runRelay(ctx context.Context, c relayConfig, out io.Writer) error {
 	fmt.Fprintf(out, "relay: 3 in-process one-node sites (embedded nats-server, relay each), %d-byte values, writes at %s over %s, lag read at %s (about %d writes a second sampled)\n",
 		relayValue, a.name, how, b.name, lagSamplesPerSec)
 
+	// Raw JetStream on site-a's nats-server, before the sites carry any
+	// load and again after the steps: the ratio is against the higher of
+	// the two (after the steps the three stores may still be compacting
+	// what they took, which slows the second).
+	nc, js, err := natsx.Connect(ctx, a.url, "bench-raw")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	rawRun := func(name string) (natsx.RawResult, error) {
+		subject := "bench.raw." + strings.ToLower(name)
+		if _, err := natsx.EnsureStream(ctx, js, natsx.StreamConfig{Name: "BENCH_RAW_" + name, Subjects: []string{subject}, MaxAge: time.Hour, Replicas: 1}); err != nil {
+			return natsx.RawResult{}, err
+		}
+		return natsx.RawPublishConsume(ctx, js, "BENCH_RAW_"+name, subject, c.RawMsgs, 256)
+	}
+	rawBefore, err := rawRun("BEFORE")
+	if err != nil {
+		return err
+	}
+
 	// Warm up: the first write reaches B once the paths run.
 	if _, err := lagRun(ctx, a, b, 50, 2*time.Second, c.Writers, "warmup"); err != nil {
 		return err
@@ -222,20 +244,18 @@ func runRelay(ctx context.Context, c relayConfig, out io.Writer) error {
 		}
 	}
 
-	nc, js, err := natsx.Connect(ctx, a.url, "bench-raw")
+	rawAfter, err := rawRun("AFTER")
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	if _, err := natsx.EnsureStream(ctx, js, natsx.StreamConfig{Name: "BENCH_RAW", Subjects: []string{"bench.raw"}, MaxAge: time.Hour, Replicas: 1}); err != nil {
-		return err
+	for _, r := range []struct {
+		when string
+		natsx.RawResult
+	}{{"before", rawBefore}, {"after", rawAfter}} {
+		fmt.Fprintf(out, "%-24s %10s %10.0f %10s %10s %10s %8d\n", "raw jetstream "+r.when, "-", r.PerSecond, fmtDur(int64(r.P50)), fmtDur(int64(r.P99)), "-", 0)
 	}
-	raw, err := natsx.RawPublishConsume(ctx, js, "BENCH_RAW", "bench.raw", c.RawMsgs, 256)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "%-24s %10s %10.0f %10s %10s %10s %8d\n", "raw jetstream pub+sub", "-", raw.PerSecond, fmtDur(int64(raw.P50)), fmtDur(int64(raw.P99)), "-", 0)
-	fmt.Fprintf(out, "sustained: %.0f writes/s at %s with %s keeping up (limited by %s); raw JetStream %.0f msgs/s; ratio %.2f (target >= 0.30)\n", best, a.name, b.name, limit, raw.PerSecond, best/raw.PerSecond)
+	raw := max(rawBefore.PerSecond, rawAfter.PerSecond)
+	fmt.Fprintf(out, "sustained: %.0f writes/s at %s with %s keeping up (limited by %s); raw JetStream %.0f msgs/s (the higher of before and after); ratio %.2f (target >= 0.30)\n", best, a.name, b.name, limit, raw, best/raw)
 	fmt.Fprintf(out, "steady %d writes/s: lag p50 %s, p99 %s (target p99 < 100ms)\n", c.Rate, fmtDur(int64(steady.p50)), fmtDur(int64(steady.p99)))
 	return nil
 }

@@ -17,7 +17,7 @@ func TestSmokeRelay(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	for _, want := range []string{"steady 200/s", "raw jetstream pub+sub", "sustained:", "ratio"} {
+	for _, want := range []string{"steady 200/s", "raw jetstream before", "raw jetstream after", "sustained:", "ratio"} {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("output lacks %q:\n%s", want, out.String())
 		}
