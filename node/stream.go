@@ -15,8 +15,8 @@ import (
 
 // streamInflight bounds the writes of one WriteStream taken but not yet
 // answered. Past it the node stops taking them, its reader stops reading
-// the stream once streamReadAhead more are waiting, and gRPC's flow
-// control holds the client back.
+// the stream once streamReadAhead more are waiting (and one in hand), and
+// gRPC's flow control holds the client back.
 const streamInflight = 1024
 
 // streamReadAhead is how many requests a stream's reader goroutine reads
@@ -25,11 +25,17 @@ const streamInflight = 1024
 // goroutine: the putstream bench measured about 15% fewer writes/s.
 const streamReadAhead = 64
 
+// testHookStreamTook, if set, runs after the loop of a WriteStream took a
+// request; readerEnded reports whether the reader has seen the stream's
+// end.
+var testHookStreamTook func(readerEnded func() bool)
+
 const methodWriteStream = "/aviary.v1.Data/WriteStream"
 
 // errStreamShutdown ends a write stream when the node shuts down. The
-// writes it answered before are final; any it did not read were not
-// applied, and the client sends them to another node.
+// writes it answered before are final; any it did not take (those read
+// ahead included) were not applied, and the client sends them to another
+// node.
 var errStreamShutdown = status.Error(codes.Unavailable, "node is shutting down: the writes of this stream not answered were not applied; write to another node")
 
 // WriteStream applies the writes a client streams. Each request is checked
@@ -95,6 +101,9 @@ func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 				}
 			}
 			req = r
+			if testHookStreamTook != nil {
+				testHookStreamTook(func() bool { return len(recvErr) > 0 })
+			}
 		case <-n.draining:
 			return errStreamShutdown
 		case <-ctx.Done():

@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -358,18 +359,34 @@ func TestCombinedWritesAnsweredAlone(t *testing.T) {
 	t.Logf("%d writes refused by the blocked tree, %d applied", len(refused), len(applied))
 }
 
-// TestWriteStreamAnswersAllBeforeEnd: a client that sends many writes and
-// then closes its side of the stream gets an answer for every one, and
-// every one is applied: the node takes every request it read before the
-// stream's end, however far its reader got ahead.
+// TestWriteStreamAnswersAllBeforeEnd: a client that sends writes and then
+// closes its side of the stream gets an answer for every one, and every
+// one is applied: the node takes every request its reader read before
+// the stream's end. The node's loop is held after its first request until
+// the reader has read the rest, and the end.
 func TestWriteStreamAnswersAllBeforeEnd(t *testing.T) {
 	tn := startNode(t, Config{})
 	ctx := t.Context()
+	var held atomic.Bool
+	testHookStreamTook = func(readerEnded func() bool) {
+		if !held.CompareAndSwap(false, true) {
+			return
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for !readerEnded() {
+			if time.Now().After(deadline) {
+				t.Error("the stream's reader did not see its end within 10s")
+				return
+			}
+			time.Sleep(time.Millisecond) // polling interval
+		}
+	}
+	t.Cleanup(func() { testHookStreamTook = nil })
 	st, err := pb.NewDataClient(tn.conn).WriteStream(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const writes = 2 * streamReadAhead
+	const writes = streamReadAhead / 2
 	for i := range writes {
 		key := fmt.Sprintf("end-%d", i)
 		req := &pb.WriteStreamRequest{Id: uint64(i + 1), Write: &pb.WriteRequest{Mutations: []*pb.Mutation{
@@ -394,6 +411,9 @@ func TestWriteStreamAnswersAllBeforeEnd(t *testing.T) {
 			t.Fatalf("write %d refused", resp.Id)
 		}
 		answered[resp.Id] = true
+	}
+	if !held.Load() {
+		t.Fatal("the test hook never ran")
 	}
 	if len(answered) != writes {
 		t.Fatalf("%d of %d writes answered before the stream ended", len(answered), writes)

@@ -31,9 +31,10 @@ import (
 // measured: one write in 10 at 11,000/s polled 20,000 times a second).
 // Then rising rates, to find the highest rate of writes accepted at A that
 // B keeps up with; they stop rising where A no longer accepts 95% of the
-// rate (its own write path is then the limit) or B falls behind.
-// In the same run, raw JetStream publish+consume on A's nats-server gives
-// the baseline.
+// rate (its own write path, or the paced writers waiting for its answers,
+// is then the limit) or B falls behind. In the same run, raw JetStream
+// publish+consume on A's nats-server, before the load and after it, gives
+// the baseline: the higher of the two.
 const (
 	relayWorkload    = "relay"
 	lagSamplesPerSec = 100
@@ -203,7 +204,12 @@ func runRelay(ctx context.Context, c relayConfig, out io.Writer) error {
 		if _, err := natsx.EnsureStream(ctx, js, natsx.StreamConfig{Name: "BENCH_RAW_" + name, Subjects: []string{subject}, MaxAge: time.Hour, Replicas: 1}); err != nil {
 			return natsx.RawResult{}, err
 		}
-		return natsx.RawPublishConsume(ctx, js, "BENCH_RAW_"+name, subject, c.RawMsgs, 256)
+		r, err := natsx.RawPublishConsume(ctx, js, "BENCH_RAW_"+name, subject, c.RawMsgs, 256)
+		if err != nil {
+			return r, err
+		}
+		// Its messages leave site-a's disk to the load measured next.
+		return r, js.DeleteStream(ctx, "BENCH_RAW_"+name)
 	}
 	rawBefore, err := rawRun("BEFORE")
 	if err != nil {
@@ -239,7 +245,7 @@ func runRelay(ctx context.Context, c relayConfig, out io.Writer) error {
 		}
 		best = max(best, r.achieved)
 		if r.achieved < 0.95*float64(rate) {
-			limit = fmt.Sprintf("%s's own writes at %d/s (%.0f/s accepted)", a.name, rate, r.achieved)
+			limit = fmt.Sprintf("%s's own writes at %d/s (%.0f/s accepted from %d paced writers, each waiting for its answers)", a.name, rate, r.achieved, c.Writers)
 			break
 		}
 	}
