@@ -22,7 +22,8 @@ const streamInflight = 1024
 // streamReadAhead is how many requests a stream's reader goroutine reads
 // ahead of the loop that checks and queues them. Without it the two meet
 // for every request, and under load each meeting parks and wakes a
-// goroutine: the putstream bench measured about 15% fewer writes/s.
+// goroutine: the bench measured about 12% fewer putstream writes/s, and
+// a third less of the relay workload's write ceiling (docs/benchmarks.md).
 const streamReadAhead = 64
 
 // testHookStreamTook, if set, runs after the loop of a WriteStream took a
