@@ -69,6 +69,18 @@ type behindNode struct {
 	next    time.Time // not tried before
 }
 
+// whole reports whether a whole catch-up of the node is to come or
+// running (false for a node not behind).
+func (b *behindNode) whole() bool { return b != nil && b.sources == nil }
+
+// backOff sets when to try the node next, after its current wait, and
+// doubles the wait; it returns the wait it used.
+func (b *behindNode) backOff(now time.Time) time.Duration {
+	w := b.wait
+	b.next, b.wait = now.Add(w), min(2*w, catchUpMaxRetry)
+	return w
+}
+
 // noteLocked records a repair of node b's timeline owner for after its
 // catch-up. repairMu is held.
 func (s *Service) noteLocked(node string, b *behindNode, owner uint64) {
@@ -205,19 +217,20 @@ func (s *Service) catchUp(ctx context.Context, node string) {
 		b.next = now.Add(retryIn)
 	case b.overflow:
 		outcome = "again"
-		retryIn = b.wait
-		b.sources, b.next, b.wait = nil, now.Add(b.wait), min(2*b.wait, catchUpMaxRetry)
+		b.sources = nil
+		retryIn = b.backOff(now)
 	case len(failed) > 0:
 		outcome = "failed"
-		retryIn = b.wait
-		b.sources, b.next, b.wait = failed, now.Add(b.wait), min(2*b.wait, catchUpMaxRetry)
+		b.sources = failed
+		retryIn = b.backOff(now)
 		queued, remarked = s.queueMissedLocked(node, b)
 	default:
 		delete(s.behind, node)
 		s.metrics.behind.Set(float64(len(s.behind)))
 		queued, remarked = s.queueMissedLocked(node, b)
 		if nb := s.behind[node]; nb != nil { // the queue was full again
-			nb.next, nb.wait = now.Add(b.wait), min(2*b.wait, catchUpMaxRetry)
+			nb.wait = b.wait
+			nb.backOff(now)
 		}
 	}
 	s.repairMu.Unlock()

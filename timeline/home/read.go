@@ -368,8 +368,7 @@ type repair struct {
 // by a catch-up to come: its node is behind, for a whole catch-up.
 // repairMu is held.
 func (s *Service) coveredLocked(r repair) bool {
-	b := s.behind[r.node]
-	return b != nil && b.sources == nil
+	return s.behind[r.node].whole()
 }
 
 // requeueRepair queues a repair again after it failed, unless a catch-up
@@ -404,7 +403,7 @@ func (s *Service) scheduleRepair(r repair) {
 // scheduleRepairLocked is scheduleRepair with repairMu held; it reports
 // whether it marked the node behind (for the caller to log, unlocked).
 func (s *Service) scheduleRepairLocked(r repair) (marked bool) {
-	if b := s.behind[r.node]; b != nil && b.sources == nil {
+	if b := s.behind[r.node]; b.whole() {
 		s.noteLocked(r.node, b, r.owner)
 		return false
 	}
@@ -499,7 +498,7 @@ func (s *Service) retryRepair(r repair, err error) {
 		delete(s.attempts, r)
 		switch b := s.behind[r.node]; {
 		case errors.Is(err, errNoSource):
-		case b != nil && b.sources == nil:
+		case b.whole():
 			// Asked for before the whole catch-up to come, or running,
 			// began: covered by it.
 		case b != nil:
