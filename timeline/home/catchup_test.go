@@ -330,6 +330,54 @@ func TestCatchUpSourceHangs(t *testing.T) {
 	}
 }
 
+// TestRefillSourceHangs: a refill is not held back by a sibling that
+// sends nothing: it is given up after the replica timeout and taken for
+// down, the other siblings' copies are merged, and it is asked again.
+func TestRefillSourceHangs(t *testing.T) {
+	cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16, replicaTimeout: 500 * time.Millisecond,
+		extra: []Member{{ID: "0", Addr: serve(t, stuckExport{})}}})
+	fresh := []timeline.Entry{{StatusID: 50, AuthorID: 8}}
+	cs.stB.Merge(3, fresh)
+	v, _ := cs.a.current()
+	if v.ids[0] != "0" {
+		t.Fatalf("ring nodes %v: the test needs the node that hangs asked first", v.ids)
+	}
+	// The test's deadline only bounds a failure: without the idle timer
+	// the refill would wait for "0" until it.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	changed, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		cs.a.refill(ctx, v, changed)
+	}()
+	for {
+		if got, _ := cs.a.store.Get(3); slices.Equal(got, fresh) {
+			break
+		}
+		select {
+		case <-done:
+			t.Fatal("the refill returned without b's copy of timeline 3")
+		case <-ctx.Done():
+			t.Fatal("b's copy of timeline 3 was not merged while a sibling hung")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	cs.a.mu.Lock()
+	_, down := cs.a.down["0"]
+	cs.a.mu.Unlock()
+	if !down {
+		t.Fatal("the sibling that hung was not taken for down")
+	}
+	select {
+	case <-done:
+		t.Fatal("the refill ended with a sibling it never heard from")
+	default:
+	}
+	close(changed) // a view change ends a refill that is still retrying
+	<-done
+}
+
 // TestRepairSources: a repair of a timeline no sibling holds is retried
 // (a sibling may hold it reserved for a rebuild), but when it is given up
 // its node is not marked behind; a sibling that is behind is no source.

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"sync"
 	"time"
@@ -550,31 +549,22 @@ func (s *Service) refill(ctx context.Context, v *view, changed <-chan struct{}) 
 	s.log.Info("timelines refilled from siblings", "timelines", total, "took", time.Since(start).Round(time.Millisecond), "ring_nodes", len(v.ids))
 }
 
+// refillFrom merges in what node holds of the timelines placed here and
+// returns how many it sent. A sibling that sends nothing for
+// --replica-timeout is given up and taken for down (exportFrom), so one
+// that hangs holds back no other's copies: refill asks it again later.
 func (s *Service) refillFrom(ctx context.Context, v *view, node string) (int, error) {
-	c, err := s.client(v, node)
-	if err != nil {
-		return 0, err
-	}
-	stream, err := c.ReplicaExport(ctx, &pb.ReplicaExportRequest{Node: s.cfg.NodeID, RingNodes: v.ids})
-	if err != nil {
-		return 0, err
-	}
 	n := 0
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return n, nil
-			}
-			return n, err
-		}
+	err := s.exportFrom(ctx, v, node, s.cfg.NodeID, func(resp *pb.ReplicaExportResponse) error {
 		for _, t := range resp.Timelines {
 			if err := checkColumns(t); err != nil {
-				return n, err
+				return err
 			}
 			s.store.Merge(t.Owner, replicaEntries(t))
 			n++
+			s.metrics.refilled.Inc()
 		}
-		s.metrics.refilled.Add(float64(len(resp.Timelines)))
-	}
+		return nil
+	})
+	return n, err
 }
