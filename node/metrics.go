@@ -86,6 +86,8 @@ func (m *metrics) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo
 var (
 	descWALSyncs = prometheus.NewDesc("aviary_shard_wal_syncs_total",
 		"Fsyncs of the write-ahead log; fewer than durable batches under concurrency (group commit).", nil, nil)
+	descWALSync = prometheus.NewDesc("aviary_shard_wal_fsync_seconds",
+		"Time each fsync of the write-ahead log took (Pebble's own measurement; every durable write waits for one).", nil, nil)
 	descDisk = prometheus.NewDesc("aviary_shard_disk_bytes",
 		"Bytes of sstables and WAL on disk.", nil, nil)
 	descMemtable = prometheus.NewDesc("aviary_shard_memtable_bytes",
@@ -103,6 +105,7 @@ type storeCollector struct{ s *shard.Store }
 
 func (c storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descWALSyncs
+	ch <- descWALSync
 	ch <- descDisk
 	ch <- descMemtable
 	ch <- descCompactions
@@ -113,6 +116,9 @@ func (c storeCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.s.Stats()
 	ch <- prometheus.MustNewConstMetric(descWALSyncs, prometheus.CounterValue, float64(st.WALSyncs))
+	if st.WALSyncBuckets != nil {
+		ch <- prometheus.MustNewConstHistogram(descWALSync, st.WALSyncs, st.WALSyncSeconds, st.WALSyncBuckets)
+	}
 	ch <- prometheus.MustNewConstMetric(descDisk, prometheus.GaugeValue, float64(st.DiskBytes))
 	ch <- prometheus.MustNewConstMetric(descMemtable, prometheus.GaugeValue, float64(st.MemTableBytes))
 	ch <- prometheus.MustNewConstMetric(descCompactions, prometheus.CounterValue, float64(st.Compactions))

@@ -3,11 +3,53 @@ package shard
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	dto "github.com/prometheus/client_model/go"
 )
+
+// The WAL's fsync histogram is exported at a few of Pebble's bounds, each
+// with its exact count.
+func TestSyncBuckets(t *testing.T) {
+	var bs []*dto.Bucket
+	for i, ub := range pebble.FsyncLatencyBuckets {
+		bs = append(bs, &dto.Bucket{UpperBound: &ub, CumulativeCount: new(uint64(i))})
+	}
+	got := syncBuckets(bs)
+	if len(got) != len(syncBucketBounds) {
+		t.Fatalf("%d buckets, want %d: %v", len(got), len(syncBucketBounds), got)
+	}
+	for i, ub := range pebble.FsyncLatencyBuckets {
+		s := ub / 1e9
+		n, ok := got[s]
+		if !ok {
+			continue
+		}
+		if n != uint64(i) {
+			t.Errorf("bucket %v s counts %d, want Pebble's %d", s, n, i)
+		}
+	}
+	for _, want := range syncBucketBounds {
+		ok := false
+		for s := range got {
+			if s >= want*(1-1e-9) && s < want*1.25 {
+				ok = true
+			}
+		}
+		if !ok {
+			t.Errorf("no bucket at or just above %v s in %v", want, got)
+		}
+	}
+	if _, ok := got[(100 * time.Microsecond).Seconds()]; !ok {
+		t.Errorf("no bucket at exactly 0.1 ms: %v", got)
+	}
+}
 
 // Concurrent durable batches share WAL fsyncs.
 func TestGroupCommitSharesSyncs(t *testing.T) {
@@ -48,6 +90,21 @@ func TestGroupCommitSharesSyncs(t *testing.T) {
 	}
 	if syncs >= batches {
 		t.Fatalf("%d fsyncs for %d batches: group commit shared none", syncs, batches)
+	}
+	st := s.Stats()
+	if st.WALSyncSeconds <= 0 {
+		t.Fatalf("%d WAL fsyncs took %v s in all", st.WALSyncs, st.WALSyncSeconds)
+	}
+	var last uint64
+	for _, b := range slices.Sorted(maps.Keys(st.WALSyncBuckets)) {
+		n := st.WALSyncBuckets[b]
+		if n < last || n > st.WALSyncs {
+			t.Fatalf("fsync bucket %v s counts %d: not between the one below (%d) and all fsyncs (%d)", b, n, last, st.WALSyncs)
+		}
+		last = n
+	}
+	if last != st.WALSyncs {
+		t.Fatalf("the largest fsync bucket counts %d of %d fsyncs", last, st.WALSyncs)
 	}
 	if d := mustDigest(t, s, shA, nil, nil); d.Records != batches {
 		t.Fatalf("%d records after %d single-put batches", d.Records, batches)

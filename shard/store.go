@@ -429,6 +429,12 @@ type Stats struct {
 	// WALSyncs counts the fsyncs of the write-ahead log since Open. With
 	// group commit it grows more slowly than the number of durable batches.
 	WALSyncs uint64
+	// WALSyncSeconds is the time those fsyncs took, in all.
+	WALSyncSeconds float64
+	// WALSyncBuckets counts the fsyncs that took at most each upper bound
+	// (seconds): a few of Pebble's own bounds, about 0.1 ms to 10 s, so
+	// every count is exact.
+	WALSyncBuckets map[float64]uint64
 	// DiskBytes is the size of the live sstables and WAL.
 	DiskBytes uint64
 	// MemTableBytes is the size of the memtables.
@@ -454,9 +460,35 @@ func (s *Store) Stats() Stats {
 		var d dto.Metric
 		if h.Write(&d) == nil && d.Histogram != nil {
 			st.WALSyncs = d.Histogram.GetSampleCount()
+			st.WALSyncSeconds = d.Histogram.GetSampleSum() / 1e9 // Pebble observes nanoseconds
+			st.WALSyncBuckets = syncBuckets(d.Histogram.GetBucket())
 		}
 	}
 	return st
+}
+
+// syncBucketBounds are the upper bounds, in seconds, the WAL's fsync
+// histogram is exported with: each is taken to the first of Pebble's
+// bounds at or above it (Pebble's are 0.1 ms apart up to 5 ms, then
+// exponential to 10 s).
+var syncBucketBounds = []float64{0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10}
+
+// syncBuckets picks syncBucketBounds out of Pebble's fsync histogram
+// (cumulative counts, bounds in nanoseconds), keyed by the bound it
+// took, in seconds.
+func syncBuckets(bs []*dto.Bucket) map[float64]uint64 {
+	out := make(map[float64]uint64, len(syncBucketBounds))
+	i := 0
+	for _, want := range syncBucketBounds {
+		for i < len(bs) && bs[i].GetUpperBound()/1e9 < want*(1-1e-9) {
+			i++
+		}
+		if i == len(bs) {
+			break
+		}
+		out[bs[i].GetUpperBound()/1e9] = bs[i].GetCumulativeCount()
+	}
+	return out
 }
 
 func cmpString(a, b string) int {

@@ -3,6 +3,7 @@ package shard
 import (
 	"context"
 	"errors"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -112,7 +113,7 @@ func TestShardsAndTables(t *testing.T) {
 	if err := s.DropShard(ctx, "b"); !errors.Is(err, ErrClosed) {
 		t.Fatalf("DropShard on closed store: %v", err)
 	}
-	if st := s.Stats(); st != (Stats{}) {
+	if st := s.Stats(); !reflect.DeepEqual(st, Stats{}) {
 		t.Fatalf("Stats on closed store: %+v", st)
 	}
 }

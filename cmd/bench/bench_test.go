@@ -33,6 +33,7 @@ func TestSmoke(t *testing.T) {
 
 	type row struct {
 		Type, Workload, Target string
+		Of                     string
 		Ops, Errors            uint64
 		OpsPerSec              float64 `json:"ops_per_sec"`
 		P99Ns                  int64   `json:"p99_ns"`
@@ -52,12 +53,12 @@ func TestSmoke(t *testing.T) {
 		case "result":
 			results[r.Workload+"/"+r.Target] = r
 		case "ratio":
-			ratios[r.Workload] = r
+			ratios[r.Workload+"/"+r.Of] = r
 		}
 	}
 	for _, w := range workloadNames {
 		targets := []string{"node", "raw"}
-		if w == "range20" {
+		if w == "range20" || w == "ping" {
 			targets = targets[:1]
 		}
 		for _, target := range targets {
@@ -74,7 +75,13 @@ func TestSmoke(t *testing.T) {
 				t.Errorf("%s/%s: no table row", w, target)
 			}
 		}
-		r, ok := ratios[w]
+		if w == "ping" {
+			if r, ok := ratios[w+"/"]; ok {
+				t.Errorf("ping: ratio %+v, want none", r)
+			}
+			continue
+		}
+		r, ok := ratios[w+"/"]
 		switch {
 		case !ok:
 			t.Errorf("%s: no ratio", w)
@@ -82,6 +89,11 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s: ratio %v, want none", w, *r.Ratio)
 		case w != "range20" && (r.Ratio == nil || *r.Ratio <= 0):
 			t.Errorf("%s: ratio missing or not positive", w)
+		}
+	}
+	for _, w := range []string{"put", "get"} {
+		if r, ok := ratios[w+"/ping"]; !ok || r.Ratio == nil || *r.Ratio <= 0 {
+			t.Errorf("%s: ratio of ping missing or not positive: %+v", w, r)
 		}
 	}
 	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {

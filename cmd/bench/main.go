@@ -7,6 +7,11 @@
 //
 // It measures these workloads:
 //
+//   - ping: one grpc.health.v1 Check per operation, through the node's
+//     interceptors and the same connections: a unary round trip with no
+//     storage work and no fsync, so the ceiling of the unary workloads at
+//     this concurrency on this machine (put and get print their
+//     throughput as a fraction of it).
 //   - put: one Put RPC of a new random key per operation, acknowledged
 //     after fsync.
 //   - putstream: the same Puts as messages on write streams
@@ -343,7 +348,7 @@ func newCommand() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure an Aviary node's throughput and latency over gRPC",
 		Long: `Measure an Aviary storage node over real gRPC: --concurrency clients over
---conns connections run each workload (put, putstream, batch100, get,
+--conns connections run each workload (ping, put, putstream, batch100, get,
 range20) for a warmup and then --duration, and the throughput, latency
 quantiles and errors are printed as a table. put, putstream (the same Puts
 over write streams), batch100 and get are also run against bare
@@ -351,7 +356,9 @@ Pebble on the same disk with the same sync setting, and the ratio node/raw of
 the throughputs is printed. get and range20 then run once more against the
 node with their clients paced on one schedule (--read-rate, target
 "paced"): latency counted from the schedule's time, and a comment line with
-the latency from send to answer.
+the latency from send to answer. ping is a health Check per call, a
+unary round trip with no storage work: put and get print their throughput
+as a fraction of it.
 
 The router workload (not run by default) starts, for each --replicas value
 R, a fresh in-process 3-node site whose shard trees have R replicas each,
@@ -409,7 +416,7 @@ flag name in capitals with '-' as '_' (--duration: AVIARY_BENCH_DURATION).`,
 	f.DurationVar(&cfg.Warmup, "warmup", time.Second, "unmeasured warmup before each measurement")
 	f.IntVar(&cfg.Concurrency, "concurrency", 64, "concurrent clients, each looping until the deadline")
 	f.IntVar(&cfg.Conns, "conns", 4, "gRPC connections; clients are spread over them round-robin")
-	f.StringSliceVar(&cfg.Workloads, "workloads", workloadNames, "workloads to run, comma separated: put, putstream, batch100, get, range20, router (not by default: a 3-node site per --replicas value), migrate (not by default: online migration on a 2-node site)")
+	f.StringSliceVar(&cfg.Workloads, "workloads", workloadNames, "workloads to run, comma separated: ping, put, putstream, batch100, get, range20, router (not by default: a 3-node site per --replicas value), migrate (not by default: online migration on a 2-node site)")
 	f.IntVar(&cfg.Keys, "keys", 1000000, "keys preloaded for get")
 	f.IntVar(&cfg.ValueBytes, "value-bytes", 128, "bytes of every value written (random, so incompressible)")
 	f.IntVar(&cfg.Owners, "owners", 10000, "owners preloaded for range20")
@@ -511,17 +518,19 @@ func shellQuote(s string) string {
 // if it has a baseline, against raw Pebble.
 type workload struct {
 	name      string
-	mutsPerOp int // mutations per operation; 0 for reads
+	mutsPerOp int  // mutations per operation; 0 for reads
+	paced     bool // also run paced (--read-rate)
 	node      func(b *bench, ctx context.Context) (func(int) opFunc, error)
 	raw       func(b *bench, ctx context.Context, r *rawDB) (func(int) opFunc, error) // nil: none
 }
 
 var workloads = []workload{
-	{"put", 1, (*bench).nodePut, (*bench).rawPut},
-	{"putstream", 1, (*bench).nodePutStream, (*bench).rawPut},
-	{"batch100", batchMutations, (*bench).nodeBatch100, (*bench).rawBatch100},
-	{"get", 0, (*bench).nodeGet, (*bench).rawGet},
-	{"range20", 0, (*bench).nodeRange20, nil},
+	{"ping", 0, false, (*bench).nodePing, nil},
+	{"put", 1, false, (*bench).nodePut, (*bench).rawPut},
+	{"putstream", 1, false, (*bench).nodePutStream, (*bench).rawPut},
+	{"batch100", batchMutations, false, (*bench).nodeBatch100, (*bench).rawBatch100},
+	{"get", 0, true, (*bench).nodeGet, (*bench).rawGet},
+	{"range20", 0, true, (*bench).nodeRange20, nil},
 }
 
 func workloadByName(name string) (workload, bool) {
@@ -545,7 +554,8 @@ type bench struct {
 	closers []func() error // closed at the end, last first
 	records []any          // for --json
 	errors  uint64
-	wcol    int // width of the table's workload column
+	wcol    int     // width of the table's workload column
+	ping    *result // the ping workload's, if it ran
 }
 
 // client returns the Data client of client goroutine w.
@@ -736,7 +746,11 @@ func (b *bench) runWorkload(ctx context.Context, w workload) {
 	if nr != nil {
 		b.report(nr)
 	}
-	if w.mutsPerOp == 0 && c.ReadRate >= 0 && nr != nil && ctx.Err() == nil {
+	if w.name == "ping" {
+		b.ping = nr
+		return
+	}
+	if w.paced && c.ReadRate >= 0 && nr != nil && ctx.Err() == nil {
 		// Reads again, paced: their latency under a load the node
 		// carries, rather than under the clients' own saturation of it.
 		rate := c.ReadRate
@@ -776,6 +790,11 @@ func (b *bench) runWorkload(ctx context.Context, w workload) {
 	if rr != nil {
 		b.report(rr)
 		b.ratio(w.name, nr, rr)
+	}
+	if nr != nil && b.ping != nil && b.ping.OpsPerSec() > 0 && (w.name == "put" || w.name == "get") {
+		v := nr.OpsPerSec() / b.ping.OpsPerSec()
+		b.printf("# %s: %.2f of ping's calls/s (the same unary round trips with no storage work: the ceiling of one call per operation here)\n", w.name, v)
+		b.records = append(b.records, jsonRatio{Type: "ratio", Workload: w.name, Of: "ping", Ratio: &v})
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/aviarydb/aviary/api/client"
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/internal/timex"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // Tables the workloads use: two of the node's default tables.
@@ -38,7 +39,7 @@ const (
 )
 
 // workloadNames are the workloads in the order they run by default.
-var workloadNames = []string{"put", "putstream", "batch100", "get", "range20"}
+var workloadNames = []string{"ping", "put", "putstream", "batch100", "get", "range20"}
 
 // opFunc performs one operation of a workload.
 type opFunc func(ctx context.Context) error
@@ -311,6 +312,20 @@ func (b *bench) preload(ctx context.Context, what string, total, chunk, workers 
 	el := time.Since(start)
 	b.printf("# %s: preloaded %d items in %s (%.0f items/s)\n", what, total, el.Round(time.Millisecond), float64(total)/el.Seconds())
 	return nil
+}
+
+// nodePing: one health Check per operation, over the clients'
+// connections and through the node's interceptors, but with no storage
+// work and no fsync.
+func (b *bench) nodePing(_ context.Context) (func(int) opFunc, error) {
+	return func(w int) opFunc {
+		hc := healthpb.NewHealthClient(b.conns[w%len(b.conns)])
+		req := &healthpb.HealthCheckRequest{}
+		return func(ctx context.Context) error {
+			_, err := hc.Check(ctx, req)
+			return err
+		}
+	}, nil
 }
 
 // nodePut: one durable Put RPC of a new random key per operation.
