@@ -101,8 +101,10 @@
 //     --timeline-users Zipf follow graph with --timeline-follows follows per
 //     user; posts at --timeline-post-rate with --timeline-readers readers,
 //     delivery latency (acceptance to every follower's timeline) and read
-//     latency, with the readers back to back and then again with reads
-//     paced at --timeline-read-rate; then read throughput one and
+//     latency, with the readers back to back, again with reads paced at
+//     --timeline-read-rate, and once more with a health Check (no read
+//     work) in place of each read, the floor of a read's latency under the
+//     fan-out; then read throughput one and
 //     --timeline-many timelines per call; the ratios Aviary/Redis and the
 //     issue's targets. See
 //     docs/benchmarks.md.

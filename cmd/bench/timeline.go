@@ -21,6 +21,7 @@ import (
 	"github.com/aviarydb/aviary/internal/timex"
 	"github.com/aviarydb/aviary/node"
 	"github.com/aviarydb/aviary/timeline/home"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 const timelineWorkload = "timeline" // its name in --workloads
@@ -183,6 +184,18 @@ func runTimeline(ctx context.Context, c timelineConfig, out io.Writer) error {
 		fmt.Fprintf(out, "read p99 under fan-out: %s with the readers back to back (%.0f reads/s), %s with %d reads/s paced (target < 5ms)\n",
 			fmtDur(av.readP99), av.readsPerSec, fmtDur(paced.readP99), pacedRate)
 	}
+	// The same fan-out with the readers making a call that does no work:
+	// what any read's p99 is bounded by while the fan-out shares the CPUs.
+	hcs := make([]healthpb.HealthClient, len(s.conns))
+	for i, cc := range s.conns {
+		hcs[i] = healthpb.NewHealthClient(cc)
+	}
+	ping := fanoutPhase(ctx, c, 0, followers, &dl, aPost, func(ctx context.Context, w int, _ uint64) error {
+		_, err := hcs[w%len(hcs)].Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	})
+	ping.print(out, "aviary post+fan-out, ping", 3)
+	fmt.Fprintf(out, "# ping: a health Check per call in place of each read (the same readers, connections and fan-out, no read work): p99 %s\n", fmtDur(ping.readP99))
 
 	var rd *redisTimelines
 	var rs phaseResult

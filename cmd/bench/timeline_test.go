@@ -17,7 +17,7 @@ func TestSmokeTimeline(t *testing.T) {
 	}
 	s := out.String()
 	t.Log(s)
-	for _, want := range []string{"aviary post+fan-out, read20", "aviary read 1/call", "aviary read 5/call", "# targets:"} {
+	for _, want := range []string{"aviary post+fan-out, read20", "aviary post+fan-out, ping", "aviary read 1/call", "aviary read 5/call", "# targets:"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("output lacks %q", want)
 		}
