@@ -87,7 +87,7 @@ var (
 	descWALSyncs = prometheus.NewDesc("aviary_shard_wal_syncs_total",
 		"Fsyncs of the write-ahead log; fewer than durable batches under concurrency (group commit).", nil, nil)
 	descWALSync = prometheus.NewDesc("aviary_shard_wal_fsync_seconds",
-		"Time each fsync of the write-ahead log took (Pebble's own measurement; every durable write waits for one).", nil, nil)
+		"Time each fsync of the write-ahead log took (Pebble's own measurement; every durable write waits for one). The bounds are some of Pebble's: exact to 5 ms, then its exponential ones (0.0109, 0.0275, ... 10 s).", nil, nil)
 	descDisk = prometheus.NewDesc("aviary_shard_disk_bytes",
 		"Bytes of sstables and WAL on disk.", nil, nil)
 	descMemtable = prometheus.NewDesc("aviary_shard_memtable_bytes",

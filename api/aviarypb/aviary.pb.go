@@ -5877,9 +5877,9 @@ type ReplicaTimeline struct {
 	Entries []*TimelineEntry `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
 	Length  uint32           `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
 	// The entries as columns of equal length, newest first, instead of
-	// entries: in a ReplicaRead answer to a packed request. ReplicaMerge and
-	// ReplicaExport's receivers read them too, but their senders send
-	// entries, which a node that predates the columns can read.
+	// entries: in a ReplicaRead or ReplicaExport answer to a packed request.
+	// ReplicaMerge's receivers read them too, but its senders send entries,
+	// which a node that predates the columns can read.
 	StatusIds     []uint64 `protobuf:"fixed64,5,rep,packed,name=status_ids,json=statusIds,proto3" json:"status_ids,omitempty"`
 	AuthorIds     []uint64 `protobuf:"varint,6,rep,packed,name=author_ids,json=authorIds,proto3" json:"author_ids,omitempty"`
 	Flags         []uint32 `protobuf:"fixed32,7,rep,packed,name=flags,proto3" json:"flags,omitempty"`
@@ -6271,7 +6271,12 @@ type ReplicaExportRequest struct {
 	// The node asking: timelines whose replicas include it are sent.
 	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	// The timeline nodes of the rings, by id.
-	RingNodes     []string `protobuf:"bytes,2,rep,name=ring_nodes,json=ringNodes,proto3" json:"ring_nodes,omitempty"`
+	RingNodes []string `protobuf:"bytes,2,rep,name=ring_nodes,json=ringNodes,proto3" json:"ring_nodes,omitempty"`
+	// packed: each timeline's entries are sent as its columns status_ids,
+	// author_ids and flags, not as entries (no message per entry to build
+	// and read). A node older than this field ignores it and sends entries;
+	// receivers read both.
+	Packed        bool `protobuf:"varint,3,opt,name=packed,proto3" json:"packed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6318,6 +6323,13 @@ func (x *ReplicaExportRequest) GetRingNodes() []string {
 		return x.RingNodes
 	}
 	return nil
+}
+
+func (x *ReplicaExportRequest) GetPacked() bool {
+	if x != nil {
+		return x.Packed
+	}
+	return false
 }
 
 type ReplicaExportResponse struct {
@@ -7220,11 +7232,12 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\x14ReplicaMergeResponse\"/\n" +
 	"\x15ReplicaReserveRequest\x12\x16\n" +
 	"\x06owners\x18\x01 \x03(\x04R\x06owners\"\x18\n" +
-	"\x16ReplicaReserveResponse\"I\n" +
+	"\x16ReplicaReserveResponse\"a\n" +
 	"\x14ReplicaExportRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1d\n" +
 	"\n" +
-	"ring_nodes\x18\x02 \x03(\tR\tringNodes\"Q\n" +
+	"ring_nodes\x18\x02 \x03(\tR\tringNodes\x12\x16\n" +
+	"\x06packed\x18\x03 \x01(\bR\x06packed\"Q\n" +
 	"\x15ReplicaExportResponse\x128\n" +
 	"\ttimelines\x18\x01 \x03(\v2\x1a.aviary.v1.ReplicaTimelineR\ttimelines*P\n" +
 	"\vConsistency\x12\x17\n" +

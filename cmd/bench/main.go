@@ -752,6 +752,11 @@ func (b *bench) runWorkload(ctx context.Context, w workload) {
 		b.ping = nr
 		return
 	}
+	if nr != nil && b.ping != nil && b.ping.OpsPerSec() > 0 && (w.name == "put" || w.name == "get") {
+		v := nr.OpsPerSec() / b.ping.OpsPerSec()
+		b.printf("# %s: %.2f of ping's calls/s (the same unary round trips with no storage work: the ceiling of one call per operation here)\n", w.name, v)
+		b.records = append(b.records, jsonRatio{Type: "ratio", Workload: w.name, Of: "ping", Ratio: &v})
+	}
 	if w.paced && c.ReadRate >= 0 && nr != nil && ctx.Err() == nil {
 		// Reads again, paced: their latency under a load the node
 		// carries, rather than under the clients' own saturation of it.
@@ -792,11 +797,6 @@ func (b *bench) runWorkload(ctx context.Context, w workload) {
 	if rr != nil {
 		b.report(rr)
 		b.ratio(w.name, nr, rr)
-	}
-	if nr != nil && b.ping != nil && b.ping.OpsPerSec() > 0 && (w.name == "put" || w.name == "get") {
-		v := nr.OpsPerSec() / b.ping.OpsPerSec()
-		b.printf("# %s: %.2f of ping's calls/s (the same unary round trips with no storage work: the ceiling of one call per operation here)\n", w.name, v)
-		b.records = append(b.records, jsonRatio{Type: "ratio", Workload: w.name, Of: "ping", Ratio: &v})
 	}
 }
 

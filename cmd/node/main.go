@@ -112,7 +112,7 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "raft listen address of the site's nameserver (port 0 picks a free one)")
 	f.StringVar(&cfg.NodeID, "node-id", "", "this node's id in the site's shard map (default node-<worker-id>)")
 	f.StringVar(&cfg.Join, "join", "", "gRPC address of any node of an existing site to join; empty founds a new one-node site")
-	f.DurationVar(&cfg.ReplicaTimeout, "replica-timeout", cfg.ReplicaTimeout, "bound on one write to one replica (a replica that misses it is retried from the journal), on one read from a replica when others remain (the read goes on to them), and on one timeline push")
+	f.DurationVar(&cfg.ReplicaTimeout, "replica-timeout", cfg.ReplicaTimeout, "bound on one write to one replica (a replica that misses it is retried from the journal), on one read from a replica when others remain (the read goes on to them), on one timeline push, and on the wait for each batch of a timeline refill or catch-up (a sibling that sends nothing for it is taken for down and asked again later)")
 	f.Uint32Var(&cfg.SiteID, "site-id", cfg.SiteID, "this site's number in ids and versions (0-31)")
 	f.StringVar(&cfg.SiteName, "site-name", cfg.SiteName, "this site's name in the site map (other sites' relays know it by it)")
 	f.StringVar(&cfg.NATSURL, "nats-url", "", `NATS (JetStream) of this site's replication stream; empty: a node founding a site embeds a nats-server on --nats-addr, a joining node uses its site's; "off" disables replication`)

@@ -295,13 +295,15 @@ func (s *Service) catchUpFrom(ctx context.Context, v *view, node string, sources
 			continue // left the rings: the others hold its copies
 		}
 		var err error
+		// Not packed: the copies go on to node's ReplicaMerge as they
+		// came, and a node that predates the columns reads only entries.
 		switch {
 		case id == s.cfg.NodeID && s.store != nil:
-			err = s.exportPlaced(ctx, s.store, v.ids, node, merge)
+			err = s.exportPlaced(ctx, s.store, v.ids, node, false, merge)
 		case s.isDown(id):
 			err = errors.New("taken for down")
 		default:
-			err = s.exportFrom(ctx, v, id, node, merge)
+			err = s.exportFrom(ctx, v, id, node, false, merge)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("from %s: %w", id, err))
@@ -315,10 +317,11 @@ func (s *Service) catchUpFrom(ctx context.Context, v *view, node string, sources
 }
 
 // exportFrom passes each batch of sibling id's ReplicaExport for node to
-// fn. The sibling must send each batch within ReplicaTimeout of being
-// asked for it (the stream's start included): one that hangs does not
-// hold the catch-up, and is taken for down.
-func (s *Service) exportFrom(ctx context.Context, v *view, id, node string, fn func(*pb.ReplicaExportResponse) error) error {
+// fn, asked for as columns if packed. The sibling must send each batch
+// within ReplicaTimeout of being asked for it (the stream's start
+// included): one that hangs holds a catch-up or refill no longer than
+// that, and is taken for down.
+func (s *Service) exportFrom(ctx context.Context, v *view, id, node string, packed bool, fn func(*pb.ReplicaExportResponse) error) error {
 	c, err := s.client(v, id)
 	if err != nil {
 		return err
@@ -335,7 +338,7 @@ func (s *Service) exportFrom(ctx context.Context, v *view, id, node string, fn f
 	d := s.cfg.ReplicaTimeout
 	var stream pb.Timelines_ReplicaExportClient
 	timedOut, _, err := within(d, cancel, func() (err error) {
-		stream, err = c.ReplicaExport(sctx, &pb.ReplicaExportRequest{Node: node, RingNodes: v.ids})
+		stream, err = c.ReplicaExport(sctx, &pb.ReplicaExportRequest{Node: node, RingNodes: v.ids, Packed: packed})
 		return err
 	})
 	if err != nil {

@@ -38,9 +38,13 @@ func (m mergeHook) ReplicaMerge(ctx context.Context, r *pb.ReplicaMergeRequest) 
 // caller gives up.
 type stuckExport struct {
 	pb.UnimplementedTimelinesServer
+	calls *atomic.Int32 // if not nil, counts the exports asked for
 }
 
-func (stuckExport) ReplicaExport(_ *pb.ReplicaExportRequest, stream pb.Timelines_ReplicaExportServer) error {
+func (x stuckExport) ReplicaExport(_ *pb.ReplicaExportRequest, stream pb.Timelines_ReplicaExportServer) error {
+	if x.calls != nil {
+		x.calls.Add(1)
+	}
 	<-stream.Context().Done()
 	return stream.Context().Err()
 }
@@ -334,10 +338,12 @@ func TestCatchUpSourceHangs(t *testing.T) {
 // sends nothing: it is given up after the replica timeout and taken for
 // down, the other siblings' copies are merged, and it is asked again.
 func TestRefillSourceHangs(t *testing.T) {
+	var calls atomic.Int32
 	cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16, replicaTimeout: 500 * time.Millisecond,
-		extra: []Member{{ID: "0", Addr: serve(t, stuckExport{})}}})
-	fresh := []timeline.Entry{{StatusID: 50, AuthorID: 8}}
+		extra: []Member{{ID: "0", Addr: serve(t, stuckExport{calls: &calls})}}})
+	fresh := []timeline.Entry{{StatusID: 50, AuthorID: 8, Flags: 3}}
 	cs.stB.Merge(3, fresh)
+	cs.stB.Merge(4, nil) // held and empty: sent with no columns
 	v, _ := cs.a.current()
 	if v.ids[0] != "0" {
 		t.Fatalf("ring nodes %v: the test needs the node that hangs asked first", v.ids)
@@ -352,16 +358,19 @@ func TestRefillSourceHangs(t *testing.T) {
 		cs.a.refill(ctx, v, changed)
 	}()
 	for {
-		if got, _ := cs.a.store.Get(3); slices.Equal(got, fresh) {
+		if got, _ := cs.a.store.Get(3); slices.Equal(got, fresh) && calls.Load() >= 2 {
 			break
 		}
 		select {
 		case <-done:
 			t.Fatal("the refill returned without b's copy of timeline 3")
 		case <-ctx.Done():
-			t.Fatal("b's copy of timeline 3 was not merged while a sibling hung")
+			t.Fatalf("b's copy of timeline 3 was not merged while a sibling hung, or the sibling was not asked again (asked %d times)", calls.Load())
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+	if got, held := cs.a.store.Get(4); !held || len(got) != 0 {
+		t.Fatalf("b's empty timeline 4 refilled as held %v with %d entries, want held and empty", held, len(got))
 	}
 	cs.a.mu.Lock()
 	_, down := cs.a.down["0"]
@@ -376,6 +385,35 @@ func TestRefillSourceHangs(t *testing.T) {
 	}
 	close(changed) // a view change ends a refill that is still retrying
 	<-done
+}
+
+// olderExport is a node that predates ReplicaExportRequest.packed: it
+// sends entries whatever it is asked.
+type olderExport struct {
+	pb.UnimplementedTimelinesServer
+	owner   uint64
+	entries []*pb.TimelineEntry
+}
+
+func (x olderExport) ReplicaExport(_ *pb.ReplicaExportRequest, stream pb.Timelines_ReplicaExportServer) error {
+	return stream.Send(&pb.ReplicaExportResponse{Timelines: []*pb.ReplicaTimeline{
+		{Owner: x.owner, Held: true, Entries: x.entries, Length: uint32(len(x.entries))}}})
+}
+
+// TestRefillFromOlderNode: a refill that asks for columns reads the
+// entries of a sibling that does not know the field.
+func TestRefillFromOlderNode(t *testing.T) {
+	older := olderExport{owner: 5, entries: []*pb.TimelineEntry{{StatusId: 70, AuthorId: 9, Flags: 1}, {StatusId: 60, AuthorId: 8}}}
+	cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16, extra: []Member{{ID: "0", Addr: serve(t, older)}}})
+	v, _ := cs.a.current()
+	n, err := cs.a.refillFrom(t.Context(), v, "0")
+	if err != nil || n != 1 {
+		t.Fatalf("refill from an older node: %d timelines, %v", n, err)
+	}
+	want := []timeline.Entry{{StatusID: 70, AuthorID: 9, Flags: 1}, {StatusID: 60, AuthorID: 8}}
+	if got, _ := cs.a.store.Get(5); !slices.Equal(got, want) {
+		t.Fatalf("timeline 5 refilled as %v, want %v", got, want)
+	}
 }
 
 // TestRepairSources: a repair of a timeline no sibling holds is retried

@@ -68,8 +68,11 @@
 //
 // A timeline node that starts, or that the rings newly name as a replica
 // of some timelines, asks each sibling for the whole timelines it should
-// hold (ReplicaExport) and merges them. Merging is a union of immutable
-// entries, so it is safe at any time and in any order.
+// hold (ReplicaExport, as columns) and merges them. Merging is a union of
+// immutable entries, so it is safe at any time and in any order. A sibling
+// that sends nothing for ReplicaTimeout is given up, taken for down and
+// asked again later: one that hangs holds back the siblings asked after it
+// by ReplicaTimeout, not for good.
 //
 // # Limits
 //

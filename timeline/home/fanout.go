@@ -530,7 +530,7 @@ func (s *Service) refill(ctx context.Context, v *view, changed <-chan struct{}) 
 			total += got
 			if err != nil {
 				failed = append(failed, n)
-				s.log.Debug("timeline refill from a sibling failed; will retry", "node", n, "err", err)
+				s.log.Info("timeline refill from a sibling failed; will retry", "node", n, "err", err)
 			}
 		}
 		todo = failed
@@ -555,16 +555,22 @@ func (s *Service) refill(ctx context.Context, v *view, changed <-chan struct{}) 
 // that hangs holds back no other's copies: refill asks it again later.
 func (s *Service) refillFrom(ctx context.Context, v *view, node string) (int, error) {
 	n := 0
-	err := s.exportFrom(ctx, v, node, s.cfg.NodeID, func(resp *pb.ReplicaExportResponse) error {
+	err := s.exportFrom(ctx, v, node, s.cfg.NodeID, true, s.mergeExport(&n))
+	return n, err
+}
+
+// mergeExport returns a ReplicaExport receiver that merges each timeline
+// sent into this node's store, counting them in n.
+func (s *Service) mergeExport(n *int) func(*pb.ReplicaExportResponse) error {
+	return func(resp *pb.ReplicaExportResponse) error {
 		for _, t := range resp.Timelines {
 			if err := checkColumns(t); err != nil {
 				return err
 			}
 			s.store.Merge(t.Owner, replicaEntries(t))
-			n++
+			*n++
 			s.metrics.refilled.Inc()
 		}
 		return nil
-	})
-	return n, err
+	}
 }

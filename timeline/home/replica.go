@@ -66,8 +66,8 @@ func checkColumns(t *pb.ReplicaTimeline) error {
 }
 
 // replicaEntries returns a timeline's entries, sent packed or not (a node
-// that predates ReplicaReadRequest.packed sends entries), once checkColumns
-// has passed it.
+// that predates ReplicaReadRequest.packed or ReplicaExportRequest.packed
+// sends entries), once checkColumns has passed it.
 func replicaEntries(t *pb.ReplicaTimeline) []timeline.Entry {
 	if len(t.StatusIds) == 0 {
 		return toEntries(t.Entries)
@@ -197,12 +197,13 @@ func (s *Service) ReplicaExport(r *pb.ReplicaExportRequest, stream pb.Timelines_
 	if r.Node == "" || len(r.RingNodes) == 0 {
 		return status.Error(codes.InvalidArgument, "node and ring_nodes are required")
 	}
-	return s.exportPlaced(stream.Context(), st, r.RingNodes, r.Node, stream.Send)
+	return s.exportPlaced(stream.Context(), st, r.RingNodes, r.Node, r.Packed, stream.Send)
 }
 
 // exportPlaced sends the timelines st holds that the rings over ringNodes
-// place on node, exportBatch at a time, until send fails or ctx ends.
-func (s *Service) exportPlaced(ctx context.Context, st *timeline.Store, ringNodes []string, node string, send func(*pb.ReplicaExportResponse) error) error {
+// place on node, exportBatch at a time, until send fails or ctx ends; as
+// columns if packed, else as entries.
+func (s *Service) exportPlaced(ctx context.Context, st *timeline.Store, ringNodes []string, node string, packed bool, send func(*pb.ReplicaExportResponse) error) error {
 	rings, err := timeline.NewRings(ringNodes, s.cfg.Rings)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "ring_nodes: %v", err)
@@ -217,7 +218,13 @@ func (s *Service) exportPlaced(ctx context.Context, st *timeline.Store, ringNode
 	batch := &pb.ReplicaExportResponse{}
 	var sendErr error
 	st.EachWhere(placed, func(owner uint64, es []timeline.Entry) bool {
-		batch.Timelines = append(batch.Timelines, &pb.ReplicaTimeline{Owner: owner, Held: true, Entries: fromEntries(es), Length: uint32(len(es))})
+		t := &pb.ReplicaTimeline{Owner: owner, Held: true, Length: uint32(len(es))}
+		if packed {
+			t.StatusIds, t.AuthorIds, t.Flags = toColumns(es)
+		} else {
+			t.Entries = fromEntries(es)
+		}
+		batch.Timelines = append(batch.Timelines, t)
 		if len(batch.Timelines) >= exportBatch {
 			sendErr = send(batch)
 			batch = &pb.ReplicaExportResponse{}
