@@ -43,7 +43,8 @@ func newCommand() *cobra.Command {
 		Use:   "node",
 		Short: "Run an Aviary storage node",
 		Long: `Run an Aviary storage node: physical shards on Pebble behind a gRPC API
-(aviary.v1.Data, aviary.v1.ShardAdmin, grpc.health.v1, server reflection),
+(aviary.v1.Data, ShardAdmin, Timelines, Nameserver and Replica,
+grpc.health.v1, server reflection),
 Prometheus /metrics and /healthz over HTTP.
 
 With no flags it is a complete one-node site on 127.0.0.1, with its data in
