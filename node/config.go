@@ -128,6 +128,15 @@ type Config struct {
 	// are not limited. 0: no limit.
 	ClientRate  float64
 	ClientBurst int
+	// MaxWriteBytesInFlight bounds the bytes of clients' writes (keys,
+	// values and payloads, as Limits.MaxBatchBytes counts them) the node
+	// has taken and not yet answered, over all calls and write streams:
+	// past it a write waits for room until near its deadline, then gets
+	// ResourceExhausted (a write stream stops reading meanwhile). The memory a
+	// write holds is a small multiple of what it counts. Aviary's own
+	// writes (router.Internal) are not counted. Default 512 MiB; at least
+	// Limits.MaxBatchBytes, so that any one write fits.
+	MaxWriteBytesInFlight int64
 	// Timelines configures the home timelines (capacity, celebrity
 	// threshold, fan-out partitions, hedging); zero fields take the
 	// defaults of timeline.Options and home.Config.
@@ -172,6 +181,9 @@ func (c *Config) EnsureDefaults() {
 		c.Tables = DefaultTables
 	}
 	c.Limits.EnsureDefaults()
+	if c.MaxWriteBytesInFlight == 0 {
+		c.MaxWriteBytesInFlight = 512 << 20
+	}
 	if c.MaxClockSkew == 0 {
 		c.MaxClockSkew = 10 * time.Second
 	}
@@ -230,6 +242,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.MaxWriteBytesInFlight < int64(c.Limits.MaxBatchBytes) {
+		errs = append(errs, fmt.Errorf("max write bytes in flight %d: must be at least the max batch bytes, %d", c.MaxWriteBytesInFlight, c.Limits.MaxBatchBytes))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("node: invalid config: %w", err)

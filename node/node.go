@@ -56,11 +56,15 @@ type Node struct {
 	ns      *nameserver.Server
 	router  *router.Router
 	commits *commitQueue // applies concurrent writes in batches
-	// draining is closed when the node starts shutting down.
+	// draining is closed when the node starts shutting down, and drained
+	// called.
 	draining chan struct{}
-	remotes  remotes
-	sec      *netx.Security
-	limits   *clientLimits
+	drained  context.CancelFunc
+	// budget bounds the bytes of clients' writes in flight.
+	budget  *writeBudget
+	remotes remotes
+	sec     *netx.Security
+	limits  *clientLimits
 
 	// routedVersion is the map version the router routes with; ready is
 	// set once the map lists this node and its shards exist.
@@ -93,6 +97,9 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n := &Node{cfg: cfg, log: cfg.Logger, hlc: ids.NewHLC(cfg.Clock, cfg.MaxClockSkew), readyCh: make(chan struct{}), fence: newFence()}
 	n.commits = &commitQueue{n: n}
 	n.draining = make(chan struct{})
+	var drained context.Context
+	drained, n.drained = context.WithCancel(context.Background())
+	n.budget = newWriteBudget(cfg.MaxWriteBytesInFlight, drained)
 	if n.ids, err = ids.NewGenerator(cfg.SiteID, cfg.WorkerID, cfg.Clock); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
@@ -124,6 +131,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		reg = defaultRegistry()
 	}
 	n.metrics = newMetrics(reg, n.store)
+	n.budget.register(reg)
 
 	if n.grpcLis, err = netx.Listen(ctx, cfg.GRPCAddr); err != nil {
 		return nil, fmt.Errorf("node: grpc: %w", err)
@@ -279,6 +287,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.health.Shutdown()
 	stopBG()
 	close(n.draining) // write streams finish what they took and end
+	n.drained()       // and writes waiting for room in the budget give up
 
 	stopped := make(chan struct{})
 	go func() {
