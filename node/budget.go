@@ -60,6 +60,9 @@ func (b *writeBudget) take(ctx context.Context, size int, deadline time.Time) (r
 			"write of %d bytes of keys, values and payloads: larger than --max-write-bytes-in-flight, %d", n, b.limit)
 	}
 	if !b.sem.TryAcquire(n) {
+		if !deadline.IsZero() && !time.Now().Before(deadline) {
+			return nil, status.Error(codes.DeadlineExceeded, "the write's deadline passed before the node took it")
+		}
 		b.waited.Add(1)
 		var wctx context.Context
 		var cancel context.CancelFunc
@@ -75,7 +78,7 @@ func (b *writeBudget) take(ctx context.Context, size int, deadline time.Time) (r
 		switch {
 		case err == nil:
 		case b.drained.Err() != nil:
-			return nil, status.Error(codes.Unavailable, "node is shutting down; the write was not applied")
+			return nil, status.Error(codes.Unavailable, "node is shutting down: the write was not applied (it was waiting for room under --max-write-bytes-in-flight)")
 		case ctx.Err() != nil:
 			return nil, status.FromContextError(ctx.Err()).Err()
 		default:

@@ -60,10 +60,14 @@ func TestWriteBudget(t *testing.T) {
 	}
 
 	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	began := time.Now()
 	_, err = tn.data.Put(short, budgetPut("refused"))
 	cancel()
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "--max-write-bytes-in-flight") {
 		t.Fatalf("put with the budget taken: %v, want ResourceExhausted naming the flag", err)
+	}
+	if took := time.Since(began); took < time.Second {
+		t.Fatalf("put with the budget taken was refused after %v: it did not wait for room", took)
 	}
 	if _, err := tn.data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte("refused")}); status.Code(err) != codes.NotFound {
 		t.Fatalf("the refused put was applied: get %v", err)
@@ -128,7 +132,9 @@ func TestWriteBudget(t *testing.T) {
 	if used := tn.n.budget.used.Load(); used != 0 {
 		t.Fatalf("%d bytes still counted in flight after every write was answered", used)
 	}
-	if _, err := tn.n.budget.take(ctx, testBudget+1, time.Time{}); status.Code(err) != codes.ResourceExhausted {
+	bounded, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := tn.n.budget.take(bounded, testBudget+1, time.Time{}); status.Code(err) != codes.ResourceExhausted || bounded.Err() != nil {
 		t.Fatalf("a write larger than the whole budget: %v, want ResourceExhausted at once", err)
 	}
 }
@@ -156,14 +162,19 @@ func TestWriteBudgetShutdown(t *testing.T) {
 	go func() { stopped <- tn.stop() }()
 	select {
 	case err := <-done:
-		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "shutting down") {
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "waiting for room") {
 			t.Fatalf("a write waiting at shutdown: %v, want Unavailable: shutting down", err)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("a write waiting for room held the shutdown")
 	}
-	if err := <-stopped; err != nil {
-		t.Fatalf("node run: %v", err)
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("node run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the node did not stop within 30s")
 	}
 }
 

@@ -113,6 +113,9 @@ func (n *Node) prepare(ms []*pb.Mutation, c pb.Consistency) (prepared, error) {
 	for i := range muts {
 		p.bytes += muts[i].Size()
 	}
+	if lim := n.cfg.Limits.MaxBatchBytes; p.bytes > lim { // checked above unless the batch names shards
+		return prepared{}, toStatus(fmt.Errorf("%w: %d bytes of keys, values and payloads, limit is %d", shard.ErrTooLarge, p.bytes, lim))
+	}
 	p.local = p.named || n.router.Local(muts, routerConsistency(c))
 	return p, nil
 }

@@ -70,7 +70,14 @@ func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 
 	// The reader closes reqs when it stops, after every request it read:
 	// the requests read before the stream's end are all taken.
-	reqs, recvErr := make(chan *pb.WriteStreamRequest, streamReadAhead), make(chan error, 1)
+	// Each request carries when it was read: its timeout_ms runs from
+	// then, as the client's does from its send, not from when the loop
+	// takes it.
+	type arrived struct {
+		req *pb.WriteStreamRequest
+		at  time.Time
+	}
+	reqs, recvErr := make(chan arrived, streamReadAhead), make(chan error, 1)
 	go func() {
 		defer close(reqs)
 		for {
@@ -80,7 +87,7 @@ func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 				return
 			}
 			select {
-			case reqs <- req:
+			case reqs <- arrived{req, time.Now()}:
 			case <-ctx.Done():
 				return
 			}
@@ -88,6 +95,7 @@ func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 	}()
 	for {
 		var req *pb.WriteStreamRequest
+		var start time.Time
 		select {
 		case r, ok := <-reqs:
 			if !ok {
@@ -101,7 +109,7 @@ func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 					return status.FromContextError(ctx.Err()).Err()
 				}
 			}
-			req = r
+			req, start = r.req, r.at
 			if testHookStreamTook != nil {
 				testHookStreamTook(func() bool { return len(recvErr) > 0 })
 			}
@@ -118,7 +126,7 @@ func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 			return status.FromContextError(ctx.Err()).Err()
 		}
 		w.wg.Add(1)
-		wid, start := req.Id, time.Now()
+		wid := req.Id
 		deadline := streamDeadline
 		if req.TimeoutMs > 0 {
 			if d := start.Add(time.Duration(req.TimeoutMs) * time.Millisecond); deadline.IsZero() || d.Before(deadline) {

@@ -128,7 +128,7 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.IntVar(&cfg.Limits.MaxPayloadBytes, "max-payload-bytes", cfg.Limits.MaxPayloadBytes, "largest index payload (at most 255)")
 	f.IntVar(&cfg.Limits.MaxBatchMutations, "max-batch-mutations", cfg.Limits.MaxBatchMutations, "most mutations in one Write")
 	f.IntVar(&cfg.Limits.MaxBatchBytes, "max-batch-bytes", cfg.Limits.MaxBatchBytes, "most key, value and payload bytes in one Write")
-	f.Int64Var(&cfg.MaxWriteBytesInFlight, "max-write-bytes-in-flight", 512<<20, "most key, value and payload bytes of clients' writes the node holds taken and not yet answered, over all calls and write streams; past it a write waits for room until 9/10 of the time before its deadline (without bound if it has none), then gets ResourceExhausted, and a write stream stops reading meanwhile; at least --max-batch-bytes")
+	f.Int64Var(&cfg.MaxWriteBytesInFlight, "max-write-bytes-in-flight", cfg.MaxWriteBytesInFlight, "most key, value and payload bytes of clients' writes the node holds taken and not yet answered, over all calls and write streams; past it a write waits for room until 9/10 of the time before its deadline (without bound if it has none), then gets ResourceExhausted, and a write stream stops reading meanwhile; at least --max-batch-bytes")
 	f.IntVar(&cfg.Limits.MaxRangeLimit, "max-range-limit", cfg.Limits.MaxRangeLimit, "largest Range limit and MultiGet key count")
 	f.IntVar(&cfg.Limits.MaxOffset, "max-offset", cfg.Limits.MaxOffset, "largest Range offset (page N)")
 	f.DurationVar(&cfg.MaxClockSkew, "max-clock-skew", cfg.MaxClockSkew, "how far ahead of the local clock a version or entry id may be")
