@@ -5877,9 +5877,10 @@ type ReplicaTimeline struct {
 	Entries []*TimelineEntry `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
 	Length  uint32           `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
 	// The entries as columns of equal length, newest first, instead of
-	// entries: in a ReplicaRead or ReplicaExport answer to a packed request.
-	// ReplicaMerge's receivers read them too, but its senders send entries,
-	// which a node that predates the columns can read.
+	// entries: in a ReplicaRead or ReplicaExport answer to a packed request,
+	// and in a ReplicaMerge to a node that answered an earlier one with
+	// columns set. Otherwise senders send entries, which a node that
+	// predates the columns can read.
 	StatusIds     []uint64 `protobuf:"fixed64,5,rep,packed,name=status_ids,json=statusIds,proto3" json:"status_ids,omitempty"`
 	AuthorIds     []uint64 `protobuf:"varint,6,rep,packed,name=author_ids,json=authorIds,proto3" json:"author_ids,omitempty"`
 	Flags         []uint32 `protobuf:"fixed32,7,rep,packed,name=flags,proto3" json:"flags,omitempty"`
@@ -6151,7 +6152,11 @@ func (x *ReplicaMergeRequest) GetTimelines() []*ReplicaTimeline {
 }
 
 type ReplicaMergeResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// columns: this node reads a ReplicaTimeline's columns in ReplicaMerge,
+	// so its caller may send later merges as columns rather than entries (a
+	// node older than this field leaves it false, and reads only entries).
+	Columns       bool `protobuf:"varint,1,opt,name=columns,proto3" json:"columns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6184,6 +6189,13 @@ func (x *ReplicaMergeResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ReplicaMergeResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaMergeResponse) Descriptor() ([]byte, []int) {
 	return file_aviary_v1_aviary_proto_rawDescGZIP(), []int{96}
+}
+
+func (x *ReplicaMergeResponse) GetColumns() bool {
+	if x != nil {
+		return x.Columns
+	}
+	return false
 }
 
 type ReplicaReserveRequest struct {
@@ -7228,8 +7240,9 @@ const file_aviary_v1_aviary_proto_rawDesc = "" +
 	"\x15ReplicaRemoveResponse\x12\x18\n" +
 	"\aremoved\x18\x01 \x01(\rR\aremoved\"O\n" +
 	"\x13ReplicaMergeRequest\x128\n" +
-	"\ttimelines\x18\x01 \x03(\v2\x1a.aviary.v1.ReplicaTimelineR\ttimelines\"\x16\n" +
-	"\x14ReplicaMergeResponse\"/\n" +
+	"\ttimelines\x18\x01 \x03(\v2\x1a.aviary.v1.ReplicaTimelineR\ttimelines\"0\n" +
+	"\x14ReplicaMergeResponse\x12\x18\n" +
+	"\acolumns\x18\x01 \x01(\bR\acolumns\"/\n" +
 	"\x15ReplicaReserveRequest\x12\x16\n" +
 	"\x06owners\x18\x01 \x03(\x04R\x06owners\"\x18\n" +
 	"\x16ReplicaReserveResponse\"a\n" +

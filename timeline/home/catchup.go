@@ -277,14 +277,47 @@ func (s *Service) catchUpFrom(ctx context.Context, v *view, node string, sources
 	if sources == nil {
 		sources = slices.DeleteFunc(slices.Clone(v.ids), func(id string) bool { return id == node })
 	}
-	merge := func(r *pb.ReplicaExportResponse) error {
+	// The sources send columns; they go on to node as they came once it
+	// has said it reads them (ReplicaMergeResponse.columns), and as
+	// entries until then: a node that predates the columns reads only
+	// entries. A batch sent as columns to a node that then answers
+	// without columns (it restarted as an older binary) is sent again as
+	// entries: merging twice is harmless.
+	columns := false
+	send := func(ts []*pb.ReplicaTimeline) error {
 		mctx, cancel := context.WithTimeout(ctx, s.cfg.ReplicaTimeout)
 		defer cancel()
-		if err := s.replicaMerge(mctx, v, node, &pb.ReplicaMergeRequest{Timelines: r.Timelines}); err != nil {
+		resp, err := s.replicaMerge(mctx, v, node, &pb.ReplicaMergeRequest{Timelines: ts})
+		if err != nil {
 			if ctx.Err() == nil {
 				s.markDown(node)
 			}
 			return fmt.Errorf("%w: merge into %s: %w", errTarget, node, err)
+		}
+		columns = resp.GetColumns()
+		return nil
+	}
+	merge := func(r *pb.ReplicaExportResponse) error {
+		for i, t := range r.Timelines {
+			if t.GetOwner() == 0 {
+				return fmt.Errorf("timelines[%d]: owner is zero (unset)", i) // the source's fault: not errTarget
+			}
+			if err := checkColumns(t); err != nil {
+				return err
+			}
+		}
+		sentColumns := columns
+		if !sentColumns {
+			toEntryMessages(r.Timelines)
+		}
+		if err := send(r.Timelines); err != nil {
+			return err
+		}
+		if sentColumns && !columns {
+			toEntryMessages(r.Timelines)
+			if err := send(r.Timelines); err != nil {
+				return err
+			}
 		}
 		merged += len(r.Timelines)
 		return nil
@@ -295,15 +328,13 @@ func (s *Service) catchUpFrom(ctx context.Context, v *view, node string, sources
 			continue // left the rings: the others hold its copies
 		}
 		var err error
-		// Not packed: the copies go on to node's ReplicaMerge as they
-		// came, and a node that predates the columns reads only entries.
 		switch {
 		case id == s.cfg.NodeID && s.store != nil:
-			err = s.exportPlaced(ctx, s.store, v.ids, node, false, merge)
+			err = s.exportPlaced(ctx, s.store, v.ids, node, true, merge)
 		case s.isDown(id):
 			err = errors.New("taken for down")
 		default:
-			err = s.exportFrom(ctx, v, id, node, false, merge)
+			err = s.exportFrom(ctx, v, id, node, true, merge)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("from %s: %w", id, err))
@@ -314,6 +345,17 @@ func (s *Service) catchUpFrom(ctx context.Context, v *view, node string, sources
 		}
 	}
 	return merged, failed, errors.Join(errs...)
+}
+
+// toEntryMessages turns the timelines sent as columns into entries, for a
+// node that reads only entries; checkColumns has passed them.
+func toEntryMessages(ts []*pb.ReplicaTimeline) {
+	for _, t := range ts {
+		if len(t.StatusIds) > 0 {
+			t.Entries = fromEntries(replicaEntries(t))
+			t.StatusIds, t.AuthorIds, t.Flags = nil, nil, nil
+		}
+	}
 }
 
 // exportFrom passes each batch of sibling id's ReplicaExport for node to

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // mergeHook runs onMerge before each ReplicaMerge it answers, and fails
@@ -318,7 +320,7 @@ func TestCatchUpSourceHangs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	// Connected to b before: the timeout bounds the merges into b too.
-	if err := cs.a.replicaMerge(ctx, v, "b", &pb.ReplicaMergeRequest{}); err != nil {
+	if _, err := cs.a.replicaMerge(ctx, v, "b", &pb.ReplicaMergeRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	_, failed, err := cs.a.catchUpFrom(ctx, v, "b", nil)
@@ -413,6 +415,81 @@ func TestRefillFromOlderNode(t *testing.T) {
 	want := []timeline.Entry{{StatusID: 70, AuthorID: 9, Flags: 1}, {StatusID: 60, AuthorID: 8}}
 	if got, _ := cs.a.store.Get(5); !slices.Equal(got, want) {
 		t.Fatalf("timeline 5 refilled as %v, want %v", got, want)
+	}
+}
+
+// mergeRecorder is a node that records the ReplicaMerge requests it gets
+// and answers columns: answers[i] to the i-th, the last one after that (a
+// node older than the field leaves it false, and reads only entries).
+type mergeRecorder struct {
+	pb.UnimplementedTimelinesServer
+	answers []bool
+	mu      sync.Mutex
+	reqs    []*pb.ReplicaMergeRequest
+}
+
+func (m *mergeRecorder) ReplicaMerge(_ context.Context, r *pb.ReplicaMergeRequest) (*pb.ReplicaMergeResponse, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.reqs = append(m.reqs, proto.Clone(r).(*pb.ReplicaMergeRequest))
+	return &pb.ReplicaMergeResponse{Columns: m.answers[min(len(m.reqs), len(m.answers))-1]}, nil
+}
+
+// TestCatchUpColumns: a catch-up sends its first merge as entries, and
+// the next ones as columns only to a node that answered that it reads
+// them; a node that did not gets entries throughout, and one that stops
+// saying so (restarted older) gets the batch it got as columns again as
+// entries. Either way it gets every entry.
+func TestCatchUpColumns(t *testing.T) {
+	if resp, err := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16}).b.ReplicaMerge(t.Context(), &pb.ReplicaMergeRequest{}); err != nil || !resp.Columns {
+		t.Fatalf("a node's ReplicaMerge answers %v, %v: want columns", resp, err)
+	}
+	for _, tc := range []struct {
+		name    string
+		answers []bool
+		packed  []bool // whether each merge is sent as columns
+		reads   bool   // whether the node reads the columns sent (the downgraded one does not: it is older by then)
+	}{
+		{"older", []bool{false}, []bool{false, false}, false},
+		{"newer", []bool{true}, []bool{false, true}, true},
+		{"downgraded", []bool{true, false}, []bool{false, true, false}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &mergeRecorder{answers: tc.answers}
+			cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16, extra: []Member{{ID: "t", Addr: serve(t, rec)}}})
+			const owners = exportBatch + 10 // two batches
+			for o := uint64(1); o <= owners; o++ {
+				cs.a.store.Merge(o, []timeline.Entry{{StatusID: 100 + o, AuthorID: o, Flags: uint32(o)}, {StatusID: 50, AuthorID: 1}})
+			}
+			v, _ := cs.a.current()
+			n, failed, err := cs.a.catchUpFrom(t.Context(), v, "t", []string{"a"})
+			if err != nil || len(failed) > 0 || n != owners {
+				t.Fatalf("catch-up: %d timelines, failed %v, %v", n, failed, err)
+			}
+			got := map[uint64][]timeline.Entry{}
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			if len(rec.reqs) != len(tc.packed) {
+				t.Fatalf("%d merges, want %d", len(rec.reqs), len(tc.packed))
+			}
+			for i, r := range rec.reqs {
+				for _, tl := range r.Timelines {
+					packed := len(tl.StatusIds) > 0
+					if want := tc.packed[i]; packed != want || packed == (len(tl.Entries) > 0) {
+						t.Fatalf("merge %d: timeline %d with %d entries and %d columns, want columns %v", i, tl.Owner, len(tl.Entries), len(tl.StatusIds), want)
+					}
+					if !packed || tc.reads {
+						got[tl.Owner] = replicaEntries(tl)
+					}
+				}
+			}
+			for o := uint64(1); o <= owners; o++ {
+				want, _ := cs.a.store.Get(o)
+				if !slices.Equal(got[o], want) {
+					t.Fatalf("timeline %d merged as %v, want %v", o, got[o], want)
+				}
+			}
+		})
 	}
 }
 

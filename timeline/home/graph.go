@@ -196,7 +196,7 @@ func (s *Service) rebuild(ctx context.Context, v *view, owner uint64) ([]timelin
 		es := newest(lists, s.cfg.Capacity)
 		t := &pb.ReplicaTimeline{Owner: owner, Held: true, Entries: fromEntries(es), Length: uint32(len(es))}
 		for _, n := range held {
-			if err := s.replicaMerge(ctx, v, n, &pb.ReplicaMergeRequest{Timelines: []*pb.ReplicaTimeline{t}}); err != nil {
+			if _, err := s.replicaMerge(ctx, v, n, &pb.ReplicaMergeRequest{Timelines: []*pb.ReplicaTimeline{t}}); err != nil {
 				s.log.Debug("installing a rebuilt timeline failed", "owner", owner, "node", n, "err", err)
 				unreached = append(unreached, n)
 			}

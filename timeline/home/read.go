@@ -572,16 +572,17 @@ func (s *Service) repairOne(ctx context.Context, r repair) error {
 	if len(merge.Timelines) == 0 {
 		return last
 	}
-	err := s.replicaMerge(ctx, v, r.node, merge)
+	_, err := s.replicaMerge(ctx, v, r.node, merge)
 	if c := status.Code(err); c == codes.DeadlineExceeded || c == codes.Unavailable {
 		s.markDown(r.node) // its next repairs fail without a call for a while
 	}
 	return err
 }
 
-func (s *Service) replicaMerge(ctx context.Context, v *view, node string, req *pb.ReplicaMergeRequest) error {
-	return s.replicaCall(ctx, v, node, func(c pb.TimelinesClient) error {
-		_, err := c.ReplicaMerge(ctx, req)
+func (s *Service) replicaMerge(ctx context.Context, v *view, node string, req *pb.ReplicaMergeRequest) (resp *pb.ReplicaMergeResponse, err error) {
+	err = s.replicaCall(ctx, v, node, func(c pb.TimelinesClient) error {
+		resp, err = c.ReplicaMerge(ctx, req)
 		return err
 	})
+	return resp, err
 }

@@ -174,7 +174,7 @@ func (s *Service) ReplicaMerge(ctx context.Context, r *pb.ReplicaMergeRequest) (
 	for _, t := range r.Timelines {
 		st.Merge(t.Owner, replicaEntries(t))
 	}
-	return &pb.ReplicaMergeResponse{}, nil
+	return &pb.ReplicaMergeResponse{Columns: true}, nil
 }
 
 // ReplicaReserve reserves timelines for a rebuild.
