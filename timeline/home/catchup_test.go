@@ -389,6 +389,39 @@ func TestRefillSourceHangs(t *testing.T) {
 	<-done
 }
 
+// TestRefillAllAtOnce: a refill asks every sibling at once, so one that
+// hangs does not delay the others' copies even by the replica timeout.
+func TestRefillAllAtOnce(t *testing.T) {
+	var calls atomic.Int32
+	cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16, replicaTimeout: time.Hour,
+		extra: []Member{{ID: "0", Addr: serve(t, stuckExport{calls: &calls})}}})
+	fresh := []timeline.Entry{{StatusID: 50, AuthorID: 8}}
+	cs.stB.Merge(3, fresh)
+	v, _ := cs.a.current()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	changed, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		cs.a.refill(ctx, v, changed)
+	}()
+	defer func() {
+		close(changed)
+		cancel() // ends the export from "0"
+		<-done
+	}()
+	for {
+		if got, _ := cs.a.store.Get(3); slices.Equal(got, fresh) && calls.Load() > 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("b's copy was not merged while the export from \"0\" was out (asked %d times)", calls.Load())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 // olderExport is a node that predates ReplicaExportRequest.packed: it
 // sends entries whatever it is asked.
 type olderExport struct {

@@ -71,8 +71,8 @@
 // hold (ReplicaExport, as columns) and merges them. Merging is a union of
 // immutable entries, so it is safe at any time and in any order. A sibling
 // that sends nothing for ReplicaTimeout is given up, taken for down and
-// asked again later: one that hangs holds back the siblings asked after it
-// by ReplicaTimeout, not for good.
+// asked again later. The siblings are asked all at once: one that hangs
+// holds back none of the others' copies.
 //
 // # Limits
 //

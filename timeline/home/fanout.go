@@ -517,22 +517,31 @@ func (s *Service) runRefill(ctx context.Context) {
 	}
 }
 
-// refill pulls from every sibling until each has answered once, or the view
-// changes.
+// refill pulls from every sibling, all at once, until each has answered
+// once, or the view changes: a sibling that hangs holds back no other's
+// copies.
 func (s *Service) refill(ctx context.Context, v *view, changed <-chan struct{}) {
 	todo := slices.DeleteFunc(slices.Clone(v.ids), func(id string) bool { return id == s.cfg.NodeID })
 	backoff := 100 * time.Millisecond
 	start, total := time.Now(), 0
 	for len(todo) > 0 {
+		var mu sync.Mutex
 		var failed []string
+		var wg sync.WaitGroup
 		for _, n := range todo {
-			got, err := s.refillFrom(ctx, v, n)
-			total += got
-			if err != nil {
-				failed = append(failed, n)
-				s.log.Info("timeline refill from a sibling failed; will retry", "node", n, "err", err)
-			}
+			wg.Go(func() {
+				got, err := s.refillFrom(ctx, v, n)
+				mu.Lock()
+				defer mu.Unlock()
+				total += got
+				if err != nil {
+					failed = append(failed, n)
+					s.log.Info("timeline refill from a sibling failed; will retry", "node", n, "err", err)
+				}
+			})
 		}
+		wg.Wait()
+		slices.Sort(failed)
 		todo = failed
 		if len(todo) == 0 {
 			break
@@ -551,8 +560,8 @@ func (s *Service) refill(ctx context.Context, v *view, changed <-chan struct{}) 
 
 // refillFrom merges in what node holds of the timelines placed here and
 // returns how many it sent. A sibling that sends nothing for
-// --replica-timeout is given up and taken for down (exportFrom), so one
-// that hangs holds back no other's copies: refill asks it again later.
+// --replica-timeout is given up and taken for down (exportFrom); refill
+// asks it again later.
 func (s *Service) refillFrom(ctx context.Context, v *view, node string) (int, error) {
 	n := 0
 	err := s.exportFrom(ctx, v, node, s.cfg.NodeID, true, s.mergeExport(&n))
