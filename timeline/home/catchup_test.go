@@ -336,90 +336,83 @@ func TestCatchUpSourceHangs(t *testing.T) {
 	}
 }
 
+// hungRefill is node a's refill on a site where b holds timeline 3
+// (fresh) and an empty timeline 4, and a third sibling, "0", sends
+// nothing until it is given up.
+type hungRefill struct {
+	cs            *catchUpSite
+	calls         atomic.Int32 // exports "0" was asked for
+	fresh         []timeline.Entry
+	ctx           context.Context
+	cancel        context.CancelFunc
+	changed, done chan struct{}
+}
+
+func startHungRefill(t *testing.T, replicaTimeout time.Duration) *hungRefill {
+	h := &hungRefill{fresh: []timeline.Entry{{StatusID: 50, AuthorID: 8, Flags: 3}}, changed: make(chan struct{}), done: make(chan struct{})}
+	h.cs = newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16, replicaTimeout: replicaTimeout,
+		extra: []Member{{ID: "0", Addr: serve(t, stuckExport{calls: &h.calls})}}})
+	h.cs.stB.Merge(3, h.fresh)
+	h.cs.stB.Merge(4, nil) // held and empty: sent with no columns
+	v, _ := h.cs.a.current()
+	// The test's deadline only bounds a failure.
+	h.ctx, h.cancel = context.WithTimeout(t.Context(), time.Minute)
+	go func() {
+		defer close(h.done)
+		h.cs.a.refill(h.ctx, v, h.changed)
+	}()
+	t.Cleanup(func() {
+		close(h.changed) // a view change ends a refill that is still retrying
+		h.cancel()       // and the export from "0"
+		<-h.done
+	})
+	return h
+}
+
+// waitMerged waits until a holds b's copy of timeline 3 and "0" was
+// asked for its export at least calls times.
+func (h *hungRefill) waitMerged(t *testing.T, calls int32) {
+	t.Helper()
+	for {
+		if got, _ := h.cs.a.store.Get(3); slices.Equal(got, h.fresh) && h.calls.Load() >= calls {
+			return
+		}
+		select {
+		case <-h.done:
+			t.Fatal("the refill returned without b's copy of timeline 3")
+		case <-h.ctx.Done():
+			t.Fatalf("b's copy of timeline 3 was not merged while \"0\" hung, or \"0\" was asked fewer than %d times (%d)", calls, h.calls.Load())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 // TestRefillSourceHangs: a refill is not held back by a sibling that
 // sends nothing: it is given up after the replica timeout and taken for
 // down, the other siblings' copies are merged, and it is asked again.
 func TestRefillSourceHangs(t *testing.T) {
-	var calls atomic.Int32
-	cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16, replicaTimeout: 500 * time.Millisecond,
-		extra: []Member{{ID: "0", Addr: serve(t, stuckExport{calls: &calls})}}})
-	fresh := []timeline.Entry{{StatusID: 50, AuthorID: 8, Flags: 3}}
-	cs.stB.Merge(3, fresh)
-	cs.stB.Merge(4, nil) // held and empty: sent with no columns
-	v, _ := cs.a.current()
-	if v.ids[0] != "0" {
-		t.Fatalf("ring nodes %v: the test needs the node that hangs asked first", v.ids)
-	}
-	// The test's deadline only bounds a failure: without the idle timer
-	// the refill would wait for "0" until it.
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	changed, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		cs.a.refill(ctx, v, changed)
-	}()
-	for {
-		if got, _ := cs.a.store.Get(3); slices.Equal(got, fresh) && calls.Load() >= 2 {
-			break
-		}
-		select {
-		case <-done:
-			t.Fatal("the refill returned without b's copy of timeline 3")
-		case <-ctx.Done():
-			t.Fatalf("b's copy of timeline 3 was not merged while a sibling hung, or the sibling was not asked again (asked %d times)", calls.Load())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	if got, held := cs.a.store.Get(4); !held || len(got) != 0 {
+	h := startHungRefill(t, 500*time.Millisecond)
+	h.waitMerged(t, 2) // without the idle timer, "0" is asked once
+	if got, held := h.cs.a.store.Get(4); !held || len(got) != 0 {
 		t.Fatalf("b's empty timeline 4 refilled as held %v with %d entries, want held and empty", held, len(got))
 	}
-	cs.a.mu.Lock()
-	_, down := cs.a.down["0"]
-	cs.a.mu.Unlock()
+	h.cs.a.mu.Lock()
+	_, down := h.cs.a.down["0"]
+	h.cs.a.mu.Unlock()
 	if !down {
 		t.Fatal("the sibling that hung was not taken for down")
 	}
 	select {
-	case <-done:
+	case <-h.done:
 		t.Fatal("the refill ended with a sibling it never heard from")
 	default:
 	}
-	close(changed) // a view change ends a refill that is still retrying
-	<-done
 }
 
 // TestRefillAllAtOnce: a refill asks every sibling at once, so one that
 // hangs does not delay the others' copies even by the replica timeout.
 func TestRefillAllAtOnce(t *testing.T) {
-	var calls atomic.Int32
-	cs := newCatchUpSite(t, catchUpOpts{capacity: 50, repairQueue: 16, replicaTimeout: time.Hour,
-		extra: []Member{{ID: "0", Addr: serve(t, stuckExport{calls: &calls})}}})
-	fresh := []timeline.Entry{{StatusID: 50, AuthorID: 8}}
-	cs.stB.Merge(3, fresh)
-	v, _ := cs.a.current()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	changed, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		cs.a.refill(ctx, v, changed)
-	}()
-	defer func() {
-		close(changed)
-		cancel() // ends the export from "0"
-		<-done
-	}()
-	for {
-		if got, _ := cs.a.store.Get(3); slices.Equal(got, fresh) && calls.Load() > 0 {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("b's copy was not merged while the export from \"0\" was out (asked %d times)", calls.Load())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	startHungRefill(t, time.Hour).waitMerged(t, 1)
 }
 
 // olderExport is a node that predates ReplicaExportRequest.packed: it
