@@ -50,18 +50,19 @@ func (b *writeBudget) register(reg prometheus.Registerer) {
 // answered. A write of size 0 (nothing counted: say, Removes of entries
 // without payload) takes nothing; one larger than the whole budget is
 // refused at once.
-func (b *writeBudget) take(ctx context.Context, size int, deadline time.Time) (release func(), err error) {
+func (b *writeBudget) take(ctx context.Context, size int, deadline time.Time) (release func(), waited bool, err error) {
 	n := int64(size)
 	if n <= 0 {
-		return func() {}, nil
+		return func() {}, false, nil
 	}
 	if n > b.limit {
-		return nil, status.Errorf(codes.ResourceExhausted,
+		return nil, false, status.Errorf(codes.ResourceExhausted,
 			"write of %d bytes of keys, values and payloads: larger than --max-write-bytes-in-flight, %d", n, b.limit)
 	}
 	if !b.sem.TryAcquire(n) {
+		waited = true
 		if !deadline.IsZero() && !time.Now().Before(deadline) {
-			return nil, status.Error(codes.DeadlineExceeded, "the write's deadline passed before the node took it")
+			return nil, waited, status.Error(codes.DeadlineExceeded, "the write's deadline passed before the node took it")
 		}
 		b.waited.Add(1)
 		var wctx context.Context
@@ -78,11 +79,11 @@ func (b *writeBudget) take(ctx context.Context, size int, deadline time.Time) (r
 		switch {
 		case err == nil:
 		case b.drained.Err() != nil:
-			return nil, status.Error(codes.Unavailable, "node is shutting down: the write was not applied (it was waiting for room under --max-write-bytes-in-flight)")
+			return nil, waited, status.Error(codes.Unavailable, "node is shutting down: the write was not applied (it was waiting for room under --max-write-bytes-in-flight)")
 		case ctx.Err() != nil:
-			return nil, status.FromContextError(ctx.Err()).Err()
+			return nil, waited, status.FromContextError(ctx.Err()).Err()
 		default:
-			return nil, status.Errorf(codes.ResourceExhausted,
+			return nil, waited, status.Errorf(codes.ResourceExhausted,
 				"no room for this write's %d bytes before its deadline: the node holds %d bytes of writes not yet answered (--max-write-bytes-in-flight %d); retry later or elsewhere",
 				n, b.used.Load(), b.limit)
 		}
@@ -94,5 +95,5 @@ func (b *writeBudget) take(ctx context.Context, size int, deadline time.Time) (r
 			b.used.Add(-n)
 			b.sem.Release(n)
 		}
-	}, nil
+	}, waited, nil
 }

@@ -54,7 +54,7 @@ func TestWriteBudget(t *testing.T) {
 	tn := startBudgetNode(t)
 	ctx := t.Context()
 	// Every byte of the budget taken, as by writes not yet answered.
-	release, err := tn.n.budget.take(ctx, testBudget, time.Time{})
+	release, _, err := tn.n.budget.take(ctx, testBudget, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,9 +122,18 @@ func TestWriteBudget(t *testing.T) {
 	default:
 	}
 
+	madeRoom := time.Now().UnixMilli()
 	release()
 	if resp := next("the stream's write once room was made"); resp.Id != 2 || len(resp.Status) > 0 {
 		t.Fatalf("the stream's write once room was made: id %d, status %x", resp.Id, resp.Status)
+	}
+	// A write that waited is stamped when it is taken, not before.
+	got, err := tn.data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: []byte("streamed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ms := int64(got.Version.GetHlc() >> 16); ms < madeRoom {
+		t.Fatalf("the write that waited is stamped at %d ms, before room was made at %d ms", ms, madeRoom)
 	}
 	if _, err := tn.data.Put(ctx, budgetPut("after")); err != nil {
 		t.Fatalf("put once room was made: %v", err)
@@ -134,7 +143,7 @@ func TestWriteBudget(t *testing.T) {
 	}
 	bounded, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := tn.n.budget.take(bounded, testBudget+1, time.Time{}); status.Code(err) != codes.ResourceExhausted || bounded.Err() != nil {
+	if _, _, err := tn.n.budget.take(bounded, testBudget+1, time.Time{}); status.Code(err) != codes.ResourceExhausted || bounded.Err() != nil {
 		t.Fatalf("a write larger than the whole budget: %v, want ResourceExhausted at once", err)
 	}
 }
@@ -144,7 +153,7 @@ func TestWriteBudget(t *testing.T) {
 func TestWriteBudgetShutdown(t *testing.T) {
 	tn := startBudgetNode(t)
 	ctx := t.Context()
-	release, err := tn.n.budget.take(ctx, testBudget, time.Time{})
+	release, _, err := tn.n.budget.take(ctx, testBudget, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}

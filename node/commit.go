@@ -90,25 +90,16 @@ func (q *commitQueue) close() {
 
 // apply queues a write and waits for it, or for ctx: a write whose caller
 // gave up may still be applied, as with any call that ends without an
-// answer. A client's write first waits for room in the node's write
-// budget, which it holds until it is answered.
-func (q *commitQueue) apply(ctx context.Context, p prepared, c pb.Consistency) ([]*pb.WriteResult, error) {
+// answer. release (the write's room in the node's write budget: admit)
+// is called once it is answered.
+func (q *commitQueue) apply(ctx context.Context, p prepared, c pb.Consistency, release func()) ([]*pb.WriteResult, error) {
 	type result struct {
 		res []*pb.WriteResult
 		err error
 	}
-	internal := router.IsInternal(ctx)
-	release := func() {}
-	if !internal {
-		var err error
-		d, _ := ctx.Deadline()
-		if release, err = q.n.budget.take(ctx, p.bytes, d); err != nil {
-			return nil, err
-		}
-	}
 	ch := make(chan result, 1)
 	d, _ := ctx.Deadline()
-	q.submit(queuedWrite{p: p, c: c, internal: internal, deadline: d, done: func(res []*pb.WriteResult, err error) {
+	q.submit(queuedWrite{p: p, c: c, internal: router.IsInternal(ctx), deadline: d, done: func(res []*pb.WriteResult, err error) {
 		release()
 		ch <- result{res, err}
 	}})

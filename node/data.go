@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
 	"github.com/aviarydb/aviary/gizzard"
@@ -65,7 +66,34 @@ func (n *Node) write(ctx context.Context, ms []*pb.Mutation, c pb.Consistency) (
 	if err != nil {
 		return nil, err
 	}
-	return n.commits.apply(ctx, p, c)
+	d, _ := ctx.Deadline()
+	p, release, err := n.admit(ctx, ms, c, p, d, router.IsInternal(ctx))
+	if err != nil {
+		return nil, err
+	}
+	return n.commits.apply(ctx, p, c, release)
+}
+
+// admit takes room in the node's write budget for a client's write p of
+// ms (not for Aviary's own, internal), waiting for it until near
+// deadline; release gives it back once the write is answered. A write
+// that had to wait is prepared again, so that its versions and ids are
+// stamped when it is taken, not before the wait.
+func (n *Node) admit(ctx context.Context, ms []*pb.Mutation, c pb.Consistency, p prepared, deadline time.Time, internal bool) (_ prepared, release func(), err error) {
+	if internal {
+		return p, func() {}, nil
+	}
+	release, waited, err := n.budget.take(ctx, p.bytes, deadline)
+	if err != nil {
+		return p, nil, err
+	}
+	if waited {
+		if p, err = n.prepare(ms, c); err != nil {
+			release()
+			return p, nil, err
+		}
+	}
+	return p, release, nil
 }
 
 // prepared is a batch of mutations converted, stamped and checked, ready

@@ -149,12 +149,10 @@ func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 		// Waiting here for room in the node's write budget (until near
 		// the write's own deadline) stops the stream's loop, then its
 		// reader, so flow control holds the client back.
-		release := func() {}
-		if !internal {
-			if release, err = n.budget.take(ctx, p.bytes, deadline); err != nil {
-				w.answer(wid, start, nil, err)
-				continue
-			}
+		p, release, err := n.admit(ctx, req.Write.Mutations, req.Write.Consistency, p, deadline, internal)
+		if err != nil {
+			w.answer(wid, start, nil, err)
+			continue
 		}
 		n.commits.submit(queuedWrite{p: p, c: req.Write.Consistency, internal: internal, deadline: deadline, done: func(res []*pb.WriteResult, err error) {
 			release()
