@@ -555,7 +555,7 @@ func (s *Service) refill(ctx context.Context, v *view, changed <-chan struct{}) 
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
-	s.log.Info("timelines refilled from siblings", "timelines", total, "took", time.Since(start).Round(time.Millisecond), "ring_nodes", len(v.ids))
+	s.log.Info("timelines refilled from siblings", "copies_merged", total, "took", time.Since(start).Round(time.Millisecond), "ring_nodes", len(v.ids))
 }
 
 // refillFrom merges in what node holds of the timelines placed here and
