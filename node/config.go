@@ -181,6 +181,12 @@ func (c *Config) EnsureDefaults() {
 		c.Tables = DefaultTables
 	}
 	c.Limits.EnsureDefaults()
+	if c.Timelines.HedgeMin == 0 {
+		c.Timelines.HedgeMin = time.Millisecond
+	}
+	if c.Timelines.HedgeMax == 0 {
+		c.Timelines.HedgeMax = 50 * time.Millisecond
+	}
 	if c.MaxWriteBytesInFlight == 0 {
 		c.MaxWriteBytesInFlight = 512 << 20
 	}
@@ -243,6 +249,9 @@ func (c *Config) Validate() error {
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.Timelines.HedgeMin <= 0 || c.Timelines.HedgeMax < c.Timelines.HedgeMin {
+		errs = append(errs, fmt.Errorf("hedge delay bounds %v..%v: not a range", c.Timelines.HedgeMin, c.Timelines.HedgeMax))
+	}
 	if c.MaxWriteBytesInFlight < int64(c.Limits.MaxBatchBytes) {
 		errs = append(errs, fmt.Errorf("max write bytes in flight %d: must be at least the max batch bytes, %d", c.MaxWriteBytesInFlight, c.Limits.MaxBatchBytes))
 	}
@@ -266,8 +275,9 @@ type TimelineConfig struct {
 	// batch waits this long before it looks again, so that posts go out
 	// together. Default 0.
 	FanoutLinger time.Duration
-	// HedgeMin and HedgeMax bound the delay after which a timeline read is
-	// sent to the next replica too. Defaults 1ms and 50ms.
+	// HedgeMin and HedgeMax bound the delay after which a timeline read,
+	// or a Get routed to another node's replica, is sent to the next
+	// replica too. Defaults 1ms and 50ms.
 	HedgeMin, HedgeMax time.Duration
 	// RepairQueue is the most repairs of single timelines waiting at once;
 	// a node that misses pushes to more timelines is caught up whole from

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
@@ -238,13 +239,25 @@ func pbVersion(v shard.Version) *pb.Version {
 // (router.Internal: the timeline fan-out's) try this node's replica first,
 // if it has one, sparing a call to another node; clients' reads are spread
 // over the replicas by their weights.
-func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(ctx context.Context, leaf gizzard.Leaf, remote pb.DataClient) error) error {
+//
+// With hedged (Gets: reads of one key, alike in cost), a remote replica
+// that has not answered after the hedge delay (the p95 of recent hedged
+// remote reads, within --hedge-min..--hedge-max) while others remain is
+// not waited for alone: the next replica is asked too, and the first
+// answer wins (the others are cancelled, and so are not judged). Without
+// hedged, and for a hedged read that no other replica answers first, a
+// remote replica that does not answer within ReplicaTimeout while others
+// remain is taken for down, as a delivery that times out is: a node that
+// hangs must not hold the read until the caller's deadline. This node's
+// own replica is read in place.
+func readFrom[T any](ctx context.Context, n *Node, table string, h uint64, hedged bool, read func(ctx context.Context, leaf gizzard.Leaf, remote pb.DataClient) (T, error)) (T, error) {
+	var zero T
 	if !n.ready.Load() {
-		return status.Error(codes.Unavailable, "node is not ready: it is not part of its site's shard map yet")
+		return zero, status.Error(codes.Unavailable, "node is not ready: it is not part of its site's shard map yet")
 	}
 	m, leaves, err := n.router.ReadCandidates(table, h)
 	if err != nil {
-		return toStatus(err)
+		return zero, toStatus(err)
 	}
 	if router.IsInternal(ctx) {
 		if i := slices.IndexFunc(leaves, func(l gizzard.Leaf) bool { return l.Node == n.cfg.NodeID }); i > 0 {
@@ -265,66 +278,171 @@ func (n *Node) readFrom(ctx context.Context, table string, h uint64, read func(c
 		}
 		leaves = append(up, last...)
 	}
-	var errs []string
-	for i, leaf := range leaves {
-		var remote pb.DataClient
-		if leaf.Node != n.cfg.NodeID {
-			node, ok := m.Nodes[leaf.Node]
-			if !ok {
-				errs = append(errs, fmt.Sprintf("%s: node %q not in the map", leaf.Shard, leaf.Node))
-				continue
-			}
-			if remote, err = n.remotes.data(node.GRPCAddr); err != nil {
-				errs = append(errs, fmt.Sprintf("%s: %v", router.Target(leaf), err))
-				continue
-			}
+
+	type answer struct {
+		i   int // into leaves
+		v   T
+		err error
+	}
+	var (
+		errs     []string
+		next     int // the next replica to ask
+		inflight int
+		answers  chan answer
+		hedge    *time.Timer
+		actx     context.Context // the remote reads', made with the first
+		cancel   context.CancelFunc
+	)
+	defer func() {
+		if cancel != nil {
+			cancel() // ends the reads that lost
 		}
-		// A remote replica that does not answer within ReplicaTimeout,
-		// while others remain to be asked, is left for them (and taken for
-		// down, as a delivery that times out is): a node that hangs must
-		// not hold the read until the caller's deadline.
-		attempt, cancel := ctx, context.CancelFunc(func() {})
-		if remote != nil && i < len(leaves)-1 {
-			attempt, cancel = context.WithTimeout(ctx, n.cfg.ReplicaTimeout)
-		}
-		err := toStatus(read(attempt, leaf, remote))
-		cancel()
+	}()
+	// settle takes the answer of leaf i: final (done), or the next replica
+	// is to be asked.
+	settle := func(a answer, remote bool) (done bool) {
+		leaf, err := leaves[a.i], toStatus(a.err)
 		switch {
-		case remote == nil || ctx.Err() != nil:
+		case !remote || ctx.Err() != nil:
 		case err == nil:
 			n.router.NodeReadAnswered(leaf.Node)
 		default:
 			n.router.NodeUnavailable(leaf.Node, err)
 		}
 		if err == nil || !failOver(err) {
-			return err
+			return true
 		}
 		errs = append(errs, fmt.Sprintf("%s: %v", router.Target(leaf), status.Convert(err).Message()))
+		return false
 	}
-	return status.Errorf(codes.Unavailable, "no replica answered (%d tried): %s", len(leaves), strings.Join(errs, "; "))
+	// ask asks the next replica that can be asked: in place if it is this
+	// node's, else from a goroutine. It reports whether it asked one, and
+	// the answer if it was this node's.
+	ask := func() (local *answer, asked bool) {
+		for next < len(leaves) {
+			i, leaf := next, leaves[next]
+			next++
+			if leaf.Node == n.cfg.NodeID {
+				v, err := read(ctx, leaf, nil)
+				return &answer{i, v, err}, true
+			}
+			node, ok := m.Nodes[leaf.Node]
+			if !ok {
+				errs = append(errs, fmt.Sprintf("%s: node %q not in the map", leaf.Shard, leaf.Node))
+				continue
+			}
+			remote, err := n.remotes.data(node.GRPCAddr)
+			if err != nil {
+				errs = append(errs, fmt.Sprintf("%s: %v", router.Target(leaf), err))
+				continue
+			}
+			if actx == nil {
+				actx, cancel = context.WithCancel(ctx)
+				answers = make(chan answer, len(leaves))
+			}
+			rctx, stop := actx, context.CancelFunc(func() {})
+			if i < len(leaves)-1 {
+				rctx, stop = context.WithTimeout(actx, n.cfg.ReplicaTimeout)
+			}
+			inflight++
+			start := time.Now()
+			go func() {
+				v, err := read(rctx, leaf, remote)
+				stop()
+				if err == nil && hedged {
+					n.readHedge.Record(time.Since(start))
+				}
+				answers <- answer{i, v, err}
+			}()
+			return nil, true
+		}
+		return nil, false
+	}
+	won := func(a answer) (T, error) { return a.v, toStatus(a.err) }
+	// askNow asks the next replicas at once until one is out or one of
+	// this node's answers: after a failed answer while another read is
+	// out, the next need not wait for the hedge delay.
+	askNow := func() (*answer, bool) {
+		for next < len(leaves) {
+			local, asked := ask()
+			if !asked || local == nil {
+				return nil, false
+			}
+			if settle(*local, false) {
+				return local, true
+			}
+		}
+		return nil, false
+	}
+	for ctx.Err() == nil {
+		if inflight == 0 {
+			local, asked := ask()
+			if !asked {
+				break
+			}
+			if local != nil {
+				if settle(*local, false) {
+					return won(*local)
+				}
+				continue
+			}
+		}
+		// A remote read is out: wait for it, and (hedged) past the hedge
+		// delay ask the next replica too.
+		var fire <-chan time.Time
+		if hedged && next < len(leaves) {
+			d := n.readHedge.Delay(n.cfg.Timelines.HedgeMin, n.cfg.Timelines.HedgeMax)
+			if hedge == nil {
+				hedge = time.NewTimer(d)
+				defer hedge.Stop()
+			} else {
+				hedge.Reset(d)
+			}
+			fire = hedge.C
+		}
+		select {
+		case a := <-answers:
+			inflight--
+			if settle(a, true) {
+				return won(a)
+			}
+			if inflight > 0 {
+				// Failed while another is out: the next is asked at
+				// once, as it would be with none out.
+				if local, done := askNow(); done {
+					return won(*local)
+				}
+			}
+		case <-fire:
+			n.metrics.readHedges.Inc()
+			if local, done := askNow(); done {
+				return won(*local)
+			}
+		case <-ctx.Done():
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return zero, status.FromContextError(err).Err()
+	}
+	return zero, status.Errorf(codes.Unavailable, "no replica answered (%d tried): %s", len(leaves), strings.Join(errs, "; "))
 }
 
 // readRouted answers a read from the named physical shard of this node, or,
 // when the request names none, from the replicas of the tree that hash h of
 // table routes to (readFrom). local reads a shard of this node; remote asks
 // a peer for its shard.
-func readRouted[T any](ctx context.Context, n *Node, table, named string, h uint64,
+func readRouted[T any](ctx context.Context, n *Node, table, named string, h uint64, hedged bool,
 	local func(shard string) (T, error), remote func(ctx context.Context, c pb.DataClient, shard string) (T, error)) (T, error) {
 	if named != "" {
 		r, err := local(named)
 		return r, toStatus(err)
 	}
-	var resp T
-	err := n.readFrom(ctx, table, h, func(ctx context.Context, leaf gizzard.Leaf, c pb.DataClient) error {
-		var err error
+	return readFrom(ctx, n, table, h, hedged, func(ctx context.Context, leaf gizzard.Leaf, c pb.DataClient) (T, error) {
 		if c != nil {
-			resp, err = remote(ctx, c, leaf.Shard)
-		} else {
-			resp, err = local(leaf.Shard)
+			return remote(ctx, c, leaf.Shard)
 		}
-		return err
+		return local(leaf.Shard)
 	})
-	return resp, err
 }
 
 // failOver reports whether a read error means "try the next replica".
@@ -336,8 +454,16 @@ func failOver(err error) bool {
 	return st.Code() == codes.NotFound && strings.Contains(st.Message(), shard.ErrShardNotFound.Error())
 }
 
+// testHookNamedGet, if set, runs on the node serving a Get that names its
+// shard (as a routed read of another node's replica does), before it
+// reads.
+var testHookNamedGet atomic.Pointer[func(node string)]
+
 func (d *dataServer) Get(ctx context.Context, r *pb.GetRequest) (*pb.GetResponse, error) {
-	return readRouted(ctx, d.n, r.Table, r.Shard, gizzard.Hash(r.Key),
+	if hook := testHookNamedGet.Load(); hook != nil && r.Shard != "" {
+		(*hook)(d.n.cfg.NodeID)
+	}
+	return readRouted(ctx, d.n, r.Table, r.Shard, gizzard.Hash(r.Key), true,
 		func(sh string) (*pb.GetResponse, error) {
 			v, err := d.n.store.Get(ctx, sh, r.Table, r.Key)
 			if err != nil {
@@ -401,25 +527,35 @@ func (d *dataServer) MultiGet(ctx context.Context, r *pb.MultiGetRequest) (*pb.M
 	}
 	for _, root := range order {
 		g := groups[root]
-		err := d.n.readFrom(ctx, r.Table, g.hash, func(ctx context.Context, leaf gizzard.Leaf, remote pb.DataClient) error {
+		// Each replica asked answers into its own result, only the
+		// one that answers for the group is used.
+		type result struct {
+			items []*pb.MultiGetResponse_Item // remote
+			vs    []*shard.Value              // local
+		}
+		res, err := readFrom(ctx, d.n, r.Table, g.hash, false, func(ctx context.Context, leaf gizzard.Leaf, remote pb.DataClient) (result, error) {
 			if remote != nil {
 				resp, err := remote.MultiGet(ctx, &pb.MultiGetRequest{Table: r.Table, Keys: g.keys, Shard: leaf.Shard})
 				if err != nil {
-					return err
+					return result{}, err
 				}
-				for j, it := range resp.Items {
-					items[g.pos[j]] = it
+				if len(resp.Items) != len(g.keys) {
+					return result{}, status.Errorf(codes.Internal, "replica %s answered %d items for %d keys", router.Target(leaf), len(resp.Items), len(g.keys))
 				}
-				return nil
+				return result{items: resp.Items}, nil
 			}
 			vs, err := d.n.store.MultiGet(ctx, leaf.Shard, r.Table, g.keys)
-			if err == nil {
-				fill(g.pos, g.keys, vs)
-			}
-			return err
+			return result{vs: vs}, err
 		})
 		if err != nil {
 			return nil, err
+		}
+		if res.items != nil {
+			for j, it := range res.items {
+				items[g.pos[j]] = it
+			}
+		} else {
+			fill(g.pos, g.keys, res.vs)
 		}
 	}
 	return &pb.MultiGetResponse{Items: items}, nil
@@ -457,7 +593,7 @@ func (d *dataServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 	if r.Shard == "" && r.Owner == 0 {
 		return nil, invalidf("owner is zero (unset)")
 	}
-	return readRouted(ctx, d.n, r.Table, r.Shard, gizzard.OwnerHash(r.Owner), local,
+	return readRouted(ctx, d.n, r.Table, r.Shard, gizzard.OwnerHash(r.Owner), false, local,
 		func(ctx context.Context, c pb.DataClient, sh string) (*pb.RangeResponse, error) {
 			q := proto.Clone(r).(*pb.RangeRequest)
 			q.Shard = sh
@@ -480,7 +616,7 @@ func (d *dataServer) Count(ctx context.Context, r *pb.CountRequest) (*pb.CountRe
 	if r.Shard == "" && r.Owner == 0 {
 		return nil, invalidf("owner is zero (unset)")
 	}
-	return readRouted(ctx, d.n, r.Table, r.Shard, gizzard.OwnerHash(r.Owner), local,
+	return readRouted(ctx, d.n, r.Table, r.Shard, gizzard.OwnerHash(r.Owner), false, local,
 		func(ctx context.Context, c pb.DataClient, sh string) (*pb.CountResponse, error) {
 			return c.Count(ctx, &pb.CountRequest{Table: r.Table, Owner: r.Owner, Shard: sh})
 		})

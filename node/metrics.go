@@ -23,6 +23,7 @@ type metrics struct {
 	copied, copiedBytes     prometheus.Counter
 	copies                  prometheus.Gauge
 	rateLimited             prometheus.Counter
+	readHedges              prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, store *shard.Store) *metrics {
@@ -68,9 +69,13 @@ func newMetrics(reg *prometheus.Registry, store *shard.Store) *metrics {
 			Name: "aviary_rate_limited_calls_total",
 			Help: "Calls refused because their client was above --client-rate.",
 		}),
+		readHedges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aviary_node_read_hedges_total",
+			Help: "Routed data reads that also asked the next replica because the one asked had not answered within the hedge delay.",
+		}),
 	}
 	reg.MustRegister(m.requests, m.latency, m.mutations, m.collected, storeCollector{store},
-		m.exported, m.exportedBytes, m.copied, m.copiedBytes, m.copies, m.rateLimited)
+		m.exported, m.exportedBytes, m.copied, m.copiedBytes, m.copies, m.rateLimited, m.readHedges)
 	return m
 }
 

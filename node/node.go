@@ -35,6 +35,7 @@ import (
 	"github.com/aviarydb/aviary/gizzard/nameserver"
 	"github.com/aviarydb/aviary/gizzard/router"
 	"github.com/aviarydb/aviary/ids"
+	"github.com/aviarydb/aviary/internal/hedge"
 	"github.com/aviarydb/aviary/internal/netx"
 	"github.com/aviarydb/aviary/shard"
 	"github.com/aviarydb/aviary/timeline/home"
@@ -61,10 +62,13 @@ type Node struct {
 	draining chan struct{}
 	drained  context.CancelFunc
 	// budget bounds the bytes of clients' writes in flight.
-	budget  *writeBudget
-	remotes remotes
-	sec     *netx.Security
-	limits  *clientLimits
+	budget *writeBudget
+	// readHedge keeps the latencies of remote replica reads, whose p95 is
+	// the hedge delay of routed reads (readFrom).
+	readHedge *hedge.Latencies
+	remotes   remotes
+	sec       *netx.Security
+	limits    *clientLimits
 
 	// routedVersion is the map version the router routes with; ready is
 	// set once the map lists this node and its shards exist.
@@ -100,6 +104,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	var drained context.Context
 	drained, n.drained = context.WithCancel(context.Background())
 	n.budget = newWriteBudget(cfg.MaxWriteBytesInFlight, drained)
+	n.readHedge = hedge.New(5 * time.Millisecond)
 	if n.ids, err = ids.NewGenerator(cfg.SiteID, cfg.WorkerID, cfg.Clock); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/aviarydb/aviary/gizzard/router"
 	"github.com/aviarydb/aviary/internal/testnet"
 	"github.com/aviarydb/aviary/shard"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -481,5 +483,66 @@ func TestStartRecovering(t *testing.T) {
 	}
 	if err := put(); err != nil {
 		t.Fatalf("recovering, then active: %v", err)
+	}
+}
+
+// hedgeSite is a 3-node site whose every tree has a replica on each node,
+// holding keys h0..h29, where node-1 holds every read of its replicas
+// until the test ends (held counts them).
+func hedgeSite(t *testing.T) (s *site, held *atomic.Int32) {
+	s = newSite(t, func(c *Config) { c.ReplicaTimeout = time.Minute })
+	ctx := t.Context()
+	for i := range 30 {
+		if _, err := s.nodes[0].data.Put(ctx, &pb.PutRequest{Table: "statuses", Key: fmt.Appendf(nil, "h%d", i), Value: []byte("v"),
+			Consistency: pb.Consistency_CONSISTENCY_ALL}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release := make(chan struct{})
+	held = new(atomic.Int32)
+	hook := func(node string) {
+		if node == "node-1" {
+			held.Add(1)
+			<-release
+		}
+	}
+	testHookNamedGet.Store(&hook)
+	t.Cleanup(func() {
+		close(release)
+		testHookNamedGet.Store(nil)
+	})
+	return s, held
+}
+
+// hedgedGet reads key hi through node-0. Without hedging, a read that
+// asked node-1 first would wait the replica timeout, a minute: past its
+// deadline.
+func hedgedGet(t *testing.T, s *site, i int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	g, err := s.nodes[0].data.Get(ctx, &pb.GetRequest{Table: "statuses", Key: fmt.Appendf(nil, "h%d", i%30)})
+	if err != nil || string(g.Value) != "v" {
+		t.Fatalf("read %d with node-1 not answering: %v %v", i, g, err)
+	}
+}
+
+// TestReadsHedged: a routed read whose replica does not answer is also
+// sent to the next replica after the hedge delay, long before the
+// replica timeout, and answered from it.
+func TestReadsHedged(t *testing.T) {
+	s, held := hedgeSite(t)
+	for i := range 30 {
+		hedgedGet(t, s, i)
+	}
+	if held.Load() == 0 {
+		t.Fatal("no read asked node-1: the test proved nothing")
+	}
+	var m dto.Metric
+	if err := s.nodes[0].n.metrics.readHedges.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.GetCounter().GetValue(); got < 1 {
+		t.Fatalf("aviary_node_read_hedges_total = %v after %d reads asked node-1", got, held.Load())
 	}
 }

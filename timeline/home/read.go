@@ -20,35 +20,6 @@ const defaultReadLimit = 20
 // maxQueries bounds the timelines of one Read.
 const maxQueries = 1000
 
-// latencies keeps the recent replica read latencies and their p95, the
-// hedge delay.
-type latencies struct {
-	mu      sync.Mutex
-	samples [512]time.Duration
-	n       int // samples recorded, total
-	p95     time.Duration
-}
-
-func newLatencies() *latencies { return &latencies{p95: 5 * time.Millisecond} }
-
-func (l *latencies) record(d time.Duration) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.samples[l.n%len(l.samples)] = d
-	l.n++
-	if l.n%64 == 0 {
-		s := slices.Clone(l.samples[:min(l.n, len(l.samples))])
-		slices.Sort(s)
-		l.p95 = s[len(s)*95/100]
-	}
-}
-
-func (l *latencies) delay(lo, hi time.Duration) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return min(max(l.p95, lo), hi)
-}
-
 // query is one timeline of a Read in progress.
 type query struct {
 	q        *pb.TimelineQuery
@@ -128,7 +99,7 @@ func (s *Service) readReplicas(ctx context.Context, v *view, qs []*query) {
 				start := time.Now()
 				resp, err := s.replicaRead(ctx, v, n, req)
 				if err == nil {
-					s.hedge.record(time.Since(start))
+					s.hedge.Record(time.Since(start))
 				}
 				replies <- readReply{node: n, qs: is, resp: resp, err: err}
 			}()
@@ -139,7 +110,7 @@ func (s *Service) readReplicas(ctx context.Context, v *view, qs []*query) {
 		all[i] = i
 	}
 	launch(all)
-	delay := s.hedge.delay(s.cfg.HedgeMin, s.cfg.HedgeMax)
+	delay := s.hedge.Delay(s.cfg.HedgeMin, s.cfg.HedgeMax)
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
 	pending := func() (idx []int) {

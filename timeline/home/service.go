@@ -11,6 +11,7 @@ import (
 	"time"
 
 	pb "github.com/aviarydb/aviary/api/aviarypb"
+	"github.com/aviarydb/aviary/internal/hedge"
 	"github.com/aviarydb/aviary/timeline"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -181,7 +182,7 @@ type Service struct {
 	log     *slog.Logger
 	store   *timeline.Store
 	metrics *metrics
-	hedge   *latencies
+	hedge   *hedge.Latencies
 
 	mu      sync.Mutex
 	view    *view
@@ -217,7 +218,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Service, error) {
 		log:      cfg.Logger,
 		store:    cfg.Store,
 		metrics:  newMetrics(reg, cfg.Store, cfg.FanoutPartitions),
-		hedge:    newLatencies(),
+		hedge:    hedge.New(5 * time.Millisecond),
 		view:     &view{addr: map[string]string{}},
 		changed:  make(chan struct{}),
 		down:     map[string]*nodeDown{},
