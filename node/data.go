@@ -414,8 +414,12 @@ func readFrom[T any](ctx context.Context, n *Node, table string, h uint64, hedge
 				}
 			}
 		case <-fire:
-			n.metrics.readHedges.Inc()
-			if local, done := askNow(); done {
+			before := next
+			local, done := askNow()
+			if next > before {
+				n.metrics.readHedges.Inc()
+			}
+			if done {
 				return won(*local)
 			}
 		case <-ctx.Done():

@@ -71,7 +71,7 @@ func newMetrics(reg *prometheus.Registry, store *shard.Store) *metrics {
 		}),
 		readHedges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aviary_node_read_hedges_total",
-			Help: "Routed data reads that also asked the next replica because the one asked had not answered within the hedge delay.",
+			Help: "Times a routed Get, its replica not having answered within the hedge delay, also asked the next replica.",
 		}),
 	}
 	reg.MustRegister(m.requests, m.latency, m.mutations, m.collected, storeCollector{store},

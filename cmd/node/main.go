@@ -143,7 +143,7 @@ name in capitals with '-' as '_' (--data-dir: AVIARY_DATA_DIR).`,
 	f.IntVar(&cfg.Timelines.CelebrityFollowers, "celebrity-followers", 10000, "authors with more followers are merged into timelines at read time instead of pushed")
 	f.IntVar(&cfg.Timelines.FanoutPartitions, "fanout-partitions", 16, "fan-out queue partitions per site (every node of a site must use the same)")
 	f.DurationVar(&cfg.Timelines.FanoutLinger, "fanout-linger", 100*time.Millisecond, "a fan-out worker that found less than a batch queued waits this long before it looks again, so that posts go out together (fewer calls per post, less CPU taken from reads) at the cost of that much delivery latency; 0: look again at once")
-	f.DurationVar(&cfg.Timelines.HedgeMin, "hedge-min", time.Millisecond, "shortest delay before a timeline read, or a Get routed to another node's replica, is also sent to the next replica (the delay is the recent p95 of such reads)")
+	f.DurationVar(&cfg.Timelines.HedgeMin, "hedge-min", time.Millisecond, "shortest delay before a timeline read, or a Get routed to another node's replica, is also sent to the next replica (the delay is the recent p95 of such reads, kept apart for timeline reads and Gets)")
 	f.DurationVar(&cfg.Timelines.HedgeMax, "hedge-max", 50*time.Millisecond, "longest hedge delay")
 	f.IntVar(&cfg.Timelines.RepairQueue, "timeline-repair-queue", 4096, "most timeline repairs waiting at once (a replica that missed a push is repaired timeline by timeline from a sibling); a node that misses pushes to more timelines, or is away longer than repairs are retried (about 2m), is caught up whole from its siblings once it answers")
 	tlsFlags.Register(f, "this node (role node, its site's name as site)")
