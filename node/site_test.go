@@ -545,4 +545,9 @@ func TestReadsHedged(t *testing.T) {
 	if got := m.GetCounter().GetValue(); got < 1 {
 		t.Fatalf("aviary_node_read_hedges_total = %v after %d reads asked node-1", got, held.Load())
 	}
+	// The reads node-1 lost were cancelled, not judged: it is not taken
+	// for down (its replica timeout, a minute, has not passed).
+	if d := s.nodes[0].n.router.NodesDown([]gizzard.Leaf{{Node: "node-1"}}); len(d) == 1 && d[0] {
+		t.Fatal("node-1 taken for down by the reads it lost to a hedge")
+	}
 }
