@@ -189,9 +189,13 @@ func TestWriteBudgetShutdown(t *testing.T) {
 
 // A node refuses a write budget smaller than one batch may be.
 func TestWriteBudgetConfig(t *testing.T) {
-	cfg := Config{MaxWriteBytesInFlight: 1000, Limits: shard.Limits{MaxBatchBytes: 2000}}
+	cfg := Config{MaxWriteBytesInFlight: 1000, Limits: shard.Limits{MaxKeyBytes: 64, MaxValueBytes: 1024, MaxBatchBytes: 2000}}
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "max write bytes in flight") {
 		t.Fatalf("validate: %v", err)
+	}
+	cfg.MaxWriteBytesInFlight = 2000
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("validate a budget of one batch: %v", err)
 	}
 }
