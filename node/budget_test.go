@@ -34,6 +34,17 @@ func streamPut(id uint64, key string, timeoutMs uint32) *pb.WriteStreamRequest {
 		{Table: "statuses", Op: &pb.Mutation_Put_{Put: &pb.Mutation_Put{Key: []byte(key), Value: []byte("v")}}}}}}
 }
 
+// holdBudget takes every byte of tn's write budget, as writes not yet
+// answered would; release gives it back.
+func holdBudget(t *testing.T, tn *testNode) (release func()) {
+	t.Helper()
+	release, _, err := tn.n.budget.take(t.Context(), testBudget, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return release
+}
+
 // waitWaiting waits until more than before writes have waited for room.
 func waitWaiting(t *testing.T, tn *testNode, before uint64) {
 	t.Helper()
@@ -53,15 +64,11 @@ func waitWaiting(t *testing.T, tn *testNode, before uint64) {
 func TestWriteBudget(t *testing.T) {
 	tn := startBudgetNode(t)
 	ctx := t.Context()
-	// Every byte of the budget taken, as by writes not yet answered.
-	release, _, err := tn.n.budget.take(ctx, testBudget, time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	release := holdBudget(t, tn)
 
 	short, cancel := context.WithTimeout(ctx, 2*time.Second)
 	began := time.Now()
-	_, err = tn.data.Put(short, budgetPut("refused"))
+	_, err := tn.data.Put(short, budgetPut("refused"))
 	cancel()
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "--max-write-bytes-in-flight") {
 		t.Fatalf("put with the budget taken: %v, want ResourceExhausted naming the flag", err)
@@ -153,11 +160,7 @@ func TestWriteBudget(t *testing.T) {
 func TestWriteBudgetShutdown(t *testing.T) {
 	tn := startBudgetNode(t)
 	ctx := t.Context()
-	release, _, err := tn.n.budget.take(ctx, testBudget, time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer release()
+	defer holdBudget(t, tn)()
 	waited := tn.n.budget.waited.Load()
 	done := make(chan error, 1)
 	go func() {

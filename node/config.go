@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/aviarydb/aviary/ids"
+	"github.com/aviarydb/aviary/internal/hedge"
 	"github.com/aviarydb/aviary/internal/tlsx"
 	"github.com/aviarydb/aviary/shard"
 	"github.com/prometheus/client_golang/prometheus"
@@ -182,10 +183,10 @@ func (c *Config) EnsureDefaults() {
 	}
 	c.Limits.EnsureDefaults()
 	if c.Timelines.HedgeMin == 0 {
-		c.Timelines.HedgeMin = time.Millisecond
+		c.Timelines.HedgeMin = hedge.DefaultMin
 	}
 	if c.Timelines.HedgeMax == 0 {
-		c.Timelines.HedgeMax = 50 * time.Millisecond
+		c.Timelines.HedgeMax = hedge.DefaultMax
 	}
 	if c.MaxWriteBytesInFlight == 0 {
 		c.MaxWriteBytesInFlight = 512 << 20
@@ -249,8 +250,8 @@ func (c *Config) Validate() error {
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.Timelines.HedgeMin <= 0 || c.Timelines.HedgeMax < c.Timelines.HedgeMin {
-		errs = append(errs, fmt.Errorf("hedge delay bounds %v..%v: not a range", c.Timelines.HedgeMin, c.Timelines.HedgeMax))
+	if err := hedge.CheckBounds(c.Timelines.HedgeMin, c.Timelines.HedgeMax); err != nil {
+		errs = append(errs, err)
 	}
 	if c.MaxWriteBytesInFlight < int64(c.Limits.MaxBatchBytes) {
 		errs = append(errs, fmt.Errorf("max write bytes in flight %d: must be at least the max batch bytes, %d", c.MaxWriteBytesInFlight, c.Limits.MaxBatchBytes))

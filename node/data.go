@@ -68,7 +68,7 @@ func (n *Node) write(ctx context.Context, ms []*pb.Mutation, c pb.Consistency) (
 		return nil, err
 	}
 	d, _ := ctx.Deadline()
-	p, release, err := n.admit(ctx, ms, c, p, d, router.IsInternal(ctx))
+	p, release, err := n.admit(ctx, ms, c, p, d)
 	if err != nil {
 		return nil, err
 	}
@@ -76,12 +76,12 @@ func (n *Node) write(ctx context.Context, ms []*pb.Mutation, c pb.Consistency) (
 }
 
 // admit takes room in the node's write budget for a client's write p of
-// ms (not for Aviary's own, internal), waiting for it until near
+// ms (not for Aviary's own: router.Internal), waiting for it until near
 // deadline; release gives it back once the write is answered. A write
 // that had to wait is prepared again, so that its versions and ids are
 // stamped when it is taken, not before the wait.
-func (n *Node) admit(ctx context.Context, ms []*pb.Mutation, c pb.Consistency, p prepared, deadline time.Time, internal bool) (_ prepared, release func(), err error) {
-	if internal {
+func (n *Node) admit(ctx context.Context, ms []*pb.Mutation, c pb.Consistency, p prepared, deadline time.Time) (_ prepared, release func(), err error) {
+	if router.IsInternal(ctx) {
 		return p, func() {}, nil
 	}
 	release, waited, err := n.budget.take(ctx, p.bytes, deadline)
@@ -358,11 +358,9 @@ func readFrom[T any](ctx context.Context, n *Node, table string, h uint64, hedge
 		}
 		return nil, false
 	}
-	won := func(a answer) (T, error) { return a.v, toStatus(a.err) }
-	// askNow asks the next replicas at once until one is out or one of
-	// this node's answers: after a failed answer while another read is
-	// out, the next need not wait for the hedge delay.
-	askNow := func() (*answer, bool) {
+	// askNow asks the next replicas until one is out or one of this
+	// node's answers finally (done).
+	askNow := func() (local *answer, done bool) {
 		for next < len(leaves) {
 			local, asked := ask()
 			if !asked || local == nil {
@@ -376,15 +374,11 @@ func readFrom[T any](ctx context.Context, n *Node, table string, h uint64, hedge
 	}
 	for ctx.Err() == nil {
 		if inflight == 0 {
-			local, asked := ask()
-			if !asked {
-				break
+			if local, done := askNow(); done {
+				return local.v, toStatus(local.err)
 			}
-			if local != nil {
-				if settle(*local, false) {
-					return won(*local)
-				}
-				continue
+			if inflight == 0 {
+				break // every replica asked
 			}
 		}
 		// A remote read is out: wait for it, and (hedged) past the hedge
@@ -404,14 +398,11 @@ func readFrom[T any](ctx context.Context, n *Node, table string, h uint64, hedge
 		case a := <-answers:
 			inflight--
 			if settle(a, true) {
-				return won(a)
+				return a.v, toStatus(a.err)
 			}
-			if inflight > 0 {
-				// Failed while another is out: the next is asked at
-				// once, as it would be with none out.
-				if local, done := askNow(); done {
-					return won(*local)
-				}
+			// Failed: the next is asked at once, another read out or not.
+			if local, done := askNow(); done {
+				return local.v, toStatus(local.err)
 			}
 		case <-fire:
 			before := next
@@ -420,7 +411,7 @@ func readFrom[T any](ctx context.Context, n *Node, table string, h uint64, hedge
 				n.metrics.readHedges.Inc()
 			}
 			if done {
-				return won(*local)
+				return local.v, toStatus(local.err)
 			}
 		case <-ctx.Done():
 		}

@@ -57,10 +57,9 @@ type Node struct {
 	ns      *nameserver.Server
 	router  *router.Router
 	commits *commitQueue // applies concurrent writes in batches
-	// draining is closed when the node starts shutting down, and drained
-	// called.
-	draining chan struct{}
-	drained  context.CancelFunc
+	// draining ends (drain) when the node starts shutting down.
+	draining context.Context
+	drain    context.CancelFunc
 	// budget bounds the bytes of clients' writes in flight.
 	budget *writeBudget
 	// readHedge keeps the latencies of remote replica reads, whose p95 is
@@ -100,11 +99,9 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, hlc: ids.NewHLC(cfg.Clock, cfg.MaxClockSkew), readyCh: make(chan struct{}), fence: newFence()}
 	n.commits = &commitQueue{n: n}
-	n.draining = make(chan struct{})
-	var drained context.Context
-	drained, n.drained = context.WithCancel(context.Background())
-	n.budget = newWriteBudget(cfg.MaxWriteBytesInFlight, drained)
-	n.readHedge = hedge.New(5 * time.Millisecond)
+	n.draining, n.drain = context.WithCancel(context.Background())
+	n.budget = newWriteBudget(cfg.MaxWriteBytesInFlight, n.draining)
+	n.readHedge = hedge.New()
 	if n.ids, err = ids.NewGenerator(cfg.SiteID, cfg.WorkerID, cfg.Clock); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
@@ -291,8 +288,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.serving.Store(false)
 	n.health.Shutdown()
 	stopBG()
-	close(n.draining) // write streams finish what they took and end
-	n.drained()       // and writes waiting for room in the budget give up
+	n.drain() // write streams finish what they took and end, and writes waiting for room in the budget give up
 
 	stopped := make(chan struct{})
 	go func() {

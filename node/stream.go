@@ -113,14 +113,14 @@ func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 			if testHookStreamTook != nil {
 				testHookStreamTook(func() bool { return len(recvErr) > 0 })
 			}
-		case <-n.draining:
+		case <-n.draining.Done():
 			return errStreamShutdown
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		}
 		select {
 		case w.slots <- struct{}{}:
-		case <-n.draining:
+		case <-n.draining.Done():
 			return errStreamShutdown
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
@@ -149,7 +149,7 @@ func (d *dataServer) WriteStream(st pb.Data_WriteStreamServer) error {
 		// Waiting here for room in the node's write budget (until near
 		// the write's own deadline) stops the stream's loop, then its
 		// reader, so flow control holds the client back.
-		p, release, err := n.admit(ctx, req.Write.Mutations, req.Write.Consistency, p, deadline, internal)
+		p, release, err := n.admit(ctx, req.Write.Mutations, req.Write.Consistency, p, deadline)
 		if err != nil {
 			w.answer(wid, start, nil, err)
 			continue

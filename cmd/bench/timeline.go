@@ -21,7 +21,6 @@ import (
 	"github.com/aviarydb/aviary/internal/timex"
 	"github.com/aviarydb/aviary/node"
 	"github.com/aviarydb/aviary/timeline/home"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 const timelineWorkload = "timeline" // its name in --workloads
@@ -186,13 +185,12 @@ func runTimeline(ctx context.Context, c timelineConfig, out io.Writer) error {
 	}
 	// The same fan-out with the readers making a call that does no work:
 	// what any read's p99 is bounded by while the fan-out shares the CPUs.
-	hcs := make([]healthpb.HealthClient, len(s.conns))
+	checks := make([]opFunc, len(s.conns))
 	for i, cc := range s.conns {
-		hcs[i] = healthpb.NewHealthClient(cc)
+		checks[i] = healthCheck(cc)
 	}
 	ping := fanoutPhase(ctx, c, 0, followers, &dl, aPost, func(ctx context.Context, w int, _ uint64) error {
-		_, err := hcs[w%len(hcs)].Check(ctx, &healthpb.HealthCheckRequest{})
-		return err
+		return checks[w%len(checks)](ctx)
 	})
 	ping.print(out, "aviary post+fan-out, ping", 3)
 	fmt.Fprintf(out, "# ping: a health Check per call in place of each read (the same readers, connections and fan-out, no read work): p99 %s\n", fmtDur(ping.readP99))

@@ -13,6 +13,7 @@ import (
 	"github.com/aviarydb/aviary/api/client"
 	"github.com/aviarydb/aviary/ids"
 	"github.com/aviarydb/aviary/internal/timex"
+	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
@@ -318,14 +319,17 @@ func (b *bench) preload(ctx context.Context, what string, total, chunk, workers 
 // connections and through the node's interceptors, but with no storage
 // work and no fsync.
 func (b *bench) nodePing(_ context.Context) (func(int) opFunc, error) {
-	return func(w int) opFunc {
-		hc := healthpb.NewHealthClient(b.conns[w%len(b.conns)])
-		req := &healthpb.HealthCheckRequest{}
-		return func(ctx context.Context) error {
-			_, err := hc.Check(ctx, req)
-			return err
-		}
-	}, nil
+	return func(w int) opFunc { return healthCheck(b.conns[w%len(b.conns)]) }, nil
+}
+
+// healthCheck returns a call of cc's health Check: a unary round trip
+// through a node's interceptors with no work behind it.
+func healthCheck(cc *grpc.ClientConn) opFunc {
+	hc, req := healthpb.NewHealthClient(cc), &healthpb.HealthCheckRequest{}
+	return func(ctx context.Context) error {
+		_, err := hc.Check(ctx, req)
+		return err
+	}
 }
 
 // nodePut: one durable Put RPC of a new random key per operation.

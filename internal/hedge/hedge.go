@@ -4,10 +4,28 @@
 package hedge
 
 import (
+	"fmt"
 	"slices"
 	"sync"
 	"time"
 )
+
+// The default bounds of the hedge delay, and the delay used until enough
+// latencies are recorded for a p95.
+const (
+	DefaultMin = time.Millisecond
+	DefaultMax = 50 * time.Millisecond
+	initial    = 5 * time.Millisecond
+)
+
+// CheckBounds reports bounds lo..hi that are not a range of positive
+// delays.
+func CheckBounds(lo, hi time.Duration) error {
+	if lo <= 0 || hi < lo {
+		return fmt.Errorf("hedge delay bounds %v..%v are not a range", lo, hi)
+	}
+	return nil
+}
 
 // Latencies keeps the latest 512 latencies recorded and their p95,
 // recomputed every 64. The zero value is not usable: call New.
@@ -18,8 +36,8 @@ type Latencies struct {
 	p95     time.Duration
 }
 
-// New returns Latencies whose p95 is initial until 64 are recorded.
-func New(initial time.Duration) *Latencies { return &Latencies{p95: initial} }
+// New returns Latencies whose p95 is 5ms until 64 are recorded.
+func New() *Latencies { return &Latencies{p95: initial} }
 
 // Record adds the latency of a read that was answered.
 func (l *Latencies) Record(d time.Duration) {

@@ -6,7 +6,7 @@ import (
 )
 
 func TestLatencies(t *testing.T) {
-	l := New(5 * time.Millisecond)
+	l := New()
 	if d := l.Delay(time.Millisecond, time.Second); d != 5*time.Millisecond {
 		t.Fatalf("delay before any sample: %v, want the initial 5ms", d)
 	}

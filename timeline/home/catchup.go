@@ -298,13 +298,8 @@ func (s *Service) catchUpFrom(ctx context.Context, v *view, node string, sources
 		return nil
 	}
 	merge := func(r *pb.ReplicaExportResponse) error {
-		for i, t := range r.Timelines {
-			if t.GetOwner() == 0 {
-				return fmt.Errorf("timelines[%d]: owner is zero (unset)", i) // the source's fault: not errTarget
-			}
-			if err := checkColumns(t); err != nil {
-				return err
-			}
+		if err := checkTimelines(r.Timelines); err != nil {
+			return err // the source's fault: not errTarget
 		}
 		sentColumns := columns
 		if !sentColumns {

@@ -541,7 +541,6 @@ func (s *Service) refill(ctx context.Context, v *view, changed <-chan struct{}) 
 			})
 		}
 		wg.Wait()
-		slices.Sort(failed)
 		todo = failed
 		if len(todo) == 0 {
 			break

@@ -65,6 +65,20 @@ func checkColumns(t *pb.ReplicaTimeline) error {
 	return nil
 }
 
+// checkTimelines refuses timelines sent with owner 0 or columns of
+// different lengths, naming the first.
+func checkTimelines(ts []*pb.ReplicaTimeline) error {
+	for i, t := range ts {
+		if t.GetOwner() == 0 {
+			return fmt.Errorf("timelines[%d]: owner is zero (unset)", i)
+		}
+		if err := checkColumns(t); err != nil {
+			return fmt.Errorf("timelines[%d]: %v", i, err)
+		}
+	}
+	return nil
+}
+
 // replicaEntries returns a timeline's entries, sent packed or not (a node
 // that predates ReplicaReadRequest.packed or ReplicaExportRequest.packed
 // sends entries), once checkColumns has passed it.
@@ -163,13 +177,8 @@ func (s *Service) ReplicaMerge(ctx context.Context, r *pb.ReplicaMergeRequest) (
 	if err != nil {
 		return nil, err
 	}
-	for i, t := range r.Timelines {
-		if t.GetOwner() == 0 {
-			return nil, status.Errorf(codes.InvalidArgument, "timelines[%d]: owner is zero (unset)", i)
-		}
-		if err := checkColumns(t); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "timelines[%d]: %v", i, err)
-		}
+	if err := checkTimelines(r.Timelines); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	for _, t := range r.Timelines {
 		st.Merge(t.Owner, replicaEntries(t))

@@ -105,10 +105,10 @@ func (c *Config) EnsureDefaults() {
 		c.FanoutBatch = 256
 	}
 	if c.HedgeMin == 0 {
-		c.HedgeMin = time.Millisecond
+		c.HedgeMin = hedge.DefaultMin
 	}
 	if c.HedgeMax == 0 {
-		c.HedgeMax = 50 * time.Millisecond
+		c.HedgeMax = hedge.DefaultMax
 	}
 	if c.ReplicaTimeout == 0 {
 		c.ReplicaTimeout = 5 * time.Second
@@ -137,8 +137,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("home: CelebrityFollowers %d is not in [1, %d] (the followers a fan-out reads)", c.CelebrityFollowers, maxFollowing)
 	case c.RepairQueue < 1:
 		return fmt.Errorf("home: RepairQueue %d is less than 1", c.RepairQueue)
-	case c.HedgeMin <= 0 || c.HedgeMax < c.HedgeMin:
-		return fmt.Errorf("home: hedge delay bounds %v..%v are not a range", c.HedgeMin, c.HedgeMax)
+	}
+	if err := hedge.CheckBounds(c.HedgeMin, c.HedgeMax); err != nil {
+		return fmt.Errorf("home: %w", err)
 	}
 	return c.Rings.Validate()
 }
@@ -218,7 +219,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Service, error) {
 		log:      cfg.Logger,
 		store:    cfg.Store,
 		metrics:  newMetrics(reg, cfg.Store, cfg.FanoutPartitions),
-		hedge:    hedge.New(5 * time.Millisecond),
+		hedge:    hedge.New(),
 		view:     &view{addr: map[string]string{}},
 		changed:  make(chan struct{}),
 		down:     map[string]*nodeDown{},
